@@ -1,0 +1,42 @@
+//! `#[repr(C)]` types and constants shared by the eBPF programs and the agent.
+#![no_std]
+
+/// The TCP retransmit probe's names and limits.
+pub mod tcp_retransmits {
+    /// Counter map key for retransmits on connections with no watched port at either end.
+    pub const OTHER_PORT: u16 = 0;
+    /// Most ports a user can watch (plus the `other` slot).
+    pub const MAX_PORTS: u32 = 256;
+    /// Per-CPU counter map: port (host order; `OTHER_PORT` for the rest) → segments retransmitted.
+    pub const COUNTS_MAP: &str = "RETRANS_SEGS";
+    /// Tracepoint programs.
+    pub const PROG_SKB: &str = "tcp_retransmit_skb";
+    pub const PROG_SYNACK: &str = "tcp_retransmit_synack";
+}
+
+/// Where the probes find the fields they read. Userspace fills this from tracefs formats and
+/// the running kernel's BTF, and hands it over as a frozen `.rodata` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetransOffsets {
+    /// `tcp_retransmit_skb` record: offset of `skbaddr`.
+    pub skb_skbaddr: u32,
+    /// `tcp_retransmit_skb` record: offsets of `sport`, `dport` and `err`.
+    pub skb_sport: u32,
+    pub skb_dport: u32,
+    pub skb_err: u32,
+    /// `tcp_retransmit_synack` record: offsets of `sport` and `dport`.
+    pub synack_sport: u32,
+    pub synack_dport: u32,
+    /// Byte offset of `tcp_skb_cb.tcp_gso_segs` from the start of `struct sk_buff`
+    /// (`sk_buff.cb` plus the member's offset inside `struct tcp_skb_cb`).
+    pub skb_gso_segs: u32,
+    /// Set to 1 by userspace once every field above is filled in.
+    pub valid: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::RetransOffsets {}
+}

@@ -1,0 +1,388 @@
+//! The agent's YAML configuration. Every key is optional; the doc comment on each field is its
+//! reference documentation. Errors name the file, line, column and key.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, de};
+use serde_saphyr::Spanned;
+
+/// The configuration the binary runs with when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../packaging/config.yaml");
+
+/// Most ports one probe may watch (the kernel map has one more slot, for `other`).
+pub const MAX_WATCHED_PORTS: usize = nodewatch_common::tcp_retransmits::MAX_PORTS as usize;
+
+/// Top level of the configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP server (`/metrics`, `/healthz`, the API). Default `0.0.0.0:9477`.
+    pub listen: SocketAddr,
+    /// How often collectors run and rules are evaluated. Default `1s`; at least `100ms`.
+    pub interval: Interval,
+    /// Root of the proc filesystem, for the procfs fallbacks. Default `/proc`.
+    pub proc_root: PathBuf,
+    /// Settings of each probe.
+    pub probes: ProbesConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9477)),
+            interval: Interval(Duration::from_secs(1)),
+            proc_root: PathBuf::from("/proc"),
+            probes: ProbesConfig::default(),
+        }
+    }
+}
+
+/// `probes:` — one entry per probe.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// TCP retransmits per watched port.
+    pub tcp_retransmits: TcpRetransmitsConfig,
+}
+
+/// `probes.tcp_retransmits:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpRetransmitsConfig {
+    /// Whether the probe runs. Default `true`.
+    pub enabled: bool,
+    /// Ports to count separately; a connection matches when either end uses one. Everything
+    /// else is counted under `port="other"`. Default `[8000, 8001, 8080]`; at most 256 ports,
+    /// each 1–65535, no duplicates.
+    pub ports: Ports,
+}
+
+impl Default for TcpRetransmitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ports: Ports(vec![8000, 8001, 8080]),
+        }
+    }
+}
+
+/// A duration written the human way (`500ms`, `1s`, `2m`), at least 100 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Spanned::<String>::deserialize(d)?;
+        let d = parse_duration(&text)?;
+        if d < Duration::from_millis(100) {
+            return Err(located(
+                &text,
+                format!(
+                    "interval {} is too short: the minimum is 100ms",
+                    humantime::format_duration(d)
+                ),
+            ));
+        }
+        Ok(Self(d))
+    }
+}
+
+/// A duration written the human way (`500ms`, `1s`, `2m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_duration(&Spanned::<String>::deserialize(d)?).map(HumanDuration)
+    }
+}
+
+fn parse_duration<E: de::Error>(text: &Spanned<String>) -> Result<Duration, E> {
+    humantime::parse_duration(text.value.trim()).map_err(|e| {
+        located(
+            text,
+            format!(
+                "invalid duration `{}` ({e}): write a number with a unit, such as 500ms, 1s or 2m",
+                text.value
+            ),
+        )
+    })
+}
+
+/// Marks a message from our own validation with the location of the value it is about, so
+/// [`Config::parse`] can report it (serde's custom errors carry no location).
+const LOC_MARK: char = '\u{1}';
+
+fn located<T, E: de::Error>(at: &Spanned<T>, msg: impl fmt::Display) -> E {
+    let l = &at.referenced;
+    E::custom(format!("{LOC_MARK}{}:{}{LOC_MARK}{msg}", l.line(), l.column()))
+}
+
+/// Splits a message made by [`located`] into its location and text.
+fn take_location(msg: &str) -> Option<(u64, u64, &str)> {
+    let rest = msg.strip_prefix(LOC_MARK)?;
+    let (loc, text) = rest.split_once(LOC_MARK)?;
+    let (line, col) = loc.split_once(':')?;
+    Some((line.parse().ok()?, col.parse().ok()?, text))
+}
+
+/// A list of distinct TCP ports, 1–65535.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports(pub Vec<u16>);
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ports = Vec::<Spanned<u16>>::deserialize(d)?;
+        if ports.len() > MAX_WATCHED_PORTS {
+            return Err(located(
+                &ports[MAX_WATCHED_PORTS],
+                format!("{} ports listed; at most {MAX_WATCHED_PORTS} can be watched", ports.len()),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for p in &ports {
+            if p.value == 0 {
+                return Err(located(p, "port 0 is not a port; use 1-65535"));
+            }
+            if !seen.insert(p.value) {
+                return Err(located(p, format!("port {} is listed twice", p.value)));
+            }
+        }
+        Ok(Self(ports.into_iter().map(|p| p.value).collect()))
+    }
+}
+
+/// A configuration problem, located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        file: String,
+        line: u64,
+        column: u64,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Self {
+        Self::parse("<embedded config.yaml>", DEFAULT_CONFIG)
+            .expect("the embedded config is checked by a unit test")
+    }
+
+    /// Parses configuration text; `file` only names the source in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        // An empty file (or one with only comments) means "all defaults".
+        if text.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#') || l == "---"
+        }) {
+            return Ok(Self::default());
+        }
+        if let Some((line, column)) = control_char(text) {
+            return Err(ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                column,
+                message: "control character in the file: YAML allows only printable text".into(),
+            });
+        }
+        let options = serde_saphyr::Options {
+            with_snippet: false,
+            ..Default::default()
+        };
+        let mut path = None;
+        let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                path = Some(e.path().to_string());
+                e.into_inner()
+            })
+        });
+        parsed.map_err(|e| {
+            let full = strip_location(&e.to_string());
+            let (line, column, mut message) = match take_location(&full) {
+                Some((line, column, text)) => (line, column, text.to_string()),
+                None => {
+                    // For serde's field errors the parser only knows where the enclosing
+                    // mapping starts; find the key they are about in the text instead.
+                    let about_key = ["unknown field", "duplicate field"]
+                        .iter()
+                        .any(|m| full.starts_with(m));
+                    let key_at = || path.as_deref().and_then(|p| locate(text, p));
+                    let parser_at = || {
+                        e.location()
+                            .filter(|l| l.line() > 0)
+                            .map(|l| (l.line(), l.column()))
+                    };
+                    let at = if about_key {
+                        key_at().or_else(parser_at)
+                    } else {
+                        parser_at().or_else(key_at)
+                    };
+                    let (line, column) = at.unwrap_or((1, 1));
+                    (line, column, full.clone())
+                }
+            };
+            // `Spanned` leaves add a `.value` segment that is not in the file.
+            let path = path.map(|p| p.strip_suffix(".value").unwrap_or(&p).to_string());
+            if let Some(p) = path.filter(|p| p != ".") {
+                message = format!("{p}: {message}");
+            }
+            ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                column,
+                message,
+            }
+        })
+    }
+}
+
+/// Line and column (1-based) of the first character YAML does not allow.
+fn control_char(text: &str) -> Option<(u64, u64)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        line.chars()
+            .position(|c| c.is_control() && c != '\t' && c != '\r')
+            .map(|col| (i as u64 + 1, col as u64 + 1))
+    })
+}
+
+/// Where the last key of a serde path (`probes.tcp_retransmits.ports[1]`) is written:
+/// each key is searched for after the previous one, as `key:` in block or flow style.
+fn locate(text: &str, path: &str) -> Option<(u64, u64)> {
+    let mut pos = 0;
+    for key in path.split('.').map(|k| k.split('[').next().unwrap_or(k)) {
+        if key.is_empty() {
+            continue;
+        }
+        pos += text[pos..].match_indices(key).find_map(|(i, _)| {
+            let at = pos + i;
+            let before = text[..at].chars().next_back();
+            let after = text[at + key.len()..].trim_start_matches([' ', '\t']);
+            let starts = before.is_none_or(|c| c.is_whitespace() || c == '{' || c == ',');
+            (starts && after.starts_with(':')).then_some(i)
+        })?;
+    }
+    let line = text[..pos].matches('\n').count() as u64 + 1;
+    let column = text[..pos].rsplit('\n').next().unwrap_or("").chars().count() as u64 + 1;
+    Some((line, column))
+}
+
+/// serde-saphyr appends " at line L, column C"; the location is reported in front instead.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) if msg[i..].contains(", column ") => msg[..i].to_string(),
+        _ => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse("c.yaml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_parses_and_equals_builtin_defaults() {
+        assert_eq!(Config::embedded(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("c", "").unwrap(), Config::default());
+        assert_eq!(Config::parse("c", "# nothing\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let c = Config::parse(
+            "c",
+            "listen: 127.0.0.1:1234\ninterval: 250ms\nproc_root: /tmp/p\nprobes:\n  tcp_retransmits: { enabled: false, ports: [22, 443] }\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1234".parse().unwrap());
+        assert_eq!(c.interval.0, Duration::from_millis(250));
+        assert_eq!(c.proc_root, PathBuf::from("/tmp/p"));
+        assert!(!c.probes.tcp_retransmits.enabled);
+        assert_eq!(c.probes.tcp_retransmits.ports.0, vec![22, 443]);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_key() {
+        let e = err("interval: 1s\nprobes:\n  tcp_retransmit: {}\n");
+        assert!(e.starts_with("c.yaml:3:3: "), "{e}");
+        assert!(e.contains("unknown field `tcp_retransmit`"), "{e}");
+        assert!(e.contains("probes"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = err("probes:\n  tcp_retransmits:\n    ports: [80, http]\n");
+        assert!(e.starts_with("c.yaml:3:17: probes.tcp_retransmits.ports[1]: "), "{e}");
+        assert!(e.contains("probes.tcp_retransmits.ports"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let e = err("listen: 0.0.0.0:9477\ninterval: soon\n");
+        assert!(e.starts_with("c.yaml:2:11: interval: invalid duration `soon`"), "{e}");
+        let e = err("interval: 10ms\n");
+        assert!(e.contains("interval: interval 10ms is too short"), "{e}");
+    }
+
+    #[test]
+    fn bad_ports_are_rejected() {
+        assert!(err("probes: {tcp_retransmits: {ports: [0]}}").contains("port 0"));
+        assert!(err("probes: {tcp_retransmits: {ports: [80, 80]}}").contains("listed twice"));
+        assert!(err("probes: {tcp_retransmits: {ports: [70000]}}").contains("ports"));
+        let many: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
+        let e = err(&format!("probes: {{tcp_retransmits: {{ports: [{}]}}}}", many.join(",")));
+        assert!(e.contains("at most 256"), "{e}");
+    }
+
+    #[test]
+    fn top_level_unknown_key_is_located() {
+        let e = err("listen: 0.0.0.0:9477\nintervall: 1s\n");
+        assert!(e.starts_with("c.yaml:2:1: intervall: unknown field `intervall`"), "{e}");
+        let e = err("probes: { tcp_retransmits: { ports: [1], colour: red } }\n");
+        assert!(e.starts_with("c.yaml:1:42: probes.tcp_retransmits.colour: "), "{e}");
+    }
+
+    #[test]
+    fn control_characters_are_rejected() {
+        let e = err("interval: 1s\nlisten: \u{0}\n");
+        assert!(e.starts_with("c.yaml:2:9: control character"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error_not_a_panic() {
+        for text in ["listen: [", "{", ": :", "probes: {tcp_retransmits: 3}", "- a\n- b"] {
+            let e = err(text);
+            assert!(e.starts_with("c.yaml:"), "{text:?} -> {e}");
+        }
+    }
+}

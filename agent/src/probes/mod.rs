@@ -1,0 +1,78 @@
+//! Signal sources backed by the kernel. Each probe is one file here (and one in `agent-ebpf/`);
+//! adding one is that file plus one line in [`ALL`].
+
+use std::fmt;
+
+use prometheus_client::registry::Registry;
+
+use crate::config::Config;
+
+pub mod tcp_retransmits;
+
+/// Every probe, in the order they start.
+pub const ALL: &[ProbeDef] = &[tcp_retransmits::DEF];
+
+/// How a probe gets its data; the `mode` label of `nodewatch_probe_up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// eBPF programs in the kernel.
+    Ebpf,
+    /// Host-wide counters from `/proc`.
+    Procfs,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ebpf => "ebpf",
+            Mode::Procfs => "procfs",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A running probe. It owns its kernel objects: dropping it detaches them.
+pub trait Probe: Send {
+    /// The probe's name, as in the config and the `probe` label.
+    fn name(&self) -> &'static str;
+    /// The mode it ended up running in.
+    fn mode(&self) -> Mode;
+    /// How it is attached, for `nodewatch probes` and the start-up log.
+    fn attach_method(&self) -> String;
+    /// Reads the probe's current values into its metric families. Called once per tick.
+    fn collect(&mut self) -> Result<(), ProbeError>;
+}
+
+/// How to start one probe.
+pub struct ProbeDef {
+    pub name: &'static str,
+    /// Whether the config switches it on.
+    pub enabled: fn(&Config) -> bool,
+    /// Registers the probe's metric families and starts it in the best mode this host allows,
+    /// degrading (eBPF → procfs) with one WARN line.
+    pub start: fn(&Config, &mut Registry) -> Box<dyn Probe>,
+}
+
+/// A failed collection; the probe stays in place and tries again next tick.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("reading eBPF map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+}

@@ -1,0 +1,269 @@
+//! TCP retransmits per watched port, counted in segments as the kernel counts them.
+//!
+//! eBPF: tracepoints `tcp:tcp_retransmit_skb` and `tcp:tcp_retransmit_synack` add to a
+//! per-CPU map keyed by port. Fallback: the host-wide `Tcp: RetransSegs` of `/proc/net/snmp`,
+//! exported under `port="all"`.
+
+use std::path::PathBuf;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{PerCpuHashMap, PerCpuValues},
+    programs::TracePoint,
+};
+use nodewatch_common::{
+    RetransOffsets,
+    tcp_retransmits::{COUNTS_MAP, OTHER_PORT, PROG_SKB, PROG_SYNACK},
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+use super::{Mode, Probe, ProbeDef, ProbeError};
+use crate::{
+    config::Config,
+    kernel::{self, TracepointFormat},
+    store::names,
+};
+
+const NAME: &str = "tcp_retransmits";
+
+/// The kernel object, built by `agent/build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_retransmits"));
+
+pub const DEF: ProbeDef = ProbeDef {
+    name: NAME,
+    enabled: |c| c.probes.tcp_retransmits.enabled,
+    start,
+};
+
+/// Labels `{port}`: a watched port, `other`, or `all` (procfs mode).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub port: String,
+}
+
+impl PortLabels {
+    fn of(port: u16) -> Self {
+        let port = if port == OTHER_PORT {
+            "other".to_string()
+        } else {
+            port.to_string()
+        };
+        Self { port }
+    }
+}
+
+type Segments = Family<PortLabels, Counter>;
+
+fn start(cfg: &Config, registry: &mut Registry) -> Box<dyn Probe> {
+    let segments = Segments::default();
+    registry.register(
+        names::TCP_RETRANSMITS,
+        "TCP segments retransmitted, by watched port at either end of the connection (other: the rest; all: host-wide, procfs mode)",
+        segments.clone(),
+    );
+    match Kernel::attach(&cfg.probes.tcp_retransmits.ports.0, segments.clone()) {
+        Ok(k) => Box::new(k),
+        Err(e) => {
+            tracing::warn!(
+                probe = NAME,
+                error = %e,
+                "eBPF unavailable; counting host-wide RetransSegs from /proc/net/snmp under port=\"all\""
+            );
+            Box::new(Procfs {
+                path: cfg.proc_root.join("net/snmp"),
+                segments,
+            })
+        }
+    }
+}
+
+/// Why the eBPF path could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {COUNTS_MAP}: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("object lacks {0}")]
+    Missing(&'static str),
+    #[error("counting CPUs: {0}")]
+    Cpus(String),
+}
+
+/// The eBPF mode: owns the loaded object, so dropping it detaches both programs.
+struct Kernel {
+    _ebpf: Ebpf,
+    counts: PerCpuHashMap<aya::maps::MapData, u16, u64>,
+    segments: Segments,
+}
+
+impl Kernel {
+    fn attach(ports: &[u16], segments: Segments) -> Result<Self, AttachError> {
+        let offsets = offsets()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("RETRANS_OFFSETS", &offsets, true)
+            .load(OBJECT)?;
+        let mut counts: PerCpuHashMap<_, u16, u64> = ebpf
+            .take_map(COUNTS_MAP)
+            .ok_or(AttachError::Missing(COUNTS_MAP))?
+            .try_into()?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
+        // Every slot exists before the programs run, so they never insert.
+        for &port in ports.iter().chain([&OTHER_PORT]) {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+                .map_err(|e| AttachError::Cpus(e.to_string()))?;
+            counts.insert(port, zeros, 0)?;
+            let _ = segments.get_or_create(&PortLabels::of(port));
+        }
+        for (prog, event) in [(PROG_SKB, "tcp_retransmit_skb"), (PROG_SYNACK, "tcp_retransmit_synack")] {
+            let err = |source| AttachError::Program { name: prog, source };
+            let tp: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(AttachError::Missing(prog))?
+                .try_into()
+                .map_err(err)?;
+            tp.load().map_err(err)?;
+            tp.attach("tcp", event).map_err(err)?;
+        }
+        Ok(Self {
+            _ebpf: ebpf,
+            counts,
+            segments,
+        })
+    }
+}
+
+/// Where the programs find their fields on this kernel.
+fn offsets() -> Result<RetransOffsets, kernel::KernelError> {
+    let skb = TracepointFormat::read("tcp", "tcp_retransmit_skb")?;
+    let synack = TracepointFormat::read("tcp", "tcp_retransmit_synack")?;
+    // tcp_skb_pcount(skb) is TCP_SKB_CB(skb)->tcp_gso_segs, and TCP_SKB_CB is skb->cb.
+    let gso_segs =
+        kernel::member_offset("sk_buff", "cb")? + kernel::member_offset("tcp_skb_cb", "tcp_gso_segs")?;
+    Ok(RetransOffsets {
+        skb_skbaddr: skb.offset("skbaddr")?,
+        skb_sport: skb.offset("sport")?,
+        skb_dport: skb.offset("dport")?,
+        skb_err: skb.offset("err")?,
+        synack_sport: synack.offset("sport")?,
+        synack_dport: synack.offset("dport")?,
+        skb_gso_segs: gso_segs,
+        valid: 1,
+    })
+}
+
+impl Probe for Kernel {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn mode(&self) -> Mode {
+        Mode::Ebpf
+    }
+    fn attach_method(&self) -> String {
+        "tracepoint tcp:tcp_retransmit_skb, tcp:tcp_retransmit_synack".into()
+    }
+    fn collect(&mut self) -> Result<(), ProbeError> {
+        for entry in self.counts.iter() {
+            let (port, per_cpu) = entry.map_err(|source| ProbeError::Map {
+                map: COUNTS_MAP,
+                source,
+            })?;
+            let total: u64 = per_cpu.iter().sum();
+            set(&self.segments, PortLabels::of(port), total);
+        }
+        Ok(())
+    }
+}
+
+/// The procfs mode: host-wide, from the kernel's SNMP counters.
+struct Procfs {
+    path: PathBuf,
+    segments: Segments,
+}
+
+impl Probe for Procfs {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn mode(&self) -> Mode {
+        Mode::Procfs
+    }
+    fn attach_method(&self) -> String {
+        format!("procfs {} Tcp: RetransSegs (host-wide)", self.path.display())
+    }
+    fn collect(&mut self) -> Result<(), ProbeError> {
+        let path = self.path.display().to_string();
+        let text = std::fs::read_to_string(&self.path).map_err(|source| ProbeError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let value = snmp_value(&text, "Tcp", "RetransSegs").ok_or_else(|| ProbeError::Parse {
+            path,
+            message: "no Tcp: RetransSegs".into(),
+        })?;
+        set(&self.segments, PortLabels { port: "all".into() }, value);
+        Ok(())
+    }
+}
+
+/// Sets a counter to a total the kernel keeps.
+fn set(family: &Segments, labels: PortLabels, total: u64) {
+    family
+        .get_or_create(&labels)
+        .inner()
+        .store(total, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A value from `/proc/net/snmp`-style text: a header line and a value line per protocol.
+pub fn snmp_value(text: &str, proto: &str, field: &str) -> Option<u64> {
+    let prefix = format!("{proto}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let idx = header.split_whitespace().position(|h| h == field)?;
+    values.split_whitespace().nth(idx)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SNMP: &str = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\nTcp: 1 200 120000 -1 10 5 0 1 3 1000 900 42 0 7 0\nUdp: InDatagrams\nUdp: 5\n";
+
+    #[test]
+    fn reads_retrans_segs() {
+        assert_eq!(snmp_value(SNMP, "Tcp", "RetransSegs"), Some(42));
+        assert_eq!(snmp_value(SNMP, "Tcp", "MaxConn"), None, "-1 is not a counter");
+        assert_eq!(snmp_value(SNMP, "Udp", "InDatagrams"), Some(5));
+        assert_eq!(snmp_value(SNMP, "Tcp", "Nope"), None);
+        assert_eq!(snmp_value("", "Tcp", "RetransSegs"), None);
+    }
+
+    #[test]
+    fn procfs_mode_exports_port_all() {
+        let dir = std::env::temp_dir().join(format!("nw-snmp-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        std::fs::write(dir.join("net/snmp"), SNMP).unwrap();
+        let segments = Segments::default();
+        let mut p = Procfs {
+            path: dir.join("net/snmp"),
+            segments: segments.clone(),
+        };
+        p.collect().unwrap();
+        assert_eq!(segments.get_or_create(&PortLabels { port: "all".into() }).get(), 42);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(p.collect().is_err(), "a vanished file is an error, not a panic");
+    }
+}

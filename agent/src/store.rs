@@ -1,0 +1,177 @@
+//! The one in-process store every collector writes into each tick: the prometheus-client
+//! registry that `/metrics` exports. Metric names live here, in one place.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Metric names without the `nodewatch_` prefix. Counters are registered without `_total`;
+/// the encoder appends it (`nodewatch_tcp_retransmits_total`).
+pub mod names {
+    pub const TCP_RETRANSMITS: &str = "tcp_retransmits";
+    pub const PROBE_UP: &str = "probe_up";
+    pub const COLLECTOR_DURATION: &str = "collector_duration_seconds";
+    pub const COLLECTOR_ERRORS: &str = "collector_errors";
+    pub const BUILD_INFO: &str = "build_info";
+}
+
+/// A float gauge.
+pub type GaugeF64 = Gauge<f64, AtomicU64>;
+
+/// Labels `{probe, mode}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub probe: String,
+    pub mode: String,
+}
+
+/// Labels `{collector}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectorLabels {
+    pub collector: String,
+}
+
+/// Labels `{version}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+/// The agent's observations of itself.
+#[derive(Clone, Default)]
+pub struct SelfMetrics {
+    /// `nodewatch_probe_up{probe,mode}`: 1 for the mode each probe runs in.
+    pub probe_up: Family<ProbeLabels, Gauge>,
+    /// `nodewatch_collector_duration_seconds{collector}`: how long the last collection took.
+    pub collector_duration: Family<CollectorLabels, GaugeF64>,
+    /// `nodewatch_collector_errors_total{collector}`: collections that failed.
+    pub collector_errors: Family<CollectorLabels, Counter>,
+}
+
+/// The registry and the agent's own metrics.
+pub struct Store {
+    registry: Registry,
+    pub own: SelfMetrics,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    /// A registry with the `nodewatch_` prefix and the agent's own metrics registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("nodewatch");
+        let own = SelfMetrics::default();
+        registry.register(
+            names::PROBE_UP,
+            "Whether a probe runs (1), by the mode it runs in (ebpf, procfs, ...)",
+            own.probe_up.clone(),
+        );
+        registry.register(
+            names::COLLECTOR_DURATION,
+            "Seconds the last collection of each collector took",
+            own.collector_duration.clone(),
+        );
+        registry.register(
+            names::COLLECTOR_ERRORS,
+            "Collections that failed, by collector",
+            own.collector_errors.clone(),
+        );
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register(names::BUILD_INFO, "Always 1, labelled by the agent's version", build);
+        Self { registry, own }
+    }
+
+    /// Where collectors register their metric families at start-up.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// OpenMetrics text of every metric.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Prometheus text format 0.0.4 of every metric, for scrapers that do not ask for
+    /// OpenMetrics (and for `promtool check metrics`).
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4: counter families are named with their
+/// `_total` sample name, and the `# UNIT` and `# EOF` lines go.
+pub fn openmetrics_to_prometheus(om: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP nodewatch_x Things.\n# TYPE nodewatch_x counter\nnodewatch_x_total{port=\"1\"} 3\n# HELP nodewatch_g A gauge.\n# TYPE nodewatch_g gauge\n# UNIT nodewatch_g seconds\nnodewatch_g 1.5\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP nodewatch_x_total Things.\n# TYPE nodewatch_x_total counter\nnodewatch_x_total{port=\"1\"} 3\n# HELP nodewatch_g A gauge.\n# TYPE nodewatch_g gauge\nnodewatch_g 1.5\n"
+        );
+    }
+
+    #[test]
+    fn own_metrics_are_exported() {
+        let store = Store::new();
+        store
+            .own
+            .probe_up
+            .get_or_create(&ProbeLabels {
+                probe: "p".into(),
+                mode: "ebpf".into(),
+            })
+            .set(1);
+        let text = store.encode_openmetrics();
+        assert!(text.contains("nodewatch_probe_up{probe=\"p\",mode=\"ebpf\"} 1"), "{text}");
+        assert!(text.contains("nodewatch_build_info{version="), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

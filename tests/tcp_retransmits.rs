@@ -1,0 +1,149 @@
+//! Real retransmits on loopback, caused by an nft table that drops a share of the packets,
+//! counted by the agent and checked against the kernel's own per-socket `tcpi_total_retrans`.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Agent, NftTable, TempDir, have_root};
+
+const PAYLOAD: usize = 256 * 1024;
+
+/// Connections to `port`, each sending PAYLOAD bytes both ways. Returns every socket (both
+/// ends), still open, once all the data arrived.
+fn exchange(listener: &TcpListener, conns: usize) -> Vec<TcpStream> {
+    let addr = listener.local_addr().unwrap();
+    let clients: Vec<_> = (0..conns)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect through the lossy path");
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                s.write_all(&vec![7u8; PAYLOAD]).unwrap();
+                let mut back = vec![0u8; PAYLOAD];
+                s.read_exact(&mut back).unwrap();
+                s
+            })
+        })
+        .collect();
+    let mut servers = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..conns {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        servers.push(s.try_clone().unwrap());
+        handles.push(thread::spawn(move || {
+            let mut got = vec![0u8; PAYLOAD];
+            s.read_exact(&mut got).unwrap();
+            s.write_all(&got).unwrap();
+        }));
+    }
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    let mut all: Vec<TcpStream> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+    all.extend(servers);
+    all
+}
+
+fn tcp_info(s: &TcpStream) -> libc::tcp_info {
+    // SAFETY: a zeroed tcp_info is valid; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        );
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info
+    }
+}
+
+/// Waits until nothing is in flight on any socket, so no retransmit can still happen.
+fn settle(socks: &[TcpStream]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while socks.iter().any(|s| tcp_info(s).tcpi_unacked != 0) {
+        assert!(Instant::now() < deadline, "sockets still have unacked data after 30 s");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn total_retrans(socks: &[TcpStream]) -> u64 {
+    socks.iter().map(|s| u64::from(tcp_info(s).tcpi_total_retrans)).sum()
+}
+
+#[test]
+fn counts_exactly_the_kernels_retransmits_per_watched_port() {
+    if !have_root("tcp_retransmits") {
+        return;
+    }
+    let watched = TcpListener::bind("127.0.0.1:0").unwrap();
+    let unwatched = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (w, u) = (watched.local_addr().unwrap().port(), unwatched.local_addr().unwrap().port());
+
+    let dir = TempDir::new("retrans");
+    let agent = Agent::start(
+        &dir,
+        &format!("interval: 200ms\nprobes:\n  tcp_retransmits:\n    ports: [{w}]\n"),
+    );
+    let up = agent.sample("nodewatch_probe_up{probe=\"tcp_retransmits\",mode=\"ebpf\"}");
+    assert_eq!(up, Some(1.0), "probe not in eBPF mode:\n{}", agent.log_text());
+    let series = format!("nodewatch_tcp_retransmits_total{{port=\"{w}\"}}");
+    assert_eq!(agent.sample(&series), Some(0.0));
+    let other_before = agent
+        .sample("nodewatch_tcp_retransmits_total{port=\"other\"}")
+        .expect("other series");
+
+    // Toward the listeners, drop on output: the kernel counts the retransmit, then the
+    // transmit fails (err != 0 in the tracepoint). Back from them, drop on input: the
+    // transmit succeeds and the packet is lost after. Both kinds must be counted.
+    let lossy = NftTable::create(
+        "nodewatch_test_retrans",
+        &format!(
+            "chain out {{\n type filter hook output priority 0;\n \
+               tcp dport {{ {w}, {u} }} numgen random mod 100 < 12 drop\n}}\n\
+             chain in {{\n type filter hook input priority 0;\n \
+               tcp sport {{ {w}, {u} }} numgen random mod 100 < 12 drop\n}}"
+        ),
+    );
+    let w_socks = exchange(&watched, 6);
+    let u_socks = exchange(&unwatched, 3);
+    drop(lossy);
+    settle(&w_socks);
+    settle(&u_socks);
+
+    let w_kernel = total_retrans(&w_socks);
+    let u_kernel = total_retrans(&u_socks);
+    assert!(w_kernel > 0, "the lossy path caused no retransmits on the watched port");
+    assert!(u_kernel > 0, "the lossy path caused no retransmits on the unwatched port");
+
+    // The agent reads its maps every 200 ms: wait for a tick after the last retransmit.
+    let other = "nodewatch_tcp_retransmits_total{port=\"other\"}";
+    let read = || (agent.sample(&series), agent.sample(other).unwrap_or(-1.0) - other_before);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (mut seen, mut other_delta) = read();
+    while (seen != Some(w_kernel as f64) || other_delta < u_kernel as f64) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        (seen, other_delta) = read();
+    }
+    eprintln!(
+        "watched port {w}: kernel tcpi_total_retrans {w_kernel}, agent {seen:?}; \
+         unwatched port {u}: kernel {u_kernel}, agent other +{other_delta}"
+    );
+    assert_eq!(seen, Some(w_kernel as f64), "agent count differs from the kernel's");
+    assert!(
+        other_delta >= u_kernel as f64,
+        "unwatched retransmits missing from other: +{other_delta}, kernel {u_kernel}"
+    );
+    assert!(agent.sample(&format!("nodewatch_tcp_retransmits_total{{port=\"{u}\"}}")).is_none());
+
+    let status = agent.stop();
+    assert!(status.success(), "agent exited with {status}");
+}
