@@ -79,13 +79,32 @@ fn total_retrans(socks: &[TcpStream]) -> u64 {
     socks.iter().map(|s| u64::from(tcp_info(s).tcpi_total_retrans)).sum()
 }
 
+/// A loopback listener whose connections use 1000-byte segments in both directions (its SYN-ACK
+/// advertises that MSS), so one skb carries many segments, as on a real NIC with TSO.
+fn listener() -> TcpListener {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mss: libc::c_int = 1000;
+    // SAFETY: setting an int option on a valid socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&raw const mss).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_MAXSEG: {}", std::io::Error::last_os_error());
+    l
+}
+
 #[test]
 fn counts_exactly_the_kernels_retransmits_per_watched_port() {
     if !have_root("tcp_retransmits") {
         return;
     }
-    let watched = TcpListener::bind("127.0.0.1:0").unwrap();
-    let unwatched = TcpListener::bind("127.0.0.1:0").unwrap();
+    let watched = listener();
+    let unwatched = listener();
     let (w, u) = (watched.local_addr().unwrap().port(), unwatched.local_addr().unwrap().port());
 
     let dir = TempDir::new("retrans");
@@ -146,4 +165,64 @@ fn counts_exactly_the_kernels_retransmits_per_watched_port() {
 
     let status = agent.stop();
     assert!(status.success(), "agent exited with {status}");
+}
+
+fn netstat(field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (head, vals) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = head.split_whitespace().position(|h| h == field).unwrap();
+    vals.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Retransmits whose transmit fails locally (a firewall on this host drops them: the
+/// tracepoint reports err = -EPERM) are counted by the kernel, so the agent counts them too.
+#[test]
+fn counts_retransmits_that_fail_locally_like_the_kernel() {
+    if !have_root("tcp_retransmits") {
+        return;
+    }
+    let l = listener();
+    let port = l.local_addr().unwrap().port();
+    let dir = TempDir::new("retrans-fail");
+    let agent = Agent::start(&dir, &format!("interval: 200ms\nprobes:\n  tcp_retransmits:\n    ports: [{port}]\n"));
+    let series = format!("nodewatch_tcp_retransmits_total{{port=\"{port}\"}}");
+
+    let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut server, _) = l.accept().unwrap();
+    let fails_before = netstat("TCPRetransFail");
+
+    // The data leaves the client and is lost on arrival, so the client retransmits...
+    let lost = NftTable::create(
+        "nodewatch_test_rfail_in",
+        &format!("chain in {{\n type filter hook input priority 0;\n tcp dport {port} drop\n}}"),
+    );
+    client.write_all(&[1u8; 4000]).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    // ...then its retransmits are refused by the local firewall (err = -EPERM)...
+    let refused = NftTable::create(
+        "nodewatch_test_rfail_out",
+        &format!("chain out {{\n type filter hook output priority 0;\n tcp dport {port} drop\n}}"),
+    );
+    drop(lost);
+    thread::sleep(Duration::from_millis(2500));
+    // ...until the path heals and the data arrives.
+    drop(refused);
+    server.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = [0u8; 4000];
+    server.read_exact(&mut got).unwrap();
+    let socks = [client, server];
+    settle(&socks);
+    let fails = netstat("TCPRetransFail") - fails_before;
+    assert!(fails > 0, "no retransmit failed locally: the test did not exercise err != 0");
+    let kernel = total_retrans(&socks);
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen = agent.sample(&series);
+    while seen != Some(kernel as f64) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        seen = agent.sample(&series);
+    }
+    eprintln!("port {port}: kernel tcpi_total_retrans {kernel} (of which failed locally: {fails} host-wide), agent {seen:?}");
+    assert_eq!(seen, Some(kernel as f64), "agent count differs from the kernel's");
 }
