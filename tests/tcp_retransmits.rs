@@ -70,13 +70,19 @@ fn tcp_info(s: &TcpStream) -> libc::tcp_info {
 fn settle(socks: &[TcpStream]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while socks.iter().any(|s| tcp_info(s).tcpi_unacked != 0) {
-        assert!(Instant::now() < deadline, "sockets still have unacked data after 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "sockets still have unacked data after 30 s"
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn total_retrans(socks: &[TcpStream]) -> u64 {
-    socks.iter().map(|s| u64::from(tcp_info(s).tcpi_total_retrans)).sum()
+    socks
+        .iter()
+        .map(|s| u64::from(tcp_info(s).tcpi_total_retrans))
+        .sum()
 }
 
 /// A loopback listener whose connections use 1000-byte segments in both directions (its SYN-ACK
@@ -105,7 +111,10 @@ fn counts_exactly_the_kernels_retransmits_per_watched_port() {
     }
     let watched = listener();
     let unwatched = listener();
-    let (w, u) = (watched.local_addr().unwrap().port(), unwatched.local_addr().unwrap().port());
+    let (w, u) = (
+        watched.local_addr().unwrap().port(),
+        unwatched.local_addr().unwrap().port(),
+    );
 
     let dir = TempDir::new("retrans");
     let agent = Agent::start(
@@ -113,7 +122,12 @@ fn counts_exactly_the_kernels_retransmits_per_watched_port() {
         &format!("interval: 200ms\nprobes:\n  tcp_retransmits:\n    ports: [{w}]\n"),
     );
     let up = agent.sample("nodewatch_probe_up{probe=\"tcp_retransmits\",mode=\"ebpf\"}");
-    assert_eq!(up, Some(1.0), "probe not in eBPF mode:\n{}", agent.log_text());
+    assert_eq!(
+        up,
+        Some(1.0),
+        "probe not in eBPF mode:\n{}",
+        agent.log_text()
+    );
     let series = format!("nodewatch_tcp_retransmits_total{{port=\"{w}\"}}");
     assert_eq!(agent.sample(&series), Some(0.0));
     let other_before = agent
@@ -140,15 +154,28 @@ fn counts_exactly_the_kernels_retransmits_per_watched_port() {
 
     let w_kernel = total_retrans(&w_socks);
     let u_kernel = total_retrans(&u_socks);
-    assert!(w_kernel > 0, "the lossy path caused no retransmits on the watched port");
-    assert!(u_kernel > 0, "the lossy path caused no retransmits on the unwatched port");
+    assert!(
+        w_kernel > 0,
+        "the lossy path caused no retransmits on the watched port"
+    );
+    assert!(
+        u_kernel > 0,
+        "the lossy path caused no retransmits on the unwatched port"
+    );
 
     // The agent reads its maps every 200 ms: wait for a tick after the last retransmit.
     let other = "nodewatch_tcp_retransmits_total{port=\"other\"}";
-    let read = || (agent.sample(&series), agent.sample(other).unwrap_or(-1.0) - other_before);
+    let read = || {
+        (
+            agent.sample(&series),
+            agent.sample(other).unwrap_or(-1.0) - other_before,
+        )
+    };
     let deadline = Instant::now() + Duration::from_secs(3);
     let (mut seen, mut other_delta) = read();
-    while (seen != Some(w_kernel as f64) || other_delta < u_kernel as f64) && Instant::now() < deadline {
+    while (seen != Some(w_kernel as f64) || other_delta < u_kernel as f64)
+        && Instant::now() < deadline
+    {
         thread::sleep(Duration::from_millis(100));
         (seen, other_delta) = read();
     }
@@ -156,12 +183,20 @@ fn counts_exactly_the_kernels_retransmits_per_watched_port() {
         "watched port {w}: kernel tcpi_total_retrans {w_kernel}, agent {seen:?}; \
          unwatched port {u}: kernel {u_kernel}, agent other +{other_delta}"
     );
-    assert_eq!(seen, Some(w_kernel as f64), "agent count differs from the kernel's");
+    assert_eq!(
+        seen,
+        Some(w_kernel as f64),
+        "agent count differs from the kernel's"
+    );
     assert!(
         other_delta >= u_kernel as f64,
         "unwatched retransmits missing from other: +{other_delta}, kernel {u_kernel}"
     );
-    assert!(agent.sample(&format!("nodewatch_tcp_retransmits_total{{port=\"{u}\"}}")).is_none());
+    assert!(
+        agent
+            .sample(&format!("nodewatch_tcp_retransmits_total{{port=\"{u}\"}}"))
+            .is_none()
+    );
 
     let status = agent.stop();
     assert!(status.success(), "agent exited with {status}");
@@ -185,7 +220,10 @@ fn counts_retransmits_that_fail_locally_like_the_kernel() {
     let l = listener();
     let port = l.local_addr().unwrap().port();
     let dir = TempDir::new("retrans-fail");
-    let agent = Agent::start(&dir, &format!("interval: 200ms\nprobes:\n  tcp_retransmits:\n    ports: [{port}]\n"));
+    let agent = Agent::start(
+        &dir,
+        &format!("interval: 200ms\nprobes:\n  tcp_retransmits:\n    ports: [{port}]\n"),
+    );
     let series = format!("nodewatch_tcp_retransmits_total{{port=\"{port}\"}}");
 
     let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -208,13 +246,18 @@ fn counts_retransmits_that_fail_locally_like_the_kernel() {
     thread::sleep(Duration::from_millis(2500));
     // ...until the path heals and the data arrives.
     drop(refused);
-    server.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut got = [0u8; 4000];
     server.read_exact(&mut got).unwrap();
     let socks = [client, server];
     settle(&socks);
     let fails = netstat("TCPRetransFail") - fails_before;
-    assert!(fails > 0, "no retransmit failed locally: the test did not exercise err != 0");
+    assert!(
+        fails > 0,
+        "no retransmit failed locally: the test did not exercise err != 0"
+    );
     let kernel = total_retrans(&socks);
 
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -223,6 +266,12 @@ fn counts_retransmits_that_fail_locally_like_the_kernel() {
         thread::sleep(Duration::from_millis(100));
         seen = agent.sample(&series);
     }
-    eprintln!("port {port}: kernel tcpi_total_retrans {kernel} (of which failed locally: {fails} host-wide), agent {seen:?}");
-    assert_eq!(seen, Some(kernel as f64), "agent count differs from the kernel's");
+    eprintln!(
+        "port {port}: kernel tcpi_total_retrans {kernel} (of which failed locally: {fails} host-wide), agent {seen:?}"
+    );
+    assert_eq!(
+        seen,
+        Some(kernel as f64),
+        "agent count differs from the kernel's"
+    );
 }

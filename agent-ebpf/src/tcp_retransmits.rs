@@ -81,7 +81,11 @@ fn try_retransmit_skb(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let skb: u64 = unsafe { ctx.read_at(off.skb_skbaddr as usize)? };
     let segs: u16 = unsafe {
-        bpf_probe_read_kernel((skb as *const u8).wrapping_add(off.skb_gso_segs as usize).cast())?
+        bpf_probe_read_kernel(
+            (skb as *const u8)
+                .wrapping_add(off.skb_gso_segs as usize)
+                .cast(),
+        )?
     };
     let sport: u16 = unsafe { ctx.read_at(off.skb_sport as usize)? };
     let dport: u16 = unsafe { ctx.read_at(off.skb_dport as usize)? };

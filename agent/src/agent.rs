@@ -117,7 +117,12 @@ async fn shutdown_signal() {
 }
 
 /// One tick: every probe collects. Blocking reads stay on this thread, off the async workers.
-fn tick_loop(mut probes: Vec<Box<dyn Probe>>, store: &Store, interval: Duration, stop: &mpsc::Receiver<()>) {
+fn tick_loop(
+    mut probes: Vec<Box<dyn Probe>>,
+    store: &Store,
+    interval: Duration,
+    stop: &mpsc::Receiver<()>,
+) {
     let mut failing = vec![false; probes.len()];
     let mut next = Instant::now();
     loop {

@@ -93,16 +93,6 @@ impl<'de> Deserialize<'de> for Interval {
     }
 }
 
-/// A duration written the human way (`500ms`, `1s`, `2m`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parse_duration(&Spanned::<String>::deserialize(d)?).map(HumanDuration)
-    }
-}
-
 fn parse_duration<E: de::Error>(text: &Spanned<String>) -> Result<Duration, E> {
     humantime::parse_duration(text.value.trim()).map_err(|e| {
         located(
@@ -121,7 +111,11 @@ const LOC_MARK: char = '\u{1}';
 
 fn located<T, E: de::Error>(at: &Spanned<T>, msg: impl fmt::Display) -> E {
     let l = &at.referenced;
-    E::custom(format!("{LOC_MARK}{}:{}{LOC_MARK}{msg}", l.line(), l.column()))
+    E::custom(format!(
+        "{LOC_MARK}{}:{}{LOC_MARK}{msg}",
+        l.line(),
+        l.column()
+    ))
 }
 
 /// Splits a message made by [`located`] into its location and text.
@@ -142,7 +136,10 @@ impl<'de> Deserialize<'de> for Ports {
         if ports.len() > MAX_WATCHED_PORTS {
             return Err(located(
                 &ports[MAX_WATCHED_PORTS],
-                format!("{} ports listed; at most {MAX_WATCHED_PORTS} can be watched", ports.len()),
+                format!(
+                    "{} ports listed; at most {MAX_WATCHED_PORTS} can be watched",
+                    ports.len()
+                ),
             ));
         }
         let mut seen = BTreeSet::new();
@@ -286,7 +283,13 @@ fn locate(text: &str, path: &str) -> Option<(u64, u64)> {
         })?;
     }
     let line = text[..pos].matches('\n').count() as u64 + 1;
-    let column = text[..pos].rsplit('\n').next().unwrap_or("").chars().count() as u64 + 1;
+    let column = text[..pos]
+        .rsplit('\n')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .count() as u64
+        + 1;
     Some((line, column))
 }
 
@@ -314,7 +317,10 @@ mod tests {
     #[test]
     fn empty_file_is_all_defaults() {
         assert_eq!(Config::parse("c", "").unwrap(), Config::default());
-        assert_eq!(Config::parse("c", "# nothing\n").unwrap(), Config::default());
+        assert_eq!(
+            Config::parse("c", "# nothing\n").unwrap(),
+            Config::default()
+        );
     }
 
     #[test]
@@ -342,14 +348,20 @@ mod tests {
     #[test]
     fn wrong_type_names_the_key() {
         let e = err("probes:\n  tcp_retransmits:\n    ports: [80, http]\n");
-        assert!(e.starts_with("c.yaml:3:17: probes.tcp_retransmits.ports[1]: "), "{e}");
+        assert!(
+            e.starts_with("c.yaml:3:17: probes.tcp_retransmits.ports[1]: "),
+            "{e}"
+        );
         assert!(e.contains("probes.tcp_retransmits.ports"), "{e}");
     }
 
     #[test]
     fn bad_duration_names_the_key() {
         let e = err("listen: 0.0.0.0:9477\ninterval: soon\n");
-        assert!(e.starts_with("c.yaml:2:11: interval: invalid duration `soon`"), "{e}");
+        assert!(
+            e.starts_with("c.yaml:2:11: interval: invalid duration `soon`"),
+            "{e}"
+        );
         let e = err("interval: 10ms\n");
         assert!(e.contains("interval: interval 10ms is too short"), "{e}");
     }
@@ -360,16 +372,25 @@ mod tests {
         assert!(err("probes: {tcp_retransmits: {ports: [80, 80]}}").contains("listed twice"));
         assert!(err("probes: {tcp_retransmits: {ports: [70000]}}").contains("ports"));
         let many: Vec<String> = (1..=300).map(|p| p.to_string()).collect();
-        let e = err(&format!("probes: {{tcp_retransmits: {{ports: [{}]}}}}", many.join(",")));
+        let e = err(&format!(
+            "probes: {{tcp_retransmits: {{ports: [{}]}}}}",
+            many.join(",")
+        ));
         assert!(e.contains("at most 256"), "{e}");
     }
 
     #[test]
     fn top_level_unknown_key_is_located() {
         let e = err("listen: 0.0.0.0:9477\nintervall: 1s\n");
-        assert!(e.starts_with("c.yaml:2:1: intervall: unknown field `intervall`"), "{e}");
+        assert!(
+            e.starts_with("c.yaml:2:1: intervall: unknown field `intervall`"),
+            "{e}"
+        );
         let e = err("probes: { tcp_retransmits: { ports: [1], colour: red } }\n");
-        assert!(e.starts_with("c.yaml:1:42: probes.tcp_retransmits.colour: "), "{e}");
+        assert!(
+            e.starts_with("c.yaml:1:42: probes.tcp_retransmits.colour: "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -380,7 +401,13 @@ mod tests {
 
     #[test]
     fn malformed_yaml_is_an_error_not_a_panic() {
-        for text in ["listen: [", "{", ": :", "probes: {tcp_retransmits: 3}", "- a\n- b"] {
+        for text in [
+            "listen: [",
+            "{",
+            ": :",
+            "probes: {tcp_retransmits: 3}",
+            "- a\n- b",
+        ] {
             let e = err(text);
             assert!(e.starts_with("c.yaml:"), "{text:?} -> {e}");
         }

@@ -40,7 +40,11 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     } else {
         (state.store.encode_prometheus(), PROMETHEUS_TEXT)
     };
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], body).into_response()
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))],
+        body,
+    )
+        .into_response()
 }
 
 /// Node health. Until alert rules drive it (issue 7/8), a running agent reports healthy.

@@ -105,7 +105,10 @@ impl TracepointFormat {
                 let line = line.trim().strip_prefix("field:")?;
                 let mut parts = line.split(';').map(str::trim);
                 let decl = parts.next()?;
-                let offset = parts.find_map(|p| p.strip_prefix("offset:"))?.parse().ok()?;
+                let offset = parts
+                    .find_map(|p| p.strip_prefix("offset:"))?
+                    .parse()
+                    .ok()?;
                 // `const void * skbaddr`, `__u8 saddr[4]`: the name is the last word, sans array.
                 let field = decl.rsplit([' ', '*']).next()?.split('[').next()?;
                 Some((field.to_string(), offset))
@@ -144,9 +147,7 @@ pub fn member_offset(strukt: &str, member: &str) -> Result<u32, KernelError> {
         strukt: strukt.to_string(),
         member: member.to_string(),
     };
-    let types = btf
-        .resolve_types_by_name(strukt)
-        .map_err(|_| missing())?;
+    let types = btf.resolve_types_by_name(strukt).map_err(|_| missing())?;
     types
         .iter()
         .find_map(|t| match t {

@@ -114,7 +114,11 @@ fn print_probes(cfg: &Config) {
             continue;
         }
         let probe = (def.start)(cfg, store.registry_mut());
-        let supported = if probe.mode() == probes::Mode::Ebpf { "yes" } else { "degraded" };
+        let supported = if probe.mode() == probes::Mode::Ebpf {
+            "yes"
+        } else {
+            "degraded"
+        };
         println!(
             "{:<18} {:<10} {:<8} {}",
             def.name,

@@ -90,7 +90,11 @@ impl Store {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             })
             .set(1);
-        registry.register(names::BUILD_INFO, "Always 1, labelled by the agent's version", build);
+        registry.register(
+            names::BUILD_INFO,
+            "Always 1, labelled by the agent's version",
+            build,
+        );
         Self { registry, own }
     }
 
@@ -170,7 +174,10 @@ mod tests {
             })
             .set(1);
         let text = store.encode_openmetrics();
-        assert!(text.contains("nodewatch_probe_up{probe=\"p\",mode=\"ebpf\"} 1"), "{text}");
+        assert!(
+            text.contains("nodewatch_probe_up{probe=\"p\",mode=\"ebpf\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("nodewatch_build_info{version="), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }

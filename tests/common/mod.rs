@@ -88,7 +88,11 @@ impl Agent {
             if let Some(status) = agent.child.try_wait().expect("wait") {
                 panic!("nodewatch exited early ({status}):\n{}", agent.log_text());
             }
-            assert!(Instant::now() < deadline, "nodewatch did not answer in 30 s:\n{}", agent.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "nodewatch did not answer in 30 s:\n{}",
+                agent.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         agent
@@ -117,7 +121,10 @@ impl Agent {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "nodewatch ignored SIGTERM for 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "nodewatch ignored SIGTERM for 10 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -144,7 +151,11 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
@@ -180,7 +191,10 @@ pub struct NftTable(pub String);
 impl NftTable {
     pub fn create(name: &str, body: &str) -> Self {
         let table = format!("{name}_{}", std::process::id());
-        let _ = Command::new("nft").args(["delete", "table", "inet", &table]).stderr(Stdio::null()).status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .stderr(Stdio::null())
+            .status();
         nft(&format!("table inet {table} {{\n{body}\n}}\n"));
         Self(table)
     }

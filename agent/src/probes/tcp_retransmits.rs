@@ -119,7 +119,8 @@ impl Kernel {
             .take_map(COUNTS_MAP)
             .ok_or(AttachError::Missing(COUNTS_MAP))?
             .try_into()?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
         // Every slot exists before the programs run, so they never insert.
         for &port in ports.iter().chain([&OTHER_PORT]) {
             let zeros = PerCpuValues::try_from(vec![0u64; cpus])
@@ -127,7 +128,10 @@ impl Kernel {
             counts.insert(port, zeros, 0)?;
             let _ = segments.get_or_create(&PortLabels::of(port));
         }
-        for (prog, event) in [(PROG_SKB, "tcp_retransmit_skb"), (PROG_SYNACK, "tcp_retransmit_synack")] {
+        for (prog, event) in [
+            (PROG_SKB, "tcp_retransmit_skb"),
+            (PROG_SYNACK, "tcp_retransmit_synack"),
+        ] {
             let err = |source| AttachError::Program { name: prog, source };
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
@@ -150,8 +154,8 @@ fn offsets() -> Result<RetransOffsets, kernel::KernelError> {
     let skb = TracepointFormat::read("tcp", "tcp_retransmit_skb")?;
     let synack = TracepointFormat::read("tcp", "tcp_retransmit_synack")?;
     // tcp_skb_pcount(skb) is TCP_SKB_CB(skb)->tcp_gso_segs, and TCP_SKB_CB is skb->cb.
-    let gso_segs =
-        kernel::member_offset("sk_buff", "cb")? + kernel::member_offset("tcp_skb_cb", "tcp_gso_segs")?;
+    let gso_segs = kernel::member_offset("sk_buff", "cb")?
+        + kernel::member_offset("tcp_skb_cb", "tcp_gso_segs")?;
     Ok(RetransOffsets {
         skb_skbaddr: skb.offset("skbaddr")?,
         skb_sport: skb.offset("sport")?,
@@ -201,7 +205,10 @@ impl Probe for Procfs {
         Mode::Procfs
     }
     fn attach_method(&self) -> String {
-        format!("procfs {} Tcp: RetransSegs (host-wide)", self.path.display())
+        format!(
+            "procfs {} Tcp: RetransSegs (host-wide)",
+            self.path.display()
+        )
     }
     fn collect(&mut self) -> Result<(), ProbeError> {
         let path = self.path.display().to_string();
@@ -245,7 +252,11 @@ mod tests {
     #[test]
     fn reads_retrans_segs() {
         assert_eq!(snmp_value(SNMP, "Tcp", "RetransSegs"), Some(42));
-        assert_eq!(snmp_value(SNMP, "Tcp", "MaxConn"), None, "-1 is not a counter");
+        assert_eq!(
+            snmp_value(SNMP, "Tcp", "MaxConn"),
+            None,
+            "-1 is not a counter"
+        );
         assert_eq!(snmp_value(SNMP, "Udp", "InDatagrams"), Some(5));
         assert_eq!(snmp_value(SNMP, "Tcp", "Nope"), None);
         assert_eq!(snmp_value("", "Tcp", "RetransSegs"), None);
@@ -262,8 +273,16 @@ mod tests {
             segments: segments.clone(),
         };
         p.collect().unwrap();
-        assert_eq!(segments.get_or_create(&PortLabels { port: "all".into() }).get(), 42);
+        assert_eq!(
+            segments
+                .get_or_create(&PortLabels { port: "all".into() })
+                .get(),
+            42
+        );
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(p.collect().is_err(), "a vanished file is an error, not a panic");
+        assert!(
+            p.collect().is_err(),
+            "a vanished file is an error, not a panic"
+        );
     }
 }
