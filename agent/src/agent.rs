@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     config::Config,
-    http,
+    http, kernel,
     probes::{self, Probe},
     store::{CollectorLabels, ProbeLabels, Store},
 };
@@ -31,7 +31,7 @@ pub enum RunError {
 
 /// Starts every enabled probe, registering its metrics in `store`.
 pub fn start_probes(cfg: &Config, store: &mut Store) -> Vec<Box<dyn Probe>> {
-    probes::ALL
+    let probes = probes::ALL
         .iter()
         .filter(|def| {
             let on = (def.enabled)(cfg);
@@ -41,7 +41,9 @@ pub fn start_probes(cfg: &Config, store: &mut Store) -> Vec<Box<dyn Probe>> {
             on
         })
         .map(|def| (def.start)(cfg, store.registry_mut()))
-        .collect()
+        .collect();
+    kernel::release_btf();
+    probes
 }
 
 /// Runs the agent until SIGINT or SIGTERM.

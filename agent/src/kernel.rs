@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     ffi::CString,
     path::{Path, PathBuf},
-    sync::OnceLock,
+    sync::{Arc, Mutex},
 };
 
 use btf_rs::{Btf, Type};
@@ -132,17 +132,35 @@ impl TracepointFormat {
     }
 }
 
-/// The running kernel's BTF, parsed once.
-pub fn btf() -> Result<&'static Btf, KernelError> {
-    static BTF: OnceLock<Result<Btf, String>> = OnceLock::new();
-    BTF.get_or_init(|| Btf::from_file(VMLINUX_BTF).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| KernelError::Btf(e.clone()))
+/// The running kernel's BTF, parsed once and kept until [`release_btf`].
+static BTF: Mutex<Option<Arc<Btf>>> = Mutex::new(None);
+
+/// The running kernel's BTF, parsed on first use.
+pub fn btf() -> Result<Arc<Btf>, KernelError> {
+    let mut cached = BTF.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(btf) = cached.as_ref() {
+        return Ok(Arc::clone(btf));
+    }
+    let btf = Arc::new(Btf::from_file(VMLINUX_BTF).map_err(|e| KernelError::Btf(e.to_string()))?);
+    *cached = Some(Arc::clone(&btf));
+    Ok(btf)
+}
+
+/// Drops the parsed BTF (tens of MiB of heap) once every probe has its offsets, and hands
+/// the freed heap back to the kernel so the agent's resident size reflects what it uses.
+pub fn release_btf() {
+    BTF.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Byte offset of `member` in `struct strukt`, looking through anonymous structs and unions.
 pub fn member_offset(strukt: &str, member: &str) -> Result<u32, KernelError> {
     let btf = btf()?;
+    let btf = btf.as_ref();
     let missing = || KernelError::NoMember {
         strukt: strukt.to_string(),
         member: member.to_string(),
