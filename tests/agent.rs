@@ -100,8 +100,8 @@ fn serves_metrics_promtool_accepts_and_detaches_on_sigterm() {
     let progs = attached_prog_ids(agent.child.id());
     assert_eq!(
         progs.len(),
-        2,
-        "expected both retransmit tracepoints attached: {progs:?}"
+        3,
+        "expected both retransmit tracepoints and the cgroup_skb program attached: {progs:?}"
     );
     let log = agent.log.clone();
     let status = agent.stop();
@@ -219,12 +219,20 @@ fn without_privileges_falls_back_to_procfs() {
         value >= before as f64 && value <= retrans_segs() as f64,
         "{value} outside [{before}, now]"
     );
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(
-        log.matches("WARN").count(),
-        1,
-        "one WARN line for the fallback:\n{log}"
+    // accept_queue degrades to sock_diag, which works unprivileged.
+    assert!(
+        text.contains("nodewatch_probe_up{probe=\"accept_queue\",mode=\"sock_diag\"} 1"),
+        "{text}"
     );
+    let log = std::fs::read_to_string(&log).unwrap();
+    for probe in ["tcp_retransmits", "accept_queue"] {
+        let warns = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(&format!("probe=\"{probe}\"")))
+            .count();
+        assert_eq!(warns, 1, "one WARN line for {probe}'s fallback:\n{log}");
+    }
+    assert_eq!(log.matches("WARN").count(), 2, "{log}");
     assert!(log.contains("eBPF unavailable"), "{log}");
 }
 

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, NftTable, TempDir, have_root};
+use common::{Agent, NftTable, TempDir, have_root, netstat};
 
 const PAYLOAD: usize = 256 * 1024;
 
@@ -200,14 +200,6 @@ fn counts_exactly_the_kernels_retransmits_per_watched_port() {
 
     let status = agent.stop();
     assert!(status.success(), "agent exited with {status}");
-}
-
-fn netstat(field: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/net/netstat").unwrap();
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (head, vals) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = head.split_whitespace().position(|h| h == field).unwrap();
-    vals.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
 /// Retransmits whose transmit fails locally (a firewall on this host drops them: the

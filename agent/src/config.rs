@@ -49,6 +49,8 @@ impl Default for Config {
 pub struct ProbesConfig {
     /// TCP retransmits per watched port.
     pub tcp_retransmits: TcpRetransmitsConfig,
+    /// Accept-queue overflows and queue depth per watched listening port.
+    pub accept_queue: AcceptQueueConfig,
 }
 
 /// `probes.tcp_retransmits:`.
@@ -70,6 +72,45 @@ impl Default for TcpRetransmitsConfig {
             ports: Ports(vec![8000, 8001, 8080]),
         }
     }
+}
+
+/// `probes.accept_queue:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcceptQueueConfig {
+    /// Whether the probe runs. Default `true`.
+    pub enabled: bool,
+    /// Listening ports to watch: overflows are counted and queue length and limit exported
+    /// for each. Default `[8000, 8001, 8080]`; at most 256 ports, each 1–65535, no duplicates.
+    pub ports: Ports,
+    /// Where overflow counts come from: `auto` (eBPF, else sock_diag, else procfs), or one of
+    /// `ebpf`, `sock_diag` (per-listener drops), `procfs` (host-wide `ListenOverflows`).
+    /// Default `auto`.
+    pub mode: AcceptQueueMode,
+}
+
+impl Default for AcceptQueueConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ports: Ports(vec![8000, 8001, 8080]),
+            mode: AcceptQueueMode::Auto,
+        }
+    }
+}
+
+/// `probes.accept_queue.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceptQueueMode {
+    /// The best this host allows: eBPF, then sock_diag, then procfs.
+    Auto,
+    /// eBPF only; if it cannot attach, the probe degrades as in `auto`, with a WARN line.
+    Ebpf,
+    /// Per-listener drops from sock_diag, no eBPF.
+    SockDiag,
+    /// Host-wide `TcpExt: ListenOverflows` from `/proc/net/netstat`.
+    Procfs,
 }
 
 /// A duration written the human way (`500ms`, `1s`, `2m`), at least 100 ms.
@@ -335,6 +376,19 @@ mod tests {
         assert_eq!(c.proc_root, PathBuf::from("/tmp/p"));
         assert!(!c.probes.tcp_retransmits.enabled);
         assert_eq!(c.probes.tcp_retransmits.ports.0, vec![22, 443]);
+        let c = Config::parse(
+            "c",
+            "probes:\n  accept_queue:\n    ports: [8000]\n    mode: sock_diag\n",
+        )
+        .unwrap();
+        assert_eq!(c.probes.accept_queue.ports.0, vec![8000]);
+        assert_eq!(c.probes.accept_queue.mode, AcceptQueueMode::SockDiag);
+        let e = err("probes:\n  accept_queue:\n    mode: fast\n");
+        assert!(
+            e.starts_with("c.yaml:3:11: probes.accept_queue.mode: "),
+            "{e}"
+        );
+        assert!(e.contains("sock_diag"), "{e}");
     }
 
     #[test]

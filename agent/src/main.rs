@@ -5,6 +5,7 @@ mod config;
 mod http;
 mod kernel;
 mod probes;
+mod sockdiag;
 mod store;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};

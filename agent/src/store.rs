@@ -13,6 +13,9 @@ use prometheus_client::{
 /// the encoder appends it (`nodewatch_tcp_retransmits_total`).
 pub mod names {
     pub const TCP_RETRANSMITS: &str = "tcp_retransmits";
+    pub const TCP_LISTEN_OVERFLOWS: &str = "tcp_listen_overflows";
+    pub const TCP_LISTEN_QUEUE_LENGTH: &str = "tcp_listen_queue_length";
+    pub const TCP_LISTEN_QUEUE_MAX: &str = "tcp_listen_queue_max";
     pub const PROBE_UP: &str = "probe_up";
     pub const COLLECTOR_DURATION: &str = "collector_duration_seconds";
     pub const COLLECTOR_ERRORS: &str = "collector_errors";

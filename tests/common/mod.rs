@@ -207,3 +207,87 @@ impl Drop for NftTable {
             .status();
     }
 }
+
+/// A network namespace of the test's own, deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// `ip netns add` a namespace named after `tag` and this process, with loopback up.
+    pub fn create(tag: &str) -> Self {
+        let name = format!("nw_{tag}_{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("run ip (iproute2)");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        let ns = Self(name);
+        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `f` on a thread that has entered the namespace: the sockets it opens, and the
+    /// processes it spawns (the agent, nft, ss), live there. A panic in `f` is re-raised.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::scope(|s| {
+            let joined = s
+                .spawn(|| {
+                    let ns = std::fs::File::open(&path).expect("open the netns");
+                    // SAFETY: a valid namespace fd; only this thread changes namespace.
+                    let rc = unsafe {
+                        libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
+                    };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join();
+            joined.unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// A `TcpExt:` counter of the calling thread's network namespace. (`/proc/net` follows the
+/// process's main thread; `/proc/thread-self/net` follows this one.)
+pub fn netstat(field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("read netstat");
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (head, vals) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = head
+        .split_whitespace()
+        .position(|h| h == field)
+        .unwrap_or_else(|| panic!("no TcpExt {field}"));
+    vals.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Polls `f` every 50 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

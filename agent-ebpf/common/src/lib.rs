@@ -14,6 +14,28 @@ pub mod tcp_retransmits {
     pub const PROG_SYNACK: &str = "tcp_retransmit_synack";
 }
 
+/// The accept-queue probe's names and limits.
+pub mod accept_queue {
+    /// Most listening ports a user can watch.
+    pub const MAX_PORTS: u32 = 256;
+    /// Per-CPU counter map: listening port (host order) → connections the kernel dropped
+    /// because that listener's accept queue was full.
+    pub const OVERFLOWS_MAP: &str = "LISTEN_OVERFLOWS";
+    /// The `cgroup_skb` ingress program.
+    pub const PROG: &str = "accept_queue";
+}
+
+/// Where the accept-queue program finds a listener's queue length and limit: byte offsets of
+/// `sock.sk_ack_backlog` and `sock.sk_max_ack_backlog` (both u32), read from the kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptqOffsets {
+    pub ack_backlog: u32,
+    pub max_ack_backlog: u32,
+    /// Set to 1 by userspace once the fields above are filled in.
+    pub valid: u32,
+}
+
 /// Where the probes find the fields they read. Userspace fills this from tracefs formats and
 /// the running kernel's BTF, and hands it over as a frozen `.rodata` global.
 #[repr(C)]
@@ -39,4 +61,6 @@ pub struct RetransOffsets {
 mod user {
     // SAFETY: plain old data, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::RetransOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AcceptqOffsets {}
 }

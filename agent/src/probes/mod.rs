@@ -3,20 +3,28 @@
 
 use std::fmt;
 
-use prometheus_client::registry::Registry;
+use nodewatch_common::tcp_retransmits::OTHER_PORT;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
 
 use crate::config::Config;
 
+pub mod accept_queue;
 pub mod tcp_retransmits;
 
 /// Every probe, in the order they start.
-pub const ALL: &[ProbeDef] = &[tcp_retransmits::DEF];
+pub const ALL: &[ProbeDef] = &[tcp_retransmits::DEF, accept_queue::DEF];
 
 /// How a probe gets its data; the `mode` label of `nodewatch_probe_up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// eBPF programs in the kernel.
     Ebpf,
+    /// Per-socket counters from netlink sock_diag.
+    SockDiag,
     /// Host-wide counters from `/proc`.
     Procfs,
 }
@@ -25,6 +33,7 @@ impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Ebpf => "ebpf",
+            Mode::SockDiag => "sock_diag",
             Mode::Procfs => "procfs",
         }
     }
@@ -75,4 +84,46 @@ pub enum ProbeError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+}
+
+/// Labels `{port}`: a watched port, `other` (the rest), or `all` (a host-wide fallback).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub port: String,
+}
+
+impl PortLabels {
+    /// A watched port; `OTHER_PORT` (0) is the `other` slot.
+    pub fn of(port: u16) -> Self {
+        let port = if port == OTHER_PORT {
+            "other".to_string()
+        } else {
+            port.to_string()
+        };
+        Self { port }
+    }
+
+    /// The host-wide series of a procfs fallback.
+    pub fn all() -> Self {
+        Self { port: "all".into() }
+    }
+}
+
+/// Sets a counter to a total kept elsewhere (a kernel map, a kernel counter).
+pub fn set_counter(family: &Family<PortLabels, Counter>, labels: PortLabels, total: u64) {
+    family
+        .get_or_create(&labels)
+        .inner()
+        .store(total, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A value from `/proc/net/snmp` or `/proc/net/netstat` text: a header line and a value line
+/// per protocol (`Tcp:`, `TcpExt:`).
+pub fn snmp_value(text: &str, proto: &str, field: &str) -> Option<u64> {
+    let prefix = format!("{proto}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let idx = header.split_whitespace().position(|h| h == field)?;
+    values.split_whitespace().nth(idx)?.parse().ok()
 }

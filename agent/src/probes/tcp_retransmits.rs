@@ -16,12 +16,11 @@ use nodewatch_common::{
     tcp_retransmits::{COUNTS_MAP, OTHER_PORT, PROG_SKB, PROG_SYNACK},
 };
 use prometheus_client::{
-    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
 
-use super::{Mode, Probe, ProbeDef, ProbeError};
+use super::{Mode, PortLabels, Probe, ProbeDef, ProbeError, set_counter, snmp_value};
 use crate::{
     config::Config,
     kernel::{self, TracepointFormat},
@@ -38,23 +37,6 @@ pub const DEF: ProbeDef = ProbeDef {
     enabled: |c| c.probes.tcp_retransmits.enabled,
     start,
 };
-
-/// Labels `{port}`: a watched port, `other`, or `all` (procfs mode).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PortLabels {
-    pub port: String,
-}
-
-impl PortLabels {
-    fn of(port: u16) -> Self {
-        let port = if port == OTHER_PORT {
-            "other".to_string()
-        } else {
-            port.to_string()
-        };
-        Self { port }
-    }
-}
 
 type Segments = Family<PortLabels, Counter>;
 
@@ -185,7 +167,7 @@ impl Probe for Kernel {
                 source,
             })?;
             let total: u64 = per_cpu.iter().sum();
-            set(&self.segments, PortLabels::of(port), total);
+            set_counter(&self.segments, PortLabels::of(port), total);
         }
         Ok(())
     }
@@ -220,27 +202,9 @@ impl Probe for Procfs {
             path,
             message: "no Tcp: RetransSegs".into(),
         })?;
-        set(&self.segments, PortLabels { port: "all".into() }, value);
+        set_counter(&self.segments, PortLabels::all(), value);
         Ok(())
     }
-}
-
-/// Sets a counter to a total the kernel keeps.
-fn set(family: &Segments, labels: PortLabels, total: u64) {
-    family
-        .get_or_create(&labels)
-        .inner()
-        .store(total, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// A value from `/proc/net/snmp`-style text: a header line and a value line per protocol.
-pub fn snmp_value(text: &str, proto: &str, field: &str) -> Option<u64> {
-    let prefix = format!("{proto}:");
-    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
-    let header = lines.next()?;
-    let values = lines.next()?;
-    let idx = header.split_whitespace().position(|h| h == field)?;
-    values.split_whitespace().nth(idx)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -1,0 +1,140 @@
+//! Hook: `cgroup_skb` ingress on the cgroup v2 root. Reads each packet's TCP flags and, when
+//! its socket is a listener on a watched port, `sock.sk_ack_backlog` and
+//! `sock.sk_max_ack_backlog` (through `bpf_skc_to_tcp_sock`, at offsets from the kernel's BTF).
+//!
+//! The program runs in `tcp_filter()`, just before the kernel decides a packet's fate at the
+//! listener. When the accept queue is already full (`sk_acceptq_is_full()`: backlog > max),
+//! the kernel drops:
+//! - a SYN (no ACK, RST or FIN) in `tcp_conn_request()`, counting `ListenOverflows`;
+//! - an ACK that would complete a handshake (request socket or SYN cookie) in
+//!   `tcp_v4_syn_recv_sock()` / `tcp_v6_syn_recv_sock()`, counting `ListenOverflows`.
+//!
+//! Those two cases are counted here, per listening port. The program never drops anything.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_probe_read_kernel, bpf_sk_fullsock, bpf_skc_to_tcp_sock},
+    macros::{cgroup_skb, map},
+    maps::PerCpuHashMap,
+    programs::SkBuffContext,
+};
+use nodewatch_common::{AcceptqOffsets, accept_queue::MAX_PORTS};
+use nodewatch_ebpf::counter_add;
+
+nodewatch_ebpf::license!();
+
+/// Offsets of the backlog fields in `struct sock`, set by userspace from BTF before load.
+#[unsafe(no_mangle)]
+static ACCEPTQ_OFFSETS: AcceptqOffsets = AcceptqOffsets {
+    ack_backlog: 0,
+    max_ack_backlog: 0,
+    valid: 0,
+};
+
+/// Listening port → overflows. Userspace inserts every watched port up front.
+#[map]
+static LISTEN_OVERFLOWS: PerCpuHashMap<u16, u64> = PerCpuHashMap::with_max_entries(MAX_PORTS, 0);
+
+const TCP_LISTEN: u32 = 10;
+const IPPROTO_TCP: u32 = 6;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+/// Lets every packet through: the program only observes.
+const PASS: i32 = 1;
+
+#[cgroup_skb(ingress)]
+pub fn accept_queue(ctx: SkBuffContext) -> i32 {
+    match try_accept_queue(&ctx) {
+        Ok(()) | Err(_) => PASS,
+    }
+}
+
+fn try_accept_queue(ctx: &SkBuffContext) -> Result<(), i64> {
+    let off = offsets();
+    if off.valid == 0 {
+        return Err(-1);
+    }
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: the context pointer is valid for the program's run; the verifier rewrites these
+    // field reads into checked accesses.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    // SAFETY: helpers that accept a possibly-null socket and return a checked pointer.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    if full.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null full socket from the helper is readable.
+    let (state, protocol, port) = unsafe { ((*full).state, (*full).protocol, (*full).src_port) };
+    if state != TCP_LISTEN || protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    // Unwatched listeners cost one hash lookup.
+    let Some(slot) = LISTEN_OVERFLOWS.get_ptr_mut(port as u16) else {
+        return Ok(());
+    };
+    if !queue_full(sk.cast(), &off)? {
+        return Ok(());
+    }
+    let flags = tcp_flags(ctx, skb)?;
+    let dropped_syn = flags & (SYN | ACK | RST | FIN) == SYN;
+    let dropped_ack = flags & (SYN | ACK | RST) == ACK;
+    if dropped_syn || dropped_ack {
+        counter_add(slot, 1);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn offsets() -> AcceptqOffsets {
+    // SAFETY: a frozen .rodata global; the volatile read keeps the compiler from folding the
+    // zero initialiser.
+    unsafe { core::ptr::read_volatile(&ACCEPTQ_OFFSETS) }
+}
+
+/// The kernel's `sk_acceptq_is_full()`: `sk_ack_backlog > sk_max_ack_backlog`.
+#[inline(always)]
+fn queue_full(sk: *mut core::ffi::c_void, off: &AcceptqOffsets) -> Result<bool, i64> {
+    // SAFETY: the helper returns a BTF pointer to the tcp_sock (or null); the reads go through
+    // bpf_probe_read_kernel, which checks them.
+    unsafe {
+        let tp = bpf_skc_to_tcp_sock(sk) as *const u8;
+        if tp.is_null() {
+            return Ok(false);
+        }
+        let backlog: u32 = bpf_probe_read_kernel(tp.wrapping_add(off.ack_backlog as usize).cast())?;
+        let max: u32 = bpf_probe_read_kernel(tp.wrapping_add(off.max_ack_backlog as usize).cast())?;
+        Ok(backlog > max)
+    }
+}
+
+/// The TCP flags byte. In cgroup_skb ingress the packet data starts at the IP header.
+#[inline(always)]
+fn tcp_flags(ctx: &SkBuffContext, skb: *mut __sk_buff) -> Result<u8, i64> {
+    // SAFETY: context field read, checked by the verifier.
+    let proto = u16::from_be(unsafe { (*skb).protocol } as u16);
+    let l4 = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0)?;
+        usize::from(vihl & 0x0f) * 4
+    } else if proto == ETH_P_IPV6 {
+        // A listener's packets carry no extension headers in practice; anything else is not
+        // a TCP segment we can read and is skipped.
+        let next: u8 = ctx.load(6)?;
+        if u32::from(next) != IPPROTO_TCP {
+            return Err(-1);
+        }
+        40
+    } else {
+        return Err(-1);
+    };
+    Ok(ctx.load(l4 + 13)?)
+}

@@ -1,0 +1,309 @@
+//! Real accept-queue overflows in a network namespace of the test's own: listeners with tiny
+//! backlogs that never accept, flooded with connection attempts. The agent runs inside the
+//! namespace; its counts are checked against the namespace's own `TcpExt: ListenOverflows`
+//! and `ListenDrops`, and its queue gauges against `ss -ltn`.
+
+mod common;
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Agent, Netns, NftTable, TempDir, have_root, netstat, wait_for};
+
+/// A loopback listener with backlog `backlog` whose connections are never accepted.
+fn listener(port: u16, backlog: i32) -> TcpListener {
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("bind listener");
+    // SAFETY: listen() again on a listening socket only changes its backlog.
+    let rc = unsafe { libc::listen(l.as_raw_fd(), backlog) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+    l
+}
+
+fn port_of(l: &TcpListener) -> u16 {
+    l.local_addr().unwrap().port()
+}
+
+/// `attempts` connection attempts in a row, each given up after 100 ms (before the client
+/// would resend its SYN). Returns the connections that got through, still open, and how many
+/// were refused — each refused attempt is one SYN the full queue dropped.
+fn knock(port: u16, attempts: usize) -> (Vec<TcpStream>, u64) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..attempts {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => open.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    (open, refused)
+}
+
+/// Recv-Q and Send-Q of the listener on `port`, as `ss -ltn` shows them.
+fn ss_queue(port: u16) -> (f64, f64) {
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("ss shows no listener on {port}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[1].parse().unwrap(), f[2].parse().unwrap())
+}
+
+fn overflows(agent: &Agent, port: &str) -> f64 {
+    agent
+        .sample(&format!(
+            "nodewatch_tcp_listen_overflows_total{{port=\"{port}\"}}"
+        ))
+        .unwrap_or_else(|| panic!("no overflow series for port {port}:\n{}", agent.metrics()))
+}
+
+/// Waits until the agent's gauges for `port` equal what `ss` shows, and returns both.
+fn queues_agree(agent: &Agent, port: u16) -> (f64, f64) {
+    let ss = ss_queue(port);
+    let seen = wait_for(Duration::from_secs(3), || {
+        let len = agent.sample(&format!(
+            "nodewatch_tcp_listen_queue_length{{port=\"{port}\"}}"
+        ));
+        let max = agent.sample(&format!(
+            "nodewatch_tcp_listen_queue_max{{port=\"{port}\"}}"
+        ));
+        (len == Some(ss.0) && max == Some(ss.1)).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "port {port}: ss shows Recv-Q/Send-Q {ss:?}, agent shows\n{}",
+        agent.metrics()
+    );
+    ss
+}
+
+fn config(ports: &[u16], mode: &str) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "interval: 200ms\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue:\n    ports: [{}]\n    mode: {mode}\n",
+        ports.join(", ")
+    )
+}
+
+#[test]
+fn ebpf_counts_equal_the_namespaces_listen_overflows() {
+    if !have_root("accept_queue ebpf") {
+        return;
+    }
+    let ns = Netns::create("aq");
+    ns.run(|| {
+        let syn_l = listener(0, 2);
+        let ack_l = listener(0, 2);
+        let other_l = listener(0, 1);
+        let (p, q, u) = (port_of(&syn_l), port_of(&ack_l), port_of(&other_l));
+        let dir = TempDir::new("aq-ebpf");
+        let agent = Agent::start(&dir, &config(&[p, q], "auto"));
+        let probes = agent.metrics();
+        assert!(
+            probes.contains("nodewatch_probe_up{probe=\"accept_queue\",mode=\"ebpf\"} 1"),
+            "not in eBPF mode:\n{}",
+            agent.log_text()
+        );
+        let overflows_before = netstat("ListenOverflows");
+
+        // SYN path: fill the queue (backlog 2 holds 3), then every attempt is a dropped SYN.
+        let (mut keep, refused) = knock(p, 3);
+        assert_eq!(refused, 0, "the first three fit in the queue");
+        let first_drop = Instant::now();
+        let (more, mut syn_drops) = knock(p, 1);
+        keep.extend(more);
+        let moved = wait_for(Duration::from_secs(5), || {
+            (overflows(&agent, &p.to_string()) >= 1.0).then(|| first_drop.elapsed())
+        })
+        .expect("the overflow counter never moved");
+        eprintln!("first dropped SYN to the counter moving on /metrics: {moved:?} (200 ms ticks)");
+        let (more, refused) = knock(p, 6);
+        keep.extend(more);
+        syn_drops += refused;
+        assert_eq!(syn_drops, 7, "every attempt on the full queue is refused");
+
+        // ACK path: handshakes whose final ACK is held back until the queue is full. The
+        // clients then send data; each segment that reaches the full listener is dropped.
+        let hold = NftTable::create(
+            "nodewatch_test_aq",
+            &format!(
+                "chain out {{\n type filter hook output priority 0;\n \
+                 tcp dport {q} tcp flags & (syn | ack | fin | rst) == ack drop\n}}"
+            ),
+        );
+        let (mut late, refused) = knock(q, 5);
+        assert_eq!(refused, 0, "the SYNs fit while the queue is empty");
+        drop(hold);
+        for s in &mut late {
+            s.write_all(b"x").unwrap();
+        }
+        thread::sleep(Duration::from_millis(1500));
+
+        // The gauges show what ss shows while both queues are full.
+        assert_eq!(queues_agree(&agent, p), (3.0, 2.0));
+        assert_eq!(queues_agree(&agent, q), (3.0, 2.0));
+
+        // Stop all traffic to the watched listeners, then compare with the kernel.
+        drop(late);
+        drop(keep);
+        drop(syn_l);
+        drop(ack_l);
+        thread::sleep(Duration::from_millis(300));
+        let kernel = netstat("ListenOverflows") - overflows_before;
+        let agreed = wait_for(Duration::from_secs(3), || {
+            let sum = overflows(&agent, &p.to_string()) + overflows(&agent, &q.to_string());
+            (sum == kernel as f64).then_some(sum)
+        });
+        let (ap, aq) = (overflows(&agent, &p.to_string()), overflows(&agent, &q.to_string()));
+        eprintln!(
+            "namespace ListenOverflows +{kernel}; agent: port {p} (SYN path) {ap}, port {q} (ACK path) {aq}"
+        );
+        assert!(agreed.is_some(), "agent {ap} + {aq} != kernel {kernel}");
+        assert_eq!(ap, syn_drops as f64, "one overflow per refused attempt");
+        assert!(aq > 0.0, "the ACK path was not exercised");
+        // Without a listener the gauges go away.
+        let gone = wait_for(Duration::from_secs(3), || {
+            agent
+                .sample(&format!("nodewatch_tcp_listen_queue_length{{port=\"{p}\"}}"))
+                .is_none()
+                .then_some(())
+        });
+        assert!(gone.is_some(), "stale gauge for a closed listener");
+
+        // An unwatched listener overflowing does not move the watched counters.
+        let before_u = netstat("ListenOverflows");
+        let (keep_u, refused_u) = knock(u, 6);
+        assert!(refused_u > 0);
+        thread::sleep(Duration::from_millis(500));
+        assert_eq!(netstat("ListenOverflows") - before_u, refused_u);
+        assert_eq!(overflows(&agent, &p.to_string()), ap);
+        assert_eq!(overflows(&agent, &q.to_string()), aq);
+        drop(keep_u);
+
+        // The server comes back on the same port: followed without restarting the agent.
+        let again = listener(p, 1);
+        let (keep, refused) = knock(p, 5);
+        assert_eq!(refused, 3, "backlog 1 holds two");
+        let counted = wait_for(Duration::from_secs(3), || {
+            (overflows(&agent, &p.to_string()) == ap + 3.0).then_some(())
+        });
+        assert!(counted.is_some(), "restarted listener not followed:\n{}", agent.metrics());
+        assert_eq!(queues_agree(&agent, p), (2.0, 1.0));
+        drop((keep, again));
+        assert!(agent.stop().success());
+    });
+}
+
+#[test]
+fn sock_diag_mode_counts_the_listeners_drops() {
+    if !have_root("accept_queue sock_diag") {
+        return;
+    }
+    let ns = Netns::create("aqsd");
+    ns.run(|| {
+        let l = listener(0, 1);
+        let p = port_of(&l);
+        let dir = TempDir::new("aq-sockdiag");
+        let agent = Agent::start(&dir, &config(&[p], "sock_diag"));
+        assert!(
+            agent
+                .metrics()
+                .contains("nodewatch_probe_up{probe=\"accept_queue\",mode=\"sock_diag\"} 1"),
+            "{}",
+            agent.log_text()
+        );
+        // A tick sees the listener before it drops anything.
+        thread::sleep(Duration::from_millis(400));
+        let drops_before = netstat("ListenDrops");
+        let (keep, refused) = knock(p, 6);
+        assert_eq!(refused, 4);
+        let kernel = netstat("ListenDrops") - drops_before;
+        let seen = wait_for(Duration::from_secs(3), || {
+            (overflows(&agent, &p.to_string()) == kernel as f64).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "agent {} != ListenDrops +{kernel}",
+            overflows(&agent, &p.to_string())
+        );
+        assert_eq!(queues_agree(&agent, p), (2.0, 1.0));
+        assert_eq!(
+            agent.log_text().matches("WARN").count(),
+            0,
+            "a chosen mode is not a fallback"
+        );
+        drop((keep, l));
+    });
+}
+
+#[test]
+fn procfs_mode_exports_the_host_wide_counter() {
+    if !have_root("accept_queue procfs") {
+        return;
+    }
+    let ns = Netns::create("aqpf");
+    ns.run(|| {
+        let l = listener(0, 1);
+        let p = port_of(&l);
+        let dir = TempDir::new("aq-procfs");
+        let agent = Agent::start(&dir, &config(&[p], "procfs"));
+        let (keep, refused) = knock(p, 5);
+        assert_eq!(refused, 3);
+        let kernel = netstat("ListenOverflows");
+        let seen = wait_for(Duration::from_secs(3), || {
+            (overflows(&agent, "all") == kernel as f64).then_some(())
+        });
+        assert!(seen.is_some(), "{}", agent.metrics());
+        let text = agent.metrics();
+        assert!(
+            text.contains("nodewatch_probe_up{probe=\"accept_queue\",mode=\"procfs\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains(&format!(
+            "nodewatch_tcp_listen_overflows_total{{port=\"{p}\"}}"
+        )));
+        // Queue gauges still come from sock_diag.
+        assert_eq!(queues_agree(&agent, p), (2.0, 1.0));
+        drop((keep, l));
+    });
+}
+
+#[test]
+fn probes_command_names_the_mode() {
+    if !have_root("nodewatch probes") {
+        return;
+    }
+    let dir = TempDir::new("aq-probes");
+    for (mode, want) in [
+        ("auto", "ebpf"),
+        ("sock_diag", "sock_diag"),
+        ("procfs", "procfs"),
+    ] {
+        let cfg = dir.write("c.yaml", &config(&[8000], mode));
+        let out = Command::new(common::BIN)
+            .args(["probes", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("accept_queue"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(line.split_whitespace().nth(2), Some(want), "{line}");
+        if want == "ebpf" {
+            assert!(line.contains("cgroup_skb ingress"), "{line}");
+        }
+    }
+}
