@@ -9,10 +9,38 @@ use std::{
 
 use crate::{
     config::Config,
+    heartbeats::Heartbeats,
     http, kernel,
-    probes::{self, Probe},
+    probes::{self, Probe, ProbeError},
+    resources::Resources,
     store::{CollectorLabels, ProbeLabels, Store},
 };
+
+/// What the tick runs: every probe, and the plain collectors beside them.
+pub trait Collector: Send {
+    /// The `collector` label.
+    fn name(&self) -> &'static str;
+    /// Reads current values into the collector's metric families.
+    fn collect(&mut self) -> Result<(), ProbeError>;
+}
+
+impl Collector for Box<dyn Probe> {
+    fn name(&self) -> &'static str {
+        self.as_ref().name()
+    }
+    fn collect(&mut self) -> Result<(), ProbeError> {
+        self.as_mut().collect()
+    }
+}
+
+impl Collector for Resources {
+    fn name(&self) -> &'static str {
+        Resources::name(self)
+    }
+    fn collect(&mut self) -> Result<(), ProbeError> {
+        Resources::collect(self)
+    }
+}
 
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +89,19 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             .set(1);
         tracing::info!(probe = p.name(), mode = %p.mode(), attach = %p.attach_method(), "probe started");
     }
+    let mut collectors: Vec<Box<dyn Collector>> = probes
+        .into_iter()
+        .map(|p| Box::new(p) as Box<dyn Collector>)
+        .collect();
+    if cfg.resources.enabled {
+        let registry = store.registry_mut();
+        collectors.push(Box::new(Resources::new(
+            &cfg.resources,
+            &cfg.proc_root,
+            registry,
+        )));
+    }
+    let heartbeats = Heartbeats::new(&cfg.heartbeats.0, store.registry_mut());
     let store = Arc::new(store);
 
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| RunError::Bind {
@@ -76,7 +117,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         let interval = cfg.interval.0;
         thread::Builder::new()
             .name("tick".into())
-            .spawn(move || tick_loop(probes, &store, interval, &stop_rx))
+            .spawn(move || tick_loop(collectors, &store, interval, &stop_rx))
             .map_err(RunError::Runtime)?
     };
 
@@ -88,7 +129,8 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!(listen = %local, interval = ?cfg.interval.0, "nodewatch started");
-        let app = http::router(Arc::new(http::AppState { store }));
+        heartbeats.spawn();
+        let app = http::router(Arc::new(http::AppState { store, heartbeats }));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await
@@ -120,7 +162,7 @@ async fn shutdown_signal() {
 
 /// One tick: every probe collects. Blocking reads stay on this thread, off the async workers.
 fn tick_loop(
-    mut probes: Vec<Box<dyn Probe>>,
+    mut probes: Vec<Box<dyn Collector>>,
     store: &Store,
     interval: Duration,
     stop: &mpsc::Receiver<()>,

@@ -12,6 +12,8 @@ use std::{
 use serde::{Deserialize, Deserializer, de};
 use serde_saphyr::Spanned;
 
+pub use crate::{heartbeats::config::Heartbeats, resources::ResourcesConfig};
+
 /// The configuration the binary runs with when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../packaging/config.yaml");
 
@@ -30,6 +32,10 @@ pub struct Config {
     pub proc_root: PathBuf,
     /// Settings of each probe.
     pub probes: ProbesConfig,
+    /// Local services to watch: HTTP and TCP checks, and push heartbeats. Default: none.
+    pub heartbeats: Heartbeats,
+    /// Resource metrics: CPU, memory, load, disk usage, pressure stall information.
+    pub resources: ResourcesConfig,
 }
 
 impl Default for Config {
@@ -39,6 +45,8 @@ impl Default for Config {
             interval: Interval(Duration::from_secs(1)),
             proc_root: PathBuf::from("/proc"),
             probes: ProbesConfig::default(),
+            heartbeats: Heartbeats::default(),
+            resources: ResourcesConfig::default(),
         }
     }
 }
@@ -134,7 +142,7 @@ impl<'de> Deserialize<'de> for Interval {
     }
 }
 
-fn parse_duration<E: de::Error>(text: &Spanned<String>) -> Result<Duration, E> {
+pub(crate) fn parse_duration<E: de::Error>(text: &Spanned<String>) -> Result<Duration, E> {
     humantime::parse_duration(text.value.trim()).map_err(|e| {
         located(
             text,
@@ -150,7 +158,7 @@ fn parse_duration<E: de::Error>(text: &Spanned<String>) -> Result<Duration, E> {
 /// [`Config::parse`] can report it (serde's custom errors carry no location).
 const LOC_MARK: char = '\u{1}';
 
-fn located<T, E: de::Error>(at: &Spanned<T>, msg: impl fmt::Display) -> E {
+pub(crate) fn located<T, E: de::Error>(at: &Spanned<T>, msg: impl fmt::Display) -> E {
     let l = &at.referenced;
     E::custom(format!(
         "{LOC_MARK}{}:{}{LOC_MARK}{msg}",

@@ -4,13 +4,17 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::State,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 
-use crate::store::Store;
+use crate::{heartbeats::Heartbeats, store::Store};
+
+/// A push heartbeat needs no body; anything larger than this is refused (413).
+const MAX_HEARTBEAT_BODY: usize = 1024;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -18,6 +22,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// What the handlers read.
 pub struct AppState {
     pub store: Arc<Store>,
+    pub heartbeats: Heartbeats,
 }
 
 /// The agent's routes.
@@ -25,6 +30,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route(
+            "/api/v1/heartbeat/{name}",
+            post(heartbeat).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
+        )
         .with_state(state)
 }
 
@@ -51,4 +60,19 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 async fn healthz() -> Response {
     let body = serde_json::json!({ "status": "healthy", "reasons": [] });
     (StatusCode::OK, Json(body)).into_response()
+}
+
+/// `POST /api/v1/heartbeat/{name}`: a beat from a local service. The body is ignored (and
+/// bounded); unknown names get 404.
+async fn heartbeat(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    _body: Bytes,
+) -> Response {
+    if state.heartbeats.beat(&name) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        let body = serde_json::json!({ "error": format!("no push heartbeat named `{name}`") });
+        (StatusCode::NOT_FOUND, Json(body)).into_response()
+    }
 }

@@ -2,9 +2,11 @@
 
 mod agent;
 mod config;
+mod heartbeats;
 mod http;
 mod kernel;
 mod probes;
+mod resources;
 mod sockdiag;
 mod store;
 

@@ -16,6 +16,14 @@ pub mod names {
     pub const TCP_LISTEN_OVERFLOWS: &str = "tcp_listen_overflows";
     pub const TCP_LISTEN_QUEUE_LENGTH: &str = "tcp_listen_queue_length";
     pub const TCP_LISTEN_QUEUE_MAX: &str = "tcp_listen_queue_max";
+    pub const HEARTBEAT_UP: &str = "heartbeat_up";
+    pub const HEARTBEAT_LATENCY: &str = "heartbeat_latency_seconds";
+    pub const HEARTBEAT_FAILURES: &str = "heartbeat_failures";
+    pub const CPU_USAGE: &str = "cpu_usage_ratio";
+    pub const MEMORY_USED: &str = "memory_used_ratio";
+    pub const LOAD1: &str = "load1";
+    pub const DISK_USED: &str = "disk_used_ratio";
+    pub const PRESSURE: &str = "pressure_ratio";
     pub const PROBE_UP: &str = "probe_up";
     pub const COLLECTOR_DURATION: &str = "collector_duration_seconds";
     pub const COLLECTOR_ERRORS: &str = "collector_errors";

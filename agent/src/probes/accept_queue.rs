@@ -31,6 +31,7 @@ use super::{Mode, PortLabels, Probe, ProbeDef, ProbeError, set_counter, snmp_val
 use crate::{
     config::{AcceptQueueMode, Config},
     kernel,
+    resources::disk::parse_mountinfo,
     sockdiag::{Listener, SockDiag},
     store::names,
 };
@@ -385,32 +386,10 @@ fn cgroup2_root(proc_root: &Path) -> Result<PathBuf, AttachError> {
 
 /// The mount point of the first `cgroup2` line of mountinfo text.
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| left.split_whitespace().nth(4).map(unescape_mount))
-            .flatten()
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
-fn unescape_mount(s: &str) -> PathBuf {
-    let mut out = Vec::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+    parse_mountinfo(mountinfo)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.point)
 }
 
 #[cfg(test)]

@@ -1,0 +1,166 @@
+//! One HTTP or TCP check: its latency on success, or why it failed.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::config::Check;
+
+/// The most of a response body a check reads; a larger body fails the check.
+const MAX_BODY: usize = 1 << 20;
+
+/// Why a check failed; `reason()` is the `reason` label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer within the timeout.
+    Timeout,
+    /// The connection was refused: nothing listens.
+    Refused,
+    /// An unexpected HTTP status.
+    Status(u16),
+    /// The body did not match, or was too large.
+    Body(String),
+    /// Any other error (name resolution, reset, malformed response).
+    Error(String),
+    /// A push heartbeat's TTL passed without a beat.
+    Expired,
+}
+
+impl Failure {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Refused => "refused",
+            Failure::Status(_) => "status",
+            Failure::Body(_) => "body",
+            Failure::Error(_) => "error",
+            Failure::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("no answer within the timeout"),
+            Failure::Refused => f.write_str("connection refused"),
+            Failure::Status(s) => write!(f, "unexpected status {s}"),
+            Failure::Body(m) => write!(f, "body: {m}"),
+            Failure::Error(m) => f.write_str(m),
+            Failure::Expired => f.write_str("no beat within the TTL"),
+        }
+    }
+}
+
+/// Runs one check of an HTTP or TCP target, bounded by `timeout` as a whole.
+pub async fn run(check: &Check, timeout: Duration) -> Result<Duration, Failure> {
+    let started = Instant::now();
+    let attempt = async {
+        match check {
+            Check::Http {
+                uri,
+                expect_status,
+                body_contains,
+                body_regex,
+            } => {
+                http(
+                    uri,
+                    expect_status,
+                    body_contains.as_deref(),
+                    body_regex.as_ref(),
+                )
+                .await
+            }
+            Check::Tcp { addr } => connect(addr).await.map(drop),
+            Check::Push { .. } => Ok(()),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(())) => Ok(started.elapsed()),
+        Ok(Err(f)) => Err(f),
+        Err(_) => Err(Failure::Timeout),
+    }
+}
+
+async fn connect(addr: &str) -> Result<TcpStream, Failure> {
+    TcpStream::connect(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+        _ => Failure::Error(format!("connect {addr}: {e}")),
+    })
+}
+
+async fn http(
+    uri: &http::Uri,
+    expect_status: &[u16],
+    body_contains: Option<&str>,
+    body_regex: Option<&regex::Regex>,
+) -> Result<(), Failure> {
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(80);
+    // A bracketed IPv6 literal connects without its brackets.
+    let target = format!(
+        "{}:{port}",
+        host.trim_start_matches('[').trim_end_matches(']')
+    );
+    let stream = connect(&target).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::Error(format!("HTTP handshake: {e}")))?;
+    // The connection task ends with this check, whatever happens to it (a timeout drops us).
+    let driver = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(host, |a| a.as_str());
+    let request = http::Request::get(path)
+        .header(http::header::HOST, authority)
+        .header(
+            http::header::USER_AGENT,
+            concat!("nodewatch/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| Failure::Error(format!("request: {e}")))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| Failure::Error(format!("HTTP: {e}")))?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Failure::Body(format!("reading the body: {e}")))?
+        .to_bytes();
+    drop(driver);
+    let status_ok = if expect_status.is_empty() {
+        (200..300).contains(&status)
+    } else {
+        expect_status.contains(&status)
+    };
+    if !status_ok {
+        return Err(Failure::Status(status));
+    }
+    let text = String::from_utf8_lossy(&body);
+    if let Some(needle) = body_contains
+        && !text.contains(needle)
+    {
+        return Err(Failure::Body(format!("does not contain {needle:?}")));
+    }
+    if let Some(re) = body_regex
+        && !re.is_match(&text)
+    {
+        return Err(Failure::Body(format!("does not match /{re}/")));
+    }
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
