@@ -307,3 +307,32 @@ fn probes_command_names_the_mode() {
         }
     }
 }
+
+/// The program is attached in multi mode, so cgroup programs of others (systemd's IP
+/// accounting and firewalling) can still attach below the root.
+#[test]
+fn attaches_in_multi_mode_beside_other_cgroup_programs() {
+    if !have_root("accept_queue attach mode") {
+        return;
+    }
+    let dir = TempDir::new("aq-multi");
+    let agent = Agent::start(&dir, "interval: 200ms\n");
+    let log = agent.log_text();
+    let root = log
+        .split("cgroup_skb ingress on ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no attach line:\n{log}"))
+        .to_string();
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show", &root])
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("accept_queue"))
+        .unwrap_or_else(|| panic!("not attached to {root}:\n{text}"));
+    assert!(line.contains("multi"), "{line}");
+    assert!(agent.stop().success());
+}

@@ -10,7 +10,7 @@ use std::{
 use crate::{
     config::Config,
     heartbeats::Heartbeats,
-    http, kernel,
+    http, kernel, privileges,
     probes::{self, Probe, ProbeError},
     resources::Resources,
     store::{CollectorLabels, ProbeLabels, Store},
@@ -110,6 +110,10 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     })?;
     listener.set_nonblocking(true).map_err(RunError::Serve)?;
     let local = listener.local_addr().map_err(RunError::Serve)?;
+    // Everything that needed privileges is done: programs attached, sockets bound.
+    if let Err(e) = privileges::drop_all() {
+        tracing::warn!(error = %e, "could not drop capabilities; running with them");
+    }
 
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let ticker = {

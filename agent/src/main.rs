@@ -5,6 +5,7 @@ mod config;
 mod heartbeats;
 mod http;
 mod kernel;
+mod privileges;
 mod probes;
 mod resources;
 mod sockdiag;

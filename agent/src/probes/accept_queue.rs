@@ -327,14 +327,24 @@ impl Kernel {
             .ok_or(AttachError::Missing(PROG))?
             .try_into()?;
         prog.load()?;
-        // Multi first, so other cgroup programs (systemd's IP accounting, ...) keep working
-        // below the root; single where the kernel refuses multi.
+        // Other cgroup programs (systemd's IP accounting and firewalling, ...) must keep
+        // working below the root, so the program is attached in multi mode. From 5.7 aya
+        // attaches through a bpf_link, which takes no flags and which the kernel always
+        // attaches as multi; before that, prog_attach with BPF_F_ALLOW_MULTI, and exclusive
+        // mode only where the kernel refuses multi.
+        let links = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 7, 0));
+        let modes: &[(CgroupAttachMode, &str)] = if links {
+            &[(CgroupAttachMode::Single, "bpf_link, multi")]
+        } else {
+            &[
+                (CgroupAttachMode::AllowMultiple, "prog_attach, multi"),
+                (CgroupAttachMode::Single, "prog_attach, exclusive"),
+            ]
+        };
         let mut errors = Vec::new();
         let mut how = None;
-        for (mode, label) in [
-            (CgroupAttachMode::AllowMultiple, "multi"),
-            (CgroupAttachMode::Single, "single"),
-        ] {
+        for &(mode, label) in modes {
             let cgroup = File::open(&root).map_err(|source| AttachError::Open {
                 path: path.clone(),
                 source,
@@ -356,7 +366,7 @@ impl Kernel {
         Ok(Self {
             _ebpf: ebpf,
             counts,
-            attach: format!("cgroup_skb ingress on {path} (link, {how})"),
+            attach: format!("cgroup_skb ingress on {path} ({how})"),
         })
     }
 }
