@@ -14,6 +14,7 @@ use crate::{
     probes::{self, Probe, ProbeError},
     resources::Resources,
     store::{CollectorLabels, ProbeLabels, Store},
+    systemd,
 };
 
 /// What the tick runs: every probe, and the plain collectors beside them.
@@ -133,12 +134,14 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!(listen = %local, interval = ?cfg.interval.0, "nodewatch started");
+        systemd::notify("READY=1");
         heartbeats.spawn();
         let app = http::router(Arc::new(http::AppState { store, heartbeats }));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await
     });
+    systemd::notify("STOPPING=1");
     let _ = stop_tx.send(());
     // Joining drops the probes, which detaches every program.
     if ticker.join().is_err() {

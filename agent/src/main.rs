@@ -10,6 +10,7 @@ mod probes;
 mod resources;
 mod sockdiag;
 mod store;
+mod systemd;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 

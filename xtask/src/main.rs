@@ -10,6 +10,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+mod package;
+
 /// Debian packages the build and the tests need: nft for the lossy-path tests, promtool
 /// (from `prometheus`) to check `/metrics`, bpftool to see programs come and go, iproute2
 /// for `ss` and namespaces, curl for humans.
@@ -20,6 +22,9 @@ const DEB_PACKAGES: &[&str] = &[
     "bpftool",
     "curl",
     "ca-certificates",
+    "dpkg-dev",
+    "man-db",
+    "systemd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";
@@ -30,7 +35,8 @@ commands:
   setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, tracefs)
   run     setup, release build, then run the agent with the embedded defaults (as root);
           arguments after `--` go to `nodewatch run`
-  test    setup, then cargo fmt --check, clippy -D warnings, and every test";
+  test    setup, then cargo fmt --check, clippy -D warnings, and every test
+  package release build, then target/debian/nodewatch_<version>_<arch>.deb";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -38,6 +44,7 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("run") => run(&args[1..]),
         Some("test") => test(),
+        Some("package") => package_release(),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -304,8 +311,29 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
+    step("test: package the debug build for the packaging tests");
+    sh("cargo", ["build", "-p", "nodewatch"])?;
+    let deb = package::build(&root_dir(), &root_dir().join("target/debug/nodewatch"))
+        .context("building the test package")?;
     step("test: cargo test --workspace (unit and integration, root-only included)");
-    sh("cargo", ["test", "--workspace", "--no-fail-fast"])?;
+    let status = Command::new("cargo")
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("NODEWATCH_TEST_DEB", &deb)
+        .current_dir(root_dir())
+        .status()
+        .context("cannot start cargo test")?;
+    if !status.success() {
+        bail!("`cargo test --workspace --no-fail-fast` failed ({status})");
+    }
     step("test: all passed");
+    Ok(())
+}
+
+fn package_release() -> Result<()> {
+    step("build: cargo build --release -p nodewatch");
+    sh("cargo", ["build", "--release", "-p", "nodewatch"])?;
+    step("package: dpkg-deb");
+    let deb = package::build(&root_dir(), &root_dir().join("target/release/nodewatch"))?;
+    println!("    {}", deb.display());
     Ok(())
 }

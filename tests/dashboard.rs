@@ -1,0 +1,210 @@
+//! The shipped Grafana dashboard against a real Prometheus (Debian's package) that scrapes a
+//! running agent with the shipped scrape config: every query of every panel runs without
+//! error, and the panels of the signals this test exercises return data.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use common::{Agent, NftTable, TempDir, free_port, have_root, http_get, http_request, wait_for};
+
+const DASHBOARD: &str = include_str!("../packaging/grafana/nodewatch.json");
+const SCRAPE_CONFIG: &str = include_str!("../packaging/prometheus/prometheus.yml");
+
+/// Panels whose signal this test exercises, so they must return data.
+const MUST_HAVE_DATA: &[&str] = &[
+    "Retransmitted segments/s by port",
+    "Accept-queue overflows/s by port",
+    "Accept-queue fill by port",
+    "Targets up",
+    "Check latency",
+    "CPU and memory",
+    "Disk used by mount",
+    "Pressure (PSI avg10)",
+    "Load (1 min)",
+    "Probe modes",
+    "Collection time by collector",
+];
+
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts Prometheus with the shipped config, pointed at `target` and scraping every second.
+fn prometheus(dir: &TempDir, target: SocketAddr) -> Prometheus {
+    let config = SCRAPE_CONFIG
+        .replace(
+            "[\"gpu-node-01:9477\", \"gpu-node-02:9477\"]",
+            &format!("[\"{target}\"]"),
+        )
+        .replace("scrape_interval: 15s", "scrape_interval: 1s")
+        .replace("scrape_timeout: 5s", "scrape_timeout: 1s");
+    assert!(
+        config.contains(&target.to_string()),
+        "the shipped targets line changed"
+    );
+    let file = dir.write("prometheus.yml", &config);
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.0.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.0.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus (cargo xtask setup installs Debian's package)");
+    let p = Prometheus { child, addr };
+    wait_for(Duration::from_secs(20), || {
+        http_get(addr, "/-/ready").filter(|(s, _)| *s == 200)
+    })
+    .expect("prometheus not ready");
+    // Discovery hands targets over in batches every 5 s: wait for a successful scrape.
+    wait_for(Duration::from_secs(30), || {
+        let (_, body) = http_get(addr, "/api/v1/targets")?;
+        body.contains("\"health\":\"up\"").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "prometheus never scraped {target}: {:?}",
+            http_get(addr, "/api/v1/targets")
+        )
+    });
+    p
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every (panel title, expr) of the dashboard with Grafana's variables filled in.
+fn queries(instance: &str) -> Vec<(String, String)> {
+    let dash: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard is JSON");
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$job", "nodewatch")
+                .replace("$instance", instance)
+                .replace("$__rate_interval", "15s")
+                .replace("$__range_s", "60")
+                .replace("$__range", "1m");
+            out.push((panel["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    out
+}
+
+/// A listener with backlog 1 that never accepts, overflowed by a few attempts.
+fn overflow(port: u16) -> (TcpListener, Vec<TcpStream>) {
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // SAFETY: listen() again only changes the backlog.
+    unsafe { libc::listen(l.as_raw_fd(), 1) };
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let keep = (0..6)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok())
+        .collect();
+    (l, keep)
+}
+
+/// Traffic through a lossy path on `port`, so segments are retransmitted.
+fn retransmit(port: u16) {
+    let l = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let _loss = NftTable::create(
+        "nodewatch_test_dash",
+        &format!(
+            "chain out {{\n type filter hook output priority 0;\n tcp dport {port} numgen random mod 100 < 20 drop\n}}"
+        ),
+    );
+    let client = thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(&vec![1u8; 512 * 1024]).unwrap();
+    });
+    let (mut s, _) = l.accept().unwrap();
+    let mut sink = Vec::new();
+    s.read_to_end(&mut sink).unwrap();
+    client.join().unwrap();
+}
+
+#[test]
+fn every_dashboard_query_runs_and_exercised_signals_have_data() {
+    if !have_root("dashboard") {
+        return;
+    }
+    let (retrans_port, aq_port, hb_port) = (free_port(), free_port(), free_port());
+    let hb = TcpListener::bind(("127.0.0.1", hb_port)).unwrap();
+    let dir = TempDir::new("dashboard");
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 200ms\nprobes:\n  tcp_retransmits: {{ ports: [{retrans_port}] }}\n  accept_queue: {{ ports: [{aq_port}] }}\n\
+             heartbeats:\n  - {{ name: tcp, tcp: \"127.0.0.1:{hb_port}\", interval: 200ms, timeout: 100ms }}\n  - {{ name: push, push_ttl: 5s }}\n"
+        ),
+    );
+    let prom = prometheus(&dir, agent.addr);
+    assert_eq!(
+        http_request(agent.addr, "POST", "/api/v1/heartbeat/push", b"")
+            .unwrap()
+            .0,
+        204
+    );
+    // Exercise the signals while Prometheus scrapes every second.
+    let (_listener, _conns) = overflow(aq_port);
+    retransmit(retrans_port);
+    thread::sleep(Duration::from_secs(4));
+    drop(hb);
+
+    let mut has_data: BTreeMap<String, bool> = BTreeMap::new();
+    for (title, expr) in queries(&agent.addr.to_string()) {
+        let path = format!("/api/v1/query?query={}", urlencode(&expr));
+        let (status, body) = http_get(prom.addr, &path).expect("query prometheus");
+        assert_eq!(status, 200, "{title}: {expr}\n{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{title}: {expr}\n{body}");
+        let rows = v["data"]["result"].as_array().map_or(0, Vec::len);
+        *has_data.entry(title).or_default() |= rows > 0;
+    }
+    for title in MUST_HAVE_DATA {
+        assert_eq!(
+            has_data.get(*title),
+            Some(&true),
+            "panel {title:?} returned no data while its signal was exercised: {has_data:?}"
+        );
+    }
+    eprintln!(
+        "{} panels queried; with data: {:?}",
+        has_data.len(),
+        has_data
+            .iter()
+            .filter(|(_, d)| **d)
+            .map(|(t, _)| t)
+            .collect::<Vec<_>>()
+    );
+}
