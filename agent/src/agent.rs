@@ -9,6 +9,8 @@ use std::{
 
 use crate::{
     config::Config,
+    haproxy,
+    health::Health,
     heartbeats::Heartbeats,
     http, kernel, privileges,
     probes::{self, Probe, ProbeError},
@@ -56,6 +58,8 @@ pub enum RunError {
     Runtime(#[source] std::io::Error),
     #[error("HTTP server: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("health.token_file {path}: {message}")]
+    Token { path: String, message: String },
 }
 
 /// Starts every enabled probe, registering its metrics in `store`.
@@ -79,6 +83,10 @@ pub fn start_probes(cfg: &Config, store: &mut Store) -> Vec<Box<dyn Probe>> {
 pub fn run(cfg: Config) -> Result<(), RunError> {
     let mut store = Store::new();
     let probes = start_probes(&cfg, &mut store);
+    let probe_modes: Vec<(String, String)> = probes
+        .iter()
+        .map(|p| (p.name().to_string(), p.mode().as_str().to_string()))
+        .collect();
     for p in &probes {
         store
             .own
@@ -103,6 +111,17 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         )));
     }
     let heartbeats = Heartbeats::new(&cfg.heartbeats.0, store.registry_mut());
+    let health = Arc::new(Health::new(
+        cfg.health.recover_after.0,
+        &cfg.spool_dir,
+        store.registry_mut(),
+    ));
+    let token = cfg
+        .health
+        .token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
     let store = Arc::new(store);
 
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| RunError::Bind {
@@ -111,6 +130,15 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     })?;
     listener.set_nonblocking(true).map_err(RunError::Serve)?;
     let local = listener.local_addr().map_err(RunError::Serve)?;
+    let agent_check = match cfg.health.haproxy_agent_listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|source| RunError::Bind { addr, source })?;
+            l.set_nonblocking(true).map_err(RunError::Serve)?;
+            Some(l)
+        }
+        None => None,
+    };
     // Everything that needed privileges is done: programs attached, sockets bound.
     if let Err(e) = privileges::drop_all() {
         tracing::warn!(error = %e, "could not drop capabilities; running with them");
@@ -119,10 +147,11 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let ticker = {
         let store = Arc::clone(&store);
+        let health = Arc::clone(&health);
         let interval = cfg.interval.0;
         thread::Builder::new()
             .name("tick".into())
-            .spawn(move || tick_loop(collectors, &store, interval, &stop_rx))
+            .spawn(move || tick_loop(collectors, &store, &health, interval, &stop_rx))
             .map_err(RunError::Runtime)?
     };
 
@@ -136,10 +165,24 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         tracing::info!(listen = %local, interval = ?cfg.interval.0, "nodewatch started");
         systemd::notify("READY=1");
         heartbeats.spawn();
-        let app = http::router(Arc::new(http::AppState { store, heartbeats }));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        if let Some(l) = agent_check {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tracing::info!(listen = %l.local_addr()?, "HAProxy agent-check listening");
+            tokio::spawn(haproxy::serve(l, Arc::clone(&health)));
+        }
+        let app = http::router(Arc::new(http::AppState {
+            store,
+            heartbeats,
+            health,
+            token,
+            probes: probe_modes,
+        }));
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
     });
     systemd::notify("STOPPING=1");
     let _ = stop_tx.send(());
@@ -149,6 +192,20 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     }
     tracing::info!("stopped; probes detached");
     served.map_err(RunError::Serve)
+}
+
+/// Reads the drain/undrain token; an unreadable or empty file stops the start.
+fn read_token(path: &std::path::Path) -> Result<String, RunError> {
+    let err = |message: String| RunError::Token {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(err("empty".into()));
+    }
+    Ok(token)
 }
 
 async fn shutdown_signal() {
@@ -171,6 +228,7 @@ async fn shutdown_signal() {
 fn tick_loop(
     mut probes: Vec<Box<dyn Collector>>,
     store: &Store,
+    health: &Health,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
 ) {
@@ -204,6 +262,7 @@ fn tick_loop(
                 }
             }
         }
+        health.evaluate(&[], Instant::now());
         next += interval;
         let now = Instant::now();
         if next < now {

@@ -36,6 +36,11 @@ pub struct Config {
     pub heartbeats: Heartbeats,
     /// Resource metrics: CPU, memory, load, disk usage, pressure stall information.
     pub resources: ResourcesConfig,
+    /// Node health for the load balancer.
+    pub health: HealthConfig,
+    /// Where state that must survive a restart is kept (manual drain, undelivered
+    /// notifications). Default `/var/lib/nodewatch`.
+    pub spool_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -47,6 +52,8 @@ impl Default for Config {
             probes: ProbesConfig::default(),
             heartbeats: Heartbeats::default(),
             resources: ResourcesConfig::default(),
+            health: HealthConfig::default(),
+            spool_dir: PathBuf::from("/var/lib/nodewatch"),
         }
     }
 }
@@ -119,6 +126,43 @@ pub enum AcceptQueueMode {
     SockDiag,
     /// Host-wide `TcpExt: ListenOverflows` from `/proc/net/netstat`.
     Procfs,
+}
+
+/// `health:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Address of the HAProxy agent-check listener (`agent-check agent-port`), e.g.
+    /// `0.0.0.0:9478`. Default: none.
+    pub haproxy_agent_listen: Option<SocketAddr>,
+    /// How long the alerts that took the node out must have stopped firing before it is
+    /// healthy again. Default `30s`.
+    pub recover_after: HumanDuration,
+    /// A file holding a token that lets callers other than loopback use
+    /// `POST /api/v1/drain` and `/api/v1/undrain` (`Authorization: Bearer <token>`).
+    /// Default: none, loopback only.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            haproxy_agent_listen: None,
+            recover_after: HumanDuration(Duration::from_secs(30)),
+            token_file: None,
+        }
+    }
+}
+
+/// A duration written the human way (`0s`, `500ms`, `30s`, `2m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Spanned::<String>::deserialize(d)?;
+        Ok(Self(parse_duration(&text)?))
+    }
 }
 
 /// A duration written the human way (`500ms`, `1s`, `2m`), at least 100 ms.

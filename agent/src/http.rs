@@ -1,17 +1,21 @@
-//! The HTTP surface: `/metrics` and `/healthz`.
+//! The HTTP surface: `/metrics`, `/healthz`, push heartbeats, maintenance and status.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 
-use crate::{heartbeats::Heartbeats, store::Store};
+use crate::{
+    health::{Health, State as HealthState},
+    heartbeats::Heartbeats,
+    store::Store,
+};
 
 /// A push heartbeat needs no body; anything larger than this is refused (413).
 const MAX_HEARTBEAT_BODY: usize = 1024;
@@ -23,6 +27,11 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct AppState {
     pub store: Arc<Store>,
     pub heartbeats: Heartbeats,
+    pub health: Arc<Health>,
+    /// The token that lets non-loopback callers drain and undrain.
+    pub token: Option<String>,
+    /// `(probe, mode)` of every probe, for `/api/v1/status`.
+    pub probes: Vec<(String, String)>,
 }
 
 /// The agent's routes.
@@ -34,6 +43,15 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/heartbeat/{name}",
             post(heartbeat).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
         )
+        .route(
+            "/api/v1/drain",
+            post(drain).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
+        )
+        .route(
+            "/api/v1/undrain",
+            post(undrain).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
+        )
+        .route("/api/v1/status", get(status))
         .with_state(state)
 }
 
@@ -56,10 +74,113 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         .into_response()
 }
 
-/// Node health. Until alert rules drive it (issue 7/8), a running agent reports healthy.
-async fn healthz() -> Response {
-    let body = serde_json::json!({ "status": "healthy", "reasons": [] });
-    (StatusCode::OK, Json(body)).into_response()
+/// Node health: 200 when healthy, 503 when draining or down, with the reasons.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let snap = state.health.snapshot();
+    let code = if snap.status == HealthState::Healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(snap)).into_response()
+}
+
+/// The agent's state for `nodewatch status`: health and probe modes.
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let probes: Vec<_> = state
+        .probes
+        .iter()
+        .map(|(probe, mode)| serde_json::json!({ "probe": probe, "mode": mode }))
+        .collect();
+    Json(serde_json::json!({
+        "health": state.health.snapshot(),
+        "probes": probes,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+/// Whether a caller may change maintenance: loopback, or the configured bearer token.
+fn allowed(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
+    let loopback = match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    if loopback {
+        return true;
+    }
+    let Some(token) = &state.token else {
+        return false;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn forbidden() -> Response {
+    let body = serde_json::json!({
+        "error": "drain and undrain are allowed from loopback, or with the configured token"
+    });
+    (StatusCode::FORBIDDEN, Json(body)).into_response()
+}
+
+/// `POST /api/v1/drain` with `{"reason": "..."}`: manual maintenance.
+async fn drain(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !allowed(&state, peer, &headers) {
+        return forbidden();
+    }
+    let reason = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("reason")?.as_str().map(str::to_string))
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    let Some(reason) = reason else {
+        let body =
+            serde_json::json!({ "error": "a JSON body with a non-empty \"reason\" is required" });
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    };
+    match state.health.drain(&reason) {
+        Ok(()) => Json(state.health.snapshot()).into_response(),
+        Err(e) => persist_failed(e),
+    }
+}
+
+/// `POST /api/v1/undrain`: ends manual maintenance.
+async fn undrain(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !allowed(&state, peer, &headers) {
+        return forbidden();
+    }
+    match state.health.undrain() {
+        Ok(()) => Json(state.health.snapshot()).into_response(),
+        Err(e) => persist_failed(e),
+    }
+}
+
+fn persist_failed(e: std::io::Error) -> Response {
+    tracing::error!(error = %e, "cannot persist the maintenance state");
+    let body = serde_json::json!({ "error": format!("cannot persist the maintenance state: {e}") });
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
 }
 
 /// `POST /api/v1/heartbeat/{name}`: a beat from a local service. The body is ignored (and
@@ -74,5 +195,18 @@ async fn heartbeat(
     } else {
         let body = serde_json::json!({ "error": format!("no push heartbeat named `{name}`") });
         (StatusCode::NOT_FOUND, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cret!"));
+        assert!(!constant_time_eq(b"", b"x"));
     }
 }

@@ -1,7 +1,10 @@
 //! nodewatch: per-host health agent for GPU and AI-serving nodes.
 
 mod agent;
+mod client;
 mod config;
+mod haproxy;
+mod health;
 mod heartbeats;
 mod http;
 mod kernel;
@@ -43,12 +46,42 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Put this node in maintenance: the load balancer drains it until `undrain`. Survives an
+    /// agent restart.
+    Drain {
+        /// Why, shown in /healthz, HAProxy and `status`.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// End maintenance started with `drain` (alerts still firing keep the node out).
+    Undrain {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask a running agent: node health and why, firing alerts, probe modes.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Show each probe, whether this kernel supports it, and how it attaches.
     Probes {
         /// Configuration file whose probe settings to try; default: the embedded one.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+}
+
+/// Which running agent a command talks to.
+#[derive(clap::Args)]
+struct Target {
+    /// The agent's HTTP address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9477")]
+    addr: String,
+    /// A file with the agent's token (`health.token_file`), for non-loopback addresses.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 /// Exit codes: 0 ok, 1 invalid input or failed check, 2 runtime failure.
@@ -92,12 +125,52 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INVALID)
             }
         },
+        Command::Drain { reason, target } => talk(
+            &target,
+            "POST",
+            "/api/v1/drain",
+            Some(serde_json::json!({ "reason": reason })),
+        ),
+        Command::Undrain { target } => talk(&target, "POST", "/api/v1/undrain", None),
+        Command::Status { target } => talk(&target, "GET", "/api/v1/status", None),
         Command::Probes { config } => {
             let Some(cfg) = load(config.as_deref()) else {
                 return ExitCode::from(EXIT_INVALID);
             };
             print_probes(&cfg);
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Sends one request to a running agent and prints what it says.
+fn talk(target: &Target, method: &str, path: &str, body: Option<serde_json::Value>) -> ExitCode {
+    match client::request(
+        &target.addr,
+        method,
+        path,
+        body.as_ref(),
+        target.token_file.as_deref(),
+    ) {
+        Ok(v) if path == "/api/v1/status" => {
+            print!("{}", client::describe_status(&v));
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            let status = v["status"].as_str().unwrap_or("unknown");
+            println!("node: {status}");
+            for r in v["reasons"].as_array().into_iter().flatten() {
+                println!("  reason: {}", r.as_str().unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ client::ClientError::Refused { .. }) => {
+            eprintln!("nodewatch: {e}");
+            ExitCode::from(EXIT_INVALID)
+        }
+        Err(e) => {
+            eprintln!("nodewatch: {e}");
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }

@@ -24,6 +24,9 @@ pub mod names {
     pub const LOAD1: &str = "load1";
     pub const DISK_USED: &str = "disk_used_ratio";
     pub const PRESSURE: &str = "pressure_ratio";
+    pub const NODE_HEALTHY: &str = "node_healthy";
+    pub const HEALTH_TRANSITIONS: &str = "health_transitions";
+    pub const UNHEALTHY_SECONDS: &str = "unhealthy_seconds";
     pub const PROBE_UP: &str = "probe_up";
     pub const COLLECTOR_DURATION: &str = "collector_duration_seconds";
     pub const COLLECTOR_ERRORS: &str = "collector_errors";

@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `nodewatch` binary against the real kernel.
 #![allow(dead_code)]
 
+pub mod haproxy;
+
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},

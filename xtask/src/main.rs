@@ -23,6 +23,8 @@ const DEB_PACKAGES: &[&str] = &[
     "curl",
     "ca-certificates",
     "dpkg-dev",
+    "haproxy",
+    "prometheus-alertmanager",
     "man-db",
     "systemd",
 ];

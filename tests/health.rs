@@ -1,0 +1,204 @@
+//! Node health through every door: `/healthz`, the HAProxy agent-check port read by a real
+//! HAProxy, and the `drain` / `undrain` / `status` commands; manual drain survives `kill -9`;
+//! only loopback callers or token holders may change it.
+
+mod common;
+
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{
+    Agent, BIN, Netns, TempDir, free_port, haproxy::Haproxy, have_root, http_get, wait_for,
+};
+
+const QUIET: &str = "interval: 200ms\nprobes:\n  tcp_retransmits: { enabled: false }\n  accept_queue: { enabled: false }\nresources: { enabled: false }\n";
+
+fn config(dir: &TempDir, agent_port: u16, extra: &str) -> String {
+    format!(
+        "{QUIET}spool_dir: {}\nhealth:\n  haproxy_agent_listen: 127.0.0.1:{agent_port}\n  recover_after: 0s\n{extra}",
+        dir.0.join("spool").display()
+    )
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn agent_check(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut line = String::new();
+    s.read_to_string(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn drain_reaches_healthz_haproxy_and_survives_kill_9() {
+    let dir = TempDir::new("health-drain");
+    let agent_port = free_port();
+    let cfg = config(&dir, agent_port, "");
+    let agent = Agent::start(&dir, &cfg);
+    let addr = agent.addr.to_string();
+    assert_eq!(http_get(agent.addr, "/healthz").unwrap().0, 200);
+    assert_eq!(agent_check(agent_port), "up ready\n");
+    assert_eq!(
+        common::sample(&agent.metrics(), "nodewatch_node_healthy"),
+        Some(1.0)
+    );
+
+    let (code, out, err) = cli(&["drain", "--reason", "kernel upgrade", "--addr", &addr]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("node: draining"), "{out}");
+    let (status, body) = http_get(agent.addr, "/healthz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"status\":\"draining\""), "{body}");
+    assert!(body.contains("maintenance: kernel upgrade"), "{body}");
+    assert_eq!(
+        agent_check(agent_port),
+        "up drain #maintenance: kernel upgrade\n"
+    );
+    let (code, out, _) = cli(&["status", "--addr", &addr]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("node: draining") && out.contains("maintenance: kernel upgrade"),
+        "{out}"
+    );
+    assert_eq!(
+        common::sample(&agent.metrics(), "nodewatch_node_healthy"),
+        Some(0.0)
+    );
+
+    // kill -9 and start again on the same spool_dir: still in maintenance.
+    drop(agent);
+    let agent = Agent::start(&dir, &cfg);
+    let (status, body) = http_get(agent.addr, "/healthz").unwrap();
+    assert_eq!(status, 503, "the drain did not survive kill -9: {body}");
+    assert_eq!(
+        agent_check(agent_port),
+        "up drain #maintenance: kernel upgrade\n"
+    );
+
+    let (code, out, err) = cli(&["undrain", "--addr", &agent.addr.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("node: healthy"), "{out}");
+    assert_eq!(http_get(agent.addr, "/healthz").unwrap().0, 200);
+    assert_eq!(agent_check(agent_port), "up ready\n");
+
+    // Bad requests are refused with a reason, not a crash.
+    let (code, _, err) = cli(&[
+        "drain",
+        "--reason",
+        "   ",
+        "--addr",
+        &agent.addr.to_string(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("reason"), "{err}");
+    let (code, _, err) = cli(&["status", "--addr", "127.0.0.1:1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot reach the agent"), "{err}");
+}
+
+#[test]
+fn haproxy_drains_the_server_and_puts_it_back() {
+    let dir = TempDir::new("health-haproxy");
+    let agent_port = free_port();
+    let agent = Agent::start(&dir, &config(&dir, agent_port, ""));
+    let haproxy = Haproxy::start(&dir, agent_port);
+    let state = |want: &str| {
+        wait_for(Duration::from_secs(10), || {
+            let s = haproxy.status();
+            (s == want).then_some(s)
+        })
+        .unwrap_or_else(|| panic!("HAProxy never showed {want}: {}", haproxy.status()))
+    };
+    state("UP");
+    let addr = agent.addr.to_string();
+    let t = Instant::now();
+    assert_eq!(cli(&["drain", "--reason", "test", "--addr", &addr]).0, 0);
+    state("DRAIN (agent)");
+    eprintln!(
+        "drain command to HAProxy DRAIN: {:?} (agent-inter 100ms)",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    assert_eq!(cli(&["undrain", "--addr", &addr]).0, 0);
+    state("UP");
+    eprintln!("undrain to HAProxy UP: {:?}", t.elapsed());
+}
+
+/// From an address that is not loopback, drain needs the token.
+#[test]
+fn non_loopback_callers_need_the_token() {
+    if !have_root("non-loopback drain") {
+        return;
+    }
+    let ns = Netns::create("hauth");
+    ns.run(|| {
+        // A second address on the namespace's loopback device: not 127/8, so not loopback
+        // to the agent.
+        let out = Command::new("ip")
+            .args(["addr", "add", "10.77.0.1/32", "dev", "lo"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = TempDir::new("health-token");
+        let token = dir.write("token", "s3cret-token\n");
+        let wrong = dir.write("wrong", "not-it\n");
+        let port = free_port();
+        let cfg = format!(
+            "{QUIET}spool_dir: {}\nhealth:\n  token_file: {}\n",
+            dir.0.join("spool").display(),
+            token.display()
+        );
+        let cfg_file = dir.write("config.yaml", &cfg);
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&cfg_file)
+            .args(["--listen", &format!("0.0.0.0:{port}")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let remote: SocketAddr = format!("10.77.0.1:{port}").parse().unwrap();
+        wait_for(Duration::from_secs(20), || http_get(remote, "/healthz")).expect("agent up");
+        let addr = remote.to_string();
+        let (code, _, err) = cli(&["drain", "--reason", "x", "--addr", &addr]);
+        assert_eq!(code, 1, "no token from 10.77.0.1 must be refused: {err}");
+        assert!(err.contains("403"), "{err}");
+        let (code, _, err) = cli(&[
+            "drain",
+            "--reason",
+            "x",
+            "--addr",
+            &addr,
+            "--token-file",
+            wrong.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 1, "a wrong token must be refused: {err}");
+        let (code, out, err) = cli(&[
+            "drain",
+            "--reason",
+            "x",
+            "--addr",
+            &addr,
+            "--token-file",
+            token.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("draining"), "{out}");
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+}
