@@ -12,7 +12,9 @@ use crate::{
     haproxy,
     health::Health,
     heartbeats::Heartbeats,
-    http, kernel, privileges,
+    http, kernel,
+    notify::Notifiers,
+    privileges,
     probes::{self, Probe, ProbeError},
     resources::Resources,
     store::{CollectorLabels, ProbeLabels, Store},
@@ -58,6 +60,8 @@ pub enum RunError {
     Runtime(#[source] std::io::Error),
     #[error("HTTP server: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     #[error("health.token_file {path}: {message}")]
     Token { path: String, message: String },
 }
@@ -122,6 +126,12 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         .as_deref()
         .map(read_token)
         .transpose()?;
+    let notifiers = Arc::new(Notifiers::new(
+        &cfg.notifiers.0,
+        &cfg.spool_dir,
+        external_url(cfg.listen),
+        store.registry_mut(),
+    )?);
     let store = Arc::new(store);
 
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| RunError::Bind {
@@ -148,10 +158,11 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     let ticker = {
         let store = Arc::clone(&store);
         let health = Arc::clone(&health);
+        let notifiers = Arc::clone(&notifiers);
         let interval = cfg.interval.0;
         thread::Builder::new()
             .name("tick".into())
-            .spawn(move || tick_loop(collectors, &store, &health, interval, &stop_rx))
+            .spawn(move || tick_loop(collectors, &store, &health, &notifiers, interval, &stop_rx))
             .map_err(RunError::Runtime)?
     };
 
@@ -165,6 +176,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         tracing::info!(listen = %local, interval = ?cfg.interval.0, "nodewatch started");
         systemd::notify("READY=1");
         heartbeats.spawn();
+        notifiers.spawn();
         if let Some(l) = agent_check {
             let l = tokio::net::TcpListener::from_std(l)?;
             tracing::info!(listen = %l.local_addr()?, "HAProxy agent-check listening");
@@ -192,6 +204,14 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     }
     tracing::info!("stopped; probes detached");
     served.map_err(RunError::Serve)
+}
+
+/// The agent's own URL as receivers see it: this host's name and the HTTP port.
+fn external_url(listen: std::net::SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("http://{host}:{}", listen.port())
 }
 
 /// Reads the drain/undrain token; an unreadable or empty file stops the start.
@@ -229,6 +249,7 @@ fn tick_loop(
     mut probes: Vec<Box<dyn Collector>>,
     store: &Store,
     health: &Health,
+    notifiers: &Notifiers,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
 ) {
@@ -263,6 +284,7 @@ fn tick_loop(
             }
         }
         health.evaluate(&[], Instant::now());
+        notifiers.observe(&[], std::time::SystemTime::now());
         next += interval;
         let now = Instant::now();
         if next < now {

@@ -12,7 +12,9 @@ use std::{
 use serde::{Deserialize, Deserializer, de};
 use serde_saphyr::Spanned;
 
-pub use crate::{heartbeats::config::Heartbeats, resources::ResourcesConfig};
+pub use crate::{
+    heartbeats::config::Heartbeats, notify::config::Notifiers, resources::ResourcesConfig,
+};
 
 /// The configuration the binary runs with when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../packaging/config.yaml");
@@ -36,6 +38,8 @@ pub struct Config {
     pub heartbeats: Heartbeats,
     /// Resource metrics: CPU, memory, load, disk usage, pressure stall information.
     pub resources: ResourcesConfig,
+    /// Where alerts are sent: Alertmanager and webhooks. Default: none.
+    pub notifiers: Notifiers,
     /// Node health for the load balancer.
     pub health: HealthConfig,
     /// Where state that must survive a restart is kept (manual drain, undelivered
@@ -52,6 +56,7 @@ impl Default for Config {
             probes: ProbesConfig::default(),
             heartbeats: Heartbeats::default(),
             resources: ResourcesConfig::default(),
+            notifiers: Notifiers::default(),
             health: HealthConfig::default(),
             spool_dir: PathBuf::from("/var/lib/nodewatch"),
         }
@@ -497,6 +502,43 @@ mod tests {
             e.starts_with("c.yaml:1:42: probes.tcp_retransmits.colour: "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn notifiers_are_validated_with_locations() {
+        let c = Config::parse(
+            "c",
+            "notifiers:\n  - { name: am, kind: alertmanager, urls: [\"http://a:9093\", \"http://b:9093\"] }\n  - { name: ops, kind: webhook, url: \"http://h/x\", timeout: 2s }\n",
+        )
+        .unwrap();
+        assert_eq!(c.notifiers.0.len(), 2);
+        assert_eq!(c.notifiers.0[0].urls.len(), 2);
+        assert_eq!(c.notifiers.0[1].timeout, Duration::from_secs(2));
+        for (text, want) in [
+            (
+                "notifiers:\n  - { name: a, kind: pager, url: \"http://x\" }\n",
+                "c.yaml:2:22: notifiers: unknown notifier kind `pager`",
+            ),
+            (
+                "notifiers:\n  - { name: a, kind: webhook }\n",
+                "c.yaml:2:13: notifiers: notifier `a` needs `url` or `urls`",
+            ),
+            (
+                "notifiers:\n  - { name: a, kind: webhook, url: \"ftp://x\" }\n",
+                "URL `ftp://x` must be http",
+            ),
+            (
+                "notifiers:\n  - { name: a, kind: alertmanager, url: \"http://x\", secret_file: /k }\n",
+                "secret_file applies to webhooks only",
+            ),
+            (
+                "notifiers:\n  - { name: a, kind: webhook, url: \"http://x\" }\n  - { name: a, kind: webhook, url: \"http://y\" }\n",
+                "c.yaml:3:13: notifiers: notifier `a` is listed twice",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(want), "{text}: want {want:?} in {e}");
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub mod names {
     pub const NODE_HEALTHY: &str = "node_healthy";
     pub const HEALTH_TRANSITIONS: &str = "health_transitions";
     pub const UNHEALTHY_SECONDS: &str = "unhealthy_seconds";
+    pub const NOTIFICATIONS: &str = "notifications";
+    pub const NOTIFICATION_QUEUE: &str = "notification_queue_length";
     pub const PROBE_UP: &str = "probe_up";
     pub const COLLECTOR_DURATION: &str = "collector_duration_seconds";
     pub const COLLECTOR_ERRORS: &str = "collector_errors";

@@ -3,14 +3,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::config::Check;
-
-/// The most of a response body a check reads; a larger body fails the check.
-const MAX_BODY: usize = 1 << 20;
+use crate::httpc::{self, HttpError};
 
 /// Why a check failed; `reason()` is the `reason` label.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,43 +94,14 @@ async fn http(
     body_contains: Option<&str>,
     body_regex: Option<&regex::Regex>,
 ) -> Result<(), Failure> {
-    let host = uri.host().unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(80);
-    // A bracketed IPv6 literal connects without its brackets.
-    let target = format!(
-        "{}:{port}",
-        host.trim_start_matches('[').trim_end_matches(']')
-    );
-    let stream = connect(&target).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let answer = httpc::request(http::Method::GET, uri, &[], Bytes::new())
         .await
-        .map_err(|e| Failure::Error(format!("HTTP handshake: {e}")))?;
-    // The connection task ends with this check, whatever happens to it (a timeout drops us).
-    let driver = AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let authority = uri.authority().map_or(host, |a| a.as_str());
-    let request = http::Request::get(path)
-        .header(http::header::HOST, authority)
-        .header(
-            http::header::USER_AGENT,
-            concat!("nodewatch/", env!("CARGO_PKG_VERSION")),
-        )
-        .header(http::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| Failure::Error(format!("request: {e}")))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| Failure::Error(format!("HTTP: {e}")))?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| Failure::Body(format!("reading the body: {e}")))?
-        .to_bytes();
-    drop(driver);
+        .map_err(|e| match e {
+            HttpError::Refused => Failure::Refused,
+            HttpError::Body(m) => Failure::Body(format!("reading the body: {m}")),
+            other => Failure::Error(other.to_string()),
+        })?;
+    let status = answer.status;
     let status_ok = if expect_status.is_empty() {
         (200..300).contains(&status)
     } else {
@@ -143,7 +110,7 @@ async fn http(
     if !status_ok {
         return Err(Failure::Status(status));
     }
-    let text = String::from_utf8_lossy(&body);
+    let text = String::from_utf8_lossy(&answer.body);
     if let Some(needle) = body_contains
         && !text.contains(needle)
     {
@@ -155,12 +122,4 @@ async fn http(
         return Err(Failure::Body(format!("does not match /{re}/")));
     }
     Ok(())
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

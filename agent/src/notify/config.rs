@@ -1,0 +1,162 @@
+//! `notifiers:` in the configuration.
+
+use std::{collections::HashSet, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer, de};
+use serde_saphyr::Spanned;
+
+use crate::config::{located, parse_duration};
+
+/// What a notifier entry looks like in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifier {
+    /// The `notifier` label and the webhook payload's `receiver`. Letters, digits, `_`, `-`.
+    name: Spanned<String>,
+    /// `alertmanager` (Alertmanager's `/api/v2/alerts`) or `webhook` (the Alertmanager
+    /// webhook payload, version 4).
+    kind: Spanned<String>,
+    /// The receiver: Alertmanager's base URL (`http://am:9093`) or the webhook's URL.
+    url: Option<Spanned<String>>,
+    /// Several Alertmanagers of one HA cluster: each gets every alert.
+    urls: Option<Vec<Spanned<String>>>,
+    /// Webhook only: sign each request the Standard Webhooks way with the key in this file
+    /// (`whsec_<base64>`, or the raw text).
+    secret_file: Option<PathBuf>,
+    /// Time one delivery attempt may take. Default `10s`.
+    timeout: Option<Spanned<String>>,
+    /// Alertmanager only: how often firing alerts are sent again. Default `1m`.
+    resend_interval: Option<Spanned<String>>,
+    /// Most notifications kept for one receiver while it is unreachable; beyond that the
+    /// oldest are dropped (and counted). Default 10000.
+    queue_max: Option<usize>,
+}
+
+/// The kind of receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Alertmanager,
+    Webhook,
+}
+
+/// One validated notifier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifierConfig {
+    pub name: String,
+    pub kind: Kind,
+    pub urls: Vec<http::Uri>,
+    pub secret_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub resend_interval: Duration,
+    pub queue_max: usize,
+}
+
+/// The `notifiers:` list: names are unique.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Notifiers(pub Vec<NotifierConfig>);
+
+impl<'de> Deserialize<'de> for Notifiers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Vec::<RawNotifier>::deserialize(d)?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for r in raw {
+            if !seen.insert(r.name.value.clone()) {
+                return Err(located(
+                    &r.name,
+                    format!("notifier `{}` is listed twice", r.name.value),
+                ));
+            }
+            out.push(validate(r)?);
+        }
+        Ok(Self(out))
+    }
+}
+
+fn validate<E: de::Error>(r: RawNotifier) -> Result<NotifierConfig, E> {
+    let name = &r.name;
+    if name.value.is_empty()
+        || !name
+            .value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    {
+        return Err(located(
+            name,
+            format!(
+                "notifier name `{}` must be letters, digits, `_` or `-`",
+                name.value
+            ),
+        ));
+    }
+    let kind = match r.kind.value.as_str() {
+        "alertmanager" => Kind::Alertmanager,
+        "webhook" => Kind::Webhook,
+        other => {
+            return Err(located(
+                &r.kind,
+                format!("unknown notifier kind `{other}`: use alertmanager or webhook"),
+            ));
+        }
+    };
+    let mut spans: Vec<&Spanned<String>> = r.url.iter().collect();
+    spans.extend(r.urls.iter().flatten());
+    if spans.is_empty() {
+        return Err(located(
+            name,
+            format!("notifier `{}` needs `url` or `urls`", name.value),
+        ));
+    }
+    if kind == Kind::Webhook && spans.len() > 1 {
+        return Err(located(
+            name,
+            "a webhook has one `url`; list several webhooks instead",
+        ));
+    }
+    let mut urls = Vec::new();
+    for u in spans {
+        let uri: http::Uri = u
+            .value
+            .parse()
+            .map_err(|e| located(u, format!("invalid URL `{}`: {e}", u.value)))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(located(
+                u,
+                format!(
+                    "URL `{}` must be http://host[:port][/path] (https is not supported yet: use a local TLS proxy)",
+                    u.value
+                ),
+            ));
+        }
+        urls.push(uri);
+    }
+    if kind == Kind::Alertmanager && r.secret_file.is_some() {
+        return Err(located(name, "secret_file applies to webhooks only"));
+    }
+    if kind == Kind::Webhook
+        && let Some(ri) = &r.resend_interval
+    {
+        return Err(located(ri, "resend_interval applies to alertmanager only"));
+    }
+    let duration = |f: &Option<Spanned<String>>, default: Duration| -> Result<Duration, E> {
+        match f {
+            None => Ok(default),
+            Some(t) => {
+                let d = parse_duration(t)?;
+                if d < Duration::from_millis(100) {
+                    return Err(located(t, "at least 100ms"));
+                }
+                Ok(d)
+            }
+        }
+    };
+    Ok(NotifierConfig {
+        name: name.value.clone(),
+        kind,
+        urls,
+        secret_file: r.secret_file,
+        timeout: duration(&r.timeout, Duration::from_secs(10))?,
+        resend_interval: duration(&r.resend_interval, Duration::from_secs(60))?,
+        queue_max: r.queue_max.unwrap_or(10_000).max(1),
+    })
+}

@@ -1,0 +1,476 @@
+//! Notifiers: alerts that start firing or resolve are told to Alertmanager and webhooks.
+//!
+//! Every tick the firing alerts are compared with the last tick's: a new one is a `firing`
+//! notification, a gone one a `resolved` notification (with `endsAt`); Alertmanager also gets
+//! firing alerts again every `resend_interval`, valid for four of them, as Prometheus does.
+//! Each receiver (each URL of an Alertmanager cluster) has its own durable spool and one
+//! delivery task, which retries timeouts, 5xx and 429 with exponential backoff and jitter, and
+//! gives up on other 4xx, logging the receiver's answer.
+
+pub mod config;
+mod payload;
+mod spool;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::sync::Notify;
+
+pub use self::payload::OutAlert;
+use self::{
+    config::{Kind, NotifierConfig},
+    spool::{Notification, Spool},
+};
+use crate::{httpc, store::names};
+
+/// A firing alert as the rule engine shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlert {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// When it started firing.
+    pub fired_at: SystemTime,
+}
+
+/// Labels `{notifier, result}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    notifier: String,
+    result: String,
+}
+
+/// Labels `{notifier}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifierLabels {
+    notifier: String,
+}
+
+#[derive(Clone, Default)]
+struct Metrics {
+    results: Family<ResultLabels, Counter>,
+    queue: Family<NotifierLabels, Gauge>,
+}
+
+impl Metrics {
+    fn count(&self, notifier: &str, result: &str, n: u64) {
+        self.results
+            .get_or_create(&ResultLabels {
+                notifier: notifier.into(),
+                result: result.into(),
+            })
+            .inc_by(n);
+    }
+}
+
+/// Why notifiers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("notifier {name}: secret_file {path}: {message}")]
+    Secret {
+        name: String,
+        path: String,
+        message: String,
+    },
+    #[error("notifier {name}: spool {path}: {source}")]
+    Spool {
+        name: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One receiver: a webhook, or one Alertmanager of a cluster.
+struct Receiver {
+    /// The `notifier` label: the notifier's name, with `/<n>` for the n-th Alertmanager.
+    label: String,
+    config_name: String,
+    kind: Kind,
+    uri: http::Uri,
+    key: Option<Vec<u8>>,
+    timeout: Duration,
+    spool: Mutex<Spool>,
+    in_flight: Mutex<Option<u64>>,
+    wake: Notify,
+    /// The agent's own URL, for the webhook payload's `externalURL`.
+    external_url: String,
+}
+
+struct Tracked {
+    alert: OutAlert,
+    last_resend: Instant,
+}
+
+/// Every notifier, and the firing alerts they were told about.
+pub struct Notifiers {
+    receivers: Vec<Arc<Receiver>>,
+    resend: HashMap<String, Duration>,
+    firing: Mutex<HashMap<String, Tracked>>,
+    external_url: String,
+    metrics: Metrics,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Notifiers {
+    /// Reads secrets, opens each receiver's spool (loading what an earlier run left), and
+    /// registers the metrics. Nothing is sent until [`Notifiers::spawn`].
+    pub fn new(
+        cfg: &[NotifierConfig],
+        spool_dir: &Path,
+        external_url: String,
+        registry: &mut Registry,
+    ) -> Result<Self, NotifyError> {
+        let metrics = Metrics::default();
+        registry.register(
+            names::NOTIFICATIONS,
+            "Notification deliveries by notifier and result: sent, retried (a failed attempt that is retried), failed (refused by the receiver, given up), dropped (spool full)",
+            metrics.results.clone(),
+        );
+        registry.register(
+            names::NOTIFICATION_QUEUE,
+            "Notifications waiting to be delivered, by notifier",
+            metrics.queue.clone(),
+        );
+        let mut receivers = Vec::new();
+        let mut resend = HashMap::new();
+        for n in cfg {
+            let key = match &n.secret_file {
+                None => None,
+                Some(path) => {
+                    let err = |message: String| NotifyError::Secret {
+                        name: n.name.clone(),
+                        path: path.display().to_string(),
+                        message,
+                    };
+                    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+                    Some(payload::signing_key(&text).map_err(err)?)
+                }
+            };
+            resend.insert(n.name.clone(), n.resend_interval);
+            for (i, uri) in n.urls.iter().enumerate() {
+                let label = if n.urls.len() == 1 {
+                    n.name.clone()
+                } else {
+                    format!("{}/{i}", n.name)
+                };
+                let dir = spool_dir
+                    .join("notifications")
+                    .join(label.replace('/', "_"));
+                let (spool, bad) =
+                    Spool::open(&dir, n.queue_max).map_err(|source| NotifyError::Spool {
+                        name: label.clone(),
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                for b in bad {
+                    tracing::error!(notifier = %label, file = %b, "unreadable spooled notification removed");
+                }
+                if spool.len() > 0 {
+                    tracing::info!(notifier = %label, queued = spool.len(), "undelivered notifications from the previous run");
+                }
+                metrics
+                    .queue
+                    .get_or_create(&NotifierLabels {
+                        notifier: label.clone(),
+                    })
+                    .set(spool.len() as i64);
+                receivers.push(Arc::new(Receiver {
+                    label,
+                    config_name: n.name.clone(),
+                    kind: n.kind,
+                    uri: uri.clone(),
+                    key: key.clone(),
+                    timeout: n.timeout,
+                    spool: Mutex::new(spool),
+                    in_flight: Mutex::new(None),
+                    wake: Notify::new(),
+                    external_url: external_url.clone(),
+                }));
+            }
+        }
+        Ok(Self {
+            receivers,
+            resend,
+            firing: Mutex::new(HashMap::new()),
+            external_url,
+            metrics,
+        })
+    }
+
+    /// Starts one delivery task per receiver on the current runtime.
+    pub fn spawn(&self) {
+        for r in &self.receivers {
+            tokio::spawn(deliver(Arc::clone(r), self.metrics.clone()));
+        }
+    }
+
+    /// Compares the firing alerts with the last call's and queues what changed.
+    pub fn observe(&self, alerts: &[ActiveAlert], now: SystemTime) {
+        if self.receivers.is_empty() {
+            return;
+        }
+        let mono = Instant::now();
+        let mut firing = self.firing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = HashMap::new();
+        for a in alerts {
+            let fp = payload::fingerprint(&a.labels);
+            current.insert(fp.clone(), a);
+            if let std::collections::hash_map::Entry::Vacant(slot) = firing.entry(fp.clone()) {
+                let out = OutAlert {
+                    labels: a.labels.clone(),
+                    annotations: a.annotations.clone(),
+                    starts_at: rfc3339(a.fired_at),
+                    ends_at: String::new(),
+                    generator_url: format!("{}/api/v1/alerts", self.external_url),
+                    fingerprint: fp,
+                    status: "firing".into(),
+                };
+                self.enqueue(&out, now, None);
+                slot.insert(Tracked {
+                    alert: out,
+                    last_resend: mono,
+                });
+            }
+        }
+        let gone: Vec<String> = firing
+            .keys()
+            .filter(|fp| !current.contains_key(*fp))
+            .cloned()
+            .collect();
+        for fp in gone {
+            let t = firing.remove(&fp).expect("listed above");
+            let out = OutAlert {
+                status: "resolved".into(),
+                ends_at: rfc3339(now),
+                ..t.alert
+            };
+            self.enqueue(&out, now, None);
+        }
+        // Alertmanager forgets firing alerts it is not told about again.
+        for t in firing.values_mut() {
+            let due: Vec<&Arc<Receiver>> = self
+                .receivers
+                .iter()
+                .filter(|r| r.kind == Kind::Alertmanager)
+                .filter(|r| mono.duration_since(t.last_resend) >= self.resend[&r.config_name])
+                .collect();
+            if !due.is_empty() {
+                t.last_resend = mono;
+                self.enqueue(&t.alert, now, Some(Kind::Alertmanager));
+            }
+        }
+    }
+
+    /// Queues `alert` for every receiver (of `only` kind, when given).
+    fn enqueue(&self, alert: &OutAlert, now: SystemTime, only: Option<Kind>) {
+        for r in self
+            .receivers
+            .iter()
+            .filter(|r| only.is_none_or(|k| r.kind == k))
+        {
+            let mut a = alert.clone();
+            if r.kind == Kind::Alertmanager && a.status == "firing" {
+                // Valid until four resends are missed, as Prometheus does.
+                a.ends_at = rfc3339(now + 4 * self.resend[&r.config_name]);
+            }
+            let id = format!(
+                "msg_{}_{}_{}",
+                a.fingerprint,
+                a.status,
+                a.starts_at.replace([':', '-', '.'], "")
+            );
+            let in_flight = *r.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mut spool = r.spool.lock().unwrap_or_else(|e| e.into_inner());
+            let coalesce = r.kind == Kind::Alertmanager;
+            let (pushed, error) = spool.push(Notification { id, alert: a }, coalesce, in_flight);
+            if pushed.dropped > 0 {
+                self.metrics
+                    .count(&r.label, "dropped", pushed.dropped as u64);
+                tracing::error!(notifier = %r.label, dropped = pushed.dropped, "notification spool full: oldest notifications dropped");
+            }
+            if let Some(e) = error {
+                tracing::error!(notifier = %r.label, error = %e, "cannot write the notification spool; kept in memory only");
+            }
+            self.metrics
+                .queue
+                .get_or_create(&NotifierLabels {
+                    notifier: r.label.clone(),
+                })
+                .set(spool.len() as i64);
+            r.wake.notify_one();
+        }
+    }
+}
+
+/// A failed delivery attempt.
+struct Failure {
+    retry: bool,
+    message: String,
+}
+
+impl Receiver {
+    async fn send(&self, n: &Notification) -> Result<(), Failure> {
+        let (uri, body) = match self.kind {
+            Kind::Alertmanager => {
+                let base = self.uri.to_string();
+                let uri = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
+                (
+                    uri.parse::<http::Uri>().map_err(|e| Failure {
+                        retry: false,
+                        message: e.to_string(),
+                    })?,
+                    payload::alertmanager(&n.alert),
+                )
+            }
+            Kind::Webhook => (
+                self.uri.clone(),
+                payload::webhook(&n.alert, &self.config_name, &self.external_url),
+            ),
+        };
+        let body = Bytes::from(body.to_string());
+        let mut headers = vec![("content-type", "application/json".to_string())];
+        if let Some(key) = &self.key {
+            let ts = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            headers.push(("webhook-id", n.id.clone()));
+            headers.push(("webhook-timestamp", ts.to_string()));
+            headers.push((
+                "webhook-signature",
+                payload::signature(key, &n.id, ts, &body),
+            ));
+        }
+        let attempt = httpc::request(http::Method::POST, &uri, &headers, body);
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Err(_) => Err(Failure {
+                retry: true,
+                message: format!("no answer within {:?}", self.timeout),
+            }),
+            Ok(Err(e)) => Err(Failure {
+                retry: true,
+                message: e.to_string(),
+            }),
+            Ok(Ok(a)) if (200..300).contains(&a.status) => Ok(()),
+            Ok(Ok(a)) => Err(Failure {
+                retry: a.status >= 500 || a.status == 429,
+                message: format!(
+                    "HTTP {}: {}",
+                    a.status,
+                    String::from_utf8_lossy(&a.body)
+                        .chars()
+                        .take(500)
+                        .collect::<String>()
+                ),
+            }),
+        }
+    }
+}
+
+/// Backoff before retry `attempt` (1, 2, ...): 500 ms doubling to 60 s, times 0.5..1.
+fn backoff(attempt: u32, seed: &mut u64) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1 << attempt.saturating_sub(1).min(7));
+    let base = base.min(Duration::from_secs(60));
+    // xorshift: jitter needs no cryptographic randomness.
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    base.mul_f64(0.5 + (*seed % 1000) as f64 / 2000.0)
+}
+
+/// Delivers one receiver's spool, oldest first, until the runtime stops.
+async fn deliver(r: Arc<Receiver>, metrics: Metrics) {
+    let mut attempt = 0u32;
+    let mut seed = payload::fingerprint(&BTreeMap::from([("r".to_string(), r.label.clone())]))
+        .bytes()
+        .fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
+            h.rotate_left(5) ^ u64::from(b)
+        })
+        | 1;
+    loop {
+        let next = r.spool.lock().unwrap_or_else(|e| e.into_inner()).front();
+        let Some((seq, n)) = next else {
+            r.wake.notified().await;
+            continue;
+        };
+        *r.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = Some(seq);
+        let result = r.send(&n).await;
+        *r.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        match result {
+            Ok(()) => {
+                if attempt > 0 {
+                    tracing::info!(notifier = %r.label, after_attempts = attempt + 1, "receiver reachable again");
+                }
+                attempt = 0;
+                metrics.count(&r.label, "sent", 1);
+                r.spool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(seq);
+            }
+            Err(f) if f.retry => {
+                attempt += 1;
+                metrics.count(&r.label, "retried", 1);
+                if attempt == 1 {
+                    tracing::warn!(notifier = %r.label, error = %f.message, "delivery failed; retrying with backoff");
+                }
+                tokio::time::sleep(backoff(attempt, &mut seed)).await;
+            }
+            Err(f) => {
+                attempt = 0;
+                metrics.count(&r.label, "failed", 1);
+                tracing::error!(notifier = %r.label, id = %n.id, error = %f.message, "receiver refused the notification; not retried");
+                r.spool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(seq);
+            }
+        }
+        let len = r.spool.lock().unwrap_or_else(|e| e.into_inner()).len();
+        metrics
+            .queue
+            .get_or_create(&NotifierLabels {
+                notifier: r.label.clone(),
+            })
+            .set(len as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_minute_with_jitter() {
+        let mut seed = 12345;
+        let b1 = backoff(1, &mut seed);
+        assert!(
+            b1 >= Duration::from_millis(250) && b1 <= Duration::from_millis(500),
+            "{b1:?}"
+        );
+        let b5 = backoff(5, &mut seed);
+        assert!(
+            b5 >= Duration::from_secs(4) && b5 <= Duration::from_secs(8),
+            "{b5:?}"
+        );
+        let b20 = backoff(20, &mut seed);
+        assert!(
+            b20 >= Duration::from_secs(30) && b20 <= Duration::from_secs(60),
+            "{b20:?}"
+        );
+        let draws: std::collections::HashSet<_> = (0..20).map(|_| backoff(3, &mut seed)).collect();
+        assert!(draws.len() > 10, "jitter varies");
+    }
+}
