@@ -17,6 +17,7 @@ use crate::{
     privileges,
     probes::{self, Probe, ProbeError},
     resources::Resources,
+    server,
     store::{CollectorLabels, ProbeLabels, Store},
     systemd,
 };
@@ -189,12 +190,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             token,
             probes: probe_modes,
         }));
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+        server::serve(listener, app, shutdown_signal()).await
     });
     systemd::notify("STOPPING=1");
     let _ = stop_tx.send(());

@@ -13,6 +13,7 @@ mod notify;
 mod privileges;
 mod probes;
 mod resources;
+mod server;
 mod sockdiag;
 mod store;
 mod systemd;
