@@ -2,7 +2,12 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, mpsc},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -11,6 +16,11 @@ use crate::{
     config::Config,
     http, kernel,
     probes::{self, Probe},
+    rules::{
+        self,
+        file::GroupDef,
+        live::{LiveRules, RuleMetrics, now_ms},
+    },
     store::{CollectorLabels, ProbeLabels, Store},
 };
 
@@ -46,10 +56,68 @@ pub fn start_probes(cfg: &Config, store: &mut Store) -> Vec<Box<dyn Probe>> {
     probes
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub fn run(cfg: Config) -> Result<(), RunError> {
+/// The rules as the tick thread runs them, and how it learns of a reload.
+struct RulesTick {
+    live: LiveRules,
+    reload: Arc<AtomicBool>,
+    config_path: Option<PathBuf>,
+    config: Config,
+}
+
+impl RulesTick {
+    /// On SIGHUP: re-reads the config file (for `rule_files` and `default_rules`) and every
+    /// rule file; an invalid set is refused and the running one stays.
+    fn reload_if_asked(&mut self) {
+        if !self.reload.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!("SIGHUP: reloading rules");
+        let loaded = match &self.config_path {
+            None => rules::load_for_config(&self.config, None),
+            Some(p) => match Config::load(p) {
+                Err(e) => Err(vec![e]),
+                Ok(new) => {
+                    let restart_only = Config {
+                        default_rules: self.config.default_rules,
+                        rule_files: self.config.rule_files.clone(),
+                        ..new.clone()
+                    };
+                    if restart_only != self.config {
+                        tracing::warn!(
+                            "config changes other than rule_files and default_rules take effect at the next restart"
+                        );
+                    }
+                    let loaded = rules::load_for_config(&new, Some(p));
+                    if loaded.is_ok() {
+                        self.config.default_rules = new.default_rules;
+                        self.config.rule_files = new.rule_files;
+                    }
+                    loaded
+                }
+            },
+        };
+        self.live.reload(loaded);
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the rules.
+pub fn run(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    groups: Vec<GroupDef>,
+) -> Result<(), RunError> {
     let mut store = Store::new();
     let probes = start_probes(&cfg, &mut store);
+    let rule_metrics = RuleMetrics::register(store.registry_mut());
+    let interval_ms = cfg.interval.0.as_millis() as i64;
+    let rules_tick = RulesTick {
+        live: LiveRules::new(groups, rule_metrics, interval_ms),
+        reload: Arc::new(AtomicBool::new(false)),
+        config_path,
+        config: cfg.clone(),
+    };
+    let alerts = rules_tick.live.view();
+    let reload = Arc::clone(&rules_tick.reload);
     for p in &probes {
         store
             .own
@@ -76,7 +144,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         let interval = cfg.interval.0;
         thread::Builder::new()
             .name("tick".into())
-            .spawn(move || tick_loop(probes, &store, interval, &stop_rx))
+            .spawn(move || tick_loop(probes, &store, rules_tick, interval, &stop_rx))
             .map_err(RunError::Runtime)?
     };
 
@@ -87,8 +155,9 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         .map_err(RunError::Runtime)?;
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        watch_sighup(reload)?;
         tracing::info!(listen = %local, interval = ?cfg.interval.0, "nodewatch started");
-        let app = http::router(Arc::new(http::AppState { store }));
+        let app = http::router(Arc::new(http::AppState { store, alerts }));
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await
@@ -100,6 +169,18 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
     }
     tracing::info!("stopped; probes detached");
     served.map_err(RunError::Serve)
+}
+
+/// Asks the tick thread to reload the rules on every SIGHUP.
+fn watch_sighup(reload: Arc<AtomicBool>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload.store(true, Ordering::SeqCst);
+        }
+    });
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -118,10 +199,12 @@ async fn shutdown_signal() {
     }
 }
 
-/// One tick: every probe collects. Blocking reads stay on this thread, off the async workers.
+/// One tick: every probe collects, then the rules evaluate what they wrote. Blocking reads
+/// stay on this thread, off the async workers.
 fn tick_loop(
     mut probes: Vec<Box<dyn Probe>>,
     store: &Store,
+    mut rules: RulesTick,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
 ) {
@@ -155,6 +238,8 @@ fn tick_loop(
                 }
             }
         }
+        rules.reload_if_asked();
+        rules.live.tick(now_ms(), &store.encode_openmetrics());
         next += interval;
         let now = Instant::now();
         if next < now {

@@ -1,4 +1,4 @@
-//! The HTTP surface: `/metrics` and `/healthz`.
+//! The HTTP surface: `/metrics`, `/healthz` and `/api/v1/alerts`.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use axum::{
     routing::get,
 };
 
-use crate::store::Store;
+use crate::{rules::live::AlertsView, store::Store};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -18,6 +18,8 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// What the handlers read.
 pub struct AppState {
     pub store: Arc<Store>,
+    /// Pending and firing alerts, as of the last tick.
+    pub alerts: AlertsView,
 }
 
 /// The agent's routes.
@@ -25,6 +27,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/api/v1/alerts", get(alerts))
         .with_state(state)
 }
 
@@ -51,4 +54,13 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 async fn healthz() -> Response {
     let body = serde_json::json!({ "status": "healthy", "reasons": [] });
     (StatusCode::OK, Json(body)).into_response()
+}
+
+/// Pending and firing alerts, in the shape of Prometheus's `GET /api/v1/alerts`.
+async fn alerts(State(state): State<Arc<AppState>>) -> Response {
+    let alerts = match state.alerts.read() {
+        Ok(a) => a.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    Json(serde_json::json!({ "status": "success", "data": { "alerts": alerts } })).into_response()
 }

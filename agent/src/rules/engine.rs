@@ -1,0 +1,227 @@
+//! Evaluates rule groups over the history, in order, as Prometheus's rule manager does:
+//! recording rules write their results back as series (later rules see them at the same
+//! instant), alerting rules move their alerts and write `ALERTS`; series a rule stops
+//! producing get a staleness marker.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{
+    eval::{Evaluator, Sample, no_duplicates},
+    file::{GroupDef, Kind, RuleDef},
+    history::{History, stale},
+    labels::{Labels, METRIC_NAME},
+};
+use crate::alerts::{self, Alert};
+
+/// A rule and what it remembers between evaluations.
+#[derive(Debug)]
+pub struct RuleState {
+    pub def: RuleDef,
+    /// Alerts by label set (alerting rules only).
+    pub active: HashMap<Labels, Alert>,
+    /// The error of the last evaluation, if it failed.
+    pub last_error: Option<String>,
+    written: HashSet<Labels>,
+}
+
+impl RuleState {
+    fn new(def: RuleDef) -> Self {
+        Self {
+            def,
+            active: HashMap::new(),
+            last_error: None,
+            written: HashSet::new(),
+        }
+    }
+}
+
+/// A group and its rules' state.
+#[derive(Debug)]
+pub struct Group {
+    pub file: String,
+    pub name: String,
+    pub interval_ms: Option<i64>,
+    pub limit: usize,
+    pub rules: Vec<RuleState>,
+    last_eval: Option<i64>,
+}
+
+/// A rule evaluation that failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleFailure {
+    pub group: String,
+    pub rule: String,
+    pub error: String,
+}
+
+/// The loaded groups and the history they read.
+#[derive(Debug)]
+pub struct Engine {
+    pub groups: Vec<Group>,
+    pub history: History,
+    pub external_labels: Labels,
+    pub external_url: String,
+    /// Series written by rules that a reload removed: marked stale at the next evaluation.
+    pending_stale: Vec<Labels>,
+}
+
+impl Engine {
+    pub fn new(defs: Vec<GroupDef>, history: History) -> Self {
+        let mut e = Self {
+            groups: Vec::new(),
+            history,
+            external_labels: Labels::new(),
+            external_url: String::new(),
+            pending_stale: Vec::new(),
+        };
+        e.replace(defs);
+        e
+    }
+
+    /// The longest range any rule reads.
+    pub fn max_range_ms(&self) -> i64 {
+        self.rules().map(|r| r.def.max_range_ms).max().unwrap_or(0)
+    }
+
+    /// Every rule, in evaluation order.
+    pub fn rules(&self) -> impl Iterator<Item = &RuleState> {
+        self.groups.iter().flat_map(|g| g.rules.iter())
+    }
+
+    /// Loads a new set of groups. A rule that is unchanged (same file, group, and definition)
+    /// keeps its alerts; series that only the old rules wrote get a staleness marker at the next
+    /// evaluation.
+    pub fn replace(&mut self, defs: Vec<GroupDef>) {
+        let mut old: HashMap<(String, String), Vec<RuleState>> = self
+            .groups
+            .drain(..)
+            .map(|g| ((g.file, g.name), g.rules))
+            .collect();
+        let mut orphaned: Vec<Labels> = Vec::new();
+        let mut groups = Vec::new();
+        for def in defs {
+            let mut previous = old
+                .remove(&(def.file.clone(), def.name.clone()))
+                .unwrap_or_default();
+            let rules = def
+                .rules
+                .into_iter()
+                .map(|r| match previous.iter().position(|p| p.def == r) {
+                    Some(i) => previous.remove(i),
+                    None => RuleState::new(r),
+                })
+                .collect();
+            orphaned.extend(previous.into_iter().flat_map(|r| r.written));
+            groups.push(Group {
+                file: def.file,
+                name: def.name,
+                interval_ms: def.interval_ms,
+                limit: def.limit,
+                rules,
+                last_eval: None,
+            });
+        }
+        orphaned.extend(old.into_values().flatten().flat_map(|r| r.written));
+        self.groups = groups;
+        self.pending_stale = orphaned;
+    }
+
+    /// Evaluates every group at `ts`. With `respect_intervals`, a group with its own
+    /// `interval` is skipped until that much time has passed since its last evaluation
+    /// (with half a `tick_ms` of slack).
+    pub fn evaluate(&mut self, ts: i64, respect_intervals: bool, tick_ms: i64) -> Vec<RuleFailure> {
+        for l in std::mem::take(&mut self.pending_stale) {
+            self.history.append(&l, ts, stale());
+        }
+        let mut failures = Vec::new();
+        for g in &mut self.groups {
+            if respect_intervals
+                && let (Some(iv), Some(last)) = (g.interval_ms, g.last_eval)
+                && ts - last < iv - tick_ms / 2
+            {
+                continue;
+            }
+            g.last_eval = Some(ts);
+            for r in &mut g.rules {
+                let out = eval_rule(
+                    r,
+                    &self.history,
+                    ts,
+                    g.limit,
+                    &self.external_labels,
+                    &self.external_url,
+                );
+                match out {
+                    Ok(samples) => {
+                        r.last_error = None;
+                        let now: HashSet<Labels> =
+                            samples.iter().map(|s| s.labels.clone()).collect();
+                        for s in &samples {
+                            self.history.append(&s.labels, ts, s.value);
+                        }
+                        for gone in r.written.difference(&now) {
+                            self.history.append(gone, ts, stale());
+                        }
+                        r.written = now;
+                    }
+                    Err(e) => {
+                        failures.push(RuleFailure {
+                            group: g.name.clone(),
+                            rule: r.def.name.clone(),
+                            error: e.clone(),
+                        });
+                        r.last_error = Some(e);
+                    }
+                }
+            }
+        }
+        failures
+    }
+}
+
+fn eval_rule(
+    r: &mut RuleState,
+    history: &History,
+    ts: i64,
+    limit: usize,
+    external_labels: &Labels,
+    external_url: &str,
+) -> Result<Vec<Sample>, String> {
+    let ev = Evaluator { history, ts };
+    let result = ev.eval(&r.def.expr).map_err(|e| e.0)?.into_vector();
+    match r.def.kind {
+        Kind::Recording => {
+            let out: Vec<Sample> = result
+                .into_iter()
+                .map(|mut s| {
+                    s.labels.set(METRIC_NAME.into(), r.def.name.clone());
+                    for (k, t) in &r.def.labels {
+                        s.labels.set(k.clone(), t.raw().to_string());
+                    }
+                    s
+                })
+                .collect();
+            let out = no_duplicates(out).map_err(|_| {
+                "vector contains metrics with the same labelset after applying rule labels"
+                    .to_string()
+            })?;
+            if limit > 0 && out.len() > limit {
+                return Err(format!("exceeded limit {limit} with {} series", out.len()));
+            }
+            Ok(out)
+        }
+        Kind::Alerting => {
+            let rule = alerts::Rule {
+                name: &r.def.name,
+                for_ms: r.def.for_ms,
+                keep_firing_for_ms: r.def.keep_firing_for_ms,
+                labels: &r.def.labels,
+                annotations: &r.def.annotations,
+                external_labels,
+                external_url,
+                limit,
+            };
+            alerts::evaluate(&rule, &mut r.active, result, ts)
+        }
+    }
+}
