@@ -152,10 +152,9 @@ pub fn extrapolated_rate(
     Some(result * factor)
 }
 
-/// The running mean Prometheus 2.42 uses, with its care for infinities.
+/// Prometheus 2.42's running mean, Kahan-compensated, with its care for infinities.
 fn avg_over_time(points: &[(i64, f64)]) -> f64 {
-    let mut mean = 0.0_f64;
-    let mut count = 0.0_f64;
+    let (mut mean, mut c, mut count) = (0.0_f64, 0.0_f64, 0.0_f64);
     for &(_, v) in points {
         count += 1.0;
         if mean.is_infinite() {
@@ -166,9 +165,20 @@ fn avg_over_time(points: &[(i64, f64)]) -> f64 {
                 continue;
             }
         }
-        mean += v / count - mean / count;
+        (mean, c) = kahan_sum_inc(v / count - mean / count, mean, c);
     }
-    mean
+    if mean.is_infinite() { mean } else { mean + c }
+}
+
+/// One step of Kahan-Neumaier summation: the new sum and compensation.
+fn kahan_sum_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
+    let t = sum + inc;
+    let c = if sum.abs() >= inc.abs() {
+        c + ((sum - t) + inc)
+    } else {
+        c + ((inc - t) + sum)
+    };
+    (t, c)
 }
 
 /// `max_over_time`/`min_over_time`: `better(current, v)` replaces; a NaN is replaced by anything.

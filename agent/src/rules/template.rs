@@ -90,7 +90,7 @@ enum Val<'a> {
     Str(String),
     Float(f64),
     Map(&'a Labels),
-    /// A missing map key: prints as `<no value>`, like Go.
+    /// What an empty pipeline gives.
     Missing,
 }
 
@@ -418,8 +418,9 @@ fn operand<'a>(op: &Operand, data: &'a Data<'a>) -> Result<Val<'a>, String> {
     })
 }
 
+/// A missing label reads as the empty string, as in Prometheus.
 fn lookup<'a>(m: &Labels, k: &str) -> Val<'a> {
-    m.get(k).map_or(Val::Missing, |v| Val::Str(v.to_string()))
+    Val::Str(m.get(k).unwrap_or_default().to_string())
 }
 
 fn print(v: &Val<'_>) -> String {
@@ -624,7 +625,7 @@ mod tests {
             "port 8000: 12.5/s"
         );
         assert_eq!(expand("{{ .Labels.port }} {{ .Value }}", 1e6), "8000 1e+06");
-        assert_eq!(expand("{{ $labels.nope }}", 1.0), "<no value>");
+        assert_eq!(expand("[{{ $labels.nope }}]", 1.0), "[]");
         assert_eq!(expand("{{ $value | humanize }}", 1234567.0), "1.235M");
         assert_eq!(expand("{{ humanize $value }}", 0.0123), "12.3m");
         assert_eq!(
