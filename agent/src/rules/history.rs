@@ -164,6 +164,17 @@ impl History {
         self.count -= removed;
     }
 
+    /// Forgets every sample after `t` (rule unit tests: promtool only loads the input up to the
+    /// last evaluation).
+    pub fn truncate_after(&mut self, t: i64) {
+        for by_labels in self.series.values_mut() {
+            for s in by_labels.values_mut() {
+                let keep = s.samples.partition_point(|(ts, _)| *ts <= t);
+                s.samples.truncate(keep);
+            }
+        }
+    }
+
     /// The series whose labels satisfy every matcher (and `name`, when given), in label order.
     pub fn select<'a>(
         &'a self,

@@ -238,7 +238,9 @@ fn try_group(
     let mut errs = Vec::new();
     let mut times = alert_times.into_iter().peekable();
     let mut ts = 0;
+    let mut last_ts = 0;
     while ts <= max_t {
+        last_ts = ts;
         let failures = engine.evaluate(ts, false, eval_interval);
         if !failures.is_empty() {
             errs.extend(failures.into_iter().map(|f| {
@@ -268,6 +270,9 @@ fn try_group(
         ts += eval_interval;
     }
 
+    // promtool loads input samples lazily, up to each evaluation: expressions see nothing
+    // after the last one.
+    engine.history.truncate_after(last_ts);
     for test in &tg.promql_expr_test {
         let t = dur(&test.eval_time, "eval_time")?;
         let head = format!(
