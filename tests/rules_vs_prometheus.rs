@@ -457,3 +457,97 @@ fn template_outside_the_subset_is_refused_with_its_place() {
         "{err}"
     );
 }
+
+/// What nodewatch accepts, promtool accepts too: every expression of the comparison as a rule,
+/// and the template functions nodewatch supports.
+#[test]
+fn everything_nodewatch_accepts_passes_promtool_check_rules() {
+    if !have_promtool() {
+        return;
+    }
+    let dir = TempDir::new("vs-prom-check");
+    let mut text = String::from("groups:\n  - name: all\n    rules:\n");
+    for (i, e) in EXPRS.iter().enumerate() {
+        text.push_str(&format!(
+            "      - record: r{i}\n        expr: '{}'\n",
+            e.replace('\'', "''")
+        ));
+    }
+    let rules = RULES.replace("          severity: \"{{ if true }}x{{ end }}\"\n", "");
+    let a = dir.write("exprs.yaml", &text);
+    let b = dir.write("templates.yaml", &rules);
+    for f in [&a, &b] {
+        let ours = Command::new(BIN)
+            .arg("check-rules")
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(
+            ours.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        let prom = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(
+            prom.status.success(),
+            "promtool refuses what nodewatch accepts:\n{}{}",
+            String::from_utf8_lossy(&prom.stdout),
+            String::from_utf8_lossy(&prom.stderr)
+        );
+    }
+}
+
+/// PromQL that Prometheus evaluates but nodewatch does not: refused at load, naming the
+/// construct (promtool accepts all of these).
+#[test]
+fn outside_the_subset_is_refused_but_valid_for_prometheus() {
+    if !have_promtool() {
+        return;
+    }
+    let dir = TempDir::new("vs-prom-subset");
+    for (expr, construct) in [
+        ("topk(3, c)", "unsupported aggregation `topk`"),
+        ("irate(c[5m])", "unsupported function `irate`"),
+        ("c offset 5m", "unsupported `offset` modifier"),
+        ("max_over_time(c[5m:1m])", "unsupported subquery"),
+        ("c * on(job) group_left(port) g", "unsupported `group_left`"),
+        ("c ^ 2", "unsupported operator `^`"),
+        (
+            "label_replace(c, \"a\", \"$1\", \"job\", \"(.*)\")",
+            "unsupported function `label_replace`",
+        ),
+        ("c @ 100", "unsupported `@` modifier"),
+    ] {
+        let f = dir.write(
+            "r.yaml",
+            &format!(
+                "groups:\n  - name: g\n    rules:\n      - record: r\n        expr: '{expr}'\n"
+            ),
+        );
+        let prom = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            prom.status.success(),
+            "{expr}: {}",
+            String::from_utf8_lossy(&prom.stdout)
+        );
+        let ours = Command::new(BIN)
+            .arg("check-rules")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&ours.stderr);
+        assert_eq!(ours.status.code(), Some(1), "{expr}");
+        assert!(
+            err.contains(":5:") && err.contains(construct),
+            "{expr}: {err}"
+        );
+    }
+}

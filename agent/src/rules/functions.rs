@@ -357,16 +357,8 @@ pub fn aggregate(op: u16, modifier: Option<&LabelModifier>, v: Vec<Sample>) -> V
                 }
                 g.mean += s.value / g.count - g.mean / g.count;
             }
-            T_MAX => {
-                if g.value < s.value || g.value.is_nan() {
-                    g.value = s.value;
-                }
-            }
-            T_MIN => {
-                if g.value > s.value || g.value.is_nan() {
-                    g.value = s.value;
-                }
-            }
+            T_MAX if g.value < s.value || g.value.is_nan() => g.value = s.value,
+            T_MIN if g.value > s.value || g.value.is_nan() => g.value = s.value,
             T_COUNT => g.count += 1.0,
             _ => {}
         }

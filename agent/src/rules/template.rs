@@ -350,14 +350,13 @@ fn var(w: &str) -> Result<Operand, String> {
         if fields.is_empty() || fields[0].is_empty() {
             return Err("`.` on its own is not supported; use $labels or $value".into());
         }
-        let v = match fields.remove(0).as_str() {
+        match fields.remove(0).as_str() {
             "Labels" => Var::Labels,
             "ExternalLabels" => Var::ExternalLabels,
             "ExternalURL" => Var::ExternalUrl,
             "Value" => Var::Value,
             other => return Err(format!("unknown field `.{other}`")),
-        };
-        v
+        }
     } else {
         match head {
             "$labels" => Var::Labels,
