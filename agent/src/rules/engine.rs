@@ -225,3 +225,120 @@ fn eval_rule(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        alerts::State,
+        rules::{eval::Evaluator, file, history::DEFAULT_MAX_SERIES},
+    };
+
+    const RULES: &str = "groups:
+  - name: g
+    rules:
+      - record: x:doubled
+        expr: x * 2
+      - alert: Big
+        expr: x:doubled > 10
+        for: 2s
+";
+
+    fn engine(text: &str) -> Engine {
+        let defs = file::parse("r.yaml", text).unwrap();
+        Engine::new(defs, History::new(60_000, DEFAULT_MAX_SERIES))
+    }
+
+    fn x(e: &mut Engine, t: i64, v: Option<f64>) {
+        let samples = v
+            .map(|v| vec![(Labels::from_pairs([("__name__", "x"), ("a", "1")]), v)])
+            .unwrap_or_default();
+        e.history.ingest_scrape(t, samples);
+    }
+
+    fn recorded(e: &Engine, t: i64) -> Vec<f64> {
+        let q = promql_parser::parser::parse("x:doubled").unwrap();
+        let ev = Evaluator {
+            history: &e.history,
+            ts: t,
+        };
+        ev.eval(&q)
+            .unwrap()
+            .into_vector()
+            .iter()
+            .map(|s| s.value)
+            .collect()
+    }
+
+    fn big(e: &Engine) -> Option<State> {
+        e.rules()
+            .find(|r| r.def.name == "Big")
+            .and_then(|r| r.active.values().next())
+            .map(|a| a.state)
+    }
+
+    #[test]
+    fn recorded_series_feed_later_rules_at_the_same_instant_and_go_stale() {
+        let mut e = engine(RULES);
+        for (t, v) in [(0, 6.0), (1000, 6.0), (2000, 6.0)] {
+            x(&mut e, t, Some(v));
+            assert!(e.evaluate(t, true, 1000).is_empty());
+        }
+        assert_eq!(recorded(&e, 2000), vec![12.0]);
+        assert_eq!(
+            big(&e),
+            Some(State::Firing),
+            "pending at 0, firing 2s later"
+        );
+        let alerts = promql_parser::parser::parse("ALERTS").unwrap();
+        let ev = Evaluator {
+            history: &e.history,
+            ts: 2000,
+        };
+        let a = ev.eval(&alerts).unwrap().into_vector();
+        assert_eq!(a[0].labels.get("alertstate"), Some("firing"));
+        // x goes away: its recording goes stale at once instead of lingering for 5 minutes.
+        x(&mut e, 3000, None);
+        e.evaluate(3000, true, 1000);
+        assert!(recorded(&e, 3000).is_empty());
+        assert_eq!(big(&e), Some(State::Inactive));
+    }
+
+    #[test]
+    fn replace_keeps_the_state_of_unchanged_rules_only() {
+        let mut e = engine(RULES);
+        for t in [0, 1000, 2000] {
+            x(&mut e, t, Some(6.0));
+            e.evaluate(t, true, 1000);
+        }
+        assert_eq!(big(&e), Some(State::Firing));
+        e.replace(file::parse("r.yaml", RULES).unwrap());
+        assert_eq!(big(&e), Some(State::Firing), "same rule: alert kept");
+        e.replace(file::parse("r.yaml", &RULES.replace("for: 2s", "for: 3s")).unwrap());
+        assert_eq!(big(&e), None, "changed rule: starts afresh");
+        e.replace(file::parse("r.yaml", "groups: []").unwrap());
+        x(&mut e, 3000, Some(6.0));
+        e.evaluate(3000, true, 1000);
+        assert!(
+            recorded(&e, 3000).is_empty(),
+            "removed rule's series marked stale"
+        );
+    }
+
+    #[test]
+    fn a_group_interval_is_respected_live_but_not_in_unit_tests() {
+        let text = RULES.replace("  - name: g\n", "  - name: g\n    interval: 10s\n");
+        let mut e = engine(&text);
+        x(&mut e, 0, Some(6.0));
+        e.evaluate(0, true, 1000);
+        x(&mut e, 1000, Some(7.0));
+        e.evaluate(1000, true, 1000);
+        assert_eq!(
+            recorded(&e, 1000),
+            vec![12.0],
+            "not evaluated again after 1s"
+        );
+        e.evaluate(1000, false, 1000);
+        assert_eq!(recorded(&e, 1000), vec![14.0]);
+    }
+}

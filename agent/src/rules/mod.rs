@@ -1,7 +1,7 @@
 //! Alert and recording rules in the Prometheus rule-file format, evaluated on this node every
-//! tick: load and validate ([`file`], [`subset`], [`template`]), evaluate ([`eval`],
+//! tick: load and validate ([`file`], [`subset`], [`template`], [`tmplfuncs`]), evaluate ([`eval`],
 //! [`functions`]) over a short history of the node's own series ([`history`]), run groups
-//! ([`engine`]) for the agent ([`live`]) and for rule unit tests ([`unittest`]).
+//! ([`engine`]) for the agent ([`live`]) and for rule unit tests ([`unittest`], [`notation`]).
 
 pub mod duration;
 pub mod engine;
@@ -12,8 +12,10 @@ pub mod gofmt;
 pub mod history;
 pub mod labels;
 pub mod live;
+pub mod notation;
 pub mod subset;
 pub mod template;
+pub mod tmplfuncs;
 pub mod unittest;
 
 use std::path::{Path, PathBuf};
