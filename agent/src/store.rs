@@ -27,6 +27,7 @@ pub mod names {
     pub const RULE_EVALUATION_DURATION: &str = "rule_evaluation_duration_seconds";
     pub const RULE_EVALUATION_FAILURES: &str = "rule_evaluation_failures";
     pub const RULE_HISTORY_SERIES: &str = "rule_history_series";
+    pub const RULE_HISTORY_SAMPLES: &str = "rule_history_samples";
     pub const RULE_HISTORY_DROPPED_SAMPLES: &str = "rule_history_dropped_samples";
 }
 

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use super::{
     eval::{Evaluator, Sample, no_duplicates},
     file::{GroupDef, Kind, RuleDef},
-    history::{History, stale},
+    history::{History, Retention, stale},
     labels::{Labels, METRIC_NAME},
 };
 use crate::alerts::{self, Alert};
@@ -78,9 +78,28 @@ impl Engine {
         e
     }
 
-    /// The longest range any rule reads.
-    pub fn max_range_ms(&self) -> i64 {
-        self.rules().map(|r| r.def.max_range_ms).max().unwrap_or(0)
+    /// What the history must keep for these rules: each metric read through a range selector
+    /// its longest range plus `slack_ms`, everything else `slack_ms` (and the longest range when
+    /// a selector does not name its metric).
+    pub fn retention(&self, slack_ms: i64) -> Retention {
+        let mut r = Retention {
+            default_ms: slack_ms,
+            by_name: HashMap::new(),
+        };
+        for (name, range) in self.rules().flat_map(|r| r.def.ranges.iter()) {
+            let keep = range + slack_ms;
+            match name {
+                Some(n) => {
+                    let e = r.by_name.entry(n.clone()).or_insert(keep);
+                    *e = (*e).max(keep);
+                }
+                None => r.default_ms = r.default_ms.max(keep),
+            }
+        }
+        for v in r.by_name.values_mut() {
+            *v = (*v).max(r.default_ms);
+        }
+        r
     }
 
     /// Every rule, in evaluation order.

@@ -74,8 +74,8 @@ pub struct RuleDef {
     /// Labels added to the result; templates for alerts, plain text for recording rules.
     pub labels: Vec<(String, Template)>,
     pub annotations: Vec<(String, Template)>,
-    /// The longest range selector in `expr`.
-    pub max_range_ms: i64,
+    /// The metric (if one) and range of each range selector in `expr`.
+    pub ranges: Vec<(Option<String>, i64)>,
 }
 
 /// A validated group.
@@ -295,7 +295,7 @@ impl Checker<'_> {
             keep_firing_for_ms,
             labels,
             annotations,
-            max_range_ms: info.max_range_ms,
+            ranges: info.ranges,
         })
     }
 

@@ -3,7 +3,7 @@
 //! vanish get a staleness marker, exactly as a Prometheus scrape writes one, so rules see the
 //! same thing a Prometheus scraping this agent would.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use promql_parser::label::Matcher;
 
@@ -67,13 +67,24 @@ impl Series {
     }
 }
 
+/// How long samples are kept: long enough for the range selectors that read a metric. The
+/// newest sample of a series is kept for the lookback whatever the retention, so instant
+/// selectors see what Prometheus would.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Retention {
+    /// For metrics no named range selector reads.
+    pub default_ms: i64,
+    /// For the metrics that named range selectors read.
+    pub by_name: HashMap<String, i64>,
+}
+
 /// Every series, by metric name, then by label set (which includes the name).
 #[derive(Debug)]
 pub struct History {
     series: BTreeMap<String, BTreeMap<Labels, Series>>,
     count: usize,
     max_series: usize,
-    retention_ms: i64,
+    retention: Retention,
     dropped: u64,
     scraped: HashSet<Labels>,
 }
@@ -85,15 +96,27 @@ impl History {
             series: BTreeMap::new(),
             count: 0,
             max_series,
-            retention_ms,
+            retention: Retention {
+                default_ms: retention_ms,
+                by_name: HashMap::new(),
+            },
             dropped: 0,
             scraped: HashSet::new(),
         }
     }
 
     /// How long samples are kept.
-    pub fn set_retention(&mut self, retention_ms: i64) {
-        self.retention_ms = retention_ms;
+    pub fn set_retention(&mut self, retention: Retention) {
+        self.retention = retention;
+    }
+
+    /// Samples held, all series together.
+    pub fn sample_count(&self) -> usize {
+        self.series
+            .values()
+            .flat_map(|m| m.values())
+            .map(|s| s.samples.len())
+            .sum()
     }
 
     /// Number of series held.
@@ -143,17 +166,25 @@ impl History {
         self.scraped = now;
     }
 
-    /// Forgets samples older than the retention before `now`, and series left without any
-    /// sample that is not a staleness marker.
+    /// Forgets samples older than the retention before `now` (but not the newest one of a
+    /// series), and series whose newest sample is a staleness marker or older than the lookback.
     pub fn prune(&mut self, now: i64) {
-        let cutoff = now.saturating_sub(self.retention_ms);
         let mut removed = 0;
-        self.series.retain(|_, by_labels| {
+        let retention = &self.retention;
+        self.series.retain(|name, by_labels| {
+            let keep_ms = retention
+                .by_name
+                .get(name)
+                .copied()
+                .unwrap_or(retention.default_ms);
+            let cutoff = now.saturating_sub(keep_ms);
             by_labels.retain(|_, s| {
-                while s.samples.front().is_some_and(|(ts, _)| *ts < cutoff) {
+                while s.samples.len() > 1 && s.samples.front().is_some_and(|(ts, _)| *ts < cutoff) {
                     s.samples.pop_front();
                 }
-                let keep = s.samples.iter().any(|(_, v)| !is_stale(*v));
+                let keep = s.samples.back().is_some_and(|(ts, v)| {
+                    !is_stale(*v) && *ts >= now.saturating_sub(super::eval::LOOKBACK_MS)
+                });
                 if !keep {
                     removed += 1;
                 }
@@ -306,10 +337,33 @@ mod tests {
         assert_eq!(h.dropped_samples(), 1);
         h.append(&l("a", "1"), 1000, 2.0);
         h.append(&l("a", "1"), 2000, 3.0);
+        h.append(&l("a", "2"), 1000, stale());
         h.prune(2000);
-        assert_eq!(h.series_count(), 1, "a=2 had only an old sample");
+        assert_eq!(h.series_count(), 1, "a=2 went stale");
         let sel = h.select(Some("a"), &[]);
         assert_eq!(sel[0].1.range(0, 3000), vec![(1000, 2.0), (2000, 3.0)]);
+        // The newest sample stays for the lookback even when older than the retention.
+        h.append(&l("b", "1"), 0, 1.0);
+        h.prune(100_000);
+        let b = h.select(Some("b"), &[]);
+        assert_eq!(b[0].1.instant(100_000, 300_000), Some(1.0));
+        h.prune(300_001);
+        assert!(
+            h.select(Some("b"), &[]).is_empty(),
+            "older than the lookback"
+        );
+        // A metric read by a longer range keeps its window.
+        let mut h = History::new(1000, 10);
+        h.set_retention(Retention {
+            default_ms: 1000,
+            by_name: [("long".to_string(), 10_000)].into(),
+        });
+        for t in 0..=10 {
+            h.append(&l("long", "1"), t * 1000, 1.0);
+            h.append(&l("short", "1"), t * 1000, 1.0);
+        }
+        h.prune(10_000);
+        assert_eq!(h.sample_count(), 11 + 2);
     }
 
     #[test]

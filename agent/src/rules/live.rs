@@ -49,6 +49,7 @@ pub struct RuleMetrics {
     pub eval_duration: GaugeF64,
     pub eval_failures: Family<GroupLabels, Counter>,
     pub history_series: Gauge,
+    pub history_samples: Gauge,
     pub history_dropped: Counter,
 }
 
@@ -85,6 +86,11 @@ impl RuleMetrics {
             names::RULE_HISTORY_SERIES,
             "Series held in the rules' in-memory history",
             m.history_series.clone(),
+        );
+        registry.register(
+            names::RULE_HISTORY_SAMPLES,
+            "Samples held in the rules' in-memory history, all series together",
+            m.history_samples.clone(),
         );
         registry.register(
             names::RULE_HISTORY_DROPPED_SAMPLES,
@@ -132,8 +138,14 @@ impl LiveRules {
     fn install(&mut self, defs: Vec<GroupDef>) {
         let old_names = self.alert_names();
         self.engine.replace(defs);
-        // Keep what the longest range needs, plus two ticks of slack.
-        let retention = self.engine.max_range_ms() + 2 * self.interval_ms + 1000;
+        let retention = self.engine.retention(2 * self.interval_ms + 1000);
+        let history_ms = retention
+            .by_name
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(retention.default_ms);
         self.engine.history.set_retention(retention);
         let new_names = self.alert_names();
         for gone in old_names.difference(&new_names) {
@@ -150,7 +162,7 @@ impl LiveRules {
         tracing::info!(
             groups = self.engine.groups.len(),
             rules,
-            history_ms = retention,
+            history_ms,
             "rules loaded"
         );
     }
@@ -213,6 +225,7 @@ impl LiveRules {
         self.publish();
         let h = &self.engine.history;
         self.metrics.history_series.set(h.series_count() as i64);
+        self.metrics.history_samples.set(h.sample_count() as i64);
         self.metrics
             .history_dropped
             .inc_by(h.dropped_samples() - dropped_before);

@@ -29,10 +29,11 @@ pub struct Needle {
 }
 
 /// What the checker learned about a supported expression.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Info {
-    /// The longest range selector, in milliseconds.
-    pub max_range_ms: i64,
+    /// Each range selector: the metric it reads (None when it matches names by regex or not
+    /// at all) and its range in milliseconds.
+    pub ranges: Vec<(Option<String>, i64)>,
 }
 
 fn unsupported(message: String, needle: &str, word: bool) -> Unsupported {
@@ -113,7 +114,15 @@ fn walk(e: &Expr, info: &mut Info) -> Result<(), Unsupported> {
         Expr::MatrixSelector(ms) => {
             let vs = Expr::VectorSelector(ms.vs.clone());
             walk(&vs, info)?;
-            info.max_range_ms = info.max_range_ms.max(ms.range.as_millis() as i64);
+            let range = ms.range.as_millis() as i64;
+            let name = ms.vs.name.clone().or_else(|| {
+                ms.vs.matchers.matchers.iter().find_map(|m| {
+                    (m.name == super::labels::METRIC_NAME
+                        && matches!(m.op, promql_parser::label::MatchOp::Equal))
+                    .then(|| m.value.clone())
+                })
+            });
+            info.ranges.push((name, range));
             Ok(())
         }
         Expr::Call(c) => {
@@ -294,10 +303,14 @@ mod tests {
             assert!(r.is_ok(), "{q}: {r:?}");
         }
         assert_eq!(
-            check_text("rate(a[5m]) + delta(b[1h])")
+            check_text("rate(a[5m]) + delta({__name__=\"b\"}[1h]) + max_over_time({x=\"y\"}[1m])")
                 .unwrap()
-                .max_range_ms,
-            3_600_000
+                .ranges,
+            vec![
+                (Some("a".into()), 300_000),
+                (Some("b".into()), 3_600_000),
+                (None, 60_000)
+            ]
         );
     }
 
