@@ -122,7 +122,7 @@ fn version_and_help() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("nodewatch "));
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["run", "check-config", "probes"] {
+    for cmd in ["run", "check-config", "check-rules", "test-rules", "probes"] {
         assert!(help.contains(cmd), "{help}");
     }
 }
@@ -145,4 +145,165 @@ fn default_rules_pass_promtool() {
             eprintln!("SKIPPED default_rules_pass_promtool: promtool not installed");
         }
     }
+}
+
+fn check_rules(text: &str) -> (i32, String, String) {
+    let dir = TempDir::new(&format!("cli-rules-{}", text.len()));
+    let path = dir.write("rules.yaml", text);
+    let out = Command::new(BIN)
+        .arg("check-rules")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        stderr,
+    )
+}
+
+#[test]
+fn check_rules_accepts_the_default_rules() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../alerts/default.yaml");
+    let out = Command::new(BIN)
+        .args(["check-rules", path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+}
+
+#[test]
+fn check_rules_reports_every_problem_with_its_place() {
+    let text = r#"groups:
+  - name: g
+    rules:
+      - alert: A
+        expr: rate(x[5m]) > 1
+        for: 5 minutes
+      - alert: B
+        expr: sum(x) +
+      - alert: C
+        expr: quantile_over_time(0.9, x[5m]) > 1
+      - record: "bad name"
+        expr: x
+      - alert: D
+        expr: x
+        labels:
+          "bad-label": y
+        annotations:
+          summary: "{{ if $value }}hi{{ end }}"
+      - record: r
+        alert: E
+        expr: x
+      - alert: F
+      - record: r2
+        expr: x
+        for: 1m
+      - alert: G
+        expr: rate(x[90])
+  - name: g
+    rules: []
+"#;
+    let (code, _, err) = check_rules(text);
+    assert_eq!(code, 1, "{err}");
+    for want in [
+        "FILE:28:11: group name \"g\" is repeated in the same file",
+        "FILE:6:14: alert \"A\": for: not a valid duration string: \"5 minutes\"",
+        "FILE:8:15: alert \"B\": could not parse expression: ",
+        "FILE:10:15: alert \"C\": unsupported function `quantile_over_time`",
+        "FILE:11:17: invalid recording rule name: \"bad name\"",
+        "FILE:16:24: alert \"D\": invalid label name: \"bad-label\"",
+        "FILE:18:24: alert \"D\": annotation \"summary\": unsupported template action `if`",
+        "FILE:20:16: only one of 'record' and 'alert' must be set",
+        "FILE:22:16: alert \"F\": field 'expr' must be set in rule",
+        "FILE:25:14: record \"r2\": invalid field 'for' in recording rule",
+        "FILE:27:21: alert \"G\": range `[90]` is not a duration",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn check_rules_yaml_errors_are_located() {
+    let (code, _, err) = check_rules(
+        "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: x\n        fro: 5m\n",
+    );
+    assert_eq!(code, 1);
+    assert!(err.starts_with("FILE:6:9: "), "{err}");
+    assert!(err.contains("unknown field `fro`"), "{err}");
+    let (code, _, err) = check_rules("groups: [");
+    assert_eq!(code, 1);
+    assert!(err.starts_with("FILE:"), "{err}");
+    let (code, out, _) = check_rules("# nothing yet\n");
+    assert_eq!(code, 0);
+    assert!(out.contains("ok (0 rules)"), "{out}");
+}
+
+#[test]
+fn test_rules_exit_codes() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../alerts/tests");
+    let out = Command::new(BIN)
+        .arg("test-rules")
+        .arg(format!("{root}/network_test.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("  SUCCESS"));
+    let out = Command::new(BIN)
+        .arg("test-rules")
+        .arg(format!("{root}/failing/wrong_annotation_test.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("  FAILED:") && err.contains("alertname: NodewatchTcpRetransmits, time: 32s"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["test-rules", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(BIN).arg("test-rules").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap: a file is required");
+}
+
+#[test]
+fn check_config_checks_the_rule_files_too() {
+    let dir = TempDir::new("cli-cfg-rules");
+    dir.write(
+        "r.yaml",
+        "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: x offset 5m\n",
+    );
+    let cfg = dir.write("c.yaml", "rule_files: [r.yaml]\n");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("r.yaml:5:17: alert \"A\": unsupported `offset` modifier"),
+        "{err}"
+    );
+    let cfg = dir.write("c.yaml", "rule_files: [\"*.rules\"]\n");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "a glob may match nothing");
 }

@@ -2,7 +2,12 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, mpsc},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -10,13 +15,18 @@ use std::{
 use crate::{
     config::Config,
     haproxy,
-    health::Health,
+    health::{AlertHealth, Health, State},
     heartbeats::Heartbeats,
     http, kernel,
-    notify::Notifiers,
+    notify::{ActiveAlert, Notifiers},
     privileges,
     probes::{self, Probe, ProbeError},
     resources::Resources,
+    rules::{
+        self,
+        file::GroupDef,
+        live::{LiveRules, RuleMetrics, now_ms},
+    },
     server,
     store::{CollectorLabels, ProbeLabels, Store},
     systemd,
@@ -84,14 +94,75 @@ pub fn start_probes(cfg: &Config, store: &mut Store) -> Vec<Box<dyn Probe>> {
     probes
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub fn run(cfg: Config) -> Result<(), RunError> {
+/// The rules as the tick thread runs them, and how it learns of a reload.
+struct RulesTick {
+    live: LiveRules,
+    reload: Arc<AtomicBool>,
+    config_path: Option<PathBuf>,
+    config: Config,
+}
+
+impl RulesTick {
+    /// On SIGHUP: re-reads the config file (for `rule_files` and `default_rules`) and every
+    /// rule file; an invalid set is refused and the running one stays.
+    fn reload_if_asked(&mut self) {
+        if !self.reload.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!("SIGHUP: reloading rules");
+        let loaded = match &self.config_path {
+            None => rules::load_for_config(&self.config, None),
+            Some(p) => match Config::load(p) {
+                Err(e) => Err(vec![e]),
+                Ok(new) => {
+                    let restart_only = Config {
+                        default_rules: self.config.default_rules,
+                        rule_files: self.config.rule_files.clone(),
+                        ..new.clone()
+                    };
+                    if restart_only != self.config {
+                        tracing::warn!(
+                            "config changes other than rule_files and default_rules take effect at the next restart"
+                        );
+                    }
+                    let loaded = rules::load_for_config(&new, Some(p));
+                    if loaded.is_ok() {
+                        self.config.default_rules = new.default_rules;
+                        self.config.rule_files = new.rule_files;
+                    }
+                    loaded
+                }
+            },
+        };
+        self.live.reload(loaded);
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the rules.
+pub fn run(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    groups: Vec<GroupDef>,
+) -> Result<(), RunError> {
+    // Until the reload handler is in place, a SIGHUP must not end the agent (its default).
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let mut store = Store::new();
     let probes = start_probes(&cfg, &mut store);
     let probe_modes: Vec<(String, String)> = probes
         .iter()
         .map(|p| (p.name().to_string(), p.mode().as_str().to_string()))
         .collect();
+    let rule_metrics = RuleMetrics::register(store.registry_mut());
+    let interval_ms = cfg.interval.0.as_millis() as i64;
+    let rules_tick = RulesTick {
+        live: LiveRules::new(groups, rule_metrics, interval_ms),
+        reload: Arc::new(AtomicBool::new(false)),
+        config_path,
+        config: cfg.clone(),
+    };
+    let alerts = rules_tick.live.view();
+    let reload = Arc::clone(&rules_tick.reload);
     for p in &probes {
         store
             .own
@@ -163,7 +234,13 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         let interval = cfg.interval.0;
         thread::Builder::new()
             .name("tick".into())
-            .spawn(move || tick_loop(collectors, &store, &health, &notifiers, interval, &stop_rx))
+            .spawn(move || {
+                let outputs = Outputs {
+                    health: &health,
+                    notifiers: &notifiers,
+                };
+                tick_loop(collectors, &store, rules_tick, outputs, interval, &stop_rx)
+            })
             .map_err(RunError::Runtime)?
     };
 
@@ -174,6 +251,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         .map_err(RunError::Runtime)?;
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        watch_sighup(reload)?;
         tracing::info!(listen = %local, interval = ?cfg.interval.0, "nodewatch started");
         systemd::notify("READY=1");
         heartbeats.spawn();
@@ -189,6 +267,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             health,
             token,
             probes: probe_modes,
+            alerts,
         }));
         server::serve(listener, app, shutdown_signal()).await
     });
@@ -224,6 +303,39 @@ fn read_token(path: &std::path::Path) -> Result<String, RunError> {
     Ok(token)
 }
 
+/// What the alerts firing after each tick act on.
+struct Outputs<'a> {
+    health: &'a Health,
+    notifiers: &'a Notifiers,
+}
+
+/// The firing alerts that ask for a health state (`health: drain` or `health: down`).
+fn health_of(firing: &[ActiveAlert]) -> Vec<AlertHealth> {
+    firing
+        .iter()
+        .filter_map(|a| {
+            let level = State::from_label(a.labels.get("health")?)?;
+            Some(AlertHealth {
+                alertname: a.labels.get("alertname").cloned().unwrap_or_default(),
+                level,
+                summary: a.annotations.get("summary").cloned().unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Asks the tick thread to reload the rules on every SIGHUP.
+fn watch_sighup(reload: Arc<AtomicBool>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload.store(true, Ordering::SeqCst);
+        }
+    });
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
@@ -240,12 +352,13 @@ async fn shutdown_signal() {
     }
 }
 
-/// One tick: every probe collects. Blocking reads stay on this thread, off the async workers.
+/// One tick: every probe collects, then the rules evaluate what they wrote. Blocking reads
+/// stay on this thread, off the async workers.
 fn tick_loop(
     mut probes: Vec<Box<dyn Collector>>,
     store: &Store,
-    health: &Health,
-    notifiers: &Notifiers,
+    mut rules: RulesTick,
+    outputs: Outputs<'_>,
     interval: Duration,
     stop: &mpsc::Receiver<()>,
 ) {
@@ -279,8 +392,13 @@ fn tick_loop(
                 }
             }
         }
-        health.evaluate(&[], Instant::now());
-        notifiers.observe(&[], std::time::SystemTime::now());
+        rules.reload_if_asked();
+        rules.live.tick(now_ms(), &store.encode_openmetrics());
+        let firing = rules.live.firing();
+        outputs.health.evaluate(&health_of(&firing), Instant::now());
+        outputs
+            .notifiers
+            .observe(&firing, std::time::SystemTime::now());
         next += interval;
         let now = Instant::now();
         if next < now {

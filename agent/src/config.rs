@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, de, de::DeserializeOwned};
 use serde_saphyr::Spanned;
 
 pub use crate::{
@@ -45,6 +45,13 @@ pub struct Config {
     /// Where state that must survive a restart is kept (manual drain, undelivered
     /// notifications). Default `/var/lib/nodewatch`.
     pub spool_dir: PathBuf,
+    /// Whether the rules embedded in the binary (`alerts/default.yaml`) are evaluated.
+    /// Default `true`.
+    pub default_rules: bool,
+    /// More rule files to evaluate, in the Prometheus rule-file format: paths or globs
+    /// (`/etc/nodewatch/rules.d/*.yaml`); relative ones are resolved against the folder of this
+    /// config file. Re-read on SIGHUP. Default: none.
+    pub rule_files: Vec<String>,
 }
 
 impl Default for Config {
@@ -59,6 +66,8 @@ impl Default for Config {
             notifiers: Notifiers::default(),
             health: HealthConfig::default(),
             spool_dir: PathBuf::from("/var/lib/nodewatch"),
+            default_rules: true,
+            rule_files: Vec::new(),
         }
     }
 }
@@ -296,63 +305,69 @@ impl Config {
         }) {
             return Ok(Self::default());
         }
-        if let Some((line, column)) = control_char(text) {
-            return Err(ConfigError::Invalid {
-                file: file.to_string(),
-                line,
-                column,
-                message: "control character in the file: YAML allows only printable text".into(),
-            });
-        }
-        let options = serde_saphyr::Options {
-            with_snippet: false,
-            ..Default::default()
-        };
-        let mut path = None;
-        let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                path = Some(e.path().to_string());
-                e.into_inner()
-            })
-        });
-        parsed.map_err(|e| {
-            let full = strip_location(&e.to_string());
-            let (line, column, mut message) = match take_location(&full) {
-                Some((line, column, text)) => (line, column, text.to_string()),
-                None => {
-                    // For serde's field errors the parser only knows where the enclosing
-                    // mapping starts; find the key they are about in the text instead.
-                    let about_key = ["unknown field", "duplicate field"]
-                        .iter()
-                        .any(|m| full.starts_with(m));
-                    let key_at = || path.as_deref().and_then(|p| locate(text, p));
-                    let parser_at = || {
-                        e.location()
-                            .filter(|l| l.line() > 0)
-                            .map(|l| (l.line(), l.column()))
-                    };
-                    let at = if about_key {
-                        key_at().or_else(parser_at)
-                    } else {
-                        parser_at().or_else(key_at)
-                    };
-                    let (line, column) = at.unwrap_or((1, 1));
-                    (line, column, full.clone())
-                }
-            };
-            // `Spanned` leaves add a `.value` segment that is not in the file.
-            let path = path.map(|p| p.strip_suffix(".value").unwrap_or(&p).to_string());
-            if let Some(p) = path.filter(|p| p != ".") {
-                message = format!("{p}: {message}");
-            }
-            ConfigError::Invalid {
-                file: file.to_string(),
-                line,
-                column,
-                message,
-            }
-        })
+        parse_yaml(file, text)
     }
+}
+
+/// Parses YAML text into `T`; every problem is reported as `file:line:col: key: message`
+/// (`file` only names the source). Shared by the config and the rule files.
+pub fn parse_yaml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, ConfigError> {
+    if let Some((line, column)) = control_char(text) {
+        return Err(ConfigError::Invalid {
+            file: file.to_string(),
+            line,
+            column,
+            message: "control character in the file: YAML allows only printable text".into(),
+        });
+    }
+    let options = serde_saphyr::Options {
+        with_snippet: false,
+        ..Default::default()
+    };
+    let mut path = None;
+    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            path = Some(e.path().to_string());
+            e.into_inner()
+        })
+    });
+    parsed.map_err(|e| {
+        let full = strip_location(&e.to_string());
+        let (line, column, mut message) = match take_location(&full) {
+            Some((line, column, text)) => (line, column, text.to_string()),
+            None => {
+                // For serde's field errors the parser only knows where the enclosing
+                // mapping starts; find the key they are about in the text instead.
+                let about_key = ["unknown field", "duplicate field"]
+                    .iter()
+                    .any(|m| full.starts_with(m));
+                let key_at = || path.as_deref().and_then(|p| locate(text, p));
+                let parser_at = || {
+                    e.location()
+                        .filter(|l| l.line() > 0)
+                        .map(|l| (l.line(), l.column()))
+                };
+                let at = if about_key {
+                    key_at().or_else(parser_at)
+                } else {
+                    parser_at().or_else(key_at)
+                };
+                let (line, column) = at.unwrap_or((1, 1));
+                (line, column, full.clone())
+            }
+        };
+        // `Spanned` leaves add a `.value` segment that is not in the file.
+        let path = path.map(|p| p.strip_suffix(".value").unwrap_or(&p).to_string());
+        if let Some(p) = path.filter(|p| p != ".") {
+            message = format!("{p}: {message}");
+        }
+        ConfigError::Invalid {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    })
 }
 
 /// Line and column (1-based) of the first character YAML does not allow.
@@ -433,6 +448,19 @@ mod tests {
         assert_eq!(c.proc_root, PathBuf::from("/tmp/p"));
         assert!(!c.probes.tcp_retransmits.enabled);
         assert_eq!(c.probes.tcp_retransmits.ports.0, vec![22, 443]);
+        let c = Config::parse(
+            "c",
+            "default_rules: false\nrule_files: [\"/etc/nodewatch/rules.d/*.yaml\", local.yaml]\n",
+        )
+        .unwrap();
+        assert!(!c.default_rules);
+        assert_eq!(
+            c.rule_files,
+            vec![
+                "/etc/nodewatch/rules.d/*.yaml".to_string(),
+                "local.yaml".into()
+            ]
+        );
         let c = Config::parse(
             "c",
             "probes:\n  accept_queue:\n    ports: [8000]\n    mode: sock_diag\n",

@@ -19,8 +19,6 @@ use serde::{Deserialize, Serialize};
 use crate::store::names;
 
 /// The node's state, ordered from best to worst.
-// `Down` and `from_label` are reached through firing alerts, wired in with the rule engine.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -39,7 +37,6 @@ impl State {
     }
 
     /// The level a `health` label asks for: `drain` or `down`; anything else is ignored.
-    #[allow(dead_code)]
     pub fn from_label(v: &str) -> Option<Self> {
         match v {
             "drain" | "draining" => Some(State::Draining),

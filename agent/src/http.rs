@@ -1,4 +1,5 @@
-//! The HTTP surface: `/metrics`, `/healthz`, push heartbeats, maintenance and status.
+//! The HTTP surface: `/metrics`, `/healthz`, `/api/v1/alerts`, push heartbeats, maintenance
+//! and status.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -14,6 +15,7 @@ use axum::{
 use crate::{
     health::{Health, State as HealthState},
     heartbeats::Heartbeats,
+    rules::live::AlertsView,
     store::Store,
 };
 
@@ -32,6 +34,8 @@ pub struct AppState {
     pub token: Option<String>,
     /// `(probe, mode)` of every probe, for `/api/v1/status`.
     pub probes: Vec<(String, String)>,
+    /// Pending and firing alerts, as of the last tick.
+    pub alerts: AlertsView,
 }
 
 /// The agent's routes.
@@ -52,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(undrain).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
         )
         .route("/api/v1/status", get(status))
+        .route("/api/v1/alerts", get(alerts))
         .with_state(state)
 }
 
@@ -196,6 +201,15 @@ async fn heartbeat(
         let body = serde_json::json!({ "error": format!("no push heartbeat named `{name}`") });
         (StatusCode::NOT_FOUND, Json(body)).into_response()
     }
+}
+
+/// Pending and firing alerts, in the shape of Prometheus's `GET /api/v1/alerts`.
+async fn alerts(State(state): State<Arc<AppState>>) -> Response {
+    let alerts = match state.alerts.read() {
+        Ok(a) => a.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    Json(serde_json::json!({ "status": "success", "data": { "alerts": alerts } })).into_response()
 }
 
 #[cfg(test)]

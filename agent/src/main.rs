@@ -1,6 +1,7 @@
 //! nodewatch: per-host health agent for GPU and AI-serving nodes.
 
 mod agent;
+mod alerts;
 mod client;
 mod config;
 mod haproxy;
@@ -13,6 +14,7 @@ mod notify;
 mod privileges;
 mod probes;
 mod resources;
+mod rules;
 mod server;
 mod sockdiag;
 mod store;
@@ -68,6 +70,19 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Validate rule files (Prometheus format, nodewatch's PromQL subset): exit 0, or 1 with
+    /// `file:line:col: message` for every problem.
+    CheckRules {
+        /// The rule files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run rule unit tests written for `promtool test rules`: exit 0 when all pass, else 1.
+    TestRules {
+        /// The test files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Show each probe, whether this kernel supports it, and how it attaches.
     Probes {
         /// Configuration file whose probe settings to try; default: the embedded one.
@@ -109,7 +124,14 @@ fn main() -> ExitCode {
             if let Some(addr) = listen {
                 cfg.listen = addr;
             }
-            match agent::run(cfg) {
+            let groups = match rules::load_for_config(&cfg, config.as_deref()) {
+                Ok(g) => g,
+                Err(errors) => {
+                    errors.iter().for_each(|e| eprintln!("{e}"));
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            match agent::run(cfg, config, groups) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "nodewatch failed");
@@ -119,10 +141,17 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => match rules::load_for_config(&cfg, Some(&file)) {
+                Ok(groups) => {
+                    let n: usize = groups.iter().map(|g| g.rules.len()).sum();
+                    println!("{}: ok ({n} rules)", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    errors.iter().for_each(|e| eprintln!("{e}"));
+                    ExitCode::from(EXIT_INVALID)
+                }
+            },
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(EXIT_INVALID)
@@ -136,6 +165,33 @@ fn main() -> ExitCode {
         ),
         Command::Undrain { target } => talk(&target, "POST", "/api/v1/undrain", None),
         Command::Status { target } => talk(&target, "GET", "/api/v1/status", None),
+        Command::CheckRules { files } => {
+            let mut ok = true;
+            for f in &files {
+                match rules::file::load(f) {
+                    Ok(groups) => {
+                        let n: usize = groups.iter().map(|g| g.rules.len()).sum();
+                        println!("{}: ok ({n} rules)", f.display());
+                    }
+                    Err(errors) => {
+                        ok = false;
+                        errors.iter().for_each(|e| eprintln!("{e}"));
+                    }
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_INVALID)
+            }
+        }
+        Command::TestRules { files } => {
+            if rules::unittest::run_files(&files) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_INVALID)
+            }
+        }
         Command::Probes { config } => {
             let Some(cfg) = load(config.as_deref()) else {
                 return ExitCode::from(EXIT_INVALID);

@@ -33,6 +33,15 @@ pub mod names {
     pub const COLLECTOR_DURATION: &str = "collector_duration_seconds";
     pub const COLLECTOR_ERRORS: &str = "collector_errors";
     pub const BUILD_INFO: &str = "build_info";
+    pub const ALERTS: &str = "alerts";
+    pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "config_last_reload_successful";
+    pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: &str =
+        "config_last_reload_success_timestamp_seconds";
+    pub const RULE_EVALUATION_DURATION: &str = "rule_evaluation_duration_seconds";
+    pub const RULE_EVALUATION_FAILURES: &str = "rule_evaluation_failures";
+    pub const RULE_HISTORY_SERIES: &str = "rule_history_series";
+    pub const RULE_HISTORY_SAMPLES: &str = "rule_history_samples";
+    pub const RULE_HISTORY_DROPPED_SAMPLES: &str = "rule_history_dropped_samples";
 }
 
 /// A float gauge.

@@ -37,7 +37,8 @@ commands:
   setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, tracefs)
   run     setup, release build, then run the agent with the embedded defaults (as root);
           arguments after `--` go to `nodewatch run`
-  test    setup, then cargo fmt --check, clippy -D warnings, and every test
+  test    setup, then cargo fmt --check, clippy -D warnings, every test, and the rule tests
+  rules   the rule tests alone: alerts/tests/ with promtool and nodewatch test-rules
   package release build, then target/debian/nodewatch_<version>_<arch>.deb";
 
 fn main() -> ExitCode {
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
         Some("package") => package_release(),
+        Some("rules") => rule_tests(),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -327,6 +329,8 @@ fn test() -> Result<()> {
     if !status.success() {
         bail!("`cargo test --workspace --no-fail-fast` failed ({status})");
     }
+    step("test: rule tests (alerts/tests) with promtool and nodewatch test-rules, same verdicts");
+    rule_tests()?;
     step("test: all passed");
     Ok(())
 }
@@ -337,5 +341,78 @@ fn package_release() -> Result<()> {
     step("package: dpkg-deb");
     let deb = package::build(&root_dir(), &root_dir().join("target/release/nodewatch"))?;
     println!("    {}", deb.display());
+    Ok(())
+}
+
+/// Runs a command in the workspace root; its exit status and what it wrote to stderr.
+fn verdict(program: &str, args: &[&str], file: &Path) -> Result<(bool, String)> {
+    let out = Command::new(program)
+        .args(args)
+        .arg(file)
+        .current_dir(root_dir())
+        .output()
+        .with_context(|| format!("cannot start `{program}`"))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Every rule test file in `alerts/tests/` must pass under both `promtool test rules` and
+/// `nodewatch test-rules`; every one in `alerts/tests/failing/` must fail under both. The two
+/// reports are compared too: they should read the same.
+fn rule_tests() -> Result<()> {
+    sh("cargo", ["build", "--quiet", "-p", "nodewatch"])?;
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root_dir().join("target"));
+    let bin = target.join("debug/nodewatch");
+    let bin = bin.to_str().context("target path is not UTF-8")?;
+    let tests = root_dir().join("alerts/tests");
+    let mut cases: Vec<(PathBuf, bool)> =
+        yaml_files(&tests)?.into_iter().map(|f| (f, true)).collect();
+    cases.extend(
+        yaml_files(&tests.join("failing"))?
+            .into_iter()
+            .map(|f| (f, false)),
+    );
+    let mut bad = Vec::new();
+    for (file, should_pass) in &cases {
+        let (prom_ok, prom_err) = verdict("promtool", &["test", "rules"], file)?;
+        let (ours_ok, ours_err) = verdict(bin, &["test-rules"], file)?;
+        let name = file.strip_prefix(root_dir()).unwrap_or(file).display();
+        let word = |ok: bool| if ok { "pass" } else { "FAIL" };
+        println!(
+            "    {name:<52} promtool {}  nodewatch {}  (expected {})",
+            word(prom_ok),
+            word(ours_ok),
+            word(*should_pass)
+        );
+        if prom_ok != *should_pass || ours_ok != *should_pass {
+            bad.push(format!(
+                "{name}: promtool {}, nodewatch {}, expected {}\n--- promtool ---\n{prom_err}\n--- nodewatch ---\n{ours_err}",
+                word(prom_ok),
+                word(ours_ok),
+                word(*should_pass)
+            ));
+        } else if prom_err != ours_err {
+            println!(
+                "      note: the two reports differ\n--- promtool ---\n{prom_err}\n--- nodewatch ---\n{ours_err}"
+            );
+        }
+    }
+    if !bad.is_empty() {
+        bail!("rule tests disagree:\n{}", bad.join("\n"));
+    }
     Ok(())
 }

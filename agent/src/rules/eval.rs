@@ -1,0 +1,328 @@
+//! Evaluates the supported PromQL subset at one instant over the [`History`], with
+//! Prometheus 2.x semantics: 5-minute lookback for instant selectors, closed `[t-range, t]`
+//! windows, staleness markers, metric names dropped where Prometheus drops them, and the same
+//! errors for ambiguous vector matching.
+
+use std::collections::{HashMap, HashSet};
+
+use promql_parser::parser::{
+    BinaryExpr, Expr, LabelModifier, MatrixSelector, VectorSelector,
+    token::{
+        T_ADD, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD, T_MUL,
+        T_NEQ, T_SUB,
+    },
+};
+
+use super::{functions, history::History, labels::Labels};
+
+/// Prometheus's default lookback delta for instant vector selectors.
+pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
+
+/// One element of an instant vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub labels: Labels,
+    pub value: f64,
+}
+
+/// The value of an expression.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Scalar(f64),
+    Vector(Vec<Sample>),
+}
+
+impl Value {
+    /// The value as a rule result: a scalar becomes one sample without labels.
+    pub fn into_vector(self) -> Vec<Sample> {
+        match self {
+            Value::Scalar(v) => vec![Sample {
+                labels: Labels::new(),
+                value: v,
+            }],
+            Value::Vector(v) => v,
+        }
+    }
+}
+
+/// Why an evaluation failed; the texts are Prometheus's.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct EvalError(pub String);
+
+/// The series of one range selector: labels and the samples in the window.
+pub type Matrix = Vec<(Labels, Vec<(i64, f64)>)>;
+
+/// Evaluates expressions at `ts` (milliseconds since the epoch).
+pub struct Evaluator<'a> {
+    pub history: &'a History,
+    pub ts: i64,
+}
+
+impl Evaluator<'_> {
+    /// Evaluates an expression that passed [`super::subset::check`].
+    pub fn eval(&self, e: &Expr) -> Result<Value, EvalError> {
+        match e {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::Paren(p) => self.eval(&p.expr),
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant(vs))),
+            Expr::Unary(u) => match self.eval(&u.expr)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(vec) => {
+                    let out = vec
+                        .into_iter()
+                        .map(|s| Sample {
+                            labels: s.labels.without_name(),
+                            value: -s.value,
+                        })
+                        .collect();
+                    no_duplicates(out).map(Value::Vector)
+                }
+            },
+            Expr::Binary(b) => self.binary(b),
+            Expr::Call(c) => functions::call(self, c)
+                .and_then(no_duplicates)
+                .map(Value::Vector),
+            Expr::Aggregate(a) => {
+                let Value::Vector(v) = self.eval(&a.expr)? else {
+                    return Err(EvalError("aggregation over a scalar".into()));
+                };
+                Ok(Value::Vector(functions::aggregate(
+                    a.op.id(),
+                    a.modifier.as_ref(),
+                    v,
+                )))
+            }
+            other => Err(EvalError(format!("unsupported expression: {other}"))),
+        }
+    }
+
+    fn selector_matchers(vs: &VectorSelector) -> (Option<&str>, &[promql_parser::label::Matcher]) {
+        (vs.name.as_deref(), &vs.matchers.matchers)
+    }
+
+    /// An instant vector selector: the newest sample of each series within the lookback.
+    pub fn instant(&self, vs: &VectorSelector) -> Vec<Sample> {
+        let (name, matchers) = Self::selector_matchers(vs);
+        self.history
+            .select(name, matchers)
+            .into_iter()
+            .filter_map(|(labels, s)| {
+                s.instant(self.ts, LOOKBACK_MS).map(|value| Sample {
+                    labels: labels.clone(),
+                    value,
+                })
+            })
+            .collect()
+    }
+
+    /// A range selector: the samples of each series in `[ts - range, ts]`; series without any
+    /// are left out.
+    pub fn matrix(&self, ms: &MatrixSelector) -> Matrix {
+        let (name, matchers) = Self::selector_matchers(&ms.vs);
+        let start = self.ts - ms.range.as_millis() as i64;
+        self.history
+            .select(name, matchers)
+            .into_iter()
+            .filter_map(|(labels, s)| {
+                let points = s.range(start, self.ts);
+                (!points.is_empty()).then(|| (labels.clone(), points))
+            })
+            .collect()
+    }
+
+    fn binary(&self, b: &BinaryExpr) -> Result<Value, EvalError> {
+        let op = b.op.id();
+        let lhs = self.eval(&b.lhs)?;
+        let rhs = self.eval(&b.rhs)?;
+        let return_bool = b.return_bool();
+        let (on, names) = match b.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
+            Some(LabelModifier::Include(l)) => (true, l.labels.clone()),
+            Some(LabelModifier::Exclude(l)) => (false, l.labels.clone()),
+            None => (false, Vec::new()),
+        };
+        let out = match (lhs, rhs) {
+            (Value::Scalar(l), Value::Scalar(r)) => {
+                let (v, keep) = elem_binop(op, l, r);
+                return Ok(Value::Scalar(if is_comparison(op) {
+                    f64::from(u8::from(keep))
+                } else {
+                    v
+                }));
+            }
+            (Value::Vector(l), Value::Scalar(r)) => vector_scalar(op, l, r, false, return_bool),
+            (Value::Scalar(l), Value::Vector(r)) => vector_scalar(op, r, l, true, return_bool),
+            (Value::Vector(l), Value::Vector(r)) => match op {
+                T_LAND => set_op(l, r, on, &names, SetOp::And),
+                T_LOR => set_op(l, r, on, &names, SetOp::Or),
+                T_LUNLESS => set_op(l, r, on, &names, SetOp::Unless),
+                _ => vector_vector(op, l, r, on, &names, return_bool)?,
+            },
+        };
+        no_duplicates(out).map(Value::Vector)
+    }
+}
+
+/// Prometheus refuses a result with two samples of the same label set.
+pub fn no_duplicates(v: Vec<Sample>) -> Result<Vec<Sample>, EvalError> {
+    let mut seen = HashSet::with_capacity(v.len());
+    if v.iter().all(|s| seen.insert(&s.labels)) {
+        Ok(v)
+    } else {
+        Err(EvalError(
+            "vector cannot contain metrics with the same labelset".into(),
+        ))
+    }
+}
+
+fn is_comparison(op: u16) -> bool {
+    matches!(op, T_EQLC | T_NEQ | T_GTR | T_LSS | T_GTE | T_LTE)
+}
+
+/// Arithmetic drops the metric name; comparisons (without `bool`) keep it.
+fn drops_name(op: u16) -> bool {
+    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_MOD)
+}
+
+/// Prometheus's `vectorElemBinop`: the value, and for comparisons whether it holds.
+fn elem_binop(op: u16, l: f64, r: f64) -> (f64, bool) {
+    match op {
+        T_ADD => (l + r, true),
+        T_SUB => (l - r, true),
+        T_MUL => (l * r, true),
+        T_DIV => (l / r, true),
+        T_MOD => (l % r, true),
+        T_EQLC => (l, l == r),
+        T_NEQ => (l, l != r),
+        T_GTR => (l, l > r),
+        T_LSS => (l, l < r),
+        T_GTE => (l, l >= r),
+        T_LTE => (l, l <= r),
+        _ => (f64::NAN, false),
+    }
+}
+
+fn vector_scalar(op: u16, v: Vec<Sample>, s: f64, swap: bool, return_bool: bool) -> Vec<Sample> {
+    v.into_iter()
+        .filter_map(|mut sample| {
+            let (l, r) = if swap {
+                (s, sample.value)
+            } else {
+                (sample.value, s)
+            };
+            let (mut value, mut keep) = elem_binop(op, l, r);
+            // A comparison keeps the vector's value even when the scalar is on the left.
+            if is_comparison(op) && swap {
+                value = r;
+            }
+            if return_bool {
+                value = f64::from(u8::from(keep));
+                keep = true;
+            }
+            keep.then(|| {
+                sample.value = value;
+                if drops_name(op) || return_bool {
+                    sample.labels = sample.labels.without_name();
+                }
+                sample
+            })
+        })
+        .collect()
+}
+
+fn vector_vector(
+    op: u16,
+    lhs: Vec<Sample>,
+    rhs: Vec<Sample>,
+    on: bool,
+    names: &[String],
+    return_bool: bool,
+) -> Result<Vec<Sample>, EvalError> {
+    let mut right: HashMap<Vec<(String, String)>, &Sample> = HashMap::with_capacity(rhs.len());
+    for rs in &rhs {
+        let sig = rs.labels.signature(on, names);
+        if let Some(dup) = right.get(&sig) {
+            let matched = Labels::from_pairs(sig.clone());
+            return Err(EvalError(format!(
+                "found duplicate series for the match group {matched} on the right hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                rs.labels, dup.labels
+            )));
+        }
+        right.insert(sig, rs);
+    }
+    let mut matched = HashSet::new();
+    let mut out = Vec::new();
+    for ls in lhs {
+        let sig = ls.labels.signature(on, names);
+        let Some(rs) = right.get(&sig) else { continue };
+        let (mut value, keep) = elem_binop(op, ls.value, rs.value);
+        if return_bool {
+            value = f64::from(u8::from(keep));
+        } else if !keep {
+            continue;
+        }
+        let mut labels = ls.labels;
+        if drops_name(op) || return_bool {
+            labels = labels.without_name();
+        }
+        if on {
+            labels.keep(names);
+        } else {
+            labels.drop_all(names);
+        }
+        if !matched.insert(sig) {
+            return Err(EvalError(
+                "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+            ));
+        }
+        out.push(Sample { labels, value });
+    }
+    Ok(out)
+}
+
+enum SetOp {
+    And,
+    Or,
+    Unless,
+}
+
+fn set_op(
+    lhs: Vec<Sample>,
+    rhs: Vec<Sample>,
+    on: bool,
+    names: &[String],
+    op: SetOp,
+) -> Vec<Sample> {
+    let sigs = |v: &[Sample]| -> HashSet<Vec<(String, String)>> {
+        v.iter().map(|s| s.labels.signature(on, names)).collect()
+    };
+    match op {
+        SetOp::And => {
+            if lhs.is_empty() || rhs.is_empty() {
+                return Vec::new();
+            }
+            let right = sigs(&rhs);
+            lhs.into_iter()
+                .filter(|s| right.contains(&s.labels.signature(on, names)))
+                .collect()
+        }
+        SetOp::Or => {
+            let left = sigs(&lhs);
+            let mut out = lhs;
+            out.extend(
+                rhs.into_iter()
+                    .filter(|s| !left.contains(&s.labels.signature(on, names))),
+            );
+            out
+        }
+        SetOp::Unless => {
+            if lhs.is_empty() || rhs.is_empty() {
+                return lhs;
+            }
+            let right = sigs(&rhs);
+            lhs.into_iter()
+                .filter(|s| !right.contains(&s.labels.signature(on, names)))
+                .collect()
+        }
+    }
+}

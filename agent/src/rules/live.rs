@@ -1,0 +1,313 @@
+//! The rules inside the running agent: each tick, the registry's samples go into the history,
+//! every group is evaluated at the tick's timestamp, and the alerts are published for
+//! `/api/v1/alerts` and as `nodewatch_alerts`. A reload swaps the rules and keeps the alerts
+//! of unchanged ones.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::{
+    RuleError,
+    engine::Engine,
+    file::{GroupDef, Kind},
+    history::{self, DEFAULT_MAX_SERIES, History},
+    labels::Labels,
+};
+use crate::{
+    alerts::{AlertView, State},
+    store::{GaugeF64, names},
+};
+
+/// Labels `{alertname, state}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub alertname: String,
+    pub state: String,
+}
+
+/// Labels `{rule_group}`: the group's file and name, `file;name` as Prometheus writes it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub rule_group: String,
+}
+
+/// The rule engine's own metrics.
+#[derive(Clone, Default)]
+pub struct RuleMetrics {
+    pub alerts: Family<AlertLabels, Gauge>,
+    pub reload_ok: Gauge,
+    pub reload_ok_time: Gauge,
+    pub eval_duration: GaugeF64,
+    pub eval_failures: Family<GroupLabels, Counter>,
+    pub history_series: Gauge,
+    pub history_samples: Gauge,
+    pub history_dropped: Counter,
+}
+
+impl RuleMetrics {
+    /// Registers the families in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            names::ALERTS,
+            "Alerts by alert name and state (pending, firing)",
+            m.alerts.clone(),
+        );
+        registry.register(
+            names::CONFIG_LAST_RELOAD_SUCCESSFUL,
+            "Whether the last load of the rules (at start or on SIGHUP) succeeded",
+            m.reload_ok.clone(),
+        );
+        registry.register(
+            names::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
+            "Unix time of the last successful load of the rules",
+            m.reload_ok_time.clone(),
+        );
+        registry.register(
+            names::RULE_EVALUATION_DURATION,
+            "Seconds the last evaluation of all rules took, history update included",
+            m.eval_duration.clone(),
+        );
+        registry.register(
+            names::RULE_EVALUATION_FAILURES,
+            "Rule evaluations that failed, by group",
+            m.eval_failures.clone(),
+        );
+        registry.register(
+            names::RULE_HISTORY_SERIES,
+            "Series held in the rules' in-memory history",
+            m.history_series.clone(),
+        );
+        registry.register(
+            names::RULE_HISTORY_SAMPLES,
+            "Samples held in the rules' in-memory history, all series together",
+            m.history_samples.clone(),
+        );
+        registry.register(
+            names::RULE_HISTORY_DROPPED_SAMPLES,
+            "Samples not kept because the history holds its maximum number of series",
+            m.history_dropped.clone(),
+        );
+        m
+    }
+}
+
+/// Pending and firing alerts, as published to the HTTP API.
+pub type AlertsView = Arc<RwLock<Vec<AlertView>>>;
+
+/// The rules of the running agent.
+pub struct LiveRules {
+    engine: Engine,
+    metrics: RuleMetrics,
+    interval_ms: i64,
+    view: AlertsView,
+    /// State of each alert at the last tick, to log changes once.
+    last: HashMap<(String, Labels), State>,
+    failing: BTreeSet<(String, String)>,
+}
+
+impl LiveRules {
+    /// Starts with `defs`, evaluated every `interval_ms`.
+    pub fn new(defs: Vec<GroupDef>, metrics: RuleMetrics, interval_ms: i64) -> Self {
+        let mut r = Self {
+            engine: Engine::new(Vec::new(), History::new(0, DEFAULT_MAX_SERIES)),
+            metrics,
+            interval_ms,
+            view: Arc::default(),
+            last: HashMap::new(),
+            failing: BTreeSet::new(),
+        };
+        r.install(defs);
+        r
+    }
+
+    /// The alerts as published after each tick.
+    pub fn view(&self) -> AlertsView {
+        Arc::clone(&self.view)
+    }
+
+    fn install(&mut self, defs: Vec<GroupDef>) {
+        let old_names = self.alert_names();
+        self.engine.replace(defs);
+        let retention = self.engine.retention(2 * self.interval_ms + 1000);
+        let history_ms = retention
+            .by_name
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(retention.default_ms);
+        self.engine.history.set_retention(retention);
+        let new_names = self.alert_names();
+        for gone in old_names.difference(&new_names) {
+            for state in ["pending", "firing"] {
+                self.metrics.alerts.remove(&AlertLabels {
+                    alertname: gone.clone(),
+                    state: state.into(),
+                });
+            }
+        }
+        self.metrics.reload_ok.set(1);
+        self.metrics.reload_ok_time.set(now_ms() / 1000);
+        let rules = self.engine.rules().count();
+        tracing::info!(
+            groups = self.engine.groups.len(),
+            rules,
+            history_ms,
+            "rules loaded"
+        );
+    }
+
+    fn alert_names(&self) -> BTreeSet<String> {
+        self.engine
+            .rules()
+            .filter(|r| r.def.kind == Kind::Alerting)
+            .map(|r| r.def.name.clone())
+            .collect()
+    }
+
+    /// Replaces the rules with a validated new set, or keeps the old ones and says why.
+    pub fn reload(&mut self, loaded: Result<Vec<GroupDef>, Vec<RuleError>>) {
+        match loaded {
+            Ok(defs) => self.install(defs),
+            Err(errors) => {
+                self.metrics.reload_ok.set(0);
+                for e in &errors {
+                    tracing::error!(error = %e, "invalid rules");
+                }
+                tracing::error!(
+                    errors = errors.len(),
+                    "reload refused: the previous rules keep running"
+                );
+            }
+        }
+    }
+
+    /// One tick at `ts_ms`: `exposition` is the registry's text after the collectors ran.
+    pub fn tick(&mut self, ts_ms: i64, exposition: &str) {
+        let started = Instant::now();
+        let samples = history::parse_exposition(exposition);
+        let dropped_before = self.engine.history.dropped_samples();
+        self.engine.history.ingest_scrape(ts_ms, samples);
+        let failures = self.engine.evaluate(ts_ms, true, self.interval_ms);
+        self.engine.history.prune(ts_ms);
+
+        let mut failing = BTreeSet::new();
+        for f in failures {
+            let key = (f.group.clone(), f.rule.clone());
+            if !self.failing.contains(&key) {
+                tracing::warn!(group = %f.group, rule = %f.rule, error = %f.error, "rule evaluation failed");
+            }
+            failing.insert(key);
+        }
+        for g in &self.engine.groups {
+            for r in &g.rules {
+                if r.last_error.is_some() {
+                    self.metrics
+                        .eval_failures
+                        .get_or_create(&GroupLabels {
+                            rule_group: format!("{};{}", g.file, g.name),
+                        })
+                        .inc();
+                }
+            }
+        }
+        self.failing = failing;
+        self.publish();
+        let h = &self.engine.history;
+        self.metrics.history_series.set(h.series_count() as i64);
+        self.metrics.history_samples.set(h.sample_count() as i64);
+        self.metrics
+            .history_dropped
+            .inc_by(h.dropped_samples() - dropped_before);
+        self.metrics
+            .eval_duration
+            .set(started.elapsed().as_secs_f64());
+    }
+
+    /// The alerts firing now, for node health and the notifiers.
+    pub fn firing(&self) -> Vec<crate::notify::ActiveAlert> {
+        let ms = |t: i64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64);
+        self.engine
+            .rules()
+            .filter(|r| r.def.kind == Kind::Alerting)
+            .flat_map(|r| r.active.values())
+            .filter(|a| a.state == State::Firing)
+            .map(|a| crate::notify::ActiveAlert {
+                labels: a
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                annotations: a.annotations.iter().cloned().collect(),
+                fired_at: ms(a.fired_at.unwrap_or(a.active_at)),
+            })
+            .collect()
+    }
+
+    fn publish(&mut self) {
+        let mut counts: HashMap<&str, (i64, i64)> = HashMap::new();
+        let mut view = Vec::new();
+        let mut now = HashMap::new();
+        for r in self.engine.rules().filter(|r| r.def.kind == Kind::Alerting) {
+            let c = counts.entry(&r.def.name).or_default();
+            for a in r.active.values() {
+                match a.state {
+                    State::Pending => c.0 += 1,
+                    State::Firing => c.1 += 1,
+                    State::Inactive => {}
+                }
+                let key = (r.def.name.clone(), a.labels.clone());
+                let before = self.last.get(&key).copied();
+                if before != Some(a.state) {
+                    match a.state {
+                        State::Firing => {
+                            tracing::info!(alert = %r.def.name, labels = %a.labels, value = a.value, "alert firing")
+                        }
+                        State::Inactive if before == Some(State::Firing) => {
+                            tracing::info!(alert = %r.def.name, labels = %a.labels, "alert resolved")
+                        }
+                        _ => {}
+                    }
+                }
+                now.insert(key, a.state);
+                if a.state != State::Inactive {
+                    view.push(AlertView::new(a));
+                }
+            }
+        }
+        for (name, (pending, firing)) in counts {
+            for (state, n) in [("pending", pending), ("firing", firing)] {
+                self.metrics
+                    .alerts
+                    .get_or_create(&AlertLabels {
+                        alertname: name.to_string(),
+                        state: state.into(),
+                    })
+                    .set(n);
+            }
+        }
+        view.sort_by(|a, b| a.labels.cmp(&b.labels));
+        self.last = now;
+        match self.view.write() {
+            Ok(mut v) => *v = view,
+            Err(poisoned) => *poisoned.into_inner() = view,
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

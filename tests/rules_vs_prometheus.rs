@@ -1,0 +1,553 @@
+//! The rule evaluator against Prometheus itself: the same input series and the same
+//! expressions go to `promtool test rules` (Debian's Prometheus 2.42) and to
+//! `nodewatch test-rules`, with no expected samples, so both report what they computed. Both
+//! print results the same way (labels, then the value in shortest round-trip form), so equal
+//! text means equal label sets and bit-equal values. Alert rules are compared the same way:
+//! firing alerts with their expanded labels and annotations at every evaluation.
+
+mod common;
+
+use std::{collections::BTreeMap, process::Command};
+
+use common::{BIN, TempDir};
+
+/// Series exercising counters with resets, gaps, staleness, NaN/Inf, sparse samples and
+/// classic histograms, every 15 s for 10 minutes.
+const INPUT: &str = r#"
+      - series: 'c{job="a",port="80"}'
+        values: '0+7x20 3+5x19'
+      - series: 'c{job="a",port="81"}'
+        values: '10+0.3x40'
+      - series: 'c{job="b",port="80"}'
+        values: '_x5 1+2.5x10 stale 100+1x20 _x3'
+      - series: 'g{dev="x"}'
+        values: '1 5 2 8 -3 4.5 0.1 0.2 0.3 1e-5 NaN 7 Inf -Inf 2 2 2 2 2 2 2 -1.5 0 0 3 9 27 81 243 729 0.5 0.25 1 2 3 4 5 6 7 8 9'
+      - series: 'g{dev="y"}'
+        values: '0.1+0.1x40'
+      - series: 'g{dev="z"}'
+        values: '3 _ _ _ 4 _x30 5'
+      - series: 'h_bucket{dev="x",le="0.1"}'
+        values: '0+1x40'
+      - series: 'h_bucket{dev="x",le="0.5"}'
+        values: '0+3x40'
+      - series: 'h_bucket{dev="x",le="1"}'
+        values: '0+4x20 80+7x20'
+      - series: 'h_bucket{dev="x",le="+Inf"}'
+        values: '0+5x20 100+9x20'
+      - series: 'h_bucket{dev="y",le="0.25"}'
+        values: '5x40'
+      - series: 'h_bucket{dev="y",le="+Inf"}'
+        values: '5x40'
+      - series: 'h_bucket{dev="w",le="0.5"}'
+        values: '0+2x40'
+      - series: 'h_bucket{dev="w",le="1"}'
+        values: '0+1x40'
+      - series: 'h_bucket{dev="w",le="+Inf"}'
+        values: '0+3x40'
+      - series: 'h_bucket{dev="v",le="1"}'
+        values: '0+3x40'
+      - series: 'd{dev="x"}'
+        values: '1+1x40'
+      - series: 'up{job="a"}'
+        values: '1x20 0x20'
+"#;
+
+/// Every supported function, aggregation and operator, with and without modifiers.
+const EXPRS: &[&str] = &[
+    // Selectors and the four matchers.
+    "c",
+    r#"c{job="a"}"#,
+    r#"c{job!="a"}"#,
+    r#"c{port=~"8."}"#,
+    r#"c{port!~"80|9"}"#,
+    r#"{__name__=~"c|g",job!="b"}"#,
+    "g",
+    // Range functions.
+    "rate(c[1m])",
+    "rate(c[2m])",
+    "rate(c[5m])",
+    "rate(c[37s])",
+    "increase(c[1m])",
+    "increase(c[3m])",
+    "increase(c[10m])",
+    "delta(g[2m])",
+    "delta(c[1m])",
+    "rate(g[1m])",
+    "avg_over_time(g[1m])",
+    "avg_over_time(g[3m])",
+    "avg_over_time(c[10m])",
+    "max_over_time(g[2m])",
+    "max_over_time(g[10m])",
+    "min_over_time(g[2m])",
+    "min_over_time(g[10m])",
+    "count_over_time(g[2m])",
+    "count_over_time(c[10m])",
+    // Histograms.
+    "histogram_quantile(0.5, rate(h_bucket[2m]))",
+    "histogram_quantile(0.9, rate(h_bucket[2m]))",
+    "histogram_quantile(0.99, rate(h_bucket[1m]))",
+    "histogram_quantile(0, rate(h_bucket[2m]))",
+    "histogram_quantile(1, rate(h_bucket[2m]))",
+    "histogram_quantile(-1, rate(h_bucket[2m]))",
+    "histogram_quantile(2, rate(h_bucket[2m]))",
+    "histogram_quantile(0.75, h_bucket)",
+    "histogram_quantile(0.9, sum by (le) (rate(h_bucket[2m])))",
+    "histogram_quantile(0.9, sum without (dev) (rate(h_bucket[2m])))",
+    // Aggregations.
+    "sum(c)",
+    "sum by (job) (c)",
+    "sum without (port) (c)",
+    "sum(rate(c[1m]))",
+    "max by (port) (rate(c[1m]))",
+    "min(g)",
+    "max(g)",
+    "avg(g)",
+    "avg by (job) (c)",
+    "avg(c)",
+    "count(c)",
+    "count by (job) (c)",
+    "count without (job, port) (c)",
+    "sum(g)",
+    // absent.
+    r#"absent(c{job="zzz"})"#,
+    "absent(c)",
+    r#"absent(nope{a="b",c=~"d",e!="f"})"#,
+    r#"absent(nope{a="b",a="c"})"#,
+    "absent(sum(nope))",
+    r#"absent(up{job="a"} == 1)"#,
+    // Arithmetic.
+    "c * 2",
+    "2 - c",
+    "c / 0",
+    "-c / 0",
+    "c % 7",
+    "-c",
+    "-(g)",
+    "c + c",
+    "g / g",
+    "rate(c[1m]) / on(job, port) rate(c[2m])",
+    "rate(c[1m]) - ignoring(port) sum without (port) (rate(c[1m]))",
+    "sum by (job) (c) / on(job) count by (job) (c)",
+    "1 + 2 * 3 - 4 / 8",
+    "(1 + 2) % 2",
+    "7 % -3",
+    // Comparisons.
+    "c > 50",
+    "50 < c",
+    "c > bool 50",
+    "50 >= bool c",
+    "g == 2",
+    "g != bool 2",
+    "c >= c",
+    "c > bool c",
+    "c < on(job, port) c",
+    "1 < bool 2",
+    "2 == bool 2",
+    "g <= 0.3",
+    "g > 5",
+    // Set operations.
+    r#"c and c{job="a"}"#,
+    "c or g",
+    r#"c{job="b"} or c{job="a"}"#,
+    r#"c unless c{port="80"}"#,
+    "c and on() g",
+    r#"c and on(job) c{port="81"}"#,
+    r#"c unless ignoring(port) c{port="81"}"#,
+    r#"sum by (job) (rate(c[1m])) > 1 or sum by (job) (c) > 100"#,
+];
+
+const TIMES: &[&str] = &[
+    "0s", "30s", "1m", "2m7s", "3m", "4m16s", "5m", "6m15s", "7m33s", "9m", "10m",
+];
+
+/// Rules compared by their alerts: recording rules feeding alerting rules, `for`,
+/// `keep_firing_for`, templates, and the same alert name in two groups.
+const RULES: &str = r#"
+groups:
+  - name: rec
+    rules:
+      - record: job:c:rate1m
+        expr: sum by (job) (rate(c[1m]))
+        labels:
+          source: rec
+      - alert: Busy
+        expr: job:c:rate1m > 0.2
+        for: 1m
+        labels:
+          severity: "{{ if true }}x{{ end }}"
+  - name: alerts
+    rules:
+      - alert: High
+        expr: c > 60
+        for: 2m
+        keep_firing_for: 1m
+        labels:
+          severity: warning
+          port: 'p{{ $labels.port }}'
+        annotations:
+          summary: '{{ $labels.job }}/{{ $labels.port }} is {{ $value }}'
+          human: '{{ $value | humanize }} {{ humanizePercentage $value }} {{ $value | humanizeDuration }}'
+          printf: '{{ printf "%.3f|%5.1f|%g|%e|%v" $value $value $value $value $value }}'
+          missing: '{{ $labels.nope }} {{ index $labels "job" | toUpper }} {{ title "a b" }}'
+      - alert: GaugeOdd
+        expr: g > 1 or g < -1
+        annotations:
+          v: '{{ $value }} {{ $value | humanize1024 }}'
+      - alert: Overflow
+        expr: increase(c[1m]) > 20
+        keep_firing_for: 30s
+"#;
+
+fn rule_tests(times: &[&str]) -> String {
+    let mut t = String::new();
+    for time in times {
+        for name in ["Busy", "High", "GaugeOdd", "Overflow"] {
+            t.push_str(&format!(
+                "      - eval_time: {time}\n        alertname: {name}\n        exp_alerts: []\n"
+            ));
+        }
+    }
+    t
+}
+
+/// Runs a tool and returns its reports keyed by their first line (`expr: ..., time: ...` or
+/// `alertname: ..., time: ...`), with what it said it got.
+fn reports(cmd: &mut Command) -> (BTreeMap<String, String>, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut map = BTreeMap::new();
+    let mut key: Option<String> = None;
+    let mut body = String::new();
+    let mut flush = |key: &mut Option<String>, body: &mut String| {
+        if let Some(k) = key.take() {
+            map.insert(k, std::mem::take(body));
+        }
+    };
+    for line in err.lines() {
+        let t = line.trim_start();
+        if t.starts_with("expr: ") || t.starts_with("alertname: ") || t.starts_with("rule: ") {
+            flush(&mut key, &mut body);
+            // `expr: "c", time: 1m,` / `alertname: X, time: 1m, `
+            let k = t.split(", err:").next().unwrap_or(t);
+            key = Some(k.trim_end_matches([',', ' ']).to_string());
+            if let Some(e) = t.split_once(", err: ") {
+                body.push_str(&format!("error: {}\n", e.1));
+            }
+        } else if key.is_some() && !t.starts_with("exp:") && !t.is_empty() && t != "FAILED:" {
+            body.push_str(t);
+            body.push('\n');
+        }
+    }
+    flush(&mut key, &mut body);
+    (map, err)
+}
+
+fn have_promtool() -> bool {
+    let ok = Command::new("promtool").arg("--version").output().is_ok();
+    if !ok {
+        assert!(std::env::var("CI").is_err(), "promtool missing on CI");
+        eprintln!("SKIPPED: promtool not installed (cargo xtask setup installs it)");
+    }
+    ok
+}
+
+/// `{labels} value, {labels} value` as promtool prints it.
+fn parse_got(line: &str) -> Option<Vec<(String, f64)>> {
+    let rest = line.trim().strip_prefix("got: ")?;
+    if rest == "nil" {
+        return Some(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut rest = rest;
+    while !rest.is_empty() {
+        let close = rest.find("} ")?;
+        let labels = rest[..=close].to_string();
+        let after = &rest[close + 2..];
+        let end = after.find(", {").unwrap_or(after.len());
+        out.push((labels, after[..end].parse().ok()?));
+        rest = after[end..].trim_start_matches(", ");
+    }
+    Some(out)
+}
+
+/// Prometheus sums in the order its storage created the series, which promtool's loader
+/// randomizes (run it twice: the last bits of `sum`/`avg` over three or more series change).
+/// Those results are equal up to summation order; everything else must be bit-equal.
+fn order_dependent(key: &str) -> bool {
+    ["sum", "avg(", "avg by", "job:c:rate1m"]
+        .iter()
+        .any(|a| key.contains(a))
+}
+
+fn close_enough(p: &str, o: &str) -> bool {
+    let (Some(a), Some(b)) = (parse_got(p), parse_got(o)) else {
+        return false;
+    };
+    a.len() == b.len()
+        && a.iter().zip(&b).all(|((la, va), (lb, vb))| {
+            la == lb
+                && (va == vb
+                    || (va.is_nan() && vb.is_nan())
+                    || (va - vb).abs() <= 1e-12 * va.abs().max(vb.abs()))
+        })
+}
+
+/// Which two series an ambiguous-matching error names depends on the storage's series order,
+/// which promtool randomizes: the pair is left out of the comparison.
+fn unordered_pairs(m: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    m.into_iter()
+        .map(|(k, v)| {
+            let v = match (v.find("operation: ["), v.find("];")) {
+                (Some(a), Some(b)) if a < b => format!("{}[..]{}", &v[..a + 11], &v[b + 1..]),
+                _ => v,
+            };
+            (k, v)
+        })
+        .collect()
+}
+
+/// Compares the two tools on one test file: (reports, of which errors, of which equal only up
+/// to summation order).
+fn compare(dir: &TempDir, test_file: &str) -> (usize, usize, usize) {
+    let path = dir.0.join(test_file);
+    let (prom, prom_raw) = reports(Command::new("promtool").args(["test", "rules"]).arg(&path));
+    let (ours, ours_raw) = reports(Command::new(BIN).arg("test-rules").arg(&path));
+    assert!(!prom.is_empty(), "promtool reported nothing:\n{prom_raw}");
+    let (prom, ours) = (unordered_pairs(prom), unordered_pairs(ours));
+    let mut differ = Vec::new();
+    let mut reordered = 0;
+    let keys: std::collections::BTreeSet<&String> = prom.keys().chain(ours.keys()).collect();
+    for key in keys {
+        let (p, o) = (prom.get(key), ours.get(key));
+        if p == o {
+            continue;
+        }
+        if let (Some(p), Some(o)) = (p, o)
+            && order_dependent(key)
+            && close_enough(p, o)
+        {
+            reordered += 1;
+            continue;
+        }
+        differ.push(format!(
+            "{key}\n  prometheus: {}\n  nodewatch:  {}",
+            p.map_or("(nothing: empty result)".into(), |s| s
+                .replace('\n', "\n              ")),
+            o.map_or("(nothing: empty result)".into(), |s| s
+                .replace('\n', "\n              "))
+        ));
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {} results differ from Prometheus:\n{}\n\n--- promtool stderr ---\n{prom_raw}\n--- nodewatch stderr ---\n{ours_raw}",
+        differ.len(),
+        prom.len(),
+        differ.join("\n")
+    );
+    let errors = prom.values().filter(|v| v.starts_with("error:")).count();
+    (prom.len(), errors, reordered)
+}
+
+#[test]
+fn expressions_evaluate_exactly_as_prometheus_does() {
+    if !have_promtool() {
+        return;
+    }
+    let dir = TempDir::new("vs-prom-expr");
+    let mut tests = String::new();
+    for e in EXPRS {
+        for t in TIMES {
+            tests.push_str(&format!(
+                "      - expr: '{}'\n        eval_time: {t}\n        exp_samples: []\n",
+                e.replace('\'', "''")
+            ));
+        }
+    }
+    dir.write(
+        "expr_test.yaml",
+        &format!(
+            "tests:\n  - interval: 15s\n    input_series:{INPUT}    promql_expr_test:\n{tests}"
+        ),
+    );
+    let (n, errors, reordered) = compare(&dir, "expr_test.yaml");
+    eprintln!(
+        "{} expressions x {} instants: {n} non-empty results equal to Prometheus's: {} bit for bit, {reordered} sums up to summation order; {errors} evaluation errors, the same",
+        EXPRS.len(),
+        TIMES.len(),
+        n - reordered
+    );
+    assert!(
+        n > EXPRS.len() * TIMES.len() * 3 / 4,
+        "too many empty results: {n}"
+    );
+}
+
+#[test]
+fn errors_match_prometheus() {
+    if !have_promtool() {
+        return;
+    }
+    // Ambiguous matching and duplicate label sets: both refuse, with the same message.
+    let dir = TempDir::new("vs-prom-err");
+    let mut tests = String::new();
+    for e in [
+        "c + on(job) c",
+        "c * ignoring(port, job) c",
+        "{__name__=~\"d|g\"} * 2",
+        "-{__name__=~\"d|g\"}",
+        "rate({__name__=~\"d|g\"}[1m])",
+    ] {
+        tests.push_str(&format!(
+            "      - expr: '{e}'\n        eval_time: 5m\n        exp_samples: []\n"
+        ));
+    }
+    dir.write(
+        "err_test.yaml",
+        &format!(
+            "tests:\n  - interval: 15s\n    input_series:{INPUT}    promql_expr_test:\n{tests}"
+        ),
+    );
+    let (n, errors, _) = compare(&dir, "err_test.yaml");
+    assert_eq!((n, errors), (5, 5));
+}
+
+#[test]
+fn alerts_and_recording_rules_match_prometheus() {
+    if !have_promtool() {
+        return;
+    }
+    let dir = TempDir::new("vs-prom-alerts");
+    // `if` is outside nodewatch's template subset: the same file minus that label is used.
+    dir.write(
+        "rules.yaml",
+        &RULES.replace(
+            "          severity: \"{{ if true }}x{{ end }}\"\n",
+            "          severity: page\n",
+        ),
+    );
+    let times: Vec<String> = (0..=40).map(|i| format!("{}s", i * 15)).collect();
+    let times: Vec<&str> = times.iter().map(String::as_str).collect();
+    dir.write(
+        "alert_test.yaml",
+        &format!(
+            "rule_files: [rules.yaml]\nevaluation_interval: 15s\ntests:\n  - interval: 15s\n    external_labels: {{ node: n1 }}\n    input_series:{INPUT}    alert_rule_test:\n{}    promql_expr_test:\n      - expr: 'job:c:rate1m'\n        eval_time: 5m\n        exp_samples: []\n      - expr: 'ALERTS'\n        eval_time: 7m\n        exp_samples: []\n",
+            rule_tests(&times)
+        ),
+    );
+    let (n, _, _) = compare(&dir, "alert_test.yaml");
+    eprintln!("{n} alert/recording checks with firing alerts, all equal to Prometheus's");
+    assert!(n > 40, "too few firing alerts to compare: {n}");
+}
+
+#[test]
+fn template_outside_the_subset_is_refused_with_its_place() {
+    let dir = TempDir::new("vs-prom-tmpl");
+    let path = dir.write("rules.yaml", RULES);
+    let out = Command::new(BIN)
+        .arg("check-rules")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "rules.yaml:13:25: alert \"Busy\": label \"severity\": unsupported template action `if`"
+        ),
+        "{err}"
+    );
+}
+
+/// What nodewatch accepts, promtool accepts too: every expression of the comparison as a rule,
+/// and the template functions nodewatch supports.
+#[test]
+fn everything_nodewatch_accepts_passes_promtool_check_rules() {
+    if !have_promtool() {
+        return;
+    }
+    let dir = TempDir::new("vs-prom-check");
+    let mut text = String::from("groups:\n  - name: all\n    rules:\n");
+    for (i, e) in EXPRS.iter().enumerate() {
+        text.push_str(&format!(
+            "      - record: r{i}\n        expr: '{}'\n",
+            e.replace('\'', "''")
+        ));
+    }
+    let rules = RULES.replace("          severity: \"{{ if true }}x{{ end }}\"\n", "");
+    let a = dir.write("exprs.yaml", &text);
+    let b = dir.write("templates.yaml", &rules);
+    for f in [&a, &b] {
+        let ours = Command::new(BIN)
+            .arg("check-rules")
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(
+            ours.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        let prom = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(
+            prom.status.success(),
+            "promtool refuses what nodewatch accepts:\n{}{}",
+            String::from_utf8_lossy(&prom.stdout),
+            String::from_utf8_lossy(&prom.stderr)
+        );
+    }
+}
+
+/// PromQL that Prometheus evaluates but nodewatch does not: refused at load, naming the
+/// construct (promtool accepts all of these).
+#[test]
+fn outside_the_subset_is_refused_but_valid_for_prometheus() {
+    if !have_promtool() {
+        return;
+    }
+    let dir = TempDir::new("vs-prom-subset");
+    for (expr, construct) in [
+        ("topk(3, c)", "unsupported aggregation `topk`"),
+        ("irate(c[5m])", "unsupported function `irate`"),
+        ("c offset 5m", "unsupported `offset` modifier"),
+        ("max_over_time(c[5m:1m])", "unsupported subquery"),
+        ("c * on(job) group_left(port) g", "unsupported `group_left`"),
+        ("c ^ 2", "unsupported operator `^`"),
+        (
+            "label_replace(c, \"a\", \"$1\", \"job\", \"(.*)\")",
+            "unsupported function `label_replace`",
+        ),
+        ("c @ 100", "unsupported `@` modifier"),
+    ] {
+        let f = dir.write(
+            "r.yaml",
+            &format!(
+                "groups:\n  - name: g\n    rules:\n      - record: r\n        expr: '{expr}'\n"
+            ),
+        );
+        let prom = Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            prom.status.success(),
+            "{expr}: {}",
+            String::from_utf8_lossy(&prom.stdout)
+        );
+        let ours = Command::new(BIN)
+            .arg("check-rules")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&ours.stderr);
+        assert_eq!(ours.status.code(), Some(1), "{expr}");
+        assert!(
+            err.contains(":5:") && err.contains(construct),
+            "{expr}: {err}"
+        );
+    }
+}
