@@ -9,24 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, BIN, TempDir, have_root, http_get};
-
-/// A tool the test needs; on CI its absence is a failure, elsewhere a skip.
-fn have_tool(test: &str, tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{test} needs `{tool}` (cargo xtask setup installs it)"
-        );
-        eprintln!("SKIPPED {test}: `{tool}` not installed (cargo xtask setup installs it)");
-    }
-    found
-}
+use common::{Agent, BIN, TempDir, have_root, have_tool, http_get};
 
 /// Ids of the programs process `pid` has attached: its bpf link fds, from /proc fdinfo.
 fn attached_prog_ids(pid: u32) -> Vec<u64> {
@@ -219,13 +202,27 @@ fn without_privileges_falls_back_to_procfs() {
         value >= before as f64 && value <= retrans_segs() as f64,
         "{value} outside [{before}, now]"
     );
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(
-        log.matches("WARN").count(),
-        1,
-        "one WARN line for the fallback:\n{log}"
+    assert!(
+        text.contains("nodewatch_probe_up{probe=\"gpu_ioctl\",mode=\"off\"} 0"),
+        "{text}"
     );
-    assert!(log.contains("eBPF unavailable"), "{log}");
+    // One WARN line per probe that could not run in its best mode, and nothing else: the
+    // eBPF probes, and the Xid reader when the kernel log is restricted to CAP_SYSLOG.
+    let log = std::fs::read_to_string(&log).unwrap();
+    let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    let xid_off = text.contains("nodewatch_probe_up{probe=\"gpu_xid\",mode=\"off\"} 0");
+    assert_eq!(warns.len(), 2 + usize::from(xid_off), "{log}");
+    for probe in ["tcp_retransmits", "gpu_ioctl"] {
+        let mine = format!("probe=\"{probe}\"");
+        assert_eq!(
+            warns
+                .iter()
+                .filter(|l| l.contains(&mine) && l.contains("eBPF unavailable"))
+                .count(),
+            1,
+            "one WARN for {probe}:\n{log}"
+        );
+    }
 }
 
 fn retrans_segs() -> u64 {

@@ -56,7 +56,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
                 probe: p.name().into(),
                 mode: p.mode().as_str().into(),
             })
-            .set(1);
+            .set(i64::from(p.mode() != probes::Mode::Off));
         tracing::info!(probe = p.name(), mode = %p.mode(), attach = %p.attach_method(), "probe started");
     }
     let store = Arc::new(store);

@@ -2,10 +2,12 @@
 
 mod agent;
 mod config;
+mod devices;
 mod http;
 mod kernel;
 mod probes;
 mod store;
+mod xid;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -114,15 +116,10 @@ fn print_probes(cfg: &Config) {
             continue;
         }
         let probe = (def.start)(cfg, store.registry_mut());
-        let supported = if probe.mode() == probes::Mode::Ebpf {
-            "yes"
-        } else {
-            "degraded"
-        };
         println!(
             "{:<18} {:<10} {:<8} {}",
             def.name,
-            supported,
+            probe.mode().support(),
             probe.mode().as_str(),
             probe.attach_method()
         );

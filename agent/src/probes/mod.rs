@@ -7,10 +7,12 @@ use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 
+pub mod gpu_ioctl;
 pub mod tcp_retransmits;
 
-/// Every probe, in the order they start.
-pub const ALL: &[ProbeDef] = &[tcp_retransmits::DEF];
+/// Every probe, in the order they start. Plain collectors that fit the same shape (the Xid
+/// counter reads the kernel log) are listed here too.
+pub const ALL: &[ProbeDef] = &[tcp_retransmits::DEF, gpu_ioctl::DEF, crate::xid::DEF];
 
 /// How a probe gets its data; the `mode` label of `nodewatch_probe_up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,10 @@ pub enum Mode {
     Ebpf,
     /// Host-wide counters from `/proc`.
     Procfs,
+    /// Lines of the kernel log, `/dev/kmsg`.
+    Kmsg,
+    /// Nothing this host allows; the probe reports itself and measures nothing.
+    Off,
 }
 
 impl Mode {
@@ -26,6 +32,17 @@ impl Mode {
         match self {
             Mode::Ebpf => "ebpf",
             Mode::Procfs => "procfs",
+            Mode::Kmsg => "kmsg",
+            Mode::Off => "off",
+        }
+    }
+
+    /// What `nodewatch probes` says about support: full, degraded, or none.
+    pub fn support(self) -> &'static str {
+        match self {
+            Mode::Ebpf | Mode::Kmsg => "yes",
+            Mode::Procfs => "degraded",
+            Mode::Off => "no",
         }
     }
 }
@@ -54,7 +71,7 @@ pub struct ProbeDef {
     /// Whether the config switches it on.
     pub enabled: fn(&Config) -> bool,
     /// Registers the probe's metric families and starts it in the best mode this host allows,
-    /// degrading (eBPF → procfs) with one WARN line.
+    /// degrading (eBPF → procfs, or off) with one WARN line.
     pub start: fn(&Config, &mut Registry) -> Box<dyn Probe>,
 }
 

@@ -1,0 +1,231 @@
+//! Hook: tracepoints `syscalls:sys_enter_ioctl` (`fd`, `cmd`) and `syscalls:sys_exit_ioctl`.
+//! Reads current task → files → fdt → fd[n] → file → inode (`i_mode`, `i_rdev`, `i_sb` →
+//! `s_dev`, `i_ino`) to find the device behind the fd.
+//!
+//! At entry a call on a watched device is remembered per thread (start, device, command); at
+//! exit its duration goes into the device's power-of-two histogram, and a call that lasted
+//! the stall threshold or longer is counted and sent to userspace through a ring buffer.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use nodewatch_common::gpu_ioctl::{
+    BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey, EVENTS_BYTES,
+    GpuIoctlParams, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_KEYS, MAX_DEVICES, MAX_INFLIGHT,
+    MAX_KEYS, MAX_MAJORS, MINOR_BITS, MajorWatch, StallEvent, bucket,
+};
+use nodewatch_ebpf::counter_add;
+
+nodewatch_ebpf::license!();
+
+/// Offsets and threshold, set by userspace from tracefs, BTF and the config before load.
+#[unsafe(no_mangle)]
+static GPU_IOCTL_PARAMS: GpuIoctlParams = GpuIoctlParams {
+    stall_ns: 0,
+    enter_fd: 0,
+    enter_cmd: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    inode_rdev: 0,
+    inode_sb: 0,
+    inode_ino: 0,
+    sb_dev: 0,
+    valid: 0,
+    _pad: 0,
+};
+
+#[map]
+static GPU_MAJORS: Array<MajorWatch> = Array::with_max_entries(MAX_MAJORS, 0);
+#[map]
+static GPU_KEYS: HashMap<DevKey, u32> = HashMap::with_max_entries(MAX_KEYS, 0);
+#[map]
+static GPU_INFLIGHT: HashMap<u64, Call> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+#[map]
+static GPU_HIST: PerCpuArray<DevHist> = PerCpuArray::with_max_entries(MAX_DEVICES, 0);
+#[map]
+static GPU_STALLS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static GPU_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
+
+const S_IFMT: u16 = 0o170000;
+const S_IFCHR: u16 = 0o020000;
+const S_IFREG: u16 = 0o100000;
+
+#[tracepoint]
+pub fn gpu_ioctl_enter(ctx: TracePointContext) -> u32 {
+    match try_enter(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[tracepoint]
+pub fn gpu_ioctl_exit(_ctx: TracePointContext) -> u32 {
+    match try_exit() {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[inline(always)]
+fn params() -> GpuIoctlParams {
+    // SAFETY: a frozen .rodata global; the volatile read keeps the compiler from folding the
+    // zero initialiser.
+    unsafe { core::ptr::read_volatile(&GPU_IOCTL_PARAMS) }
+}
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+fn read<T>(base: u64, off: impl Into<u64>) -> Result<T, i32> {
+    let addr = base.wrapping_add(off.into());
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }
+}
+
+fn try_enter(ctx: &TracePointContext) -> Result<(), i32> {
+    let p = params();
+    if p.valid == 0 {
+        return Err(-1);
+    }
+    // SAFETY: offsets come from this kernel's tracepoint format; the field is 8 bytes wide.
+    let fd: u64 = unsafe { ctx.read_at(p.enter_fd as usize)? };
+    // SAFETY: the helper only returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, p.task_files)?;
+    let fdt: u64 = read(files, p.files_fdt)?;
+    let max_fds: u32 = read(fdt, p.fdt_max_fds)?;
+    if fd >= u64::from(max_fds) {
+        return Ok(()); // EBADF: not a file at all
+    }
+    let fds: u64 = read(fdt, p.fdt_fd)?;
+    let file: u64 = read(fds, fd * 8)?;
+    if file == 0 {
+        return Ok(());
+    }
+    let inode: u64 = read(file, p.file_inode)?;
+    let rdev: u32 = read(inode, p.inode_rdev)?;
+    // One array lookup rejects every call whose major (or, for non-device inodes, slot 0)
+    // nobody watches: most ioctls on the host stop here.
+    let Some(w) = GPU_MAJORS.get(rdev >> MINOR_BITS) else {
+        return Ok(());
+    };
+    if w.flags == 0 {
+        return Ok(());
+    }
+    let (flags, all_idx) = (w.flags, w.dev_idx);
+    let mode: u16 = read(inode, p.inode_mode)?;
+    let dev_idx = if rdev != 0 {
+        if mode & S_IFMT != S_IFCHR {
+            return Ok(()); // a block device sharing a char major
+        }
+        let key = DevKey {
+            kind: KIND_CHR,
+            dev: rdev,
+            ino: 0,
+        };
+        match lookup_key(flags, &key) {
+            Some(idx) => idx,
+            None if flags & MAJOR_ALL != 0 => all_idx,
+            None => return Ok(()),
+        }
+    } else {
+        if mode & S_IFMT != S_IFREG {
+            return Ok(());
+        }
+        let sb: u64 = read(inode, p.inode_sb)?;
+        let key = DevKey {
+            kind: KIND_FILE,
+            dev: read(sb, p.sb_dev)?,
+            ino: read(inode, p.inode_ino)?,
+        };
+        match lookup_key(flags, &key) {
+            Some(idx) => idx,
+            None => return Ok(()),
+        }
+    };
+    // SAFETY: as above.
+    let cmd: u64 = unsafe { ctx.read_at(p.enter_cmd as usize)? };
+    let call = Call {
+        start_ns: now_ns(),
+        dev_idx,
+        cmd: cmd as u32,
+    };
+    if GPU_INFLIGHT
+        .insert(bpf_get_current_pid_tgid(), call, 0)
+        .is_err()
+    {
+        drop_one(DROP_INFLIGHT);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn lookup_key(flags: u32, key: &DevKey) -> Option<u32> {
+    if flags & MAJOR_KEYS == 0 {
+        return None;
+    }
+    // SAFETY: values are plain u32s that userspace only replaces whole.
+    unsafe { GPU_KEYS.get(key) }.copied()
+}
+
+fn try_exit() -> Result<(), i32> {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: only this thread's own entry program writes this key.
+    let Some(call) = (unsafe { GPU_INFLIGHT.get(&id) }).copied() else {
+        return Ok(());
+    };
+    let _ = GPU_INFLIGHT.remove(&id);
+    let ns = now_ns().saturating_sub(call.start_ns);
+    let hist = GPU_HIST.get_ptr_mut(call.dev_idx).ok_or(-1)?;
+    let b = bucket(ns);
+    if b >= BUCKETS {
+        return Err(-1); // unreachable; tells the verifier the index is bounded
+    }
+    // SAFETY: this CPU's copy of the value; tracing programs do not nest on one CPU.
+    unsafe {
+        counter_add(&raw mut (*hist).buckets[b], 1);
+        counter_add(&raw mut (*hist).sum_ns, ns);
+    }
+    if ns < params().stall_ns {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    unsafe { counter_add(&raw mut (*hist).stalls, 1) };
+    let Some(mut entry) = GPU_STALLS.reserve::<StallEvent>(0) else {
+        drop_one(DROP_EVENTS);
+        return Ok(());
+    };
+    entry.write(StallEvent {
+        duration_ns: ns,
+        pid: (id >> 32) as u32,
+        tid: id as u32,
+        dev_idx: call.dev_idx,
+        cmd: call.cmd,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+    Ok(())
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: reads CLOCK_MONOTONIC; no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn drop_one(slot: u32) {
+    if let Some(c) = GPU_DROPS.get_ptr_mut(slot) {
+        counter_add(c, 1);
+    }
+}
