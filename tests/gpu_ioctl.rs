@@ -385,3 +385,73 @@ fn devices_that_appear_after_start_are_picked_up() {
     });
     assert!(agent.log_text().contains("programs attached"));
 }
+
+/// Each thread that calls a watched device keeps a slot in the kernel's in-flight map between
+/// calls; the slot goes when the thread exits, so the map holds live threads only.
+#[test]
+fn thread_slots_are_freed_when_threads_exit() {
+    if !have_root("gpu_ioctl slots")
+        || !have_fusepy("gpu_ioctl slots")
+        || !common::have_tool("gpu_ioctl slots", "bpftool")
+    {
+        return;
+    }
+    let dir = TempDir::new("gpu-slots");
+    let fs = SlowFs::new(&dir, "mnt");
+    let gpu = label(&fs.mnt.join("gpu0"));
+    let agent = Agent::start(&dir, &config(std::slice::from_ref(&gpu), "200ms"));
+    wait_for(Duration::from_secs(5), "device watched", || {
+        (count(&agent, &gpu) == Some(0.0)).then_some(())
+    });
+    let map = inflight_map_id(agent.child.id());
+    let entries = || -> usize {
+        let out = Command::new("bpftool")
+            .args(["--json", "map", "dump", "id", &map.to_string()])
+            .output()
+            .expect("bpftool map dump");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.matches("\"key\"").count()
+    };
+    let threads: Vec<_> = (0..20)
+        .map(|_| {
+            let f = fs.open("gpu0");
+            thread::spawn(move || {
+                slow_ioctl(&f, 3);
+                thread::sleep(Duration::from_millis(300));
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(150));
+    let live = entries();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let after = entries();
+    eprintln!("in-flight map: {live} slots while 20 callers lived, {after} after they exited");
+    assert_eq!(live, 20);
+    assert_eq!(after, 0);
+    wait_for(Duration::from_secs(3), "20 calls counted", || {
+        (count(&agent, &gpu) == Some(20.0)).then_some(())
+    });
+}
+
+/// The id of the agent's in-flight map, found among its fds: the only hash map with 8-byte
+/// keys (pid_tgid), 16-byte values and 16384 entries.
+fn inflight_map_id(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|info| {
+            [
+                "map_type:\t1",
+                "key_size:\t8",
+                "value_size:\t16",
+                "max_entries:\t16384",
+            ]
+            .iter()
+            .all(|f| info.contains(f))
+        })
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("map_id:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .expect("the agent holds its in-flight map")
+}

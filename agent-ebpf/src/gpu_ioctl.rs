@@ -1,17 +1,20 @@
-//! Hook: tracepoints `syscalls:sys_enter_ioctl` (`fd`, `cmd`) and `syscalls:sys_exit_ioctl`.
-//! Reads current task → files → fdt → fd[n] → file → inode (`i_mode`, `i_rdev`, `i_sb` →
-//! `s_dev`, `i_ino`) to find the device behind the fd.
+//! Hook: tracepoints `syscalls:sys_enter_ioctl` (`fd`, `cmd`) and `syscalls:sys_exit_ioctl`,
+//! and `sched:sched_process_exit`. Reads current task → files → fdt → fd[n] → file → inode
+//! (`i_mode`, `i_rdev`, `i_sb` → `s_dev`, `i_ino`) to find the device behind the fd.
 //!
 //! At entry a call on a watched device is remembered per thread (start, device, command); at
 //! exit its duration goes into the device's power-of-two histogram, and a call that lasted
 //! the stall threshold or longer is counted and sent to userspace through a ring buffer.
+//! `sched:sched_process_exit` frees a thread's slot when the thread ends.
 #![no_std]
 #![no_main]
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -20,7 +23,7 @@ use aya_ebpf::{
 use nodewatch_common::gpu_ioctl::{
     BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey, EVENTS_BYTES,
     GpuIoctlParams, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_KEYS, MAX_DEVICES, MAX_INFLIGHT,
-    MAX_KEYS, MAX_MAJORS, MINOR_BITS, MajorWatch, StallEvent, bucket,
+    MAX_KEYS, MAX_MAJORS, MINOR_BITS, MINOR_SLOTS, MajorWatch, StallEvent, bucket,
 };
 use nodewatch_ebpf::counter_add;
 
@@ -65,7 +68,16 @@ const S_IFREG: u16 = 0o100000;
 
 #[tracepoint]
 pub fn gpu_ioctl_enter(ctx: TracePointContext) -> u32 {
-    match try_enter(&ctx) {
+    match try_enter(&ctx, fdtable_btf) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+/// The same, walking to the fd table with `bpf_probe_read_kernel` only: for kernels whose
+/// verifier refuses `bpf_get_current_task_btf` in a tracepoint program.
+#[tracepoint]
+pub fn gpu_ioctl_enter_compat(ctx: TracePointContext) -> u32 {
+    match try_enter(&ctx, fdtable_probe) {
         Ok(()) | Err(_) => 0,
     }
 }
@@ -92,22 +104,55 @@ fn read<T>(base: u64, off: impl Into<u64>) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }
 }
 
-fn try_enter(ctx: &TracePointContext) -> Result<(), i32> {
+/// The current task's fd table: `(max_fds, fd array)`, through BTF-typed pointers. The
+/// verifier turns these into plain loads guarded by the exception table, which cost far less
+/// than a helper call each; the offsets are constants it reads from the frozen `.rodata`.
+#[inline(always)]
+fn fdtable_btf(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
+    // SAFETY: a trusted pointer to the current task; the loads below go through BTF-typed
+    // pointers, which the verifier checks against the kernel's types and makes fault-safe.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let files = read_volatile(task.add(p.task_files as usize) as *const *const u8);
+        let fdt = read_volatile(files.add(p.files_fdt as usize) as *const *const u8);
+        let max_fds = read_volatile(fdt.add(p.fdt_max_fds as usize) as *const u32);
+        let fds = read_volatile(fdt.add(p.fdt_fd as usize) as *const u64);
+        Ok((max_fds, fds))
+    }
+}
+
+/// The current task's fd table with `bpf_probe_read_kernel`.
+#[inline(always)]
+fn fdtable_probe(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
+    // SAFETY: the helper only returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, p.task_files)?;
+    let fdt: u64 = read(files, p.files_fdt)?;
+    // `struct fdtable` starts with `max_fds` and then `fd` on every kernel since 2.6: read
+    // both at once when BTF says so (the verifier drops the branch not taken).
+    if p.fdt_fd == p.fdt_max_fds + 8 {
+        let both: [u64; 2] = read(fdt, p.fdt_max_fds)?;
+        Ok((both[0] as u32, both[1]))
+    } else {
+        Ok((read(fdt, p.fdt_max_fds)?, read(fdt, p.fdt_fd)?))
+    }
+}
+
+#[inline(always)]
+fn try_enter(
+    ctx: &TracePointContext,
+    fdtable: impl Fn(&GpuIoctlParams) -> Result<(u32, u64), i32>,
+) -> Result<(), i32> {
     let p = params();
     if p.valid == 0 {
         return Err(-1);
     }
     // SAFETY: offsets come from this kernel's tracepoint format; the field is 8 bytes wide.
     let fd: u64 = unsafe { ctx.read_at(p.enter_fd as usize)? };
-    // SAFETY: the helper only returns the current task's address.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, p.task_files)?;
-    let fdt: u64 = read(files, p.files_fdt)?;
-    let max_fds: u32 = read(fdt, p.fdt_max_fds)?;
+    let (max_fds, fds) = fdtable(&p)?;
     if fd >= u64::from(max_fds) {
         return Ok(()); // EBADF: not a file at all
     }
-    let fds: u64 = read(fdt, p.fdt_fd)?;
     let file: u64 = read(fds, fd * 8)?;
     if file == 0 {
         return Ok(());
@@ -115,28 +160,39 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i32> {
     let inode: u64 = read(file, p.file_inode)?;
     let rdev: u32 = read(inode, p.inode_rdev)?;
     // One array lookup rejects every call whose major (or, for non-device inodes, slot 0)
-    // nobody watches: most ioctls on the host stop here.
+    // nobody watches: most ioctls on the host stop here. Watched char devices are then found
+    // in the major's minor table, also without a hash lookup.
     let Some(w) = GPU_MAJORS.get(rdev >> MINOR_BITS) else {
         return Ok(());
     };
-    if w.flags == 0 {
+    let flags = w.flags;
+    if flags == 0 {
         return Ok(());
     }
-    let (flags, all_idx) = (w.flags, w.dev_idx);
     let mode: u16 = read(inode, p.inode_mode)?;
     let dev_idx = if rdev != 0 {
         if mode & S_IFMT != S_IFCHR {
             return Ok(()); // a block device sharing a char major
         }
-        let key = DevKey {
-            kind: KIND_CHR,
-            dev: rdev,
-            ino: 0,
+        let minor = (rdev & ((1 << MINOR_BITS) - 1)) as usize;
+        let slot = if minor < MINOR_SLOTS {
+            w.minors[minor]
+        } else {
+            0
         };
-        match lookup_key(flags, &key) {
-            Some(idx) => idx,
-            None if flags & MAJOR_ALL != 0 => all_idx,
-            None => return Ok(()),
+        if slot != 0 {
+            u32::from(slot) - 1
+        } else {
+            let key = DevKey {
+                kind: KIND_CHR,
+                dev: rdev,
+                ino: 0,
+            };
+            match lookup_key(flags, &key) {
+                Some(idx) => idx,
+                None if flags & MAJOR_ALL != 0 => w.all_idx,
+                None => return Ok(()),
+            }
         }
     } else {
         if mode & S_IFMT != S_IFREG {
@@ -155,16 +211,27 @@ fn try_enter(ctx: &TracePointContext) -> Result<(), i32> {
     };
     // SAFETY: as above.
     let cmd: u64 = unsafe { ctx.read_at(p.enter_cmd as usize)? };
-    let call = Call {
-        start_ns: now_ns(),
-        dev_idx,
-        cmd: cmd as u32,
-    };
-    if GPU_INFLIGHT
-        .insert(bpf_get_current_pid_tgid(), call, 0)
-        .is_err()
-    {
-        drop_one(DROP_INFLIGHT);
+    let id = bpf_get_current_pid_tgid();
+    // A thread keeps its slot between calls (idle: start_ns == 0) and reuses it in place,
+    // which spares the map's insert and delete (a lock each) on every call; the slot goes
+    // when the thread exits.
+    match GPU_INFLIGHT.get_ptr_mut(id) {
+        // SAFETY: only this thread writes its own slot, and it is in this syscall.
+        Some(slot) => unsafe {
+            (*slot).dev_idx = dev_idx;
+            (*slot).cmd = cmd as u32;
+            core::ptr::write_volatile(&raw mut (*slot).start_ns, now_ns());
+        },
+        None => {
+            let call = Call {
+                start_ns: now_ns(),
+                dev_idx,
+                cmd: cmd as u32,
+            };
+            if GPU_INFLIGHT.insert(id, call, 0).is_err() {
+                drop_one(DROP_INFLIGHT);
+            }
+        }
     }
     Ok(())
 }
@@ -178,13 +245,25 @@ fn lookup_key(flags: u32, key: &DevKey) -> Option<u32> {
     unsafe { GPU_KEYS.get(key) }.copied()
 }
 
+/// Frees an exiting thread's slot, so the in-flight map holds only live threads.
+#[tracepoint]
+pub fn gpu_ioctl_thread_exit(_ctx: TracePointContext) -> u32 {
+    let _ = GPU_INFLIGHT.remove(bpf_get_current_pid_tgid());
+    0
+}
+
 fn try_exit() -> Result<(), i32> {
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: only this thread's own entry program writes this key.
-    let Some(call) = (unsafe { GPU_INFLIGHT.get(&id) }).copied() else {
+    let Some(slot) = GPU_INFLIGHT.get_ptr_mut(id) else {
         return Ok(());
     };
-    let _ = GPU_INFLIGHT.remove(&id);
+    // SAFETY: only this thread writes its own slot.
+    let call = unsafe { *slot };
+    if call.start_ns == 0 {
+        return Ok(()); // idle: this call was not on a watched device
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut (*slot).start_ns, 0) };
     let ns = now_ns().saturating_sub(call.start_ns);
     let hist = GPU_HIST.get_ptr_mut(call.dev_idx).ok_or(-1)?;
     let b = bucket(ns);

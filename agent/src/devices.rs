@@ -11,8 +11,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use nodewatch_common::gpu_ioctl::{
-    DevKey, KEYS_MAP, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_KEYS, MAJORS_MAP, MAX_DEVICES,
-    MAX_KEYS, MAX_MAJORS, MajorWatch,
+    DevKey, KEYS_MAP, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_KEYS, MAJOR_MINORS, MAJORS_MAP,
+    MAX_DEVICES, MAX_KEYS, MAX_MAJORS, MINOR_SLOTS, MajorWatch,
 };
 
 use crate::probes::ProbeError;
@@ -137,19 +137,6 @@ fn watch_of(path: &Path, meta: &std::fs::Metadata, registered: &BTreeSet<u32>) -
     Some(Watch { label, ident })
 }
 
-/// A key as people write it: `char 195:0`, `file on 0:39 inode 2`.
-fn describe(k: &DevKey) -> String {
-    let mask = (1 << nodewatch_common::gpu_ioctl::MINOR_BITS) - 1;
-    let (major, minor) = (
-        k.dev >> nodewatch_common::gpu_ioctl::MINOR_BITS,
-        k.dev & mask,
-    );
-    match k.kind {
-        KIND_CHR => format!("char {major}:{minor}"),
-        _ => format!("file on {major}:{minor} inode {}", k.ino),
-    }
-}
-
 /// Major and minor of a `dev_t` as user space sees it (glibc's encoding, as in `st_rdev`).
 pub fn split_dev(dev: u64) -> (u32, u32) {
     (libc::major(dev), libc::minor(dev))
@@ -160,8 +147,79 @@ pub fn kernel_dev(major: u32, minor: u32) -> u32 {
     (major << nodewatch_common::gpu_ioctl::MINOR_BITS) | (minor & 0xfffff)
 }
 
-/// The devices the kernel side watches: labels by index, and the keys and majors last
-/// written to its maps.
+/// What the kernel's maps should hold for a set of watched devices.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// What is watched, by device index; for the log.
+    pub targets: BTreeMap<Ident, u32>,
+    pub keys: BTreeMap<DevKey, u32>,
+    pub majors: BTreeMap<u32, MajorWatch>,
+}
+
+impl Plan {
+    /// Lays out `(what, device index)` pairs: char minors below [`MINOR_SLOTS`] in their
+    /// major's table, other minors and regular files (major slot 0) as hash keys, whole
+    /// majors as the major's default. The first claim of a device wins.
+    pub fn new(watches: impl IntoIterator<Item = (Ident, u32)>) -> Self {
+        let mut plan = Self::default();
+        for (ident, idx) in watches {
+            let (major, key) = match ident {
+                Ident::Major { major } if major < MAX_MAJORS => {
+                    let m = plan.majors.entry(major).or_default();
+                    if m.flags & MAJOR_ALL == 0 {
+                        m.flags |= MAJOR_ALL;
+                        m.all_idx = idx;
+                    }
+                    plan.targets.entry(ident).or_insert(idx);
+                    continue;
+                }
+                Ident::Chr { major, minor } if major < MAX_MAJORS => {
+                    if (minor as usize) < MINOR_SLOTS {
+                        let m = plan.majors.entry(major).or_default();
+                        if m.minors[minor as usize] == 0 {
+                            m.minors[minor as usize] = idx as u8 + 1;
+                            m.flags |= MAJOR_MINORS;
+                            plan.targets.entry(ident).or_insert(idx);
+                        }
+                        continue;
+                    }
+                    let dev = kernel_dev(major, minor);
+                    let key = DevKey {
+                        kind: KIND_CHR,
+                        dev,
+                        ino: 0,
+                    };
+                    (major, key)
+                }
+                // Slot 0 of the majors map stands for inodes that are not device nodes.
+                Ident::File { major, minor, ino } => {
+                    let dev = kernel_dev(major, minor);
+                    let key = DevKey {
+                        kind: KIND_FILE,
+                        dev,
+                        ino,
+                    };
+                    (0, key)
+                }
+                _ => continue, // a major beyond CHRDEV_MAJOR_MAX: not a char device
+            };
+            if plan.keys.len() < MAX_KEYS as usize && !plan.keys.contains_key(&key) {
+                plan.keys.insert(key, idx);
+                plan.majors.entry(major).or_default().flags |= MAJOR_KEYS;
+                plan.targets.entry(ident).or_insert(idx);
+            }
+        }
+        plan
+    }
+
+    /// Whether anything is watched.
+    pub fn any(&self) -> bool {
+        !self.targets.is_empty()
+    }
+}
+
+/// The devices the kernel side watches: labels by index, and what was last written to its
+/// maps.
 pub struct Watched {
     globs: Vec<String>,
     proc_devices: PathBuf,
@@ -169,8 +227,7 @@ pub struct Watched {
     keys: HashMap<MapData, DevKey, u32>,
     /// Device index → label. Labels stay once seen, so their counters never go back.
     labels: Vec<String>,
-    applied_keys: BTreeMap<DevKey, u32>,
-    applied_majors: BTreeMap<u32, MajorWatch>,
+    applied: Plan,
     full_warned: bool,
 }
 
@@ -187,8 +244,7 @@ impl Watched {
             majors,
             keys,
             labels: Vec::new(),
-            applied_keys: BTreeMap::new(),
-            applied_majors: BTreeMap::new(),
+            applied: Plan::default(),
             full_warned: false,
         }
     }
@@ -228,53 +284,22 @@ impl Watched {
                 path: self.proc_devices.display().to_string(),
                 source,
             })?;
-        let mut keys = BTreeMap::new();
-        let mut majors: BTreeMap<u32, MajorWatch> = BTreeMap::new();
+        let mut watches = Vec::new();
         for w in scan(&self.globs, &text) {
-            let Some(idx) = self.index_of(&w.label) else {
-                continue;
-            };
-            let (major, key) = match w.ident {
-                Ident::Chr { major, minor } => (
-                    major,
-                    DevKey {
-                        kind: KIND_CHR,
-                        dev: kernel_dev(major, minor),
-                        ino: 0,
-                    },
-                ),
-                // Slot 0 of the majors map stands for inodes that are not device nodes.
-                Ident::File { major, minor, ino } => (
-                    0,
-                    DevKey {
-                        kind: KIND_FILE,
-                        dev: kernel_dev(major, minor),
-                        ino,
-                    },
-                ),
-                Ident::Major { major } => {
-                    let m = majors.entry(major).or_default();
-                    if m.flags & MAJOR_ALL == 0 {
-                        m.flags |= MAJOR_ALL;
-                        m.dev_idx = idx;
-                    }
-                    continue;
-                }
-            };
-            if major < MAX_MAJORS && keys.len() < MAX_KEYS as usize {
-                keys.entry(key).or_insert(idx);
-                majors.entry(major).or_default().flags |= MAJOR_KEYS;
+            if let Some(idx) = self.index_of(&w.label) {
+                watches.push((w.ident, idx));
             }
         }
-        majors.retain(|&m, _| m < MAX_MAJORS);
-        self.apply(keys, majors)
+        let plan = Plan::new(watches);
+        self.apply(&plan)?;
+        let any = plan.any();
+        self.applied = plan;
+        Ok(any)
     }
 
-    fn apply(
-        &mut self,
-        keys: BTreeMap<DevKey, u32>,
-        majors: BTreeMap<u32, MajorWatch>,
-    ) -> Result<bool, ProbeError> {
+    /// Writes what changed: new entries before removals, so a device that changes number
+    /// is never unwatched in between.
+    fn apply(&mut self, plan: &Plan) -> Result<(), ProbeError> {
         let keys_err = |source| ProbeError::Map {
             map: KEYS_MAP,
             source,
@@ -283,42 +308,52 @@ impl Watched {
             map: MAJORS_MAP,
             source,
         };
-        for (k, &idx) in &keys {
-            if self.applied_keys.get(k) != Some(&idx) {
+        for (k, &idx) in &plan.keys {
+            if self.applied.keys.get(k) != Some(&idx) {
                 self.keys.insert(k, idx, 0).map_err(keys_err)?;
-                tracing::info!(device = self.label(idx), id = %describe(k), "watching GPU device");
             }
         }
-        for (&m, w) in &majors {
-            if self.applied_majors.get(&m) != Some(w) {
+        for (&m, w) in &plan.majors {
+            if self.applied.majors.get(&m) != Some(w) {
                 self.majors.set(m, w, 0).map_err(majors_err)?;
-                if w.flags & MAJOR_ALL != 0 {
-                    tracing::info!(
-                        device = self.label(w.dev_idx),
-                        major = m,
-                        "watching every minor of a GPU driver's major"
-                    );
-                }
             }
         }
-        for &m in self.applied_majors.keys() {
-            if !majors.contains_key(&m) {
+        for &m in self.applied.majors.keys() {
+            if !plan.majors.contains_key(&m) {
                 self.majors
                     .set(m, MajorWatch::default(), 0)
                     .map_err(majors_err)?;
             }
         }
-        for (k, &idx) in &self.applied_keys {
-            if !keys.contains_key(k) {
+        for k in self.applied.keys.keys() {
+            if !plan.keys.contains_key(k) {
                 // Already gone is fine: the goal is that it is not there.
                 let _ = self.keys.remove(k);
-                tracing::info!(device = self.label(idx), id = %describe(k), "GPU device gone; no longer watched");
             }
         }
-        let any = !keys.is_empty() || majors.values().any(|w| w.flags & MAJOR_ALL != 0);
-        self.applied_keys = keys;
-        self.applied_majors = majors;
-        Ok(any)
+        for (t, &idx) in &plan.targets {
+            if self.applied.targets.get(t) != Some(&idx) {
+                tracing::info!(device = self.label(idx), id = %t, "watching GPU device");
+            }
+        }
+        for (t, &idx) in &self.applied.targets {
+            if !plan.targets.contains_key(t) {
+                tracing::info!(device = self.label(idx), id = %t, "GPU device gone; no longer watched");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Ident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Ident::Chr { major, minor } => write!(f, "char {major}:{minor}"),
+            Ident::File { major, minor, ino } => {
+                write!(f, "file on {major}:{minor} inode {ino}")
+            }
+            Ident::Major { major } => write!(f, "every minor of char major {major}"),
+        }
     }
 }
 
@@ -348,6 +383,75 @@ mod tests {
         assert_eq!(kernel_dev(511, 0x12345), (511 << 20) | 0x12345);
         assert_eq!(split_dev(libc::makedev(1, 3)), (1, 3));
         assert_eq!(kernel_dev(1, 3), 0x100003);
+    }
+
+    #[test]
+    fn plan_puts_small_minors_in_tables_and_the_rest_in_keys() {
+        let file = Ident::File {
+            major: 0,
+            minor: 39,
+            ino: 2,
+        };
+        let plan = Plan::new([
+            (
+                Ident::Chr {
+                    major: 195,
+                    minor: 0,
+                },
+                0,
+            ),
+            (
+                Ident::Chr {
+                    major: 195,
+                    minor: 255,
+                },
+                1,
+            ),
+            (Ident::Major { major: 195 }, 2),
+            (
+                Ident::Chr {
+                    major: 195,
+                    minor: 0,
+                },
+                3,
+            ), // a second path to nvidia0
+            (
+                Ident::Chr {
+                    major: 240,
+                    minor: 70000,
+                },
+                4,
+            ),
+            (file, 5),
+            (Ident::Major { major: 4000 }, 6), // not a char major
+        ]);
+        let nv = plan.majors[&195];
+        assert_eq!(nv.flags, MAJOR_MINORS | MAJOR_ALL);
+        assert_eq!((nv.minors[0], nv.minors[255], nv.minors[1]), (1, 2, 0));
+        assert_eq!(nv.all_idx, 2);
+        assert_eq!(plan.majors[&240].flags, MAJOR_KEYS);
+        assert_eq!(plan.majors[&0].flags, MAJOR_KEYS);
+        assert_eq!(plan.keys.len(), 2);
+        assert_eq!(
+            plan.keys[&DevKey {
+                kind: KIND_CHR,
+                dev: (240 << 20) | 70000,
+                ino: 0
+            }],
+            4
+        );
+        assert_eq!(
+            plan.keys[&DevKey {
+                kind: KIND_FILE,
+                dev: 39,
+                ino: 2
+            }],
+            5
+        );
+        assert_eq!(plan.targets.len(), 5, "{:?}", plan.targets);
+        assert!(!plan.majors.contains_key(&4000));
+        assert!(!Plan::new([]).any());
+        assert_eq!(file.to_string(), "file on 0:39 inode 2");
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! `cargo xtask setup | run | test`: what cargo alone cannot do — install the toolchain
-//! pieces and Debian packages a fresh machine lacks, run the agent as root, run every test.
+//! `cargo xtask setup | run | test | bench`: what cargo alone cannot do — install the
+//! toolchain pieces and Debian packages a fresh machine lacks, run the agent as root, run
+//! every test, measure what the probes cost.
+
+mod bench;
 
 use std::{
     env,
@@ -12,12 +15,17 @@ use anyhow::{Context, Result, bail};
 
 /// Debian packages the build and the tests need: nft for the lossy-path tests, promtool
 /// (from `prometheus`) to check `/metrics`, bpftool to see programs come and go, iproute2
-/// for `ss` and namespaces, curl for humans.
+/// for `ss` and namespaces, fuse3 and python3-fusepy for the fake slow GPU driver, bpftrace
+/// for the benchmark's comparison, util-linux for `setpriv`, curl for humans.
 const DEB_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
     "prometheus",
     "bpftool",
+    "fuse3",
+    "python3-fusepy",
+    "bpftrace",
+    "util-linux",
     "curl",
     "ca-certificates",
 ];
@@ -30,7 +38,9 @@ commands:
   setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, tracefs)
   run     setup, release build, then run the agent with the embedded defaults (as root);
           arguments after `--` go to `nodewatch run`
-  test    setup, then cargo fmt --check, clippy -D warnings, and every test";
+  test    setup, then cargo fmt --check, clippy -D warnings, and every test
+  bench   setup, release build, then the cost per ioctl of the GPU ioctl probe against no
+          probe, empty programs and bpftrace (as root; prints a Markdown table)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -38,6 +48,7 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("run") => run(&args[1..]),
         Some("test") => test(),
+        Some("bench") => bench::bench(),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -7,7 +7,11 @@
 
 /// Tracepoint programs on `syscalls:sys_enter_ioctl` and `syscalls:sys_exit_ioctl`.
 pub const PROG_ENTER: &str = "gpu_ioctl_enter";
+/// The entry program for kernels that refuse BTF-typed pointers in tracepoint programs.
+pub const PROG_ENTER_COMPAT: &str = "gpu_ioctl_enter_compat";
 pub const PROG_EXIT: &str = "gpu_ioctl_exit";
+/// Tracepoint program on `sched:sched_process_exit` (every thread's exit).
+pub const PROG_THREAD_EXIT: &str = "gpu_ioctl_thread_exit";
 
 /// `.rodata` global holding [`GpuIoctlParams`].
 pub const PARAMS_GLOBAL: &str = "GPU_IOCTL_PARAMS";
@@ -16,7 +20,8 @@ pub const PARAMS_GLOBAL: &str = "GPU_IOCTL_PARAMS";
 pub const MAJORS_MAP: &str = "GPU_MAJORS";
 /// Hash map [`DevKey`] → device index.
 pub const KEYS_MAP: &str = "GPU_KEYS";
-/// Hash map thread (`pid_tgid`) → [`Call`]: the watched calls in flight now.
+/// Hash map thread (`pid_tgid`) → [`Call`]: one slot per live thread that has called a
+/// watched device; `start_ns` is 0 while the thread is not in such a call.
 pub const INFLIGHT_MAP: &str = "GPU_INFLIGHT";
 /// Per-CPU array, device index → [`DevHist`].
 pub const HIST_MAP: &str = "GPU_HIST";
@@ -25,13 +30,15 @@ pub const EVENTS_MAP: &str = "GPU_STALLS";
 /// Per-CPU array of drop counters, indexed by `DROP_*`.
 pub const DROPS_MAP: &str = "GPU_DROPS";
 
-/// Most device labels one agent can watch.
+/// Most device labels one agent can watch (indices fit the minor table's `u8`).
 pub const MAX_DEVICES: u32 = 64;
 /// Most (device, inode) keys; several may share a label (a device node seen by two paths).
 pub const MAX_KEYS: u32 = 512;
-/// Char majors are 12 bits in the kernel's `dev_t` (`MINORBITS` = 20).
-pub const MAX_MAJORS: u32 = 4096;
-/// Most watched calls in flight at once; beyond it a call is not timed, and counted.
+/// Char device majors are below the kernel's `CHRDEV_MAJOR_MAX` (512).
+pub const MAX_MAJORS: u32 = 512;
+/// Minors below this are looked up in [`MajorWatch::minors`], without a hash lookup.
+pub const MINOR_SLOTS: usize = 256;
+/// Most live threads that call watched devices; beyond it a call is not timed, and counted.
 pub const MAX_INFLIGHT: u32 = 16384;
 /// Ring buffer size for stall events (about 5000 events).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
@@ -44,11 +51,15 @@ pub const KIND_CHR: u32 = 1;
 /// `DevKey.kind` of a regular file: `dev` is its super block's `s_dev`, `ino` its `i_ino`.
 pub const KIND_FILE: u32 = 2;
 
-/// `MajorWatch.flags`: some keys of this major are in [`KEYS_MAP`].
+/// `MajorWatch.flags`: some keys of this major are in [`KEYS_MAP`] (minors beyond
+/// [`MINOR_SLOTS`], or regular files in slot 0).
 pub const MAJOR_KEYS: u32 = 1;
-/// `MajorWatch.flags`: every minor of this major counts under `MajorWatch.dev_idx` unless a
-/// key says otherwise (a driver found in /proc/devices with no node of its own).
+/// `MajorWatch.flags`: every minor of this major counts under `MajorWatch.all_idx` unless
+/// the minor table or a key says otherwise (a driver found in /proc/devices with no node
+/// of its own).
 pub const MAJOR_ALL: u32 = 2;
+/// `MajorWatch.flags`: some minors are in `MajorWatch.minors`.
+pub const MAJOR_MINORS: u32 = 4;
 
 /// Drop counter: the ring buffer was full, a stall event was lost (the stall is still counted).
 pub const DROP_EVENTS: u32 = 0;
@@ -129,12 +140,24 @@ pub struct GpuIoctlParams {
 
 /// How one major is watched ([`MAJORS_MAP`] value).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MajorWatch {
-    /// `MAJOR_KEYS` and/or `MAJOR_ALL`; 0: not watched.
+    /// `MAJOR_KEYS`, `MAJOR_ALL`, `MAJOR_MINORS`; 0: not watched.
     pub flags: u32,
     /// The device index for `MAJOR_ALL`.
-    pub dev_idx: u32,
+    pub all_idx: u32,
+    /// Minor → device index + 1 (0: not watched), for minors below [`MINOR_SLOTS`].
+    pub minors: [u8; MINOR_SLOTS],
+}
+
+impl Default for MajorWatch {
+    fn default() -> Self {
+        Self {
+            flags: 0,
+            all_idx: 0,
+            minors: [0; MINOR_SLOTS],
+        }
+    }
 }
 
 /// Identity of a watched inode ([`KEYS_MAP`] key).
@@ -149,11 +172,11 @@ pub struct DevKey {
     pub ino: u64,
 }
 
-/// A watched call in flight ([`INFLIGHT_MAP`] value).
+/// A thread's slot for its watched call in flight ([`INFLIGHT_MAP`] value).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Call {
-    /// `bpf_ktime_get_ns()` at entry (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_ns()` at entry (CLOCK_MONOTONIC); 0 when no call is in flight.
     pub start_ns: u64,
     pub dev_idx: u32,
     pub cmd: u32,

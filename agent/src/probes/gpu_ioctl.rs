@@ -16,7 +16,8 @@ use aya::{
 };
 use nodewatch_common::gpu_ioctl::{
     BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DevHist, EVENTS_MAP, GpuIoctlParams, HIST_MAP,
-    INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER, PROG_EXIT, StallEvent,
+    INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER, PROG_ENTER_COMPAT, PROG_EXIT,
+    PROG_THREAD_EXIT, StallEvent,
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -33,7 +34,8 @@ use crate::{
 };
 
 const NAME: &str = "gpu_ioctl";
-const ATTACH: &str = "tracepoint syscalls:sys_enter_ioctl, syscalls:sys_exit_ioctl";
+const ATTACH: &str =
+    "tracepoint syscalls:sys_enter_ioctl, syscalls:sys_exit_ioctl, sched:sched_process_exit";
 
 /// The kernel object, built by `agent/build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gpu_ioctl"));
@@ -148,6 +150,8 @@ pub enum AttachError {
 struct Kernel {
     ebpf: Ebpf,
     attached: bool,
+    /// The entry program that loaded: [`PROG_ENTER`] or [`PROG_ENTER_COMPAT`].
+    enter: &'static str,
     watched: Watched,
     inflight: HashMap<MapData, u64, Call>,
     hist: PerCpuArray<MapData, DevHist>,
@@ -173,15 +177,27 @@ impl Kernel {
         let hist = take(HIST_MAP)?.try_into()?;
         let events = take(EVENTS_MAP)?.try_into()?;
         let drops = take(nodewatch_common::gpu_ioctl::DROPS_MAP)?.try_into()?;
-        for prog in [PROG_ENTER, PROG_EXIT] {
+        let load = |ebpf: &mut Ebpf, prog: &'static str| -> Result<(), AttachError> {
             let err = |source| AttachError::Program { name: prog, source };
             let tp: &mut TracePoint = ebpf
                 .program_mut(prog)
                 .ok_or(AttachError::Missing(prog))?
                 .try_into()
                 .map_err(err)?;
-            tp.load().map_err(err)?;
-        }
+            tp.load().map_err(err)
+        };
+        // The fd-table walk through BTF-typed pointers is cheaper; a verifier that refuses it
+        // gets the bpf_probe_read_kernel walk.
+        let enter = match load(&mut ebpf, PROG_ENTER) {
+            Ok(()) => PROG_ENTER,
+            Err(e) => {
+                tracing::info!(probe = NAME, error = %e, "BTF-typed fd walk refused; using bpf_probe_read_kernel");
+                load(&mut ebpf, PROG_ENTER_COMPAT)?;
+                PROG_ENTER_COMPAT
+            }
+        };
+        load(&mut ebpf, PROG_EXIT)?;
+        load(&mut ebpf, PROG_THREAD_EXIT)?;
         for reason in ["ringbuf_full", "inflight_full"] {
             let _ = metrics.dropped.get_or_create(&DropLabels {
                 reason: reason.into(),
@@ -190,6 +206,7 @@ impl Kernel {
         Ok(Self {
             ebpf,
             attached: false,
+            enter,
             watched: Watched::new(
                 c.devices.0.clone(),
                 cfg.proc_root.join("devices"),
@@ -214,23 +231,24 @@ impl Kernel {
             self.metrics.device(label);
         }
         if any && !self.attached {
-            for (prog, event) in [
-                (PROG_ENTER, "sys_enter_ioctl"),
-                (PROG_EXIT, "sys_exit_ioctl"),
+            // The thread-exit cleanup first, so no slot can outlive its thread.
+            for (prog, category, event) in [
+                (PROG_THREAD_EXIT, "sched", "sched_process_exit"),
+                (self.enter, "syscalls", "sys_enter_ioctl"),
+                (PROG_EXIT, "syscalls", "sys_exit_ioctl"),
             ] {
+                let err = |source| ProbeError::Attach {
+                    program: prog,
+                    source,
+                };
                 let tp: &mut TracePoint = self
                     .ebpf
                     .program_mut(prog)
-                    .and_then(|p| p.try_into().ok())
-                    .ok_or_else(|| ProbeError::Parse {
-                        path: prog.into(),
-                        message: "program missing from the object".into(),
-                    })?;
-                tp.attach("syscalls", event)
-                    .map_err(|e| ProbeError::Parse {
-                        path: format!("tracepoint syscalls:{event}"),
-                        message: e.to_string(),
-                    })?;
+                    .ok_or(aya::programs::ProgramError::NotLoaded)
+                    .map_err(err)?
+                    .try_into()
+                    .map_err(err)?;
+                tp.attach(category, event).map_err(err)?;
             }
             self.attached = true;
             tracing::info!(
@@ -315,6 +333,9 @@ impl Kernel {
         for entry in self.inflight.iter() {
             // An entry can vanish between listing its key and reading it: the call returned.
             let Ok((id, call)) = entry else { continue };
+            if call.start_ns == 0 {
+                continue; // the thread's slot, idle between calls
+            }
             let age = now.saturating_sub(call.start_ns);
             if age < threshold {
                 continue;
@@ -357,10 +378,15 @@ impl Probe for Kernel {
         Mode::Ebpf
     }
     fn attach_method(&self) -> String {
-        if self.attached {
-            ATTACH.into()
+        let walk = if self.enter == PROG_ENTER {
+            "fd walk: BTF"
         } else {
-            format!("{ATTACH} (attached once a watched device exists; none yet)")
+            "fd walk: bpf_probe_read_kernel"
+        };
+        if self.attached {
+            format!("{ATTACH} ({walk})")
+        } else {
+            format!("{ATTACH} ({walk}; attached once a watched device exists, none yet)")
         }
     }
     fn collect(&mut self) -> Result<(), ProbeError> {
@@ -375,8 +401,9 @@ impl Probe for Kernel {
 /// Where the programs find their fields on this kernel, and the threshold.
 fn params(threshold: Duration) -> Result<GpuIoctlParams, kernel::KernelError> {
     let enter = TracepointFormat::read("syscalls", "sys_enter_ioctl")?;
-    // The exit record is not read, but the tracepoint must exist.
+    // These records are not read, but the tracepoints must exist.
     TracepointFormat::read("syscalls", "sys_exit_ioctl")?;
+    TracepointFormat::read("sched", "sched_process_exit")?;
     let m = kernel::member_offset;
     Ok(GpuIoctlParams {
         stall_ns: threshold.as_nanos() as u64,

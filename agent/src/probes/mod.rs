@@ -92,4 +92,10 @@ pub enum ProbeError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    #[error("attaching {program}: {source}")]
+    Attach {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
 }
