@@ -44,7 +44,11 @@ fn serves_metrics_promtool_accepts_and_detaches_on_sigterm() {
         return;
     }
     let dir = TempDir::new("lifecycle");
-    let agent = Agent::start(&dir, "interval: 200ms\n");
+    // Watching /dev/null attaches the GPU ioctl programs too, and puts a histogram in the text.
+    let agent = Agent::start(
+        &dir,
+        "interval: 200ms\nprobes:\n  gpu_ioctl: { devices: [/dev/null] }\n",
+    );
 
     let (status, body) = http_get(agent.addr, "/healthz").unwrap();
     assert_eq!(status, 200);
@@ -58,6 +62,10 @@ fn serves_metrics_promtool_accepts_and_detaches_on_sigterm() {
         "nodewatch_tcp_retransmits_total{port=\"8000\"}",
         "nodewatch_tcp_retransmits_total{port=\"other\"}",
         "nodewatch_collector_duration_seconds{collector=\"tcp_retransmits\"}",
+        "nodewatch_probe_up{probe=\"gpu_ioctl\",mode=\"ebpf\"} 1",
+        "nodewatch_probe_up{probe=\"gpu_xid\",mode=\"kmsg\"} 1",
+        "nodewatch_gpu_ioctl_duration_seconds_bucket{le=\"+Inf\",device=\"/dev/null\"}",
+        "nodewatch_gpu_ioctl_inflight_stalled{device=\"/dev/null\"} 0",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
@@ -83,8 +91,8 @@ fn serves_metrics_promtool_accepts_and_detaches_on_sigterm() {
     let progs = attached_prog_ids(agent.child.id());
     assert_eq!(
         progs.len(),
-        2,
-        "expected both retransmit tracepoints attached: {progs:?}"
+        5,
+        "expected both retransmit tracepoints and the three GPU ioctl ones attached: {progs:?}"
     );
     let log = agent.log.clone();
     let status = agent.stop();

@@ -19,7 +19,7 @@ use prometheus_client::{
 
 use crate::{
     config::Config,
-    probes::{Mode, Probe, ProbeDef, ProbeError},
+    probes::{Mode, Off, Probe, ProbeDef, ProbeError},
     store::names,
 };
 
@@ -52,6 +52,7 @@ fn start(_cfg: &Config, registry: &mut Registry) -> Box<dyn Probe> {
         Err(e) => {
             tracing::warn!(probe = NAME, error = %e, "cannot read {KMSG}; Xid errors are not counted");
             Box::new(Off {
+                name: NAME,
                 reason: e.to_string(),
             })
         }
@@ -135,26 +136,6 @@ pub fn xid_code(record: &str) -> Option<u32> {
         return None;
     }
     rest[..digits].parse().ok()
-}
-
-/// No access to the kernel log (no CAP_SYSLOG with `dmesg_restrict`).
-struct Off {
-    reason: String,
-}
-
-impl Probe for Off {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn mode(&self) -> Mode {
-        Mode::Off
-    }
-    fn attach_method(&self) -> String {
-        format!("none ({})", self.reason)
-    }
-    fn collect(&mut self) -> Result<(), ProbeError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

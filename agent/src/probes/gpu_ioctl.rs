@@ -25,7 +25,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Mode, Probe, ProbeDef, ProbeError};
+use super::{Mode, Off, Probe, ProbeDef, ProbeError};
 use crate::{
     config::Config,
     devices::Watched,
@@ -121,6 +121,7 @@ fn start(cfg: &Config, registry: &mut Registry) -> Box<dyn Probe> {
                 "eBPF unavailable; GPU ioctl latency, stalls and hung calls are not measured"
             );
             Box::new(Off {
+                name: NAME,
                 reason: e.to_string(),
             })
         }
@@ -422,26 +423,6 @@ fn params(threshold: Duration) -> Result<GpuIoctlParams, kernel::KernelError> {
         valid: 1,
         _pad: 0,
     })
-}
-
-/// The probe without eBPF: reports itself off.
-struct Off {
-    reason: String,
-}
-
-impl Probe for Off {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn mode(&self) -> Mode {
-        Mode::Off
-    }
-    fn attach_method(&self) -> String {
-        format!("none ({})", self.reason)
-    }
-    fn collect(&mut self) -> Result<(), ProbeError> {
-        Ok(())
-    }
 }
 
 fn set_counter(c: &Counter, total: u64) {

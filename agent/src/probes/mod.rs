@@ -65,6 +65,28 @@ pub trait Probe: Send {
     fn collect(&mut self) -> Result<(), ProbeError>;
 }
 
+/// A probe this host cannot run (no eBPF, no access to the kernel log): it reports mode
+/// `off` and why, and measures nothing.
+pub struct Off {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+impl Probe for Off {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn mode(&self) -> Mode {
+        Mode::Off
+    }
+    fn attach_method(&self) -> String {
+        format!("none ({})", self.reason)
+    }
+    fn collect(&mut self) -> Result<(), ProbeError> {
+        Ok(())
+    }
+}
+
 /// How to start one probe.
 pub struct ProbeDef {
     pub name: &'static str,
