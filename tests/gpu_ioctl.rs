@@ -455,3 +455,39 @@ fn inflight_map_id(pid: u32) -> u64 {
         })
         .expect("the agent holds its in-flight map")
 }
+
+/// The fallback entry program (fd walk with bpf_probe_read_kernel only, for kernels that
+/// refuse BTF-typed pointers in tracepoint programs) counts the same.
+#[test]
+fn fallback_fd_walk_counts_the_same() {
+    if !have_root("gpu_ioctl fallback walk") || !have_fusepy("gpu_ioctl fallback walk") {
+        return;
+    }
+    let dir = TempDir::new("gpu-compat");
+    let fs = SlowFs::new(&dir, "mnt");
+    let gpu = label(&fs.mnt.join("gpu0"));
+    let agent = Agent::start_wrapped(
+        &dir,
+        &config(std::slice::from_ref(&gpu), "200ms"),
+        &["env", "NODEWATCH_FD_WALK=probe_read"],
+    );
+    assert!(
+        agent.log_text().contains("fd walk: bpf_probe_read_kernel"),
+        "{}",
+        agent.log_text()
+    );
+    let (watched, unwatched) = (fs.open("gpu0"), fs.open("other"));
+    for ms in [3; 10].into_iter().chain([1100]) {
+        slow_ioctl(&watched, ms);
+        slow_ioctl(&unwatched, ms);
+    }
+    wait_for(Duration::from_secs(5), "11 calls counted", || {
+        (count(&agent, &gpu) == Some(11.0)).then_some(())
+    });
+    assert_eq!(
+        agent.sample(&format!(
+            "nodewatch_gpu_ioctl_stalls_total{{device=\"{gpu}\"}}"
+        )),
+        Some(1.0)
+    );
+}

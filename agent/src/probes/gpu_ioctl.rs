@@ -189,10 +189,19 @@ impl Kernel {
         };
         // The fd-table walk through BTF-typed pointers is cheaper; a verifier that refuses it
         // gets the bpf_probe_read_kernel walk.
-        let enter = match load(&mut ebpf, PROG_ENTER) {
+        // NODEWATCH_FD_WALK=probe_read forces the fallback, for the benchmark and for tests.
+        let btf_walk = std::env::var("NODEWATCH_FD_WALK").as_deref() != Ok("probe_read");
+        let first = if btf_walk {
+            load(&mut ebpf, PROG_ENTER)
+        } else {
+            Err(AttachError::Missing(
+                "BTF walk (NODEWATCH_FD_WALK=probe_read)",
+            ))
+        };
+        let enter = match first {
             Ok(()) => PROG_ENTER,
             Err(e) => {
-                tracing::info!(probe = NAME, error = %e, "BTF-typed fd walk refused; using bpf_probe_read_kernel");
+                tracing::info!(probe = NAME, error = %e, "using the bpf_probe_read_kernel fd walk (BTF-typed walk not loaded)");
                 load(&mut ebpf, PROG_ENTER_COMPAT)?;
                 PROG_ENTER_COMPAT
             }
