@@ -12,6 +12,7 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -21,9 +22,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use nodewatch_common::gpu_ioctl::{
-    BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey, EVENTS_BYTES,
-    GpuIoctlParams, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_KEYS, MAX_DEVICES, MAX_INFLIGHT,
-    MAX_KEYS, MAX_MAJORS, MINOR_BITS, MINOR_SLOTS, MajorWatch, StallEvent, bucket,
+    BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey, ENTER_CMD_AT,
+    ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_KEYS,
+    MAX_DEVICES, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS, MINOR_BITS, MINOR_SLOTS, MajorWatch,
+    StallEvent, bucket,
 };
 use nodewatch_ebpf::counter_add;
 
@@ -68,17 +70,68 @@ const S_IFREG: u16 = 0o100000;
 
 #[tracepoint]
 pub fn gpu_ioctl_enter(ctx: TracePointContext) -> u32 {
-    match try_enter(&ctx, fdtable_btf) {
+    match try_enter::<Fast>(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }
 
-/// The same, walking to the fd table with `bpf_probe_read_kernel` only: for kernels whose
-/// verifier refuses `bpf_get_current_task_btf` in a tracepoint program.
+/// The same, reading the record at the offsets tracefs gives and walking to the fd table
+/// with `bpf_probe_read_kernel` only: for kernels whose verifier refuses
+/// `bpf_get_current_task_btf` in a tracepoint program, or whose record layout differs.
 #[tracepoint]
 pub fn gpu_ioctl_enter_compat(ctx: TracePointContext) -> u32 {
-    match try_enter(&ctx, fdtable_probe) {
+    match try_enter::<Compat>(&ctx) {
         Ok(()) | Err(_) => 0,
+    }
+}
+
+/// How an entry program reads its record and finds the current task's fd table.
+trait Entry {
+    /// The ioctl's `fd` and `cmd` arguments.
+    fn fd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32>;
+    fn cmd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32>;
+    /// `(max_fds, fd array)` of the current task.
+    fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32>;
+}
+
+/// Plain loads: the record at the syscall tracepoints' fixed layout (userspace loads this
+/// program only after checking it against tracefs), the fd table through BTF-typed pointers.
+struct Fast;
+
+/// Helper reads only.
+struct Compat;
+
+impl Entry for Fast {
+    #[inline(always)]
+    fn fd(ctx: &TracePointContext, _: &GpuIoctlParams) -> Result<u64, i32> {
+        // SAFETY: a constant offset inside the record; the verifier checks context reads.
+        Ok(unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(ENTER_FD_AT).cast()) })
+    }
+    #[inline(always)]
+    fn cmd(ctx: &TracePointContext, _: &GpuIoctlParams) -> Result<u64, i32> {
+        // SAFETY: as above.
+        Ok(unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(ENTER_CMD_AT).cast()) })
+    }
+    #[inline(always)]
+    fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
+        fdtable_btf(p)
+    }
+}
+
+impl Entry for Compat {
+    #[inline(always)]
+    fn fd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32> {
+        // SAFETY: offsets come from this kernel's tracepoint format; the field is 8 bytes.
+        unsafe { ctx.read_at(p.enter_fd as usize) }
+    }
+    #[inline(always)]
+    fn cmd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32> {
+        // SAFETY: as above.
+        unsafe { ctx.read_at(p.enter_cmd as usize) }
+    }
+    #[inline(always)]
+    fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
+        fdtable_probe(p)
     }
 }
 
@@ -139,17 +192,13 @@ fn fdtable_probe(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
 }
 
 #[inline(always)]
-fn try_enter(
-    ctx: &TracePointContext,
-    fdtable: impl Fn(&GpuIoctlParams) -> Result<(u32, u64), i32>,
-) -> Result<(), i32> {
+fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
     let p = params();
     if p.valid == 0 {
         return Err(-1);
     }
-    // SAFETY: offsets come from this kernel's tracepoint format; the field is 8 bytes wide.
-    let fd: u64 = unsafe { ctx.read_at(p.enter_fd as usize)? };
-    let (max_fds, fds) = fdtable(&p)?;
+    let fd = E::fd(ctx, &p)?;
+    let (max_fds, fds) = E::fdtable(&p)?;
     if fd >= u64::from(max_fds) {
         return Ok(()); // EBADF: not a file at all
     }
@@ -209,8 +258,7 @@ fn try_enter(
             None => return Ok(()),
         }
     };
-    // SAFETY: as above.
-    let cmd: u64 = unsafe { ctx.read_at(p.enter_cmd as usize)? };
+    let cmd = E::cmd(ctx, &p)?;
     let id = bpf_get_current_pid_tgid();
     // A thread keeps its slot between calls (idle: start_ns == 0) and reuses it in place,
     // which spares the map's insert and delete (a lock each) on every call; the slot goes

@@ -1,11 +1,13 @@
 //! `cargo xtask bench`: what the GPU ioctl probe costs each ioctl.
 //!
 //! A C loop times `ioctl(TCGETS)` on /dev/null (the driver answers at once, so the figure is
-//! the syscall path plus whatever is attached to it) with nothing attached, with empty
-//! bpftrace programs on the two ioctl tracepoints (the floor every syscall-tracepoint tool
-//! pays), with nodewatch watching another device, and watching /dev/null itself, and with a
-//! bpftrace script doing the same timing. The scenarios run in turn, several passes, so a
-//! machine whose speed drifts affects all of them alike; medians are quoted.
+//! the syscall path plus whatever is attached to it) with nothing attached; with empty
+//! programs (return 0) on the two ioctl tracepoints, attached by the loop itself — the floor
+//! every eBPF tool on these tracepoints pays; with bpftrace's empty probes (bpftrace's
+//! programs return 1, which makes the kernel also submit each record to perf: dearer); with
+//! nodewatch watching another device, and watching /dev/null itself; and with a bpftrace
+//! script doing the same timing. The scenarios run in turn, several passes, so a machine
+//! whose speed drifts affects all of them alike; medians are quoted.
 
 use std::{
     io::{Read, Write},
@@ -23,10 +25,10 @@ use crate::{root_dir, sh, step};
 
 const LOOP_C: &str = include_str!("ioctl_loop.c");
 const CALLS: &str = "200000";
-const ROUNDS: &str = "7";
-const PASSES: usize = 3;
+const ROUNDS: &str = "3";
+const PASSES: usize = 7;
 
-/// bpftrace programs that do nothing: the cost of having the tracepoints on at all.
+/// bpftrace probes that do nothing.
 const EMPTY_BT: &str =
     "tracepoint:syscalls:sys_enter_ioctl {}\ntracepoint:syscalls:sys_exit_ioctl {}\n";
 
@@ -55,6 +57,7 @@ tracepoint:syscalls:sys_exit_ioctl /@start[tid]/
 enum Scenario {
     Bare,
     Floor,
+    BpftraceEmpty,
     OtherMajor,
     SameMajor,
     Watched,
@@ -63,9 +66,10 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Bare,
         Scenario::Floor,
+        Scenario::BpftraceEmpty,
         Scenario::OtherMajor,
         Scenario::SameMajor,
         Scenario::Watched,
@@ -76,7 +80,8 @@ impl Scenario {
     fn describe(self) -> &'static str {
         match self {
             Scenario::Bare => "no probe",
-            Scenario::Floor => "empty bpftrace programs on both tracepoints (floor)",
+            Scenario::Floor => "empty programs (return 0) on both tracepoints: the floor",
+            Scenario::BpftraceEmpty => "bpftrace, empty probes on both tracepoints",
             Scenario::OtherMajor => "nodewatch, unwatched device (watching /dev/ptmx, 5:2)",
             Scenario::SameMajor => {
                 "nodewatch, unwatched device of a watched major (watching /dev/zero, 1:5)"
@@ -152,17 +157,18 @@ pub fn bench() -> Result<()> {
     // The kernel's dev_t (major << 20 | minor), not glibc's encoding.
     let null_kdev = (libc_major(null) << 20) | libc_minor(null);
 
-    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); Scenario::ALL.len()];
+    // results[scenario][pass]: (ns per ioctl, ns per getppid) of each round.
+    let mut results: Vec<Vec<Vec<(f64, f64)>>> = vec![Vec::new(); Scenario::ALL.len()];
     for pass in 1..=PASSES {
         for (i, &s) in Scenario::ALL.iter().enumerate() {
             step(&format!("bench pass {pass}/{PASSES}: {}", s.describe()));
             let attached = attach(s, &nodewatch, &dir, null_kdev)?;
-            let rounds = run_loop(&looper)?;
+            let rounds = run_loop(&looper, s == Scenario::Floor)?;
             if let (Scenario::Watched | Scenario::WatchedCompat, Some(addr)) = (s, attached.agent) {
                 check_counted(addr)?;
             }
             drop(attached);
-            results[i].extend(rounds);
+            results[i].push(rounds);
         }
     }
     print_report(&results);
@@ -198,7 +204,12 @@ fn attach(s: Scenario, nodewatch: &Path, dir: &Path, null_kdev: u32) -> Result<A
             child: None,
             agent: None,
         }),
-        Scenario::Floor => bt(EMPTY_BT.to_string()),
+        // The loop attaches the floor's programs itself.
+        Scenario::Floor => Ok(Attached {
+            child: None,
+            agent: None,
+        }),
+        Scenario::BpftraceEmpty => bt(EMPTY_BT.to_string()),
         Scenario::Bpftrace => bt(timing_bt(null_kdev)),
         _ => {
             let watch = s.watch().expect("a nodewatch scenario");
@@ -245,9 +256,10 @@ fn attach(s: Scenario, nodewatch: &Path, dir: &Path, null_kdev: u32) -> Result<A
 }
 
 /// (ns per ioctl, ns per getppid) of each round.
-fn run_loop(looper: &Path) -> Result<Vec<(f64, f64)>> {
+fn run_loop(looper: &Path, empty_programs: bool) -> Result<Vec<(f64, f64)>> {
     let out = Command::new(looper)
         .args(["/dev/null", CALLS, ROUNDS])
+        .args(empty_programs.then_some("--empty-programs"))
         .output()
         .context("run ioctl_loop")?;
     if !out.status.success() {
@@ -303,41 +315,55 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn print_report(results: &[Vec<(f64, f64)>]) {
-    let rounds: usize = results[0].len();
-    let med = |i: usize| median(results[i].iter().map(|r| r.0).collect());
-    let floor = med(1);
+/// Quotes, per scenario, the median of every round, and the cost above the floor as the
+/// median over passes of (this scenario − floor) within the same pass: the machine's speed
+/// drifts (other work shares it), and a pass runs its scenarios within seconds of each other.
+fn print_report(results: &[Vec<Vec<(f64, f64)>>]) {
+    let all = |i: usize| -> Vec<f64> { results[i].iter().flatten().map(|r| r.0).collect() };
+    let pass_medians = |i: usize| -> Vec<f64> {
+        results[i]
+            .iter()
+            .map(|p| median(p.iter().map(|r| r.0).collect()))
+            .collect()
+    };
+    let floor_by_pass = pass_medians(1);
+    let above = |i: usize| {
+        median(
+            pass_medians(i)
+                .iter()
+                .zip(&floor_by_pass)
+                .map(|(a, f)| a - f)
+                .collect(),
+        )
+    };
     println!("\n## ioctl cost ({PASSES} passes × {ROUNDS} rounds × {CALLS} calls per scenario)\n");
     println!("{}\n", machine());
     println!(
-        "| scenario | ns per ioctl (median) | p10–p90 of rounds | above the floor | getppid ns (median) |"
+        "| scenario | ns per ioctl (median) | pass medians | above the floor (paired, median) | getppid ns (median) |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---|---:|---:|");
     for (i, s) in Scenario::ALL.iter().enumerate() {
-        let mut v: Vec<f64> = results[i].iter().map(|r| r.0).collect();
-        v.sort_by(f64::total_cmp);
-        let (p10, p90) = (v[v.len() / 10], v[v.len() * 9 / 10]);
-        let m = med(i);
-        let above = if matches!(s, Scenario::Bare | Scenario::Floor) {
+        let passes: Vec<String> = pass_medians(i).iter().map(|m| format!("{m:.0}")).collect();
+        let extra = if i <= 1 {
             "—".to_string()
         } else {
-            format!("{:+.0}", m - floor)
+            format!("{:+.0}", above(i))
         };
-        let ppid = median(results[i].iter().map(|r| r.1).collect());
+        let ppid = median(results[i].iter().flatten().map(|r| r.1).collect());
         println!(
-            "| {} | {m:.0} | {p10:.0}–{p90:.0} | {above} | {ppid:.0} |",
-            s.describe()
+            "| {} | {:.0} | {} | {extra} | {ppid:.0} |",
+            s.describe(),
+            median(all(i)),
+            passes.join(" "),
         );
     }
-    let watched = med(4) - floor;
-    let compat = med(5) - floor;
-    let bpftrace = med(6) - floor;
+    let (watched, compat, bpftrace) = (above(5), above(6), above(7));
     println!(
         "\nnodewatch per watched call above the floor: {watched:.0} ns (target ≤ 150 ns: {}), \
          {compat:.0} ns with the fallback fd walk; bpftrace doing the same timing: \
-         {bpftrace:.0} ns (nodewatch {} bpftrace). {rounds} rounds each.",
+         {bpftrace:.0} ns (nodewatch {} bpftrace).",
         if watched <= 150.0 { "met" } else { "missed" },
-        if med(4) <= med(6) {
+        if watched <= bpftrace {
             "no slower than"
         } else {
             "slower than"

@@ -13,6 +13,12 @@ pub const PROG_EXIT: &str = "gpu_ioctl_exit";
 /// Tracepoint program on `sched:sched_process_exit` (every thread's exit).
 pub const PROG_THREAD_EXIT: &str = "gpu_ioctl_thread_exit";
 
+/// Where [`PROG_ENTER`] reads `fd` and `cmd` in the `sys_enter_ioctl` record: the layout of
+/// every syscall tracepoint (`struct syscall_trace_enter`: 8-byte header, `nr`, then the
+/// arguments as 8-byte words from 16). Userspace loads that program only when tracefs agrees.
+pub const ENTER_FD_AT: usize = 16;
+pub const ENTER_CMD_AT: usize = 24;
+
 /// `.rodata` global holding [`GpuIoctlParams`].
 pub const PARAMS_GLOBAL: &str = "GPU_IOCTL_PARAMS";
 /// Array map, indexed by major ([`MAX_MAJORS`] slots) → [`MajorWatch`]. Slot 0 stands for

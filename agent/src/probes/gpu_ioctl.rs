@@ -15,9 +15,9 @@ use aya::{
     programs::TracePoint,
 };
 use nodewatch_common::gpu_ioctl::{
-    BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DevHist, EVENTS_MAP, GpuIoctlParams, HIST_MAP,
-    INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER, PROG_ENTER_COMPAT, PROG_EXIT,
-    PROG_THREAD_EXIT, StallEvent,
+    BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP,
+    GpuIoctlParams, HIST_MAP, INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER,
+    PROG_ENTER_COMPAT, PROG_EXIT, PROG_THREAD_EXIT, StallEvent,
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -187,21 +187,27 @@ impl Kernel {
                 .map_err(err)?;
             tp.load().map_err(err)
         };
-        // The fd-table walk through BTF-typed pointers is cheaper; a verifier that refuses it
-        // gets the bpf_probe_read_kernel walk.
-        // NODEWATCH_FD_WALK=probe_read forces the fallback, for the benchmark and for tests.
-        let btf_walk = std::env::var("NODEWATCH_FD_WALK").as_deref() != Ok("probe_read");
-        let first = if btf_walk {
-            load(&mut ebpf, PROG_ENTER)
-        } else {
+        // The entry program with plain loads (record at its usual offsets, fd table through
+        // BTF-typed pointers) is cheaper; where the record differs or the verifier refuses
+        // it, the one with helper reads only. NODEWATCH_FD_WALK=probe_read forces the latter,
+        // for the benchmark and the tests.
+        let first = if std::env::var("NODEWATCH_FD_WALK").as_deref() == Ok("probe_read") {
             Err(AttachError::Missing(
-                "BTF walk (NODEWATCH_FD_WALK=probe_read)",
+                "fast entry (NODEWATCH_FD_WALK=probe_read)",
             ))
+        } else if (params.enter_fd as usize, params.enter_cmd as usize)
+            != (ENTER_FD_AT, ENTER_CMD_AT)
+        {
+            Err(AttachError::Missing(
+                "sys_enter_ioctl record in the usual layout",
+            ))
+        } else {
+            load(&mut ebpf, PROG_ENTER)
         };
         let enter = match first {
             Ok(()) => PROG_ENTER,
             Err(e) => {
-                tracing::info!(probe = NAME, error = %e, "using the bpf_probe_read_kernel fd walk (BTF-typed walk not loaded)");
+                tracing::info!(probe = NAME, error = %e, "using the entry program with helper reads only (the faster one did not load)");
                 load(&mut ebpf, PROG_ENTER_COMPAT)?;
                 PROG_ENTER_COMPAT
             }
