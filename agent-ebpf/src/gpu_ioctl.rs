@@ -23,9 +23,9 @@ use aya_ebpf::{
 };
 use nodewatch_common::gpu_ioctl::{
     BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey, ENTER_CMD_AT,
-    ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_KEYS,
-    MAX_DEVICES, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS, MINOR_BITS, MINOR_SLOTS, MajorWatch,
-    StallEvent, bucket,
+    ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_BLOCK,
+    MAJOR_KEYS, MAX_DEVICES, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS, MINOR_BITS, MINOR_SLOTS,
+    MajorWatch, StallEvent, bucket,
 };
 use nodewatch_ebpf::counter_add;
 
@@ -218,10 +218,12 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
     if flags == 0 {
         return Ok(());
     }
-    let mode: u16 = read(inode, p.inode_mode)?;
     let dev_idx = if rdev != 0 {
-        if mode & S_IFMT != S_IFCHR {
-            return Ok(()); // a block device sharing a char major
+        if flags & MAJOR_BLOCK != 0 {
+            let mode: u16 = read(inode, p.inode_mode)?;
+            if mode & S_IFMT != S_IFCHR {
+                return Ok(()); // a block device with the same major
+            }
         }
         let minor = (rdev & ((1 << MINOR_BITS) - 1)) as usize;
         let slot = if minor < MINOR_SLOTS {
@@ -244,8 +246,9 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
             }
         }
     } else {
+        let mode: u16 = read(inode, p.inode_mode)?;
         if mode & S_IFMT != S_IFREG {
-            return Ok(());
+            return Ok(()); // a socket, pipe, ...: not a watched file
         }
         let sb: u64 = read(inode, p.inode_sb)?;
         let key = DevKey {

@@ -34,8 +34,17 @@ pub struct Watch {
 
 /// The character-device majors in `/proc/devices` text: name → major.
 pub fn char_majors(text: &str) -> BTreeMap<String, u32> {
+    section(text, "Character devices:")
+}
+
+/// The block-device majors in `/proc/devices` text.
+pub fn block_majors(text: &str) -> BTreeSet<u32> {
+    section(text, "Block devices:").into_values().collect()
+}
+
+fn section(text: &str, title: &str) -> BTreeMap<String, u32> {
     text.lines()
-        .skip_while(|l| l.trim() != "Character devices:")
+        .skip_while(|l| l.trim() != title)
         .skip(1)
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| {
@@ -170,6 +179,7 @@ mod tests {
         assert_eq!(m.get("loop"), None);
         assert_eq!(m.len(), 8);
         assert!(char_majors("").is_empty());
+        assert_eq!(block_majors(PROC_DEVICES), BTreeSet::from([7, 234]));
         assert!(char_majors("Character devices:\nnot a line\n").is_empty());
     }
 

@@ -23,7 +23,11 @@ use anyhow::{Context, Result, bail};
 
 use crate::{root_dir, sh, step};
 
+mod report;
+
 const LOOP_C: &str = include_str!("ioctl_loop.c");
+/// Two figures of one round or one reading.
+type Pair = (f64, f64);
 const CALLS: &str = "200000";
 const ROUNDS: &str = "3";
 const PASSES: usize = 7;
@@ -163,7 +167,7 @@ pub fn bench() -> Result<()> {
         for (i, &s) in Scenario::ALL.iter().enumerate() {
             step(&format!("bench pass {pass}/{PASSES}: {}", s.describe()));
             let attached = attach(s, &nodewatch, &dir, null_kdev)?;
-            let rounds = run_loop(&looper, s == Scenario::Floor)?;
+            let (rounds, _) = run_loop(&looper, s == Scenario::Floor)?;
             if let (Scenario::Watched | Scenario::WatchedCompat, Some(addr)) = (s, attached.agent) {
                 check_counted(addr)?;
             }
@@ -171,7 +175,31 @@ pub fn bench() -> Result<()> {
             results[i].push(rounds);
         }
     }
-    print_report(&results);
+    // One more pass with the kernel's run-time accounting on: the programs' own time per
+    // ioctl, which other work on the machine disturbs far less than the loop's wall time.
+    let mut in_kernel = Vec::new();
+    {
+        let _stats = BpfStats::enable().context("enable kernel.bpf_stats_enabled")?;
+        for s in [
+            Scenario::Floor,
+            Scenario::Watched,
+            Scenario::WatchedCompat,
+            Scenario::Bpftrace,
+        ] {
+            step(&format!("bench, program run time: {}", s.describe()));
+            let attached = attach(s, &nodewatch, &dir, null_kdev)?;
+            let (_, own) = run_loop(&looper, s == Scenario::Floor)?;
+            let (ns, cnt) = match (own, attached.child.as_ref()) {
+                (Some(own), _) => own,
+                (None, Some(c)) => prog_stats(c.id()),
+                (None, None) => (0.0, 0.0),
+            };
+            drop(attached);
+            // Two programs run per ioctl.
+            in_kernel.push((s.describe(), if cnt > 0.0 { 2.0 * ns / cnt } else { 0.0 }));
+        }
+    }
+    report::print(&results, &in_kernel);
     Ok(())
 }
 
@@ -255,8 +283,9 @@ fn attach(s: Scenario, nodewatch: &Path, dir: &Path, null_kdev: u32) -> Result<A
     }
 }
 
-/// (ns per ioctl, ns per getppid) of each round.
-fn run_loop(looper: &Path, empty_programs: bool) -> Result<Vec<(f64, f64)>> {
+/// (ns per ioctl, ns per getppid) of each round, and the empty programs' (run_time_ns,
+/// run_cnt) when the loop attached them.
+fn run_loop(looper: &Path, empty_programs: bool) -> Result<(Vec<Pair>, Option<Pair>)> {
     let out = Command::new(looper)
         .args(["/dev/null", CALLS, ROUNDS])
         .args(empty_programs.then_some("--empty-programs"))
@@ -268,13 +297,59 @@ fn run_loop(looper: &Path, empty_programs: bool) -> Result<Vec<(f64, f64)>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pair = |l: &str| -> Option<(f64, f64)> {
+        let (a, b) = l.split_once(' ')?;
+        Some((a.parse().ok()?, b.parse().ok()?))
+    };
+    let rounds = text
         .lines()
-        .filter_map(|l| {
-            let (a, b) = l.split_once(' ')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
-        })
-        .collect())
+        .filter(|l| !l.starts_with("bpf "))
+        .filter_map(pair)
+        .collect();
+    let stats = text
+        .lines()
+        .find_map(|l| l.strip_prefix("bpf "))
+        .and_then(pair);
+    Ok((rounds, stats))
+}
+
+/// Sums `run_time_ns` and `run_cnt` over the BPF programs process `pid` holds.
+fn prog_stats(pid: u32) -> (f64, f64) {
+    let (mut ns, mut cnt) = (0.0, 0.0);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0.0, 0.0);
+    };
+    for info in fds.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()) {
+        if !info.contains("prog_type:") {
+            continue;
+        }
+        for l in info.lines() {
+            let field = |name: &str| l.strip_prefix(name)?.trim().parse::<f64>().ok();
+            ns += field("run_time_ns:").unwrap_or(0.0);
+            cnt += field("run_cnt:").unwrap_or(0.0);
+        }
+    }
+    (ns, cnt)
+}
+
+/// Turns on the kernel's per-program run time accounting; puts the old value back on drop.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Result<Self> {
+        let old = std::fs::read_to_string(Self::PATH)?;
+        std::fs::write(Self::PATH, "1")?;
+        Ok(Self(old.trim().to_string()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
 }
 
 /// The watched run really timed every call: the agent's count covers the loop's calls.
@@ -303,95 +378,6 @@ fn check_counted(addr: SocketAddr) -> Result<()> {
         }
         thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// Quotes, per scenario, the median of every round, and the cost above the floor as the
-/// median over passes of (this scenario − floor) within the same pass: the machine's speed
-/// drifts (other work shares it), and a pass runs its scenarios within seconds of each other.
-fn print_report(results: &[Vec<Vec<(f64, f64)>>]) {
-    let all = |i: usize| -> Vec<f64> { results[i].iter().flatten().map(|r| r.0).collect() };
-    let pass_medians = |i: usize| -> Vec<f64> {
-        results[i]
-            .iter()
-            .map(|p| median(p.iter().map(|r| r.0).collect()))
-            .collect()
-    };
-    let floor_by_pass = pass_medians(1);
-    let above = |i: usize| {
-        median(
-            pass_medians(i)
-                .iter()
-                .zip(&floor_by_pass)
-                .map(|(a, f)| a - f)
-                .collect(),
-        )
-    };
-    println!("\n## ioctl cost ({PASSES} passes × {ROUNDS} rounds × {CALLS} calls per scenario)\n");
-    println!("{}\n", machine());
-    println!(
-        "| scenario | ns per ioctl (median) | pass medians | above the floor (paired, median) | getppid ns (median) |"
-    );
-    println!("|---|---:|---|---:|---:|");
-    for (i, s) in Scenario::ALL.iter().enumerate() {
-        let passes: Vec<String> = pass_medians(i).iter().map(|m| format!("{m:.0}")).collect();
-        let extra = if i <= 1 {
-            "—".to_string()
-        } else {
-            format!("{:+.0}", above(i))
-        };
-        let ppid = median(results[i].iter().flatten().map(|r| r.1).collect());
-        println!(
-            "| {} | {:.0} | {} | {extra} | {ppid:.0} |",
-            s.describe(),
-            median(all(i)),
-            passes.join(" "),
-        );
-    }
-    let (watched, compat, bpftrace) = (above(5), above(6), above(7));
-    println!(
-        "\nnodewatch per watched call above the floor: {watched:.0} ns (target ≤ 150 ns: {}), \
-         {compat:.0} ns with the fallback fd walk; bpftrace doing the same timing: \
-         {bpftrace:.0} ns (nodewatch {} bpftrace).",
-        if watched <= 150.0 { "met" } else { "missed" },
-        if watched <= bpftrace {
-            "no slower than"
-        } else {
-            "slower than"
-        }
-    );
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let clock =
-        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-    format!("Machine: {cpu}, {cpus} CPUs, kernel {kernel}, clocksource {clock}.")
 }
 
 /// glibc's `major()`/`minor()` for a `st_rdev`.

@@ -5,7 +5,8 @@
  *
  * With --empty-programs it first attaches a two-instruction program (return 0: drop the
  * record) to syscalls:sys_enter_ioctl and sys_exit_ioctl, the way nodewatch attaches its
- * own: the floor that any eBPF tool on these tracepoints pays. */
+ * own: the floor that any eBPF tool on these tracepoints pays. At the end it prints
+ * "bpf <run_time_ns> <run_cnt>" of those programs (non-zero with kernel.bpf_stats_enabled). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/bpf.h>
@@ -18,6 +19,8 @@
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
+
+static int progs[2], nprogs;
 
 static int attach_empty(const char *event)
 {
@@ -36,6 +39,7 @@ static int attach_empty(const char *event)
         perror("BPF_PROG_LOAD");
         return -1;
     }
+    progs[nprogs++] = prog;
     char path[256], id[32] = {0};
     snprintf(path, sizeof path, "/sys/kernel/tracing/events/syscalls/%s/id", event);
     int f = open(path, O_RDONLY);
@@ -95,5 +99,22 @@ int main(int argc, char **argv)
         double c = now_ns();
         printf("%.1f %.1f\n", (b - a) / calls, (c - b) / calls);
     }
+    unsigned long long ns = 0, cnt = 0;
+    for (int i = 0; i < nprogs; i++) {
+        char path[64], line[128];
+        snprintf(path, sizeof path, "/proc/self/fdinfo/%d", progs[i]);
+        FILE *f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f)) {
+            unsigned long long v;
+            if (sscanf(line, "run_time_ns: %llu", &v) == 1)
+                ns += v;
+            if (sscanf(line, "run_cnt: %llu", &v) == 1)
+                cnt += v;
+        }
+        if (f)
+            fclose(f);
+    }
+    if (nprogs)
+        printf("bpf %llu %llu\n", ns, cnt);
     return 0;
 }

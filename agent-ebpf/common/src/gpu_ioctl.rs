@@ -66,6 +66,10 @@ pub const MAJOR_KEYS: u32 = 1;
 pub const MAJOR_ALL: u32 = 2;
 /// `MajorWatch.flags`: some minors are in `MajorWatch.minors`.
 pub const MAJOR_MINORS: u32 = 4;
+/// `MajorWatch.flags`: the number is also a block device major, so the inode's type must be
+/// read to tell a char device from a block device (char and block majors are separate
+/// number spaces; elsewhere the read is skipped).
+pub const MAJOR_BLOCK: u32 = 8;
 
 /// Drop counter: the ring buffer was full, a stall event was lost (the stall is still counted).
 pub const DROP_EVENTS: u32 = 0;
@@ -148,7 +152,7 @@ pub struct GpuIoctlParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MajorWatch {
-    /// `MAJOR_KEYS`, `MAJOR_ALL`, `MAJOR_MINORS`; 0: not watched.
+    /// `MAJOR_KEYS`, `MAJOR_ALL`, `MAJOR_MINORS`, `MAJOR_BLOCK`; 0: not watched.
     pub flags: u32,
     /// The device index for `MAJOR_ALL`.
     pub all_idx: u32,

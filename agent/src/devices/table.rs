@@ -9,11 +9,11 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use nodewatch_common::gpu_ioctl::{
-    DevKey, KEYS_MAP, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_KEYS, MAJOR_MINORS, MAJORS_MAP,
-    MAX_DEVICES, MAX_KEYS, MAX_MAJORS, MINOR_SLOTS, MajorWatch,
+    DevKey, KEYS_MAP, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_BLOCK, MAJOR_KEYS, MAJOR_MINORS,
+    MAJORS_MAP, MAX_DEVICES, MAX_KEYS, MAX_MAJORS, MINOR_SLOTS, MajorWatch,
 };
 
-use super::{Ident, kernel_dev, scan};
+use super::{Ident, block_majors, kernel_dev, scan};
 use crate::probes::ProbeError;
 
 /// What the kernel's maps should hold for a set of watched devices.
@@ -79,6 +79,16 @@ impl Plan {
             }
         }
         plan
+    }
+
+    /// Marks the watched majors that are also block majors, where the kernel side must read
+    /// the inode's type.
+    pub fn mark_block(&mut self, block: &BTreeSet<u32>) {
+        for (m, w) in self.majors.iter_mut() {
+            if *m != 0 && block.contains(m) {
+                w.flags |= MAJOR_BLOCK;
+            }
+        }
     }
 
     /// Whether anything is watched.
@@ -164,7 +174,8 @@ impl Watched {
                 watches.push((w.ident, idx));
             }
         }
-        let plan = Plan::new(watches);
+        let mut plan = Plan::new(watches);
+        plan.mark_block(&block_majors(&text));
         self.apply(&plan)?;
         let any = plan.any();
         self.applied = plan;
@@ -289,6 +300,27 @@ mod tests {
         assert_eq!(plan.targets.len(), 5, "{:?}", plan.targets);
         assert!(!plan.majors.contains_key(&4000));
         assert!(!Plan::new([]).any());
+        let mut p = Plan::new([
+            (
+                Ident::Chr {
+                    major: 253,
+                    minor: 0,
+                },
+                0,
+            ),
+            (
+                Ident::Chr {
+                    major: 195,
+                    minor: 0,
+                },
+                1,
+            ),
+            (file, 2),
+        ]);
+        p.mark_block(&BTreeSet::from([0, 7, 253]));
+        assert_eq!(p.majors[&253].flags, MAJOR_MINORS | MAJOR_BLOCK);
+        assert_eq!(p.majors[&195].flags, MAJOR_MINORS);
+        assert_eq!(p.majors[&0].flags, MAJOR_KEYS, "slot 0 is not a major");
         assert_eq!(file.to_string(), "file on 0:39 inode 2");
     }
 }
