@@ -9,24 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, BIN, TempDir, have_root, http_get};
-
-/// A tool the test needs; on CI its absence is a failure, elsewhere a skip.
-fn have_tool(test: &str, tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").is_err(),
-            "{test} needs `{tool}` (cargo xtask setup installs it)"
-        );
-        eprintln!("SKIPPED {test}: `{tool}` not installed (cargo xtask setup installs it)");
-    }
-    found
-}
+use common::{Agent, BIN, TempDir, have_root, have_tool, http_get};
 
 /// Ids of the programs process `pid` has attached: its bpf link fds, from /proc fdinfo.
 fn attached_prog_ids(pid: u32) -> Vec<u64> {
@@ -61,7 +44,11 @@ fn serves_metrics_promtool_accepts_and_detaches_on_sigterm() {
         return;
     }
     let dir = TempDir::new("lifecycle");
-    let agent = Agent::start(&dir, "interval: 200ms\n");
+    // Watching /dev/null attaches the GPU ioctl programs too, and puts a histogram in the text.
+    let agent = Agent::start(
+        &dir,
+        "interval: 200ms\nprobes:\n  gpu_ioctl: { devices: [/dev/null] }\n",
+    );
 
     let (status, body) = http_get(agent.addr, "/healthz").unwrap();
     assert_eq!(status, 200);
@@ -75,6 +62,10 @@ fn serves_metrics_promtool_accepts_and_detaches_on_sigterm() {
         "nodewatch_tcp_retransmits_total{port=\"8000\"}",
         "nodewatch_tcp_retransmits_total{port=\"other\"}",
         "nodewatch_collector_duration_seconds{collector=\"tcp_retransmits\"}",
+        "nodewatch_probe_up{probe=\"gpu_ioctl\",mode=\"ebpf\"} 1",
+        "nodewatch_probe_up{probe=\"gpu_xid\",mode=\"kmsg\"} 1",
+        "nodewatch_gpu_ioctl_duration_seconds_bucket{le=\"+Inf\",device=\"/dev/null\"}",
+        "nodewatch_gpu_ioctl_inflight_stalled{device=\"/dev/null\"} 0",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
@@ -100,8 +91,8 @@ fn serves_metrics_promtool_accepts_and_detaches_on_sigterm() {
     let progs = attached_prog_ids(agent.child.id());
     assert_eq!(
         progs.len(),
-        3,
-        "expected both retransmit tracepoints and the cgroup_skb program attached: {progs:?}"
+        6,
+        "expected both retransmit tracepoints, the cgroup_skb program and the three GPU ioctl ones attached: {progs:?}"
     );
     let log = agent.log.clone();
     let status = agent.stop();
@@ -224,16 +215,27 @@ fn without_privileges_falls_back_to_procfs() {
         text.contains("nodewatch_probe_up{probe=\"accept_queue\",mode=\"sock_diag\"} 1"),
         "{text}"
     );
+    assert!(
+        text.contains("nodewatch_probe_up{probe=\"gpu_ioctl\",mode=\"off\"} 0"),
+        "{text}"
+    );
+    // One WARN line per probe that could not run in its best mode, and nothing else: the
+    // eBPF probes, and the Xid reader when the kernel log is restricted to CAP_SYSLOG.
     let log = std::fs::read_to_string(&log).unwrap();
-    for probe in ["tcp_retransmits", "accept_queue"] {
-        let warns = log
-            .lines()
-            .filter(|l| l.contains("WARN") && l.contains(&format!("probe=\"{probe}\"")))
-            .count();
-        assert_eq!(warns, 1, "one WARN line for {probe}'s fallback:\n{log}");
+    let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    let xid_off = text.contains("nodewatch_probe_up{probe=\"gpu_xid\",mode=\"off\"} 0");
+    assert_eq!(warns.len(), 3 + usize::from(xid_off), "{log}");
+    for probe in ["tcp_retransmits", "accept_queue", "gpu_ioctl"] {
+        let mine = format!("probe=\"{probe}\"");
+        assert_eq!(
+            warns
+                .iter()
+                .filter(|l| l.contains(&mine) && l.contains("eBPF unavailable"))
+                .count(),
+            1,
+            "one WARN for {probe}:\n{log}"
+        );
     }
-    assert_eq!(log.matches("WARN").count(), 2, "{log}");
-    assert!(log.contains("eBPF unavailable"), "{log}");
 }
 
 fn retrans_segs() -> u64 {

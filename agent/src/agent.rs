@@ -38,6 +38,10 @@ pub trait Collector: Send {
     fn name(&self) -> &'static str;
     /// Reads current values into the collector's metric families.
     fn collect(&mut self) -> Result<(), ProbeError>;
+    /// True while it still has kernel programs to attach.
+    fn awaiting_attach(&self) -> bool {
+        false
+    }
 }
 
 impl Collector for Box<dyn Probe> {
@@ -46,6 +50,9 @@ impl Collector for Box<dyn Probe> {
     }
     fn collect(&mut self) -> Result<(), ProbeError> {
         self.as_mut().collect()
+    }
+    fn awaiting_attach(&self) -> bool {
+        self.as_ref().awaiting_attach()
     }
 }
 
@@ -171,7 +178,7 @@ pub fn run(
                 probe: p.name().into(),
                 mode: p.mode().as_str().into(),
             })
-            .set(1);
+            .set(i64::from(p.mode() != probes::Mode::Off));
         tracing::info!(probe = p.name(), mode = %p.mode(), attach = %p.attach_method(), "probe started");
     }
     let mut collectors: Vec<Box<dyn Collector>> = probes
@@ -221,11 +228,8 @@ pub fn run(
         }
         None => None,
     };
-    // Everything that needed privileges is done: programs attached, sockets bound.
-    if let Err(e) = privileges::drop_all() {
-        tracing::warn!(error = %e, "could not drop capabilities; running with them");
-    }
 
+    let tick_keeps = collectors.iter().any(|c| c.awaiting_attach());
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let ticker = {
         let store = Arc::clone(&store);
@@ -243,6 +247,12 @@ pub fn run(
             })
             .map_err(RunError::Runtime)?
     };
+    // Everything that needed privileges is done: programs attached, sockets bound. The tick
+    // thread, already started, keeps CAP_BPF and CAP_PERFMON only while a probe still waits
+    // for a device to attach to; every thread started from here on has none.
+    if let Err(e) = privileges::drop_all(tick_keeps) {
+        tracing::warn!(error = %e, "could not drop capabilities; running with them");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -364,7 +374,22 @@ fn tick_loop(
 ) {
     let mut failing = vec![false; probes.len()];
     let mut next = Instant::now();
+    let mut privileged = true;
     loop {
+        // This thread attaches what waits for a device; once nothing does, it needs nothing.
+        if privileged {
+            let keep: &[u32] = if probes.iter().any(|p| p.awaiting_attach()) {
+                privileges::ATTACH
+            } else {
+                privileged = false;
+                &[]
+            };
+            if let Err(e) = privileges::keep_only(keep) {
+                tracing::warn!(error = %e, "could not drop the tick thread's capabilities");
+            } else if !privileged {
+                tracing::debug!("tick thread dropped its capabilities");
+            }
+        }
         for (probe, failing) in probes.iter_mut().zip(failing.iter_mut()) {
             let labels = CollectorLabels {
                 collector: probe.name().into(),

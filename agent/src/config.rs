@@ -22,6 +22,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../packaging/config.yaml");
 /// Most ports one probe may watch (the kernel map has one more slot, for `other`).
 pub const MAX_WATCHED_PORTS: usize = nodewatch_common::tcp_retransmits::MAX_PORTS as usize;
 
+/// Most device globs `probes.gpu_ioctl.devices` may list.
+pub const MAX_DEVICE_GLOBS: usize = 64;
+
 /// Top level of the configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -80,6 +83,10 @@ pub struct ProbesConfig {
     pub tcp_retransmits: TcpRetransmitsConfig,
     /// Accept-queue overflows and queue depth per watched listening port.
     pub accept_queue: AcceptQueueConfig,
+    /// GPU-driver ioctl latency, stalls and calls hung right now, per device.
+    pub gpu_ioctl: GpuIoctlConfig,
+    /// NVIDIA Xid errors counted from the kernel log.
+    pub gpu_xid: GpuXidConfig,
 }
 
 /// `probes.tcp_retransmits:`.
@@ -124,6 +131,44 @@ impl Default for AcceptQueueConfig {
             enabled: true,
             ports: Ports(vec![8000, 8001, 8080]),
             mode: AcceptQueueMode::Auto,
+        }
+    }
+}
+
+/// `probes.gpu_ioctl:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuIoctlConfig {
+    /// Whether the probe runs. Default `true`. Its programs are loaded at start but attached
+    /// only once a watched device exists, so a host without GPUs pays nothing.
+    pub enabled: bool,
+    /// Device paths to watch, as absolute globs (`*`, `?`, `[...]`), re-read every tick so
+    /// devices that appear later (a driver loaded after start) are picked up. A character
+    /// device is matched by major:minor, a regular file by (file system, inode). A driver in
+    /// `/proc/devices` whose name matches a glob's last part (`nvidia-uvm` for
+    /// `/dev/nvidia-uvm*`) is watched by its major even where its node does not exist here.
+    /// Default: NVIDIA, AMD KFD and DRM render nodes; at most 64 globs.
+    pub devices: DeviceGlobs,
+    /// Calls that take at least this long are stalls: counted, logged, and reported in
+    /// flight while they last. Default `1s`; at least `1ms`.
+    pub stall_threshold: StallThreshold,
+}
+
+impl Default for GpuIoctlConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            devices: DeviceGlobs(
+                [
+                    "/dev/nvidia*",
+                    "/dev/nvidia-uvm*",
+                    "/dev/kfd",
+                    "/dev/dri/renderD*",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            stall_threshold: StallThreshold(Duration::from_secs(1)),
         }
     }
 }
@@ -179,6 +224,21 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// `probes.gpu_xid:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuXidConfig {
+    /// Whether NVIDIA Xid lines are counted from `/dev/kmsg`. Default `true`. Reading starts
+    /// at the end of the log, so a restart does not count old lines again.
+    pub enabled: bool,
+}
+
+impl Default for GpuXidConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
 /// A duration written the human way (`500ms`, `1s`, `2m`), at least 100 ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Interval(pub Duration);
@@ -197,6 +257,62 @@ impl<'de> Deserialize<'de> for Interval {
             ));
         }
         Ok(Self(d))
+    }
+}
+
+/// The GPU ioctl stall threshold, at least 1 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallThreshold(pub Duration);
+
+impl<'de> Deserialize<'de> for StallThreshold {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Spanned::<String>::deserialize(d)?;
+        let d = parse_duration(&text)?;
+        if d < Duration::from_millis(1) {
+            return Err(located(
+                &text,
+                format!(
+                    "stall threshold {} is too short: the minimum is 1ms",
+                    humantime::format_duration(d)
+                ),
+            ));
+        }
+        Ok(Self(d))
+    }
+}
+
+/// Absolute path globs, distinct and valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceGlobs(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for DeviceGlobs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let globs = Vec::<Spanned<String>>::deserialize(d)?;
+        if globs.len() > MAX_DEVICE_GLOBS {
+            return Err(located(
+                &globs[MAX_DEVICE_GLOBS],
+                format!(
+                    "{} globs listed; at most {MAX_DEVICE_GLOBS} are allowed",
+                    globs.len()
+                ),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for g in &globs {
+            if !g.value.starts_with('/') {
+                return Err(located(
+                    g,
+                    format!("`{}` is not an absolute path: write /dev/...", g.value),
+                ));
+            }
+            if let Err(e) = glob::Pattern::new(&g.value) {
+                return Err(located(g, format!("invalid glob `{}`: {e}", g.value)));
+            }
+            if !seen.insert(g.value.as_str()) {
+                return Err(located(g, format!("`{}` is listed twice", g.value)));
+            }
+        }
+        Ok(Self(globs.into_iter().map(|g| g.value).collect()))
     }
 }
 
@@ -516,6 +632,48 @@ mod tests {
             many.join(",")
         ));
         assert!(e.contains("at most 256"), "{e}");
+    }
+
+    #[test]
+    fn reads_gpu_keys() {
+        let c = Config::parse(
+            "c",
+            "probes:\n  gpu_ioctl:\n    enabled: false\n    devices: [/dev/null, \"/tmp/x/gpu*\"]\n    stall_threshold: 250ms\n  gpu_xid: { enabled: false }\n",
+        )
+        .unwrap();
+        let g = &c.probes.gpu_ioctl;
+        assert!(!g.enabled);
+        assert_eq!(g.devices.0, vec!["/dev/null", "/tmp/x/gpu*"]);
+        assert_eq!(g.stall_threshold.0, Duration::from_millis(250));
+        assert!(!c.probes.gpu_xid.enabled);
+    }
+
+    #[test]
+    fn bad_gpu_keys_are_located() {
+        let e = err("probes:\n  gpu_ioctl:\n    devices: [/dev/nvidia0, dev/kfd]\n");
+        assert!(
+            e.starts_with("c.yaml:3:29: probes.gpu_ioctl.devices: `dev/kfd` is not an absolute"),
+            "{e}"
+        );
+        let e = err("probes: { gpu_ioctl: { devices: [\"/dev/[nv\"] } }\n");
+        assert!(e.contains("invalid glob `/dev/[nv`"), "{e}");
+        let e = err("probes: { gpu_ioctl: { devices: [/dev/kfd, /dev/kfd] } }\n");
+        assert!(e.contains("`/dev/kfd` is listed twice"), "{e}");
+        let e = err("probes:\n  gpu_ioctl:\n    stall_threshold: 10us\n");
+        assert!(
+            e.starts_with(
+                "c.yaml:3:22: probes.gpu_ioctl.stall_threshold: stall threshold 10us is too short"
+            ),
+            "{e}"
+        );
+        let e = err("probes: { gpu_ioctl: { stall_threshold: forever } }\n");
+        assert!(e.contains("invalid duration `forever`"), "{e}");
+        let many: Vec<String> = (0..65).map(|i| format!("/dev/x{i}")).collect();
+        let e = err(&format!(
+            "probes: {{gpu_ioctl: {{devices: [{}]}}}}",
+            many.join(",")
+        ));
+        assert!(e.contains("at most 64"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod agent;
 mod alerts;
 mod client;
 mod config;
+mod devices;
 mod haproxy;
 mod health;
 mod heartbeats;
@@ -19,6 +20,7 @@ mod server;
 mod sockdiag;
 mod store;
 mod systemd;
+mod xid;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -251,15 +253,10 @@ fn print_probes(cfg: &Config) {
             continue;
         }
         let probe = (def.start)(cfg, store.registry_mut());
-        let supported = if probe.mode() == probes::Mode::Ebpf {
-            "yes"
-        } else {
-            "degraded"
-        };
         println!(
             "{:<18} {:<10} {:<8} {}",
             def.name,
-            supported,
+            probe.mode().support(),
             probe.mode().as_str(),
             probe.attach_method()
         );

@@ -56,27 +56,51 @@ pub fn held() -> Vec<&'static str> {
         .collect()
 }
 
-/// Clears the effective, permitted and inheritable sets (the ambient set follows), and logs
-/// it once. A process without capabilities has nothing to drop and says nothing.
-pub fn drop_all() -> std::io::Result<()> {
+/// `CAP_PERFMON` and `CAP_BPF`: what attaching a tracepoint program later needs.
+pub const ATTACH: &[u32] = &[38, 39];
+
+/// Keeps only `keep` (of what the thread has) in the calling thread's effective and
+/// permitted sets; clears the inheritable set. Capabilities are per thread: threads created
+/// afterwards inherit the result, threads that exist already keep theirs.
+pub fn keep_only(keep: &[u32]) -> std::io::Result<()> {
     let before = current()?;
-    if before.iter().all(|d| d.permitted == 0) {
-        return Ok(());
+    let mut data = [CapData::default(); 2];
+    for &bit in keep {
+        let (w, m) = ((bit / 32) as usize, 1u32 << (bit % 32));
+        data[w].permitted |= before[w].permitted & m;
+        data[w].effective |= before[w].permitted & m;
     }
-    let names = held();
     let mut header = CapHeader {
         version: CAP_VERSION_3,
         pid: 0,
     };
-    let data = [CapData::default(); 2];
     // SAFETY: a version-3 header and two data words, as capset expects.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    tracing::info!(
-        dropped = %if names.is_empty() { "all".to_string() } else { names.join(",") },
-        "probes attached; dropped every capability"
-    );
+    Ok(())
+}
+
+/// Clears the calling thread's capabilities and logs it once, naming what the tick thread
+/// still keeps (`tick_keeps`). A process without capabilities has nothing to drop and says
+/// nothing.
+pub fn drop_all(tick_keeps: bool) -> std::io::Result<()> {
+    let before = current()?;
+    if before.iter().all(|d| d.permitted == 0) {
+        return Ok(());
+    }
+    let names = held();
+    keep_only(&[])?;
+    let dropped = if names.is_empty() {
+        "all".to_string()
+    } else {
+        names.join(",")
+    };
+    if tick_keeps {
+        tracing::info!(%dropped, "probes attached; dropped every capability but CAP_BPF and CAP_PERFMON on the tick thread, which attaches the GPU probe once a watched device appears");
+    } else {
+        tracing::info!(%dropped, "probes attached; dropped every capability");
+    }
     Ok(())
 }

@@ -71,11 +71,24 @@ impl Agent {
     /// Starts `nodewatch run --config <config>` listening on a free loopback port and waits
     /// until `/metrics` answers.
     pub fn start(dir: &TempDir, config: &str) -> Self {
+        Self::start_wrapped(dir, config, &[])
+    }
+
+    /// As [`Agent::start`], run through `wrapper` (e.g. `setpriv` with fewer capabilities).
+    pub fn start_wrapped(dir: &TempDir, config: &str, wrapper: &[&str]) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let cfg = dir.write("config.yaml", config);
         let log = dir.0.join("agent.log");
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&cfg)
             .args(["--listen", &addr.to_string()])
@@ -138,6 +151,38 @@ impl Drop for Agent {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A tool the test needs; on CI its absence is a failure, elsewhere a skip.
+pub fn have_tool(test: &str, tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{test} needs `{tool}` (cargo xtask setup installs it)"
+        );
+        eprintln!("SKIPPED {test}: `{tool}` not installed (cargo xtask setup installs it)");
+    }
+    found
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `limit`.
+pub fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

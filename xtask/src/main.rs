@@ -1,5 +1,8 @@
-//! `cargo xtask setup | run | test`: what cargo alone cannot do — install the toolchain
-//! pieces and Debian packages a fresh machine lacks, run the agent as root, run every test.
+//! `cargo xtask setup | run | test | bench`: what cargo alone cannot do — install the
+//! toolchain pieces and Debian packages a fresh machine lacks, run the agent as root, run
+//! every test, measure what the probes cost.
+
+mod bench;
 
 use std::{
     env,
@@ -14,12 +17,17 @@ mod package;
 
 /// Debian packages the build and the tests need: nft for the lossy-path tests, promtool
 /// (from `prometheus`) to check `/metrics`, bpftool to see programs come and go, iproute2
-/// for `ss` and namespaces, curl for humans.
+/// for `ss` and namespaces, fuse3 and python3-fusepy for the fake slow GPU driver, bpftrace
+/// for the benchmark's comparison, util-linux for `setpriv`, curl for humans.
 const DEB_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
     "prometheus",
     "bpftool",
+    "fuse3",
+    "python3-fusepy",
+    "bpftrace",
+    "util-linux",
     "curl",
     "ca-certificates",
     "dpkg-dev",
@@ -39,7 +47,9 @@ commands:
           arguments after `--` go to `nodewatch run`
   test    setup, then cargo fmt --check, clippy -D warnings, every test, and the rule tests
   rules   the rule tests alone: alerts/tests/ with promtool and nodewatch test-rules
-  package release build, then target/debian/nodewatch_<version>_<arch>.deb";
+  package release build, then target/debian/nodewatch_<version>_<arch>.deb
+  bench   setup, release build, then the cost per ioctl of the GPU ioctl probe against no
+          probe, empty programs and bpftrace (as root; prints a Markdown table)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -49,6 +59,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("package") => package_release(),
         Some("rules") => rule_tests(),
+        Some("bench") => bench::bench(),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

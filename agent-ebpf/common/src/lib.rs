@@ -57,10 +57,21 @@ pub struct RetransOffsets {
     pub valid: u32,
 }
 
+pub mod gpu_ioctl;
+
 #[cfg(feature = "user")]
 mod user {
+    use super::gpu_ioctl::{Call, DevHist, DevKey, GpuIoctlParams, MajorWatch, StallEvent};
+
     // SAFETY: plain old data, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::RetransOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AcceptqOffsets {}
+    // SAFETY: as above; each is #[repr(C)] with fields ordered so there is no padding.
+    unsafe impl aya::Pod for GpuIoctlParams {}
+    unsafe impl aya::Pod for MajorWatch {}
+    unsafe impl aya::Pod for DevKey {}
+    unsafe impl aya::Pod for Call {}
+    unsafe impl aya::Pod for DevHist {}
+    unsafe impl aya::Pod for StallEvent {}
 }

@@ -13,10 +13,17 @@ use prometheus_client::{
 use crate::config::Config;
 
 pub mod accept_queue;
+pub mod gpu_ioctl;
 pub mod tcp_retransmits;
 
-/// Every probe, in the order they start.
-pub const ALL: &[ProbeDef] = &[tcp_retransmits::DEF, accept_queue::DEF];
+/// Every probe, in the order they start. Plain collectors that fit the same shape (the Xid
+/// counter reads the kernel log) are listed here too.
+pub const ALL: &[ProbeDef] = &[
+    tcp_retransmits::DEF,
+    accept_queue::DEF,
+    gpu_ioctl::DEF,
+    crate::xid::DEF,
+];
 
 /// How a probe gets its data; the `mode` label of `nodewatch_probe_up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +34,10 @@ pub enum Mode {
     SockDiag,
     /// Host-wide counters from `/proc`.
     Procfs,
+    /// Lines of the kernel log, `/dev/kmsg`.
+    Kmsg,
+    /// Nothing this host allows; the probe reports itself and measures nothing.
+    Off,
 }
 
 impl Mode {
@@ -35,6 +46,17 @@ impl Mode {
             Mode::Ebpf => "ebpf",
             Mode::SockDiag => "sock_diag",
             Mode::Procfs => "procfs",
+            Mode::Kmsg => "kmsg",
+            Mode::Off => "off",
+        }
+    }
+
+    /// What `nodewatch probes` says about support: full, degraded, or none.
+    pub fn support(self) -> &'static str {
+        match self {
+            Mode::Ebpf | Mode::Kmsg => "yes",
+            Mode::SockDiag | Mode::Procfs => "degraded",
+            Mode::Off => "no",
         }
     }
 }
@@ -55,6 +77,33 @@ pub trait Probe: Send {
     fn attach_method(&self) -> String;
     /// Reads the probe's current values into its metric families. Called once per tick.
     fn collect(&mut self) -> Result<(), ProbeError>;
+    /// True while the probe still has programs to attach (and so needs CAP_BPF and
+    /// CAP_PERFMON on the tick thread).
+    fn awaiting_attach(&self) -> bool {
+        false
+    }
+}
+
+/// A probe this host cannot run (no eBPF, no access to the kernel log): it reports mode
+/// `off` and why, and measures nothing.
+pub struct Off {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+impl Probe for Off {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn mode(&self) -> Mode {
+        Mode::Off
+    }
+    fn attach_method(&self) -> String {
+        format!("none ({})", self.reason)
+    }
+    fn collect(&mut self) -> Result<(), ProbeError> {
+        Ok(())
+    }
 }
 
 /// How to start one probe.
@@ -63,7 +112,7 @@ pub struct ProbeDef {
     /// Whether the config switches it on.
     pub enabled: fn(&Config) -> bool,
     /// Registers the probe's metric families and starts it in the best mode this host allows,
-    /// degrading (eBPF → procfs) with one WARN line.
+    /// degrading (eBPF → procfs, or off) with one WARN line.
     pub start: fn(&Config, &mut Registry) -> Box<dyn Probe>,
 }
 
@@ -84,6 +133,12 @@ pub enum ProbeError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    #[error("attaching {program}: {source}")]
+    Attach {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
 }
 
 /// Labels `{port}`: a watched port, `other` (the rest), or `all` (a host-wide fallback).

@@ -1,0 +1,361 @@
+//! Hook: tracepoints `syscalls:sys_enter_ioctl` (`fd`, `cmd`) and `syscalls:sys_exit_ioctl`,
+//! and `sched:sched_process_exit`. Reads current task → files → fdt → fd[n] → file → inode
+//! (`i_mode`, `i_rdev`, `i_sb` → `s_dev`, `i_ino`) to find the device behind the fd.
+//!
+//! At entry a call on a watched device is remembered per thread (start, device, command); at
+//! exit its duration goes into the device's power-of-two histogram, and a call that lasted
+//! the stall threshold or longer is counted and sent to userspace through a ring buffer.
+//! `sched:sched_process_exit` frees a thread's slot when the thread ends.
+#![no_std]
+#![no_main]
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use nodewatch_common::gpu_ioctl::{
+    BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey, ENTER_CMD_AT,
+    ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_BLOCK,
+    MAJOR_KEYS, MAX_DEVICES, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS, MINOR_BITS, MINOR_SLOTS,
+    MajorWatch, StallEvent, bucket,
+};
+use nodewatch_ebpf::counter_add;
+
+nodewatch_ebpf::license!();
+
+/// Offsets and threshold, set by userspace from tracefs, BTF and the config before load.
+#[unsafe(no_mangle)]
+static GPU_IOCTL_PARAMS: GpuIoctlParams = GpuIoctlParams {
+    stall_ns: 0,
+    enter_fd: 0,
+    enter_cmd: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    inode_rdev: 0,
+    inode_sb: 0,
+    inode_ino: 0,
+    sb_dev: 0,
+    valid: 0,
+    _pad: 0,
+};
+
+#[map]
+static GPU_MAJORS: Array<MajorWatch> = Array::with_max_entries(MAX_MAJORS, 0);
+#[map]
+static GPU_KEYS: HashMap<DevKey, u32> = HashMap::with_max_entries(MAX_KEYS, 0);
+#[map]
+static GPU_INFLIGHT: HashMap<u64, Call> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+#[map]
+static GPU_HIST: PerCpuArray<DevHist> = PerCpuArray::with_max_entries(MAX_DEVICES, 0);
+#[map]
+static GPU_STALLS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static GPU_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
+
+const S_IFMT: u16 = 0o170000;
+const S_IFCHR: u16 = 0o020000;
+const S_IFREG: u16 = 0o100000;
+
+#[tracepoint]
+pub fn gpu_ioctl_enter(ctx: TracePointContext) -> u32 {
+    match try_enter::<Fast>(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+/// The same, reading the record at the offsets tracefs gives and walking to the fd table
+/// with `bpf_probe_read_kernel` only: for kernels whose verifier refuses
+/// `bpf_get_current_task_btf` in a tracepoint program, or whose record layout differs.
+#[tracepoint]
+pub fn gpu_ioctl_enter_compat(ctx: TracePointContext) -> u32 {
+    match try_enter::<Compat>(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+/// How an entry program reads its record and finds the current task's fd table.
+trait Entry {
+    /// The ioctl's `fd` and `cmd` arguments.
+    fn fd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32>;
+    fn cmd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32>;
+    /// `(max_fds, fd array)` of the current task.
+    fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32>;
+}
+
+/// Plain loads: the record at the syscall tracepoints' fixed layout (userspace loads this
+/// program only after checking it against tracefs), the fd table through BTF-typed pointers.
+struct Fast;
+
+/// Helper reads only.
+struct Compat;
+
+impl Entry for Fast {
+    #[inline(always)]
+    fn fd(ctx: &TracePointContext, _: &GpuIoctlParams) -> Result<u64, i32> {
+        // SAFETY: a constant offset inside the record; the verifier checks context reads.
+        Ok(unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(ENTER_FD_AT).cast()) })
+    }
+    #[inline(always)]
+    fn cmd(ctx: &TracePointContext, _: &GpuIoctlParams) -> Result<u64, i32> {
+        // SAFETY: as above.
+        Ok(unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(ENTER_CMD_AT).cast()) })
+    }
+    #[inline(always)]
+    fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
+        fdtable_btf(p)
+    }
+}
+
+impl Entry for Compat {
+    #[inline(always)]
+    fn fd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32> {
+        // SAFETY: offsets come from this kernel's tracepoint format; the field is 8 bytes.
+        unsafe { ctx.read_at(p.enter_fd as usize) }
+    }
+    #[inline(always)]
+    fn cmd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32> {
+        // SAFETY: as above.
+        unsafe { ctx.read_at(p.enter_cmd as usize) }
+    }
+    #[inline(always)]
+    fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
+        fdtable_probe(p)
+    }
+}
+
+#[tracepoint]
+pub fn gpu_ioctl_exit(_ctx: TracePointContext) -> u32 {
+    match try_exit() {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+#[inline(always)]
+fn params() -> GpuIoctlParams {
+    // SAFETY: a frozen .rodata global; the volatile read keeps the compiler from folding the
+    // zero initialiser.
+    unsafe { core::ptr::read_volatile(&GPU_IOCTL_PARAMS) }
+}
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+fn read<T>(base: u64, off: impl Into<u64>) -> Result<T, i32> {
+    let addr = base.wrapping_add(off.into());
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }
+}
+
+/// The current task's fd table: `(max_fds, fd array)`, through BTF-typed pointers. The
+/// verifier turns these into plain loads guarded by the exception table, which cost far less
+/// than a helper call each; the offsets are constants it reads from the frozen `.rodata`.
+#[inline(always)]
+fn fdtable_btf(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
+    // SAFETY: a trusted pointer to the current task; the loads below go through BTF-typed
+    // pointers, which the verifier checks against the kernel's types and makes fault-safe.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let files = read_volatile(task.add(p.task_files as usize) as *const *const u8);
+        let fdt = read_volatile(files.add(p.files_fdt as usize) as *const *const u8);
+        let max_fds = read_volatile(fdt.add(p.fdt_max_fds as usize) as *const u32);
+        let fds = read_volatile(fdt.add(p.fdt_fd as usize) as *const u64);
+        Ok((max_fds, fds))
+    }
+}
+
+/// The current task's fd table with `bpf_probe_read_kernel`.
+#[inline(always)]
+fn fdtable_probe(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
+    // SAFETY: the helper only returns the current task's address.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, p.task_files)?;
+    let fdt: u64 = read(files, p.files_fdt)?;
+    // `struct fdtable` starts with `max_fds` and then `fd` on every kernel since 2.6: read
+    // both at once when BTF says so (the verifier drops the branch not taken).
+    if p.fdt_fd == p.fdt_max_fds + 8 {
+        let both: [u64; 2] = read(fdt, p.fdt_max_fds)?;
+        Ok((both[0] as u32, both[1]))
+    } else {
+        Ok((read(fdt, p.fdt_max_fds)?, read(fdt, p.fdt_fd)?))
+    }
+}
+
+#[inline(always)]
+fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
+    let p = params();
+    if p.valid == 0 {
+        return Err(-1);
+    }
+    let fd = E::fd(ctx, &p)?;
+    let (max_fds, fds) = E::fdtable(&p)?;
+    if fd >= u64::from(max_fds) {
+        return Ok(()); // EBADF: not a file at all
+    }
+    let file: u64 = read(fds, fd * 8)?;
+    if file == 0 {
+        return Ok(());
+    }
+    let inode: u64 = read(file, p.file_inode)?;
+    let rdev: u32 = read(inode, p.inode_rdev)?;
+    // One array lookup rejects every call whose major (or, for non-device inodes, slot 0)
+    // nobody watches: most ioctls on the host stop here. Watched char devices are then found
+    // in the major's minor table, also without a hash lookup.
+    let Some(w) = GPU_MAJORS.get(rdev >> MINOR_BITS) else {
+        return Ok(());
+    };
+    let flags = w.flags;
+    if flags == 0 {
+        return Ok(());
+    }
+    let dev_idx = if rdev != 0 {
+        if flags & MAJOR_BLOCK != 0 {
+            let mode: u16 = read(inode, p.inode_mode)?;
+            if mode & S_IFMT != S_IFCHR {
+                return Ok(()); // a block device with the same major
+            }
+        }
+        let minor = (rdev & ((1 << MINOR_BITS) - 1)) as usize;
+        let slot = if minor < MINOR_SLOTS {
+            w.minors[minor]
+        } else {
+            0
+        };
+        if slot != 0 {
+            u32::from(slot) - 1
+        } else {
+            let key = DevKey {
+                kind: KIND_CHR,
+                dev: rdev,
+                ino: 0,
+            };
+            match lookup_key(flags, &key) {
+                Some(idx) => idx,
+                None if flags & MAJOR_ALL != 0 => w.all_idx,
+                None => return Ok(()),
+            }
+        }
+    } else {
+        let mode: u16 = read(inode, p.inode_mode)?;
+        if mode & S_IFMT != S_IFREG {
+            return Ok(()); // a socket, pipe, ...: not a watched file
+        }
+        let sb: u64 = read(inode, p.inode_sb)?;
+        let key = DevKey {
+            kind: KIND_FILE,
+            dev: read(sb, p.sb_dev)?,
+            ino: read(inode, p.inode_ino)?,
+        };
+        match lookup_key(flags, &key) {
+            Some(idx) => idx,
+            None => return Ok(()),
+        }
+    };
+    let cmd = E::cmd(ctx, &p)?;
+    let id = bpf_get_current_pid_tgid();
+    // A thread keeps its slot between calls (idle: start_ns == 0) and reuses it in place,
+    // which spares the map's insert and delete (a lock each) on every call; the slot goes
+    // when the thread exits.
+    match GPU_INFLIGHT.get_ptr_mut(id) {
+        // SAFETY: only this thread writes its own slot, and it is in this syscall.
+        Some(slot) => unsafe {
+            (*slot).dev_idx = dev_idx;
+            (*slot).cmd = cmd as u32;
+            core::ptr::write_volatile(&raw mut (*slot).start_ns, now_ns());
+        },
+        None => {
+            let call = Call {
+                start_ns: now_ns(),
+                dev_idx,
+                cmd: cmd as u32,
+            };
+            if GPU_INFLIGHT.insert(id, call, 0).is_err() {
+                drop_one(DROP_INFLIGHT);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn lookup_key(flags: u32, key: &DevKey) -> Option<u32> {
+    if flags & MAJOR_KEYS == 0 {
+        return None;
+    }
+    // SAFETY: values are plain u32s that userspace only replaces whole.
+    unsafe { GPU_KEYS.get(key) }.copied()
+}
+
+/// Frees an exiting thread's slot, so the in-flight map holds only live threads.
+#[tracepoint]
+pub fn gpu_ioctl_thread_exit(_ctx: TracePointContext) -> u32 {
+    let _ = GPU_INFLIGHT.remove(bpf_get_current_pid_tgid());
+    0
+}
+
+fn try_exit() -> Result<(), i32> {
+    let id = bpf_get_current_pid_tgid();
+    let Some(slot) = GPU_INFLIGHT.get_ptr_mut(id) else {
+        return Ok(());
+    };
+    // SAFETY: only this thread writes its own slot.
+    let call = unsafe { *slot };
+    if call.start_ns == 0 {
+        return Ok(()); // idle: this call was not on a watched device
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut (*slot).start_ns, 0) };
+    let ns = now_ns().saturating_sub(call.start_ns);
+    let hist = GPU_HIST.get_ptr_mut(call.dev_idx).ok_or(-1)?;
+    let b = bucket(ns);
+    if b >= BUCKETS {
+        return Err(-1); // unreachable; tells the verifier the index is bounded
+    }
+    // SAFETY: this CPU's copy of the value; tracing programs do not nest on one CPU.
+    unsafe {
+        counter_add(&raw mut (*hist).buckets[b], 1);
+        counter_add(&raw mut (*hist).sum_ns, ns);
+    }
+    if ns < params().stall_ns {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    unsafe { counter_add(&raw mut (*hist).stalls, 1) };
+    let Some(mut entry) = GPU_STALLS.reserve::<StallEvent>(0) else {
+        drop_one(DROP_EVENTS);
+        return Ok(());
+    };
+    entry.write(StallEvent {
+        duration_ns: ns,
+        pid: (id >> 32) as u32,
+        tid: id as u32,
+        dev_idx: call.dev_idx,
+        cmd: call.cmd,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+    Ok(())
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: reads CLOCK_MONOTONIC; no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn drop_one(slot: u32) {
+    if let Some(c) = GPU_DROPS.get_ptr_mut(slot) {
+        counter_add(c, 1);
+    }
+}

@@ -1,0 +1,500 @@
+//! GPU-driver ioctls per device: latency histogram, stalls, and calls hung right now.
+//!
+//! eBPF: tracepoints `syscalls:sys_enter_ioctl` / `sys_exit_ioctl`. The kernel side resolves
+//! each call's fd to its inode, keeps only watched devices, times them per thread and adds the
+//! duration to a per-device log2 histogram; calls over the stall threshold also come up the
+//! ring buffer. Each tick this side re-reads the device globs (devices that appear later are
+//! picked up), copies the histograms, logs stalls, and walks the in-flight calls to find those
+//! hung past the threshold. Without eBPF the probe is off (one WARN); the agent runs on.
+
+use std::{collections::HashSet, time::Duration};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use nodewatch_common::gpu_ioctl::{
+    BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP,
+    GpuIoctlParams, HIST_MAP, INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER,
+    PROG_ENTER_COMPAT, PROG_EXIT, PROG_THREAD_EXIT, StallEvent,
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::{Mode, Off, Probe, ProbeDef, ProbeError};
+use crate::{
+    config::Config,
+    devices::Watched,
+    kernel::{self, TracepointFormat},
+    store::{Log2Histogram, names},
+};
+
+const NAME: &str = "gpu_ioctl";
+const ATTACH: &str =
+    "tracepoint syscalls:sys_enter_ioctl, syscalls:sys_exit_ioctl, sched:sched_process_exit";
+
+/// The kernel object, built by `agent/build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gpu_ioctl"));
+
+pub const DEF: ProbeDef = ProbeDef {
+    name: NAME,
+    enabled: |c| c.probes.gpu_ioctl.enabled,
+    start,
+};
+
+/// Labels `{device}`: the watched path (or `/dev/<driver>` for a whole major).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub device: String,
+}
+
+/// Labels `{reason}` of lost events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: String,
+}
+
+/// The probe's metric families.
+#[derive(Clone, Default)]
+struct Metrics {
+    duration: Family<DeviceLabels, Log2Histogram>,
+    stalls: Family<DeviceLabels, Counter>,
+    inflight_stalled: Family<DeviceLabels, Gauge>,
+    dropped: Family<DropLabels, Counter>,
+}
+
+impl Metrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            names::GPU_IOCTL_DURATION,
+            "Duration of ioctls on watched GPU devices, in the kernel's power-of-two buckets",
+            m.duration.clone(),
+        );
+        registry.register(
+            names::GPU_IOCTL_STALLS,
+            "ioctls on watched GPU devices that returned after the stall threshold or later",
+            m.stalls.clone(),
+        );
+        registry.register(
+            names::GPU_IOCTL_INFLIGHT_STALLED,
+            "ioctls on watched GPU devices still blocked past the stall threshold right now",
+            m.inflight_stalled.clone(),
+        );
+        registry.register(
+            names::GPU_IOCTL_EVENTS_DROPPED,
+            "GPU ioctl events lost: ringbuf_full (a stall's log line; the stall is still counted), inflight_full (a call not timed)",
+            m.dropped.clone(),
+        );
+        m
+    }
+
+    fn device(&self, label: &str) -> DeviceLabels {
+        let l = DeviceLabels {
+            device: label.to_string(),
+        };
+        // Every known device shows all three series, zero until something happens.
+        let _ = self.duration.get_or_create(&l);
+        let _ = self.stalls.get_or_create(&l);
+        let _ = self.inflight_stalled.get_or_create(&l);
+        l
+    }
+}
+
+fn start(cfg: &Config, registry: &mut Registry) -> Box<dyn Probe> {
+    let metrics = Metrics::register(registry);
+    match Kernel::load(cfg, metrics) {
+        Ok(mut k) => {
+            if let Err(e) = k.refresh_devices() {
+                tracing::warn!(probe = NAME, error = %e, "cannot apply the watched devices yet; retrying every tick");
+            }
+            Box::new(k)
+        }
+        Err(e) => {
+            tracing::warn!(
+                probe = NAME,
+                error = %e,
+                "eBPF unavailable; GPU ioctl latency, stalls and hung calls are not measured"
+            );
+            Box::new(Off {
+                name: NAME,
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Why the eBPF path could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("object lacks {0}")]
+    Missing(&'static str),
+}
+
+/// The eBPF mode: owns the loaded object, so dropping it detaches both programs.
+struct Kernel {
+    ebpf: Ebpf,
+    attached: bool,
+    /// The entry program that loaded: [`PROG_ENTER`] or [`PROG_ENTER_COMPAT`].
+    enter: &'static str,
+    watched: Watched,
+    inflight: HashMap<MapData, u64, Call>,
+    hist: PerCpuArray<MapData, DevHist>,
+    events: RingBuf<MapData>,
+    drops: PerCpuArray<MapData, u64>,
+    threshold: Duration,
+    /// Hung calls already logged: (thread, start).
+    hung_logged: HashSet<(u64, u64)>,
+    metrics: Metrics,
+}
+
+impl Kernel {
+    fn load(cfg: &Config, metrics: Metrics) -> Result<Self, AttachError> {
+        let c = &cfg.probes.gpu_ioctl;
+        let params = params(c.stall_threshold.0)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(PARAMS_GLOBAL, &params, true)
+            .load(OBJECT)?;
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(AttachError::Missing(name));
+        let majors: Array<MapData, _> = take(MAJORS_MAP)?.try_into()?;
+        let keys: HashMap<MapData, _, _> = take(KEYS_MAP)?.try_into()?;
+        let inflight = take(INFLIGHT_MAP)?.try_into()?;
+        let hist = take(HIST_MAP)?.try_into()?;
+        let events = take(EVENTS_MAP)?.try_into()?;
+        let drops = take(nodewatch_common::gpu_ioctl::DROPS_MAP)?.try_into()?;
+        let load = |ebpf: &mut Ebpf, prog: &'static str| -> Result<(), AttachError> {
+            let err = |source| AttachError::Program { name: prog, source };
+            let tp: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(AttachError::Missing(prog))?
+                .try_into()
+                .map_err(err)?;
+            tp.load().map_err(err)
+        };
+        // The entry program with plain loads (record at its usual offsets, fd table through
+        // BTF-typed pointers) is cheaper; where the record differs or the verifier refuses
+        // it, the one with helper reads only. NODEWATCH_FD_WALK=probe_read forces the latter,
+        // for the benchmark and the tests.
+        let first = if std::env::var("NODEWATCH_FD_WALK").as_deref() == Ok("probe_read") {
+            Err(AttachError::Missing(
+                "fast entry (NODEWATCH_FD_WALK=probe_read)",
+            ))
+        } else if (params.enter_fd as usize, params.enter_cmd as usize)
+            != (ENTER_FD_AT, ENTER_CMD_AT)
+        {
+            Err(AttachError::Missing(
+                "sys_enter_ioctl record in the usual layout",
+            ))
+        } else {
+            load(&mut ebpf, PROG_ENTER)
+        };
+        let enter = match first {
+            Ok(()) => PROG_ENTER,
+            Err(e) => {
+                tracing::info!(probe = NAME, error = %e, "using the entry program with helper reads only (the faster one did not load)");
+                load(&mut ebpf, PROG_ENTER_COMPAT)?;
+                PROG_ENTER_COMPAT
+            }
+        };
+        load(&mut ebpf, PROG_EXIT)?;
+        load(&mut ebpf, PROG_THREAD_EXIT)?;
+        for reason in ["ringbuf_full", "inflight_full"] {
+            let _ = metrics.dropped.get_or_create(&DropLabels {
+                reason: reason.into(),
+            });
+        }
+        Ok(Self {
+            ebpf,
+            attached: false,
+            enter,
+            watched: Watched::new(
+                c.devices.0.clone(),
+                cfg.proc_root.join("devices"),
+                majors,
+                keys,
+            ),
+            inflight,
+            hist,
+            events,
+            drops,
+            threshold: c.stall_threshold.0,
+            hung_logged: HashSet::new(),
+            metrics,
+        })
+    }
+
+    /// Re-reads the globs and updates the kernel's tables; attaches the programs the first
+    /// time there is something to watch, so hosts without GPUs pay nothing.
+    fn refresh_devices(&mut self) -> Result<(), ProbeError> {
+        let any = self.watched.refresh()?;
+        for label in self.watched.labels() {
+            self.metrics.device(label);
+        }
+        if any && !self.attached {
+            // The thread-exit cleanup first, so no slot can outlive its thread.
+            for (prog, category, event) in [
+                (PROG_THREAD_EXIT, "sched", "sched_process_exit"),
+                (self.enter, "syscalls", "sys_enter_ioctl"),
+                (PROG_EXIT, "syscalls", "sys_exit_ioctl"),
+            ] {
+                let err = |source| ProbeError::Attach {
+                    program: prog,
+                    source,
+                };
+                let tp: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(prog)
+                    .ok_or(aya::programs::ProgramError::NotLoaded)
+                    .map_err(err)?
+                    .try_into()
+                    .map_err(err)?;
+                tp.attach(category, event).map_err(err)?;
+            }
+            self.attached = true;
+            tracing::info!(
+                probe = NAME,
+                attach = ATTACH,
+                "watched device present; programs attached"
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies the kernel's per-CPU histograms and stall counts into the metrics.
+    fn read_histograms(&mut self) -> Result<(), ProbeError> {
+        let map_err = |source| ProbeError::Map {
+            map: HIST_MAP,
+            source,
+        };
+        for (idx, label) in self.watched.labels().iter().enumerate() {
+            let per_cpu = self.hist.get(&(idx as u32), 0).map_err(map_err)?;
+            let mut buckets = [0u64; BUCKETS];
+            let (mut sum, mut stalls) = (0u64, 0u64);
+            for h in per_cpu.iter() {
+                for (t, v) in buckets.iter_mut().zip(h.buckets.iter()) {
+                    *t += v;
+                }
+                sum += h.sum_ns;
+                stalls += h.stalls;
+            }
+            let l = self.metrics.device(label);
+            self.metrics.duration.get_or_create(&l).set(&buckets, sum);
+            set_counter(&self.metrics.stalls.get_or_create(&l), stalls);
+        }
+        for (slot, reason) in [
+            (DROP_EVENTS, "ringbuf_full"),
+            (DROP_INFLIGHT, "inflight_full"),
+        ] {
+            let n: u64 = self
+                .drops
+                .get(&slot, 0)
+                .map_err(|source| ProbeError::Map {
+                    map: nodewatch_common::gpu_ioctl::DROPS_MAP,
+                    source,
+                })?
+                .iter()
+                .sum();
+            let c = self.metrics.dropped.get_or_create(&DropLabels {
+                reason: reason.into(),
+            });
+            set_counter(&c, n);
+        }
+        Ok(())
+    }
+
+    /// Logs every stall the kernel sent since the last tick.
+    fn drain_stalls(&mut self) {
+        while let Some(item) = self.events.next() {
+            if item.len() < size_of::<StallEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole StallEvent; read_unaligned copes with alignment.
+            let ev: StallEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            tracing::warn!(
+                probe = NAME,
+                device = self.watched.label(ev.dev_idx).unwrap_or("?"),
+                pid = ev.pid,
+                tid = ev.tid,
+                comm = %comm(&ev.comm),
+                cmd = %Cmd(ev.cmd),
+                duration_ms = ev.duration_ns as f64 / 1e6,
+                "GPU ioctl stalled"
+            );
+        }
+    }
+
+    /// Counts, per device, the calls in flight for longer than the threshold; logs each
+    /// such call once.
+    fn walk_inflight(&mut self) -> Result<(), ProbeError> {
+        let now = monotonic_ns();
+        let threshold = self.threshold.as_nanos() as u64;
+        let mut stalled = vec![0i64; self.watched.labels().len()];
+        let mut seen = HashSet::new();
+        for entry in self.inflight.iter() {
+            // An entry can vanish between listing its key and reading it: the call returned.
+            let Ok((id, call)) = entry else { continue };
+            if call.start_ns == 0 {
+                continue; // the thread's slot, idle between calls
+            }
+            let age = now.saturating_sub(call.start_ns);
+            if age < threshold {
+                continue;
+            }
+            if let Some(n) = stalled.get_mut(call.dev_idx as usize) {
+                *n += 1;
+            }
+            seen.insert((id, call.start_ns));
+            if self.hung_logged.insert((id, call.start_ns)) {
+                let (pid, tid) = ((id >> 32) as u32, id as u32);
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                    .map(|s| s.trim_end().to_string())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    probe = NAME,
+                    device = self.watched.label(call.dev_idx).unwrap_or("?"),
+                    pid,
+                    tid,
+                    comm = %comm,
+                    cmd = %Cmd(call.cmd),
+                    in_flight_ms = age as f64 / 1e6,
+                    "GPU ioctl hung: still in the driver past the stall threshold"
+                );
+            }
+        }
+        self.hung_logged.retain(|k| seen.contains(k));
+        for (label, n) in self.watched.labels().iter().zip(stalled) {
+            let l = self.metrics.device(label);
+            self.metrics.inflight_stalled.get_or_create(&l).set(n);
+        }
+        Ok(())
+    }
+}
+
+impl Probe for Kernel {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn mode(&self) -> Mode {
+        Mode::Ebpf
+    }
+    fn attach_method(&self) -> String {
+        let walk = if self.enter == PROG_ENTER {
+            "fd walk: BTF"
+        } else {
+            "fd walk: bpf_probe_read_kernel"
+        };
+        if self.attached {
+            format!("{ATTACH} ({walk})")
+        } else {
+            format!("{ATTACH} ({walk}; attached once a watched device exists, none yet)")
+        }
+    }
+    fn awaiting_attach(&self) -> bool {
+        !self.attached
+    }
+    fn collect(&mut self) -> Result<(), ProbeError> {
+        let devices = self.refresh_devices();
+        self.drain_stalls();
+        self.read_histograms()?;
+        self.walk_inflight()?;
+        devices
+    }
+}
+
+/// Where the programs find their fields on this kernel, and the threshold.
+fn params(threshold: Duration) -> Result<GpuIoctlParams, kernel::KernelError> {
+    let enter = TracepointFormat::read("syscalls", "sys_enter_ioctl")?;
+    // These records are not read, but the tracepoints must exist.
+    TracepointFormat::read("syscalls", "sys_exit_ioctl")?;
+    TracepointFormat::read("sched", "sched_process_exit")?;
+    let m = kernel::member_offset;
+    Ok(GpuIoctlParams {
+        stall_ns: threshold.as_nanos() as u64,
+        enter_fd: enter.offset("fd")?,
+        enter_cmd: enter.offset("cmd")?,
+        task_files: m("task_struct", "files")?,
+        files_fdt: m("files_struct", "fdt")?,
+        fdt_max_fds: m("fdtable", "max_fds")?,
+        fdt_fd: m("fdtable", "fd")?,
+        file_inode: m("file", "f_inode")?,
+        inode_mode: m("inode", "i_mode")?,
+        inode_rdev: m("inode", "i_rdev")?,
+        inode_sb: m("inode", "i_sb")?,
+        inode_ino: m("inode", "i_ino")?,
+        sb_dev: m("super_block", "s_dev")?,
+        valid: 1,
+        _pad: 0,
+    })
+}
+
+fn set_counter(c: &Counter, total: u64) {
+    c.inner().store(total, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// An ioctl command, shown raw and decoded (`_IOC` direction, type, number, size).
+struct Cmd(u32);
+
+impl std::fmt::Display for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.0;
+        let (nr, ty, size, dir) = (c & 0xff, (c >> 8) & 0xff, (c >> 16) & 0x3fff, c >> 30);
+        let dir = ["none", "write", "read", "read/write"][dir as usize];
+        let ty = match char::from_u32(ty) {
+            Some(ch) if ch.is_ascii_graphic() => format!("'{ch}'"),
+            _ => format!("{ty:#x}"),
+        };
+        write!(f, "{c:#010x} (type {ty} nr {nr:#x} size {size} {dir})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_ioctl_commands() {
+        // NV_ESC_RM_CONTROL on nvidiactl: _IOWR('F', 0x2a, 32 bytes).
+        assert_eq!(
+            Cmd(0xc020_462a).to_string(),
+            "0xc020462a (type 'F' nr 0x2a size 32 read/write)"
+        );
+        assert_eq!(
+            Cmd(0x5401).to_string(),
+            "0x00005401 (type 'T' nr 0x1 size 0 none)"
+        );
+        assert_eq!(comm(b"python3\0\0\0\0\0\0\0\0\0"), "python3");
+        assert_eq!(comm(&[b'x'; 16]), "x".repeat(16));
+    }
+}
