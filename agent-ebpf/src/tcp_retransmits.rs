@@ -1,16 +1,21 @@
-//! Hook: tracepoints `tcp:tcp_retransmit_skb` and `tcp:tcp_retransmit_synack`. Reads the
-//! records' `sport`, `dport`, `skbaddr` and `err`, and the skb's `tcp_skb_cb.tcp_gso_segs`.
+//! Hook: raw tracepoints `tcp_retransmit_skb` (sk, skb, err) and `tcp_retransmit_synack`
+//! (sk, req). Reads `sock_common.skc_num`/`skc_dport` of the socket or request socket and the
+//! skb's `tcp_skb_cb.tcp_gso_segs`, at offsets from the kernel's BTF.
 //!
 //! Counts retransmitted segments per watched port the way the kernel's own `total_retrans`
 //! and `RetransSegs` do: `tcp_skb_pcount(skb)` segments per retransmitted skb, one per SYN-ACK.
+//! Raw tracepoints, not perf-based ones: the kernel guards a raw tracepoint program only
+//! against re-entering itself, while every perf-based tracing program on a CPU shares one
+//! guard, so another tracing program running when a retransmit fires in softirq would make
+//! the kernel skip this one (a "recursion miss") and the count fall short.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::PerCpuHashMap,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use nodewatch_common::{
     RetransOffsets,
@@ -20,15 +25,12 @@ use nodewatch_ebpf::counter_add;
 
 nodewatch_ebpf::license!();
 
-/// Record and struct offsets, set by userspace from tracefs and BTF before load.
+/// Struct offsets, set by userspace from BTF before load.
 #[unsafe(no_mangle)]
 static RETRANS_OFFSETS: RetransOffsets = RetransOffsets {
-    skb_skbaddr: 0,
-    skb_sport: 0,
-    skb_dport: 0,
-    skb_err: 0,
-    synack_sport: 0,
-    synack_dport: 0,
+    skc_num: 0,
+    skc_dport: 0,
+    req_common: 0,
     skb_gso_segs: 0,
     valid: 0,
 };
@@ -48,15 +50,15 @@ const NOT_SENT: [i32; 5] = [
     -11,  // EAGAIN
 ];
 
-#[tracepoint]
-pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     match try_retransmit_skb(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }
 
-#[tracepoint]
-pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_retransmit_synack")]
+pub fn tcp_retransmit_synack(ctx: RawTracePointContext) -> i32 {
     match try_retransmit_synack(&ctx) {
         Ok(()) | Err(_) => 0,
     }
@@ -69,17 +71,31 @@ fn offsets() -> RetransOffsets {
     unsafe { core::ptr::read_volatile(&RETRANS_OFFSETS) }
 }
 
-fn try_retransmit_skb(ctx: &TracePointContext) -> Result<(), i32> {
+/// Local (host order) and remote (converted from network order) port of a `sock_common`.
+#[inline(always)]
+fn ports(common: u64, off: &RetransOffsets) -> Result<(u16, u16), i64> {
+    let base = common as *const u8;
+    // SAFETY: checked kernel reads at offsets from this kernel's BTF.
+    let local: u16 =
+        unsafe { bpf_probe_read_kernel(base.wrapping_add(off.skc_num as usize).cast())? };
+    let remote: u16 =
+        unsafe { bpf_probe_read_kernel(base.wrapping_add(off.skc_dport as usize).cast())? };
+    Ok((local, u16::from_be(remote)))
+}
+
+fn try_retransmit_skb(ctx: &RawTracePointContext) -> Result<(), i64> {
     let off = offsets();
     if off.valid == 0 {
         return Err(-1);
     }
-    // SAFETY: offsets come from this kernel's tracepoint format; reads are checked helpers.
-    let err: i32 = unsafe { ctx.read_at(off.skb_err as usize)? };
+    // TP_PROTO(const struct sock *sk, const struct sk_buff *skb, int err)
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    let err = ctx.arg::<u64>(2) as i32;
     if NOT_SENT.contains(&err) {
         return Ok(());
     }
-    let skb: u64 = unsafe { ctx.read_at(off.skb_skbaddr as usize)? };
+    // SAFETY: a checked kernel read.
     let segs: u16 = unsafe {
         bpf_probe_read_kernel(
             (skb as *const u8)
@@ -87,23 +103,23 @@ fn try_retransmit_skb(ctx: &TracePointContext) -> Result<(), i32> {
                 .cast(),
         )?
     };
-    let sport: u16 = unsafe { ctx.read_at(off.skb_sport as usize)? };
-    let dport: u16 = unsafe { ctx.read_at(off.skb_dport as usize)? };
+    let (local, remote) = ports(sk, &off)?;
     // tcp_skb_pcount() is at least one for anything on the retransmit queue.
-    count(sport, dport, u64::from(segs.max(1)));
+    count(local, remote, u64::from(segs.max(1)));
     Ok(())
 }
 
-fn try_retransmit_synack(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_retransmit_synack(ctx: &RawTracePointContext) -> Result<(), i64> {
     let off = offsets();
     if off.valid == 0 {
         return Err(-1);
     }
-    // SAFETY: as above.
-    let sport: u16 = unsafe { ctx.read_at(off.synack_sport as usize)? };
-    let dport: u16 = unsafe { ctx.read_at(off.synack_dport as usize)? };
+    // TP_PROTO(const struct sock *sk, const struct request_sock *req): the request socket
+    // carries the connection's ports.
+    let req: u64 = ctx.arg(1);
+    let (local, remote) = ports(req + u64::from(off.req_common), &off)?;
     // The tracepoint fires only for a SYN-ACK that was sent; the kernel counts it as one.
-    count(sport, dport, 1);
+    count(local, remote, 1);
     Ok(())
 }
 

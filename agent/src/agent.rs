@@ -42,6 +42,10 @@ pub trait Collector: Send {
     fn awaiting_attach(&self) -> bool {
         false
     }
+    /// Events the kernel skipped delivering to its programs.
+    fn missed_events(&self) -> u64 {
+        0
+    }
 }
 
 impl Collector for Box<dyn Probe> {
@@ -53,6 +57,9 @@ impl Collector for Box<dyn Probe> {
     }
     fn awaiting_attach(&self) -> bool {
         self.as_ref().awaiting_attach()
+    }
+    fn missed_events(&self) -> u64 {
+        self.as_ref().missed_events()
     }
 }
 
@@ -396,6 +403,17 @@ fn tick_loop(
             };
             let started = Instant::now();
             let result = probe.collect();
+            let missed = probe.missed_events();
+            if missed > 0 {
+                let c = store.own.missed_events.get_or_create(&labels);
+                let before = c.get();
+                if missed > before {
+                    if before == 0 {
+                        tracing::warn!(collector = %labels.collector, missed, "the kernel skipped some of this probe's events (another BPF program was running on the CPU); counts may fall short");
+                    }
+                    c.inc_by(missed - before);
+                }
+            }
             store
                 .own
                 .collector_duration

@@ -38,6 +38,7 @@ pub mod names {
     pub const PROBE_UP: &str = "probe_up";
     pub const COLLECTOR_DURATION: &str = "collector_duration_seconds";
     pub const COLLECTOR_ERRORS: &str = "collector_errors";
+    pub const MISSED_EVENTS: &str = "probe_missed_events";
     pub const BUILD_INFO: &str = "build_info";
     pub const ALERTS: &str = "alerts";
     pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "config_last_reload_successful";
@@ -148,6 +149,9 @@ pub struct SelfMetrics {
     pub collector_duration: Family<CollectorLabels, GaugeF64>,
     /// `nodewatch_collector_errors_total{collector}`: collections that failed.
     pub collector_errors: Family<CollectorLabels, Counter>,
+    /// `nodewatch_probe_missed_events_total{collector}`: events the kernel did not deliver to
+    /// a probe's programs (its recursion guard skipped them).
+    pub missed_events: Family<CollectorLabels, Counter>,
 }
 
 /// The registry and the agent's own metrics.
@@ -181,6 +185,11 @@ impl Store {
             names::COLLECTOR_ERRORS,
             "Collections that failed, by collector",
             own.collector_errors.clone(),
+        );
+        registry.register(
+            names::MISSED_EVENTS,
+            "Kernel events a probe's programs did not see because the kernel skipped them (another BPF program was running on that CPU)",
+            own.missed_events.clone(),
         );
         let build = Family::<VersionLabels, Gauge>::default();
         build

@@ -9,7 +9,7 @@ pub mod tcp_retransmits {
     pub const MAX_PORTS: u32 = 256;
     /// Per-CPU counter map: port (host order; `OTHER_PORT` for the rest) → segments retransmitted.
     pub const COUNTS_MAP: &str = "RETRANS_SEGS";
-    /// Tracepoint programs.
+    /// Raw tracepoint programs, named after their tracepoints.
     pub const PROG_SKB: &str = "tcp_retransmit_skb";
     pub const PROG_SYNACK: &str = "tcp_retransmit_synack";
 }
@@ -36,20 +36,18 @@ pub struct AcceptqOffsets {
     pub valid: u32,
 }
 
-/// Where the probes find the fields they read. Userspace fills this from tracefs formats and
-/// the running kernel's BTF, and hands it over as a frozen `.rodata` global.
+/// Where the retransmit programs find what they read, as byte offsets taken from the running
+/// kernel's BTF by userspace and handed over as a frozen `.rodata` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetransOffsets {
-    /// `tcp_retransmit_skb` record: offset of `skbaddr`.
-    pub skb_skbaddr: u32,
-    /// `tcp_retransmit_skb` record: offsets of `sport`, `dport` and `err`.
-    pub skb_sport: u32,
-    pub skb_dport: u32,
-    pub skb_err: u32,
-    /// `tcp_retransmit_synack` record: offsets of `sport` and `dport`.
-    pub synack_sport: u32,
-    pub synack_dport: u32,
+    /// `sock_common.skc_num`: the local port, host order (from a `sock` or a `request_sock`,
+    /// which both start with a `sock_common`).
+    pub skc_num: u32,
+    /// `sock_common.skc_dport`: the remote port, network order.
+    pub skc_dport: u32,
+    /// `request_sock.__req_common`: where a request socket's `sock_common` starts.
+    pub req_common: u32,
     /// Byte offset of `tcp_skb_cb.tcp_gso_segs` from the start of `struct sk_buff`
     /// (`sk_buff.cb` plus the member's offset inside `struct tcp_skb_cb`).
     pub skb_gso_segs: u32,

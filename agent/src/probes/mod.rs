@@ -82,6 +82,10 @@ pub trait Probe: Send {
     fn awaiting_attach(&self) -> bool {
         false
     }
+    /// Events the kernel skipped delivering to the probe's programs since it started.
+    fn missed_events(&self) -> u64 {
+        0
+    }
 }
 
 /// A probe this host cannot run (no eBPF, no access to the kernel log): it reports mode
@@ -181,4 +185,37 @@ pub fn snmp_value(text: &str, proto: &str, field: &str) -> Option<u64> {
     let values = lines.next()?;
     let idx = header.split_whitespace().position(|h| h == field)?;
     values.split_whitespace().nth(idx)?.parse().ok()
+}
+
+/// How often the kernel skipped program `fd` because a BPF program was already running on
+/// that CPU (`bpf_prog_info.recursion_misses`): events the probe did not see.
+pub fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut info: aya_obj::generated::bpf_prog_info =
+        // SAFETY: plain old data; all zeros is a valid value.
+        unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most info_len bytes into `info`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as i32,
+            &raw mut attr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
 }

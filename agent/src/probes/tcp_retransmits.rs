@@ -1,7 +1,7 @@
 //! TCP retransmits per watched port, counted in segments as the kernel counts them.
 //!
-//! eBPF: tracepoints `tcp:tcp_retransmit_skb` and `tcp:tcp_retransmit_synack` add to a
-//! per-CPU map keyed by port. Fallback: the host-wide `Tcp: RetransSegs` of `/proc/net/snmp`,
+//! eBPF: raw tracepoints `tcp_retransmit_skb` and `tcp_retransmit_synack` add to a per-CPU
+//! map keyed by port; the kernel's count of times it had to skip them is exported too. Fallback: the host-wide `Tcp: RetransSegs` of `/proc/net/snmp`,
 //! exported under `port="all"`.
 
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{PerCpuHashMap, PerCpuValues},
-    programs::TracePoint,
+    programs::RawTracePoint,
 };
 use nodewatch_common::{
     RetransOffsets,
@@ -21,11 +21,7 @@ use prometheus_client::{
 };
 
 use super::{Mode, PortLabels, Probe, ProbeDef, ProbeError, set_counter, snmp_value};
-use crate::{
-    config::Config,
-    kernel::{self, TracepointFormat},
-    store::names,
-};
+use crate::{config::Config, kernel, store::names};
 
 const NAME: &str = "tcp_retransmits";
 
@@ -110,18 +106,16 @@ impl Kernel {
             counts.insert(port, zeros, 0)?;
             let _ = segments.get_or_create(&PortLabels::of(port));
         }
-        for (prog, event) in [
-            (PROG_SKB, "tcp_retransmit_skb"),
-            (PROG_SYNACK, "tcp_retransmit_synack"),
-        ] {
+        for prog in [PROG_SKB, PROG_SYNACK] {
             let err = |source| AttachError::Program { name: prog, source };
-            let tp: &mut TracePoint = ebpf
+            let tp: &mut RawTracePoint = ebpf
                 .program_mut(prog)
                 .ok_or(AttachError::Missing(prog))?
                 .try_into()
                 .map_err(err)?;
             tp.load().map_err(err)?;
-            tp.attach("tcp", event).map_err(err)?;
+            // The program is named after its tracepoint.
+            tp.attach(prog).map_err(err)?;
         }
         Ok(Self {
             _ebpf: ebpf,
@@ -131,20 +125,18 @@ impl Kernel {
     }
 }
 
-/// Where the programs find their fields on this kernel.
+/// Where the programs find their fields on this kernel, from its BTF.
 fn offsets() -> Result<RetransOffsets, kernel::KernelError> {
-    let skb = TracepointFormat::read("tcp", "tcp_retransmit_skb")?;
-    let synack = TracepointFormat::read("tcp", "tcp_retransmit_synack")?;
     // tcp_skb_pcount(skb) is TCP_SKB_CB(skb)->tcp_gso_segs, and TCP_SKB_CB is skb->cb.
     let gso_segs = kernel::member_offset("sk_buff", "cb")?
         + kernel::member_offset("tcp_skb_cb", "tcp_gso_segs")?;
+    // A sock starts with its sock_common; a request_sock has one at __req_common.
     Ok(RetransOffsets {
-        skb_skbaddr: skb.offset("skbaddr")?,
-        skb_sport: skb.offset("sport")?,
-        skb_dport: skb.offset("dport")?,
-        skb_err: skb.offset("err")?,
-        synack_sport: synack.offset("sport")?,
-        synack_dport: synack.offset("dport")?,
+        skc_num: kernel::member_offset("sock", "__sk_common")?
+            + kernel::member_offset("sock_common", "skc_num")?,
+        skc_dport: kernel::member_offset("sock", "__sk_common")?
+            + kernel::member_offset("sock_common", "skc_dport")?,
+        req_common: kernel::member_offset("request_sock", "__req_common")?,
         skb_gso_segs: gso_segs,
         valid: 1,
     })
@@ -158,7 +150,16 @@ impl Probe for Kernel {
         Mode::Ebpf
     }
     fn attach_method(&self) -> String {
-        "tracepoint tcp:tcp_retransmit_skb, tcp:tcp_retransmit_synack".into()
+        "raw tracepoint tcp_retransmit_skb, tcp_retransmit_synack".into()
+    }
+    fn missed_events(&self) -> u64 {
+        [PROG_SKB, PROG_SYNACK]
+            .iter()
+            .filter_map(|name| {
+                let fd = self._ebpf.program(name)?.fd().ok()?;
+                super::recursion_misses(std::os::fd::AsFd::as_fd(fd)).ok()
+            })
+            .sum()
     }
     fn collect(&mut self) -> Result<(), ProbeError> {
         for entry in self.counts.iter() {
