@@ -202,3 +202,60 @@ fn non_loopback_callers_need_the_token() {
         let _ = child.wait();
     });
 }
+
+/// A real fault drains the node in HAProxy: an accept-queue overflow makes the default rule
+/// `NodewatchListenOverflow` (`health: drain`) fire; when its one-minute window has passed,
+/// the node is put back.
+#[test]
+fn haproxy_drains_on_an_accept_queue_overflow_and_recovers() {
+    if !have_root("fault to HAProxy drain") {
+        return;
+    }
+    let ns = Netns::create("hadrain");
+    ns.run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // SAFETY: listen() again only changes the backlog.
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 1) };
+        let dir = TempDir::new("health-fault");
+        let agent_port = free_port();
+        let agent = Agent::start(
+            &dir,
+            &format!(
+                "interval: 200ms\nspool_dir: {}\nprobes:\n  accept_queue: {{ ports: [{port}] }}\n  gpu_ioctl: {{ enabled: false }}\n\
+                 resources: {{ enabled: false }}\nhealth:\n  haproxy_agent_listen: 127.0.0.1:{agent_port}\n  recover_after: 0s\n",
+                dir.0.join("spool").display()
+            ),
+        );
+        let haproxy = Haproxy::start(&dir, agent_port);
+        wait_for(Duration::from_secs(10), || (haproxy.status() == "UP").then_some(()))
+            .expect("HAProxy never saw the node UP");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut keep = Vec::new();
+        let mut fault_at = None;
+        for _ in 0..4 {
+            let t = Instant::now();
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+                Ok(s) => keep.push(s),
+                Err(_) => {
+                    fault_at.get_or_insert(t);
+                }
+            }
+        }
+        let fault_at = fault_at.expect("the queue never overflowed");
+        wait_for(Duration::from_secs(10), || {
+            (haproxy.status() == "DRAIN (agent)").then_some(())
+        })
+        .unwrap_or_else(|| panic!("no DRAIN: {}\n{}", haproxy.status(), agent.log_text()));
+        let drained = fault_at.elapsed();
+        eprintln!("first dropped SYN to HAProxy DRAIN (agent): {drained:?} (200 ms ticks, agent-inter 100ms)");
+        let (status, body) = http_get(agent.addr, "/healthz").unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("NodewatchListenOverflow"), "{body}");
+        // The rule looks back one minute; after that the node comes back by itself.
+        wait_for(Duration::from_secs(90), || (haproxy.status() == "UP").then_some(()))
+            .unwrap_or_else(|| panic!("not back UP: {}\n{}", haproxy.status(), agent.log_text()));
+        eprintln!("back UP {:?} after the fault", fault_at.elapsed());
+        drop(keep);
+    });
+}
