@@ -19,13 +19,24 @@ use common::{Agent, NftTable, TempDir, free_port, have_root, http_get, http_requ
 const DASHBOARD: &str = include_str!("../packaging/grafana/nodewatch.json");
 const SCRAPE_CONFIG: &str = include_str!("../packaging/prometheus/prometheus.yml");
 
-/// Panels whose signal this test exercises, so they must return data.
+/// Every panel's signal is exercised in this test, so every panel must return data.
 const MUST_HAVE_DATA: &[&str] = &[
+    "Node healthy",
+    "Availability over the range",
+    "MTTR (mean time to recover)",
+    "MTBF (mean time between failures)",
+    "Firing alerts",
     "Retransmitted segments/s by port",
     "Accept-queue overflows/s by port",
     "Accept-queue fill by port",
+    "ioctl latency heatmap",
+    "ioctl p99 by device",
+    "Stalled ioctls/s by device",
+    "ioctls hung right now",
+    "NVIDIA Xid errors by code",
     "Targets up",
     "Check latency",
+    "Failures/s by reason",
     "CPU and memory",
     "Disk used by mount",
     "Pressure (PSI avg10)",
@@ -153,6 +164,16 @@ fn retransmit(port: u16) {
     client.join().unwrap();
 }
 
+/// ioctls on a watched device (`/dev/null` stands in for a GPU: a char device, cheap to call).
+fn gpu_ioctls() {
+    let f = std::fs::File::open("/dev/null").unwrap();
+    for _ in 0..200 {
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: TCGETS on /dev/null fails with ENOTTY; the call is what the probe times.
+        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::TCGETS, &mut t) };
+    }
+}
+
 #[test]
 fn every_dashboard_query_runs_and_exercised_signals_have_data() {
     if !have_root("dashboard") {
@@ -164,8 +185,10 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
     let agent = Agent::start(
         &dir,
         &format!(
-            "interval: 200ms\nprobes:\n  tcp_retransmits: {{ ports: [{retrans_port}] }}\n  accept_queue: {{ ports: [{aq_port}] }}\n\
-             heartbeats:\n  - {{ name: tcp, tcp: \"127.0.0.1:{hb_port}\", interval: 200ms, timeout: 100ms }}\n  - {{ name: push, push_ttl: 5s }}\n"
+            "interval: 200ms\nprobes:\n  tcp_retransmits: {{ ports: [{retrans_port}] }}\n  accept_queue: {{ ports: [{aq_port}] }}\n  gpu_ioctl: {{ devices: [\"/dev/null\"] }}\n\
+             heartbeats:\n  - {{ name: tcp, tcp: \"127.0.0.1:{hb_port}\", interval: 200ms, timeout: 100ms }}\n  - {{ name: push, push_ttl: 5s }}\n\
+             spool_dir: {}\nhealth:\n  recover_after: 0s\n",
+            dir.0.join("spool").display()
         ),
     );
     let prom = prometheus(&dir, agent.addr);
@@ -175,9 +198,26 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
             .0,
         204
     );
-    // Exercise the signals while Prometheus scrapes every second.
+    // Exercise the signals while Prometheus scrapes every second. First a maintenance window
+    // (drain, then undrain), so the node has been down and recovered once: MTTR and MTBF.
+    for path in ["/api/v1/drain", "/api/v1/undrain"] {
+        let body: &[u8] = if path.ends_with("/drain") {
+            br#"{"reason": "test"}"#
+        } else {
+            b""
+        };
+        assert_eq!(http_request(agent.addr, "POST", path, body).unwrap().0, 200);
+        thread::sleep(Duration::from_millis(1200));
+    }
     let (_listener, _conns) = overflow(aq_port);
     retransmit(retrans_port);
+    gpu_ioctls();
+    // A GPU that fell off the bus (Xid 79): the default rule fires and takes the node down.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .and_then(|mut f| f.write_all(b"<4>NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=test, GPU has fallen off the bus.\n"))
+        .expect("write /dev/kmsg");
     thread::sleep(Duration::from_secs(4));
     drop(hb);
 
