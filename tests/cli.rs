@@ -6,20 +6,22 @@ use std::process::Command;
 
 use common::{BIN, TempDir};
 
-fn check(text: &str) -> (i32, String, String) {
-    let dir = TempDir::new(&format!("cli-{}", text.len()));
-    let path = dir.write("bad.yaml", text);
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+/// Runs `nodewatch <command> FILE` on `text`: exit code, stdout, and stderr with the file's
+/// path replaced by `FILE`.
+fn run_on(command: &str, text: &str) -> (i32, String, String) {
+    let dir = TempDir::new(&format!("cli-{command}-{}", text.len()));
+    let path = dir.write("input.yaml", text);
+    let out = Command::new(BIN).arg(command).arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
         stderr,
     )
+}
+
+fn check(text: &str) -> (i32, String, String) {
+    run_on("check-config", text)
 }
 
 #[test]
@@ -148,19 +150,7 @@ fn default_rules_pass_promtool() {
 }
 
 fn check_rules(text: &str) -> (i32, String, String) {
-    let dir = TempDir::new(&format!("cli-rules-{}", text.len()));
-    let path = dir.write("rules.yaml", text);
-    let out = Command::new(BIN)
-        .arg("check-rules")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).replace(&path.display().to_string(), "FILE");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        stderr,
-    )
+    run_on("check-rules", text)
 }
 
 #[test]

@@ -27,7 +27,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Mode, PortLabels, Probe, ProbeDef, ProbeError, set_counter, snmp_value};
+use super::{AttachError, Mode, PortLabels, Probe, ProbeDef, ProbeError, set_counter, snmp_value};
 use crate::{
     config::{AcceptQueueMode, Config},
     kernel,
@@ -269,33 +269,6 @@ impl DropTracker {
     }
 }
 
-/// Why the eBPF path could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    #[error(transparent)]
-    Kernel(#[from] kernel::KernelError),
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("program {PROG}: {0}")]
-    Program(#[from] aya::programs::ProgramError),
-    #[error("map {OVERFLOWS_MAP}: {0}")]
-    Map(#[from] aya::maps::MapError),
-    #[error("object lacks {0}")]
-    Missing(&'static str),
-    #[error("no cgroup v2 mount in {0}")]
-    NoCgroup2(String),
-    #[error("opening {path}: {source}")]
-    Open {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("attaching to {path}: {errors}")]
-    Attach { path: String, errors: String },
-    #[error("counting CPUs: {0}")]
-    Cpus(String),
-}
-
 /// The eBPF mode: owns the loaded object, so dropping it detaches the program.
 struct Kernel {
     _ebpf: Ebpf,
@@ -322,11 +295,13 @@ impl Kernel {
         }
         let root = cgroup2_root(proc_root)?;
         let path = root.display().to_string();
+        let program = |source| AttachError::Program { name: PROG, source };
         let prog: &mut CgroupSkb = ebpf
             .program_mut(PROG)
             .ok_or(AttachError::Missing(PROG))?
-            .try_into()?;
-        prog.load()?;
+            .try_into()
+            .map_err(program)?;
+        prog.load().map_err(program)?;
         // Other cgroup programs (systemd's IP accounting and firewalling, ...) must keep
         // working below the root, so the program is attached in multi mode. From 5.7 aya
         // attaches through a bpf_link, which takes no flags and which the kernel always

@@ -25,7 +25,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Mode, Off, Probe, ProbeDef, ProbeError};
+use super::{AttachError, Mode, Off, Probe, ProbeDef, ProbeError};
 use crate::{
     config::Config,
     devices::Watched,
@@ -126,25 +126,6 @@ fn start(cfg: &Config, registry: &mut Registry) -> Box<dyn Probe> {
             })
         }
     }
-}
-
-/// Why the eBPF path could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    #[error(transparent)]
-    Kernel(#[from] kernel::KernelError),
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("map: {0}")]
-    Map(#[from] aya::maps::MapError),
-    #[error("object lacks {0}")]
-    Missing(&'static str),
 }
 
 /// The eBPF mode: owns the loaded object, so dropping it detaches both programs.

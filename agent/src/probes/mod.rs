@@ -145,6 +145,37 @@ pub enum ProbeError {
     },
 }
 
+/// Why a probe's eBPF path could not start (the probe then degrades, saying why).
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::KernelError),
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("object lacks {0}")]
+    Missing(&'static str),
+    #[error("counting CPUs: {0}")]
+    Cpus(String),
+    #[error("no cgroup v2 mount in {0}")]
+    NoCgroup2(String),
+    #[error("opening {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching to {path}: {errors}")]
+    Attach { path: String, errors: String },
+}
+
 /// Labels `{port}`: a watched port, `other` (the rest), or `all` (a host-wide fallback).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PortLabels {

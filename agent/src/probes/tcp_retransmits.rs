@@ -20,7 +20,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Mode, PortLabels, Probe, ProbeDef, ProbeError, set_counter, snmp_value};
+use super::{AttachError, Mode, PortLabels, Probe, ProbeDef, ProbeError, set_counter, snmp_value};
 use crate::{config::Config, kernel, store::names};
 
 const NAME: &str = "tcp_retransmits";
@@ -57,27 +57,6 @@ fn start(cfg: &Config, registry: &mut Registry) -> Box<dyn Probe> {
             })
         }
     }
-}
-
-/// Why the eBPF path could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum AttachError {
-    #[error(transparent)]
-    Kernel(#[from] kernel::KernelError),
-    #[error("loading the eBPF object: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("map {COUNTS_MAP}: {0}")]
-    Map(#[from] aya::maps::MapError),
-    #[error("object lacks {0}")]
-    Missing(&'static str),
-    #[error("counting CPUs: {0}")]
-    Cpus(String),
 }
 
 /// The eBPF mode: owns the loaded object, so dropping it detaches both programs.
