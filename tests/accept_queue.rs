@@ -336,3 +336,56 @@ fn attaches_in_multi_mode_beside_other_cgroup_programs() {
     assert!(line.contains("multi"), "{line}");
     assert!(agent.stop().success());
 }
+
+/// IPv6, and a dual-stack listener reached over IPv4: the same exact count.
+#[test]
+fn ipv6_and_dual_stack_listeners_count_exactly() {
+    if !have_root("accept_queue ipv6") {
+        return;
+    }
+    let ns = Netns::create("aq6");
+    ns.run(|| {
+        let v6 = TcpListener::bind("[::1]:0").expect("bind [::1]");
+        let dual = TcpListener::bind("[::]:0").expect("bind [::]");
+        for l in [&v6, &dual] {
+            // SAFETY: listen() again only changes the backlog.
+            assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 1) }, 0);
+        }
+        let (p6, pd) = (port_of(&v6), port_of(&dual));
+        let dir = TempDir::new("aq-v6");
+        let agent = Agent::start(&dir, &config(&[p6, pd], "ebpf"));
+        let before = netstat("ListenOverflows");
+        let try_all = |addr: SocketAddr, n: usize| -> (Vec<TcpStream>, u64) {
+            let mut open = Vec::new();
+            let mut refused = 0;
+            for _ in 0..n {
+                match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+                    Ok(s) => open.push(s),
+                    Err(_) => refused += 1,
+                }
+            }
+            (open, refused)
+        };
+        let (k6, r6) = try_all(format!("[::1]:{p6}").parse().unwrap(), 5);
+        // IPv4 packets to an AF_INET6 socket (v4-mapped).
+        let (kd, rd) = try_all(format!("127.0.0.1:{pd}").parse().unwrap(), 5);
+        assert_eq!((r6, rd), (3, 3), "backlog 1 holds two");
+        drop((k6, kd, v6, dual));
+        thread::sleep(Duration::from_millis(300));
+        let kernel = netstat("ListenOverflows") - before;
+        let agreed = wait_for(Duration::from_secs(3), || {
+            let (a6, ad) = (
+                overflows(&agent, &p6.to_string()),
+                overflows(&agent, &pd.to_string()),
+            );
+            (a6 + ad == kernel as f64).then_some((a6, ad))
+        });
+        eprintln!("IPv6 and dual-stack: kernel ListenOverflows +{kernel}, agent {agreed:?}");
+        assert_eq!(
+            agreed,
+            Some((3.0, 3.0)),
+            "kernel +{kernel}\n{}",
+            agent.metrics()
+        );
+    });
+}
