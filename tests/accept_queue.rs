@@ -389,3 +389,76 @@ fn ipv6_and_dual_stack_listeners_count_exactly() {
         );
     });
 }
+
+/// A connect from `127.0.0.1:from` to `port` that does not wait for the handshake.
+fn connect_from(from: u16, port: u16) -> std::os::fd::OwnedFd {
+    // SAFETY: plain socket calls on a socket this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0);
+        let sa = |p: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: p.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let local = sa(from);
+        assert_eq!(
+            libc::bind(fd, (&raw const local).cast(), len),
+            0,
+            "bind {from}"
+        );
+        let remote = sa(port);
+        libc::connect(fd, (&raw const remote).cast(), len);
+        std::os::fd::FromRawFd::from_raw_fd(fd)
+    }
+}
+
+/// A SYN sent again for a connection the SYN queue already holds (its SYN-ACK was lost) that
+/// meets a full accept queue is answered with a SYN-ACK, not dropped: the kernel counts no
+/// overflow, and neither does the agent.
+#[test]
+fn a_retransmitted_syn_for_a_waiting_connection_is_not_an_overflow() {
+    if !have_root("accept_queue syn retransmit") {
+        return;
+    }
+    let ns = Netns::create("aqrsyn");
+    ns.run(|| {
+        let l = listener(0, 1);
+        let p = port_of(&l);
+        let dir = TempDir::new("aq-rsyn");
+        let agent = Agent::start(&dir, &config(&[p], "ebpf"));
+        let a_port = common::free_port();
+        let lost = NftTable::create(
+            "nodewatch_test_rsyn",
+            &format!(
+                "chain in {{\n type filter hook input priority 0;\n \
+                 tcp sport {p} tcp dport {a_port} tcp flags & (syn | ack) == syn | ack drop\n}}"
+            ),
+        );
+        let (overflows_before, syn_retrans_before) = (netstat("ListenOverflows"), netstat("TCPSynRetrans"));
+        let a = connect_from(a_port, p);
+        thread::sleep(Duration::from_millis(100));
+        let (keep, refused) = knock(p, 2);
+        assert_eq!(refused, 0, "two fit in the queue besides the waiting one");
+        // A resends its SYN after 1 s, into the full queue.
+        thread::sleep(Duration::from_millis(2500));
+        let syn_retrans = netstat("TCPSynRetrans") - syn_retrans_before;
+        assert!(syn_retrans > 0, "A never resent its SYN");
+        drop((a, lost, keep, l));
+        thread::sleep(Duration::from_millis(300));
+        let kernel = netstat("ListenOverflows") - overflows_before;
+        let seen = wait_for(Duration::from_secs(2), || {
+            let a = overflows(&agent, &p.to_string());
+            (a == kernel as f64).then_some(a)
+        });
+        eprintln!(
+            "SYNs resent into a full queue: {syn_retrans}; kernel ListenOverflows +{kernel}, agent {}",
+            overflows(&agent, &p.to_string())
+        );
+        assert!(seen.is_some(), "agent {} != kernel {kernel}", overflows(&agent, &p.to_string()));
+    });
+}

@@ -9,13 +9,22 @@
 //! - an ACK that would complete a handshake (request socket or SYN cookie) in
 //!   `tcp_v4_syn_recv_sock()` / `tcp_v6_syn_recv_sock()`, counting `ListenOverflows`.
 //!
-//! Those two cases are counted here, per listening port. The program never drops anything.
+//! Those two cases are counted here, per listening port, except a SYN that a request socket
+//! is already waiting for (a retransmitted SYN whose SYN-ACK was lost): the kernel hands it to
+//! `tcp_check_req()`, which answers with a SYN-ACK and counts nothing, so neither do we. The
+//! program never drops anything.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::{bpf_probe_read_kernel, bpf_sk_fullsock, bpf_skc_to_tcp_sock},
+    bindings::{
+        __sk_buff, BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+    },
+    helpers::{
+        bpf_probe_read_kernel, bpf_sk_fullsock, bpf_sk_release, bpf_skc_lookup_tcp,
+        bpf_skc_to_tcp_sock,
+    },
     macros::{cgroup_skb, map},
     maps::PerCpuHashMap,
     programs::SkBuffContext,
@@ -38,6 +47,7 @@ static ACCEPTQ_OFFSETS: AcceptqOffsets = AcceptqOffsets {
 static LISTEN_OVERFLOWS: PerCpuHashMap<u16, u64> = PerCpuHashMap::with_max_entries(MAX_PORTS, 0);
 
 const TCP_LISTEN: u32 = 10;
+const TCP_NEW_SYN_RECV: u32 = 12;
 const IPPROTO_TCP: u32 = 6;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -85,13 +95,61 @@ fn try_accept_queue(ctx: &SkBuffContext) -> Result<(), i64> {
     if !queue_full(sk.cast(), &off)? {
         return Ok(());
     }
-    let flags = tcp_flags(ctx, skb)?;
-    let dropped_syn = flags & (SYN | ACK | RST | FIN) == SYN;
-    let dropped_ack = flags & (SYN | ACK | RST) == ACK;
+    let seg = segment(ctx, skb)?;
+    let dropped_syn = seg.flags & (SYN | ACK | RST | FIN) == SYN && !for_request_sock(ctx, &seg)?;
+    let dropped_ack = seg.flags & (SYN | ACK | RST) == ACK;
     if dropped_syn || dropped_ack {
         counter_add(slot, 1);
     }
     Ok(())
+}
+
+/// Where a packet's TCP header starts, its IP version and its flags.
+struct Segment {
+    v6: bool,
+    l4: usize,
+    flags: u8,
+}
+
+/// True when the packet belongs to a connection a request socket is already waiting for.
+#[inline(always)]
+fn for_request_sock(ctx: &SkBuffContext, seg: &Segment) -> Result<bool, i64> {
+    // SAFETY: a zeroed tuple is valid; the helper reads `size` bytes of it.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if seg.v6 {
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr: ctx.load(8)?,
+            daddr: ctx.load(24)?,
+            sport: ctx.load(seg.l4)?,
+            dport: ctx.load(seg.l4 + 2)?,
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
+    } else {
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: ctx.load(12)?,
+            daddr: ctx.load(16)?,
+            sport: ctx.load(seg.l4)?,
+            dport: ctx.load(seg.l4 + 2)?,
+        };
+        core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
+    };
+    // SAFETY: the helper takes the context, a stack tuple of `size` bytes, and returns a
+    // referenced socket (or null) that must be released, which it is right after the read.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(
+            ctx.skb.skb.cast(),
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return Ok(false);
+        }
+        let state = (*sk).state;
+        bpf_sk_release(sk.cast());
+        Ok(state == TCP_NEW_SYN_RECV)
+    }
 }
 
 #[inline(always)]
@@ -117,14 +175,14 @@ fn queue_full(sk: *mut core::ffi::c_void, off: &AcceptqOffsets) -> Result<bool, 
     }
 }
 
-/// The TCP flags byte. In cgroup_skb ingress the packet data starts at the IP header.
+/// The TCP segment of a packet. In cgroup_skb ingress the packet data starts at the IP header.
 #[inline(always)]
-fn tcp_flags(ctx: &SkBuffContext, skb: *mut __sk_buff) -> Result<u8, i64> {
+fn segment(ctx: &SkBuffContext, skb: *mut __sk_buff) -> Result<Segment, i64> {
     // SAFETY: context field read, checked by the verifier.
     let proto = u16::from_be(unsafe { (*skb).protocol } as u16);
-    let l4 = if proto == ETH_P_IP {
+    let (v6, l4) = if proto == ETH_P_IP {
         let vihl: u8 = ctx.load(0)?;
-        usize::from(vihl & 0x0f) * 4
+        (false, usize::from(vihl & 0x0f) * 4)
     } else if proto == ETH_P_IPV6 {
         // A listener's packets carry no extension headers in practice; anything else is not
         // a TCP segment we can read and is skipped.
@@ -132,9 +190,13 @@ fn tcp_flags(ctx: &SkBuffContext, skb: *mut __sk_buff) -> Result<u8, i64> {
         if u32::from(next) != IPPROTO_TCP {
             return Err(-1);
         }
-        40
+        (true, 40)
     } else {
         return Err(-1);
     };
-    Ok(ctx.load(l4 + 13)?)
+    Ok(Segment {
+        v6,
+        l4,
+        flags: ctx.load(l4 + 13)?,
+    })
 }
