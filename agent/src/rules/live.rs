@@ -254,6 +254,22 @@ impl LiveRules {
             .collect()
     }
 
+    /// The labels of the alerts waiting out their `for`.
+    pub fn pending(&self) -> Vec<std::collections::BTreeMap<String, String>> {
+        self.engine
+            .rules()
+            .filter(|r| r.def.kind == Kind::Alerting)
+            .flat_map(|r| r.active.values())
+            .filter(|a| a.state == State::Pending)
+            .map(|a| {
+                a.labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .collect()
+    }
+
     fn publish(&mut self) {
         let mut counts: HashMap<&str, (i64, i64)> = HashMap::new();
         let mut view = Vec::new();
