@@ -95,7 +95,11 @@ fn proc_files_that_vanish_are_counted_and_logged_once() {
     .unwrap_or_else(|| panic!("no recovery:\n{}", agent.log_text()));
     let settled = agent.sample(errors);
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(agent.sample(errors), settled, "errors stop when files are back");
+    assert_eq!(
+        agent.sample(errors),
+        settled,
+        "errors stop when files are back"
+    );
     let log = agent.log_text();
     assert_eq!(count(&log, "collection failed"), 1, "{log}");
     assert_eq!(count(&log, "collection recovered"), 1, "{log}");
@@ -166,7 +170,14 @@ fn a_full_disk_under_the_spool_is_logged_once_and_counted() {
     let spool = dir.0.join("spool");
     std::fs::create_dir_all(&spool).unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "nodewatch-test", spool.to_str().unwrap()])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k",
+            "nodewatch-test",
+            spool.to_str().unwrap(),
+        ])
         .status()
         .expect("mount");
     assert!(mounted.success(), "mount tmpfs");
@@ -200,11 +211,7 @@ fn a_full_disk_under_the_spool_is_logged_once_and_counted() {
         1,
         "{log}"
     );
-    assert_eq!(
-        count(&log, "cannot save the announced alerts"),
-        1,
-        "{log}"
-    );
+    assert_eq!(count(&log, "cannot save the announced alerts"), 1, "{log}");
     assert_eq!(
         common::http_get(agent.addr, "/healthz").map(|(s, _)| s),
         Some(200)

@@ -26,7 +26,10 @@ const RULES: &str = "groups:
 fn set_memory(proc: &Path, used_percent: u64) {
     std::fs::write(
         proc.join("meminfo"),
-        format!("MemTotal: 1000 kB\nMemAvailable: {} kB\n", 1000 - used_percent * 10),
+        format!(
+            "MemTotal: 1000 kB\nMemAvailable: {} kB\n",
+            1000 - used_percent * 10
+        ),
     )
     .unwrap();
 }
@@ -79,7 +82,12 @@ notifiers:
     let starts: Vec<String> = receiver
         .requests()
         .iter()
-        .map(|r| r.json()["alerts"][0]["startsAt"].as_str().unwrap().to_string())
+        .map(|r| {
+            r.json()["alerts"][0]["startsAt"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     sigkill(first);
 
@@ -117,15 +125,26 @@ notifiers:
     });
     let mut after = receiver.notifications()[2..].to_vec();
     after.sort();
-    assert_eq!(after, vec![resolved("MemoryHigh"), resolved("MemoryHighFor")]);
+    assert_eq!(
+        after,
+        vec![resolved("MemoryHigh"), resolved("MemoryHighFor")]
+    );
     let mut resolved_starts: Vec<String> = receiver.requests()[2..]
         .iter()
-        .map(|r| r.json()["alerts"][0]["startsAt"].as_str().unwrap().to_string())
+        .map(|r| {
+            r.json()["alerts"][0]["startsAt"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let mut starts = starts;
     starts.sort();
     resolved_starts.sort();
-    assert_eq!(resolved_starts, starts, "resolved with the announced startsAt");
+    assert_eq!(
+        resolved_starts, starts,
+        "resolved with the announced startsAt"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(receiver.notifications().len(), 4);
     assert!(third.stop().success());

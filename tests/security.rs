@@ -59,7 +59,10 @@ fn world_writable_config_or_rule_file_is_refused() {
     let spool = dir.0.join("spool");
     let cfg = dir.write(
         "config.yaml",
-        &format!("{QUIET}spool_dir: {}\nrule_files: [local.yaml]\n", spool.display()),
+        &format!(
+            "{QUIET}spool_dir: {}\nrule_files: [local.yaml]\n",
+            spool.display()
+        ),
     );
     let rules = dir.write(
         "local.yaml",
@@ -136,7 +139,10 @@ health: {{ token_file: {token} }}
     .unwrap_or_else(|| panic!("no notification:\n{}", agent.log_text()));
     let first = &receiver.requests()[0];
     assert!(
-        first.head.to_ascii_lowercase().contains("webhook-signature: v1,"),
+        first
+            .head
+            .to_ascii_lowercase()
+            .contains("webhook-signature: v1,"),
         "the secret is in use: {}",
         first.head
     );
@@ -153,7 +159,10 @@ health: {{ token_file: {token} }}
     let log = agent.log_text();
     agent.stop();
     let log = log + &std::fs::read_to_string(dir.0.join("agent.log")).unwrap_or_default();
-    assert!(log.contains("TRACE") || log.contains("DEBUG"), "trace logging on:\n{log}");
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "trace logging on:\n{log}"
+    );
     for (what, s) in [("webhook secret", HOOK_SECRET), ("drain token", TOKEN)] {
         assert!(!log.contains(s), "the {what} is in the log:\n{log}");
     }
@@ -173,5 +182,8 @@ health: {{ token_file: {token} }}
     let (code, err) = nodewatch(&["run".as_ref(), "--config".as_ref(), cfg.as_os_str()]);
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("contents not shown"), "{err}");
-    assert!(!err.contains("SECRETPART") && !err.contains("QUJD"), "{err}");
+    assert!(
+        !err.contains("SECRETPART") && !err.contains("QUJD"),
+        "{err}"
+    );
 }

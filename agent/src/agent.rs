@@ -421,11 +421,9 @@ fn tick_loop(
         rules.live.tick(now_ms(), &store.encode_openmetrics());
         let firing = rules.live.firing();
         outputs.health.evaluate(&health_of(&firing), Instant::now());
-        outputs.notifiers.observe(
-            &firing,
-            &rules.live.pending(),
-            std::time::SystemTime::now(),
-        );
+        outputs
+            .notifiers
+            .observe(&firing, &rules.live.pending(), std::time::SystemTime::now());
         next += interval;
         let now = Instant::now();
         if next < now {

@@ -86,11 +86,9 @@ where
         req.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
         async move {
-            let answer = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                app.oneshot(req.map(axum::body::Body::new)),
-            )
-            .await;
+            let answer =
+                tokio::time::timeout(REQUEST_TIMEOUT, app.oneshot(req.map(axum::body::Body::new)))
+                    .await;
             Ok::<_, std::convert::Infallible>(match answer {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(never)) => match never {},

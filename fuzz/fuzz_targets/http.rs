@@ -26,7 +26,8 @@ fn app() -> Router {
     static APP: OnceLock<Router> = OnceLock::new();
     APP.get_or_init(|| {
         let cfg = Config::parse("fuzz.yaml", CONFIG).expect("the fuzz config is valid");
-        let spool = std::env::temp_dir().join(format!("nodewatch-fuzz-http-{}", std::process::id()));
+        let spool =
+            std::env::temp_dir().join(format!("nodewatch-fuzz-http-{}", std::process::id()));
         std::fs::create_dir_all(&spool).expect("temporary spool folder");
         let mut store = Store::new();
         let heartbeats = Heartbeats::new(&cfg.heartbeats.0, store.registry_mut());

@@ -10,7 +10,10 @@ const SERIES: &[(&str, &[(&str, &str)])] = &[
     ("nodewatch_tcp_retransmits_total", &[("port", "other")]),
     ("nodewatch_gpu_xid_errors_total", &[("code", "79")]),
     ("nodewatch_heartbeat_up", &[("target", "inference")]),
-    ("nodewatch_probe_up", &[("probe", "gpu_ioctl"), ("mode", "off")]),
+    (
+        "nodewatch_probe_up",
+        &[("probe", "gpu_ioctl"), ("mode", "off")],
+    ),
     ("nodewatch_memory_used_ratio", &[]),
     ("nodewatch_disk_used_ratio", &[("mount", "/")]),
 ];

@@ -375,7 +375,10 @@ mod tests {
         assert_eq!(h.sample_count(), 4);
         assert_eq!(h.dropped_samples(), 2);
         let sel = h.select(Some("a"), &[]);
-        assert_eq!(sel[0].1.range(0, 9000), vec![(1000, 1.0), (2000, 2.0), (3000, 3.0)]);
+        assert_eq!(
+            sel[0].1.range(0, 9000),
+            vec![(1000, 1.0), (2000, 2.0), (3000, 3.0)]
+        );
         h.prune(3000);
         assert_eq!(h.samples, h.sample_count());
         h.truncate_after(1500);

@@ -148,7 +148,11 @@ mod tests {
         );
         assert!(parse_values("1+x3").is_err());
         // Expansions are bounded before anything is allocated.
-        for huge in ["1x99999999999", "_x18446744073709551615", "0+1x18446744073709551615"] {
+        for huge in [
+            "1x99999999999",
+            "_x18446744073709551615",
+            "0+1x18446744073709551615",
+        ] {
             let e = parse_values(huge).unwrap_err();
             assert!(e.contains("more than 1000000 values"), "{huge}: {e}");
         }
