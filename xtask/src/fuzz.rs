@@ -13,7 +13,8 @@ use anyhow::{Context, Result, bail};
 use crate::{root_dir, step};
 
 /// The targets, and the repository files (relative to the root) that seed each one besides
-/// `fuzz/seeds/<target>/`.
+/// `fuzz/seeds/<target>/`. `fuzz/dicts/<target>.dict`, when present, gives libFuzzer the
+/// format's keywords.
 const TARGETS: &[(&str, &[&str])] = &[
     ("config", &["packaging/config.yaml"]),
     ("rules", &["alerts", "packaging/rules.d"]),
@@ -53,6 +54,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
         let corpus = work.join("corpus").join(target);
         fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
         step(&format!("fuzz: {target} for {seconds} s"));
+        let dict = root.join(format!("fuzz/dicts/{target}.dict"));
         let mut cmd = Command::new("cargo");
         cmd.args(["+nightly", "fuzz", "run"])
             .args(BUILD_FLAGS)
@@ -65,6 +67,7 @@ pub fn fuzz(seconds: u64) -> Result<()> {
             .arg("-timeout=10")
             .arg("-rss_limit_mb=2048")
             .arg("-print_final_stats=1")
+            .args(dict.is_file().then(|| format!("-dict={}", dict.display())))
             .current_dir(&root)
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped());
