@@ -26,8 +26,7 @@ fn app() -> Router {
     static APP: OnceLock<Router> = OnceLock::new();
     APP.get_or_init(|| {
         let cfg = Config::parse("fuzz.yaml", CONFIG).expect("the fuzz config is valid");
-        let spool =
-            std::env::temp_dir().join(format!("nodewatch-fuzz-http-{}", std::process::id()));
+        let spool = std::env::temp_dir().join("nodewatch-fuzz-http");
         std::fs::create_dir_all(&spool).expect("temporary spool folder");
         let mut store = Store::new();
         let heartbeats = Heartbeats::new(&cfg.heartbeats.0, store.registry_mut());
