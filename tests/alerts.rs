@@ -242,6 +242,14 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
         "{log}"
     );
     assert!(log.contains("reload refused"), "{log}");
+    // Said once for the one SIGHUP, not once per tick.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        agent.log_text().matches("reload refused").count(),
+        1,
+        "{}",
+        agent.log_text()
+    );
     thread::sleep(Duration::from_millis(500));
     let still = alerts(&agent);
     assert!(find(&still, "Added").is_some(), "{still:?}");

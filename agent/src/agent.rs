@@ -441,7 +441,7 @@ fn tick_loop(
         outputs.health.evaluate(&health_of(&firing), Instant::now());
         outputs
             .notifiers
-            .observe(&firing, std::time::SystemTime::now());
+            .observe(&firing, &rules.live.pending(), std::time::SystemTime::now());
         next += interval;
         let now = Instant::now();
         if next < now {

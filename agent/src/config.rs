@@ -387,6 +387,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{file}: writable by every user (mode {mode:04o}); the agent runs privileged and refuses it: chmod o-w {file}"
+    )]
+    WorldWritable { file: String, mode: u32 },
     #[error("{file}:{line}:{column}: {message}")]
     Invalid {
         file: String,
@@ -397,8 +401,9 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file; one that any user may write is refused.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        refuse_world_writable(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             file: path.display().to_string(),
             source,
@@ -422,6 +427,20 @@ impl Config {
             return Ok(Self::default());
         }
         parse_yaml(file, text)
+    }
+}
+
+/// Refuses a file any user may change: whoever writes the agent's config or rules decides
+/// what a privileged process reads and where it sends alerts. (A missing file is left to the
+/// read that follows, for its usual message.)
+pub fn refuse_world_writable(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o002 != 0 => Err(ConfigError::WorldWritable {
+            file: path.display().to_string(),
+            mode: m.permissions().mode() & 0o7777,
+        }),
+        _ => Ok(()),
     }
 }
 

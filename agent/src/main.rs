@@ -1,32 +1,11 @@
-//! nodewatch: per-host health agent for GPU and AI-serving nodes.
-
-mod agent;
-mod alerts;
-mod client;
-mod config;
-mod devices;
-mod haproxy;
-mod health;
-mod heartbeats;
-mod http;
-mod httpc;
-mod kernel;
-mod notify;
-mod privileges;
-mod probes;
-mod resources;
-mod rules;
-mod server;
-mod sockdiag;
-mod store;
-mod systemd;
-mod xid;
+//! nodewatch: per-host health agent for GPU and AI-serving nodes. The command line; the
+//! agent itself is the `nodewatch` library.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{config::Config, store::Store};
+use nodewatch::{agent, client, config::Config, probes, rules, store::Store};
 
 /// Per-host health agent for GPU and AI-serving nodes: eBPF probes, local alert rules,
 /// node health for the load balancer.

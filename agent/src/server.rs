@@ -5,6 +5,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,7 +16,11 @@ use std::{
 use axum::{Router, extract::ConnectInfo};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+};
 use tower::ServiceExt;
 
 /// Connections served at once; more are closed at accept.
@@ -64,36 +69,43 @@ pub async fn serve(
         warned_full.store(false, Ordering::Relaxed);
         let app = app.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let app = app.clone();
-                async move {
-                    let answer = tokio::time::timeout(
-                        REQUEST_TIMEOUT,
-                        app.oneshot(req.map(axum::body::Body::new)),
-                    )
-                    .await;
-                    Ok::<_, std::convert::Infallible>(match answer {
-                        Ok(Ok(resp)) => resp,
-                        Ok(Err(never)) => match never {},
-                        Err(_) => axum::response::IntoResponse::into_response((
-                            axum::http::StatusCode::REQUEST_TIMEOUT,
-                            "request took too long\n",
-                        )),
-                    })
-                }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES.max(8192))
-                .max_headers(MAX_HEADERS);
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            serve_connection(stream, peer, app).await;
             drop(slot);
         });
     }
     Ok(())
+}
+
+/// Serves the requests of one connection, from `peer`, with the limits above; returns when
+/// the client is gone or broke the protocol. The fuzz target `http` drives it with raw bytes.
+pub async fn serve_connection<IO>(stream: IO, peer: SocketAddr, app: Router)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let app = app.clone();
+        async move {
+            let answer =
+                tokio::time::timeout(REQUEST_TIMEOUT, app.oneshot(req.map(axum::body::Body::new)))
+                    .await;
+            Ok::<_, std::convert::Infallible>(match answer {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(never)) => match never {},
+                Err(_) => axum::response::IntoResponse::into_response((
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    "request took too long\n",
+                )),
+            })
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .max_headers(MAX_HEADERS);
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }

@@ -24,6 +24,9 @@ use crate::{
 };
 
 const NAME: &str = "gpu_xid";
+/// Most distinct `code` label values; later new codes count under `code="other"`. NVIDIA
+/// documents about 150 codes, a node sees a handful: this bounds a corrupted or hostile log.
+pub const MAX_XID_CODES: usize = 64;
 const KMSG: &str = "/dev/kmsg";
 
 pub const DEF: ProbeDef = ProbeDef {
@@ -48,7 +51,11 @@ fn start(_cfg: &Config, registry: &mut Registry) -> Box<dyn Probe> {
         errors.clone(),
     );
     match open_at_end() {
-        Ok(kmsg) => Box::new(Kmsg { kmsg, errors }),
+        Ok(kmsg) => Box::new(Kmsg {
+            kmsg,
+            codes: Codes::default(),
+            errors,
+        }),
         Err(e) => {
             tracing::warn!(probe = NAME, error = %e, "cannot read {KMSG}; Xid errors are not counted");
             Box::new(Off {
@@ -71,7 +78,34 @@ fn open_at_end() -> std::io::Result<File> {
 /// Reading `/dev/kmsg`.
 struct Kmsg {
     kmsg: File,
+    codes: Codes,
     errors: Errors,
+}
+
+/// The codes seen so far, capped at [`MAX_XID_CODES`].
+#[derive(Default)]
+pub struct Codes {
+    seen: std::collections::HashSet<u32>,
+    warned: bool,
+}
+
+impl Codes {
+    /// The `code` label for `code`: itself, or `other` once the cap is reached (logged once).
+    pub fn label(&mut self, code: u32) -> String {
+        if self.seen.contains(&code) || self.seen.len() < MAX_XID_CODES {
+            self.seen.insert(code);
+            return code.to_string();
+        }
+        if !std::mem::replace(&mut self.warned, true) {
+            tracing::warn!(
+                probe = NAME,
+                code,
+                max = MAX_XID_CODES,
+                "too many distinct Xid codes; new ones are counted as code=\"other\""
+            );
+        }
+        "other".into()
+    }
 }
 
 impl Probe for Kmsg {
@@ -92,11 +126,8 @@ impl Probe for Kmsg {
                 Ok(0) => return Ok(()),
                 Ok(n) => {
                     if let Some(code) = xid_code(&String::from_utf8_lossy(&buf[..n])) {
-                        self.errors
-                            .get_or_create(&CodeLabels {
-                                code: code.to_string(),
-                            })
-                            .inc();
+                        let code = self.codes.label(code);
+                        self.errors.get_or_create(&CodeLabels { code }).inc();
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
@@ -141,6 +172,17 @@ pub fn xid_code(record: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distinct_codes_are_capped() {
+        let mut codes = Codes::default();
+        for c in 0..MAX_XID_CODES as u32 {
+            assert_eq!(codes.label(c), c.to_string());
+        }
+        assert_eq!(codes.label(9999), "other");
+        assert_eq!(codes.label(3), "3", "known codes keep their label");
+        assert_eq!(codes.label(9998), "other");
+    }
 
     #[test]
     fn parses_xid_records() {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod haproxy;
+pub mod receiver;
 
 use std::{
     io::{Read, Write},
@@ -76,10 +77,25 @@ impl Agent {
 
     /// As [`Agent::start`], run through `wrapper` (e.g. `setpriv` with fewer capabilities).
     pub fn start_wrapped(dir: &TempDir, config: &str, wrapper: &[&str]) -> Self {
+        Self::start_full(dir, config, wrapper, "info", "agent.log")
+    }
+
+    /// As [`Agent::start`], with `RUST_LOG=rust_log` and the log in `dir/log_name`.
+    pub fn start_logged(dir: &TempDir, config: &str, rust_log: &str, log_name: &str) -> Self {
+        Self::start_full(dir, config, &[], rust_log, log_name)
+    }
+
+    fn start_full(
+        dir: &TempDir,
+        config: &str,
+        wrapper: &[&str],
+        rust_log: &str,
+        log_name: &str,
+    ) -> Self {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let cfg = dir.write("config.yaml", config);
-        let log = dir.0.join("agent.log");
+        let log = dir.0.join(log_name);
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -92,7 +108,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&cfg)
             .args(["--listen", &addr.to_string()])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create log"))
             .spawn()

@@ -3,6 +3,7 @@
 //! every test, measure what the probes cost.
 
 mod bench;
+mod fuzz;
 
 use std::{
     env,
@@ -36,17 +37,23 @@ const DEB_PACKAGES: &[&str] = &[
     "man-db",
     "systemd",
 ];
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 5;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_MAJOR: &str = "22";
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  setup   install what this machine lacks (Debian packages, rust-src, bpf-linker, tracefs)
+  setup   install what this machine lacks (Debian packages, rust-src, bpf-linker,
+          cargo-fuzz, tracefs)
   run     setup, release build, then run the agent with the embedded defaults (as root);
           arguments after `--` go to `nodewatch run`
   test    setup, then cargo fmt --check, clippy -D warnings, every test, and the rule tests
   rules   the rule tests alone: alerts/tests/ with promtool and nodewatch test-rules
+  fuzz [SECONDS]
+          every cargo-fuzz target in fuzz/ for SECONDS each (default 60), seeded from the
+          repository's config, rules and rule tests; fails on a crash, hang or leak
   package release build, then target/debian/nodewatch_<version>_<arch>.deb
   bench   setup, release build, then the cost per ioctl of the GPU ioctl probe against no
           probe, empty programs and bpftrace (as root; prints a Markdown table)";
@@ -60,6 +67,14 @@ fn main() -> ExitCode {
         Some("package") => package_release(),
         Some("rules") => rule_tests(),
         Some("bench") => bench::bench(),
+        Some("fuzz") => match args.get(1).map(|s| s.parse::<u64>()) {
+            None => setup().and_then(|()| fuzz::fuzz(60)),
+            Some(Ok(secs)) if secs > 0 => setup().and_then(|()| fuzz::fuzz(secs)),
+            Some(_) => {
+                eprintln!("fuzz takes a number of seconds per target\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -123,7 +138,7 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
-fn output(program: &str, args: &[&str]) -> Option<String> {
+pub(crate) fn output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
     out.status
         .success()
@@ -139,6 +154,8 @@ fn setup() -> Result<()> {
         "setup: bpf-linker {BPF_LINKER_VERSION} on nightly's LLVM {LLVM_MAJOR}"
     ));
     bpf_linker().context("setup step `bpf-linker` failed")?;
+    step("setup: cargo-fuzz (fuzz targets in fuzz/)");
+    fuzz::setup().context("setup step `cargo-fuzz` failed")?;
     step("setup: tracefs");
     tracefs().context("setup step `tracefs` failed")?;
     step("setup: done");
@@ -314,6 +331,10 @@ fn test() -> Result<()> {
         "cargo",
         ["fmt", "--check", "--manifest-path", "agent-ebpf/Cargo.toml"],
     )?;
+    sh(
+        "cargo",
+        ["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"],
+    )?;
     step("test: cargo clippy --workspace --all-targets -- -D warnings");
     sh(
         "cargo",
@@ -342,6 +363,8 @@ fn test() -> Result<()> {
     }
     step("test: rule tests (alerts/tests) with promtool and nodewatch test-rules, same verdicts");
     rule_tests()?;
+    step("test: a short fuzzing run of every target");
+    fuzz::fuzz(FUZZ_SECONDS_IN_TEST)?;
     step("test: all passed");
     Ok(())
 }

@@ -75,7 +75,10 @@ impl PartialEq for HeartbeatConfig {
     }
 }
 
-/// The `heartbeats:` list: names are unique.
+/// Most heartbeat targets: each is a task and a few series (`target` label values).
+pub const MAX_HEARTBEATS: usize = 256;
+
+/// The `heartbeats:` list: names are unique, at most [`MAX_HEARTBEATS`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Heartbeats(pub Vec<HeartbeatConfig>);
 
@@ -84,6 +87,15 @@ impl<'de> Deserialize<'de> for Heartbeats {
         let raw = Vec::<RawHeartbeat>::deserialize(d)?;
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(raw.len());
+        if let Some(r) = raw.get(MAX_HEARTBEATS) {
+            return Err(located(
+                &r.name,
+                format!(
+                    "{} heartbeats listed; at most {MAX_HEARTBEATS} are allowed",
+                    raw.len()
+                ),
+            ));
+        }
         for r in raw {
             if !seen.insert(r.name.value.clone()) {
                 return Err(located(
@@ -244,4 +256,30 @@ fn validate<E: de::Error>(r: RawHeartbeat) -> Result<HeartbeatConfig, E> {
         down_after: damping(&r.down_after, "down_after")?,
         up_after: damping(&r.up_after, "up_after")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_HEARTBEATS;
+    use crate::config::Config;
+
+    #[test]
+    fn heartbeat_targets_are_capped() {
+        let list = |n: usize| {
+            let mut t = String::from("heartbeats:\n");
+            for i in 0..n {
+                t.push_str(&format!("  - {{ name: t{i}, push_ttl: 10s }}\n"));
+            }
+            t
+        };
+        assert!(Config::parse("c.yaml", &list(MAX_HEARTBEATS)).is_ok());
+        let err = Config::parse("c.yaml", &list(MAX_HEARTBEATS + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("c.yaml:{}:", MAX_HEARTBEATS + 2))
+                && err.contains("at most 256"),
+            "{err}"
+        );
+    }
 }

@@ -7,6 +7,7 @@
 //! delivery task, which retries timeouts, 5xx and 429 with exponential backoff and jitter, and
 //! gives up on other 4xx, logging the receiver's answer.
 
+mod announced;
 pub mod config;
 mod payload;
 mod spool;
@@ -28,6 +29,7 @@ use tokio::sync::Notify;
 
 pub use self::payload::OutAlert;
 use self::{
+    announced::{Announced, RESTORE_GRACE_TICKS},
     config::{Kind, NotifierConfig},
     spool::{Notification, Spool},
 };
@@ -100,6 +102,8 @@ struct Receiver {
     key: Option<Vec<u8>>,
     timeout: Duration,
     spool: Mutex<Spool>,
+    /// True while writes to the spool fail, so that a full disk is logged once.
+    spool_failing: std::sync::atomic::AtomicBool,
     in_flight: Mutex<Option<u64>>,
     wake: Notify,
     /// The agent's own URL, for the webhook payload's `externalURL`.
@@ -109,6 +113,9 @@ struct Receiver {
 struct Tracked {
     alert: OutAlert,
     last_resend: Instant,
+    /// Announced by a previous run and not seen firing by this one yet: ticks it was neither
+    /// pending nor firing.
+    restored: Option<u32>,
 }
 
 /// Every notifier, and the firing alerts they were told about.
@@ -116,6 +123,7 @@ pub struct Notifiers {
     receivers: Vec<Arc<Receiver>>,
     resend: HashMap<String, Duration>,
     firing: Mutex<HashMap<String, Tracked>>,
+    announced: Mutex<Announced>,
     external_url: String,
     metrics: Metrics,
 }
@@ -195,16 +203,31 @@ impl Notifiers {
                     key: key.clone(),
                     timeout: n.timeout,
                     spool: Mutex::new(spool),
+                    spool_failing: Default::default(),
                     in_flight: Mutex::new(None),
                     wake: Notify::new(),
                     external_url: external_url.clone(),
                 }));
             }
         }
+        let (announced, restored) = Announced::load(spool_dir);
+        let now = Instant::now();
+        let firing = restored
+            .into_iter()
+            .map(|(fp, alert)| {
+                let t = Tracked {
+                    alert,
+                    last_resend: now,
+                    restored: Some(0),
+                };
+                (fp, t)
+            })
+            .collect();
         Ok(Self {
             receivers,
             resend,
-            firing: Mutex::new(HashMap::new()),
+            firing: Mutex::new(firing),
+            announced: Mutex::new(announced),
             external_url,
             metrics,
         })
@@ -217,18 +240,33 @@ impl Notifiers {
         }
     }
 
-    /// Compares the firing alerts with the last call's and queues what changed.
-    pub fn observe(&self, alerts: &[ActiveAlert], now: SystemTime) {
+    /// Compares the firing alerts with the last call's and queues what changed. `pending` are
+    /// the labels of alerts waiting out their `for`: an alert announced before a restart stays
+    /// announced while it is pending again.
+    pub fn observe(
+        &self,
+        alerts: &[ActiveAlert],
+        pending: &[BTreeMap<String, String>],
+        now: SystemTime,
+    ) {
         if self.receivers.is_empty() {
             return;
         }
         let mono = Instant::now();
         let mut firing = self.firing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
         let mut current = HashMap::new();
+        let pending: std::collections::HashSet<String> =
+            pending.iter().map(payload::fingerprint).collect();
         for a in alerts {
             let fp = payload::fingerprint(&a.labels);
             current.insert(fp.clone(), a);
+            if let Some(t) = firing.get_mut(&fp) {
+                t.restored = None;
+                continue;
+            }
             if let std::collections::hash_map::Entry::Vacant(slot) = firing.entry(fp.clone()) {
+                changed = true;
                 let out = OutAlert {
                     labels: a.labels.clone(),
                     annotations: a.annotations.clone(),
@@ -242,14 +280,22 @@ impl Notifiers {
                 slot.insert(Tracked {
                     alert: out,
                     last_resend: mono,
+                    restored: None,
                 });
             }
         }
-        let gone: Vec<String> = firing
-            .keys()
-            .filter(|fp| !current.contains_key(*fp))
-            .cloned()
-            .collect();
+        let mut gone = Vec::new();
+        for (fp, t) in firing.iter_mut() {
+            if current.contains_key(fp) {
+                continue;
+            }
+            match &mut t.restored {
+                Some(_) if pending.contains(fp) => {}
+                Some(absent) if *absent < RESTORE_GRACE_TICKS => *absent += 1,
+                _ => gone.push(fp.clone()),
+            }
+        }
+        changed |= !gone.is_empty();
         for fp in gone {
             let t = firing.remove(&fp).expect("listed above");
             let out = OutAlert {
@@ -258,6 +304,12 @@ impl Notifiers {
                 ..t.alert
             };
             self.enqueue(&out, now, None);
+        }
+        if changed {
+            self.announced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .save(firing.values().map(|t| &t.alert));
         }
         // Alertmanager forgets firing alerts it is not told about again.
         for t in firing.values_mut() {
@@ -301,8 +353,20 @@ impl Notifiers {
                     .count(&r.label, "dropped", pushed.dropped as u64);
                 tracing::error!(notifier = %r.label, dropped = pushed.dropped, "notification spool full: oldest notifications dropped");
             }
-            if let Some(e) = error {
-                tracing::error!(notifier = %r.label, error = %e, "cannot write the notification spool; kept in memory only");
+            // Said once when writes start failing (a full disk) and once when they work again;
+            // each notification kept in memory only is counted.
+            use std::sync::atomic::Ordering::Relaxed;
+            match error {
+                Some(e) => {
+                    self.metrics.count(&r.label, "unspooled", 1);
+                    if !r.spool_failing.swap(true, Relaxed) {
+                        tracing::error!(notifier = %r.label, error = %e, "cannot write the notification spool; notifications are kept in memory only until it works again");
+                    }
+                }
+                None if r.spool_failing.swap(false, Relaxed) => {
+                    tracing::info!(notifier = %r.label, "notification spool writable again");
+                }
+                None => {}
             }
             self.metrics
                 .queue

@@ -89,7 +89,8 @@ pub fn signing_key(file_text: &str) -> Result<Vec<u8>, String> {
     match t.strip_prefix("whsec_") {
         Some(b64) => B64
             .decode(b64)
-            .map_err(|e| format!("the whsec_ secret is not base64: {e}")),
+            // The decoder's message quotes the offending byte: part of the secret.
+            .map_err(|_| "the whsec_ secret is not valid base64 (contents not shown)".into()),
         None => Ok(t.as_bytes().to_vec()),
     }
 }

@@ -395,7 +395,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<GroupDef>, Vec<RuleError>> {
     } else {
         c.errors.sort_by_key(|e| match e {
             RuleError::Invalid { line, column, .. } => (*line, *column),
-            RuleError::Read { .. } => (0, 0),
+            RuleError::Read { .. } | RuleError::WorldWritable { .. } => (0, 0),
         });
         Err(c.errors)
     }

@@ -25,6 +25,11 @@ pub fn stale() -> f64 {
 /// Most series kept by default; samples of further series are dropped and counted.
 pub const DEFAULT_MAX_SERIES: usize = 10_000;
 
+/// Most samples kept by default, all series together (about 16 bytes each): beyond it each
+/// new sample evicts its series' oldest, counted as dropped. Rules over very long ranges at
+/// a short interval hit it; the rest never come near.
+pub const DEFAULT_MAX_SAMPLES: usize = 2_000_000;
+
 /// The samples of one series, oldest first.
 #[derive(Debug, Default)]
 pub struct Series {
@@ -51,7 +56,8 @@ impl Series {
             .collect()
     }
 
-    fn insert(&mut self, t: i64, v: f64) {
+    /// Inserts in time order; false for a duplicate timestamp.
+    fn insert(&mut self, t: i64, v: f64) -> bool {
         match self.samples.back() {
             None => self.samples.push_back((t, v)),
             Some((last, _)) if *last < t => self.samples.push_back((t, v)),
@@ -59,11 +65,13 @@ impl Series {
                 // Out of order (rule unit tests load everything up front) or a duplicate
                 // timestamp, where the first value stays, as in Prometheus.
                 let i = self.samples.partition_point(|(ts, _)| *ts < t);
-                if self.samples.get(i).is_none_or(|(ts, _)| *ts != t) {
-                    self.samples.insert(i, (t, v));
+                if self.samples.get(i).is_some_and(|(ts, _)| *ts == t) {
+                    return false;
                 }
+                self.samples.insert(i, (t, v));
             }
         }
+        true
     }
 }
 
@@ -84,6 +92,9 @@ pub struct History {
     series: BTreeMap<String, BTreeMap<Labels, Series>>,
     count: usize,
     max_series: usize,
+    /// Samples held, and the most that may be.
+    samples: usize,
+    max_samples: usize,
     retention: Retention,
     dropped: u64,
     scraped: HashSet<Labels>,
@@ -96,6 +107,8 @@ impl History {
             series: BTreeMap::new(),
             count: 0,
             max_series,
+            samples: 0,
+            max_samples: usize::MAX,
             retention: Retention {
                 default_ms: retention_ms,
                 by_name: HashMap::new(),
@@ -103,6 +116,11 @@ impl History {
             dropped: 0,
             scraped: HashSet::new(),
         }
+    }
+
+    /// Caps the samples held, all series together.
+    pub fn set_max_samples(&mut self, max: usize) {
+        self.max_samples = max;
     }
 
     /// How long samples are kept.
@@ -124,7 +142,7 @@ impl History {
         self.count
     }
 
-    /// Samples dropped so far because the series limit was reached.
+    /// Samples dropped so far because the series or the sample limit was reached.
     pub fn dropped_samples(&self) -> u64 {
         self.dropped
     }
@@ -133,14 +151,23 @@ impl History {
     pub fn append(&mut self, labels: &Labels, t: i64, v: f64) -> bool {
         let name = labels.name().unwrap_or_default();
         let by_name = self.series.entry(name.to_string()).or_default();
+        let full = self.samples >= self.max_samples;
         if let Some(s) = by_name.get_mut(labels) {
-            s.insert(t, v);
+            if full && s.samples.len() > 1 {
+                // The history is full: this series' oldest sample makes room.
+                s.samples.pop_front();
+                self.samples -= 1;
+                self.dropped += 1;
+            }
+            if s.insert(t, v) {
+                self.samples += 1;
+            }
             return true;
         }
         if is_stale(v) {
             return true;
         }
-        if self.count >= self.max_series {
+        if self.count >= self.max_series || full {
             self.dropped += 1;
             return false;
         }
@@ -148,6 +175,7 @@ impl History {
         s.insert(t, v);
         by_name.insert(labels.clone(), s);
         self.count += 1;
+        self.samples += 1;
         true
     }
 
@@ -170,6 +198,7 @@ impl History {
     /// series), and series whose newest sample is a staleness marker or older than the lookback.
     pub fn prune(&mut self, now: i64) {
         let mut removed = 0;
+        let mut samples_removed = 0;
         let retention = &self.retention;
         self.series.retain(|name, by_labels| {
             let keep_ms = retention
@@ -181,18 +210,21 @@ impl History {
             by_labels.retain(|_, s| {
                 while s.samples.len() > 1 && s.samples.front().is_some_and(|(ts, _)| *ts < cutoff) {
                     s.samples.pop_front();
+                    samples_removed += 1;
                 }
                 let keep = s.samples.back().is_some_and(|(ts, v)| {
                     !is_stale(*v) && *ts >= now.saturating_sub(super::eval::LOOKBACK_MS)
                 });
                 if !keep {
                     removed += 1;
+                    samples_removed += s.samples.len();
                 }
                 keep
             });
             !by_labels.is_empty()
         });
         self.count -= removed;
+        self.samples -= samples_removed;
     }
 
     /// Forgets every sample after `t` (rule unit tests: promtool only loads the input up to the
@@ -201,6 +233,7 @@ impl History {
         for by_labels in self.series.values_mut() {
             for s in by_labels.values_mut() {
                 let keep = s.samples.partition_point(|(ts, _)| *ts <= t);
+                self.samples -= s.samples.len() - keep;
                 s.samples.truncate(keep);
             }
         }
@@ -326,6 +359,30 @@ mod tests {
         assert_eq!(sel[1].1.instant(1500, 300_000), Some(2.0));
         assert_eq!(sel[1].1.instant(2000, 300_000), None, "stale");
         assert_eq!(sel[1].1.range(0, 2000), vec![(1000, 2.0)]);
+    }
+
+    #[test]
+    fn sample_limit_evicts_the_oldest_and_counts() {
+        let mut h = History::new(i64::MAX, 100);
+        h.set_max_samples(4);
+        for t in 0..3 {
+            assert!(h.append(&l("a", "1"), t * 1000, t as f64));
+        }
+        assert!(h.append(&l("a", "2"), 0, 9.0));
+        assert_eq!(h.sample_count(), 4);
+        assert!(!h.append(&l("a", "3"), 0, 1.0), "no room for a new series");
+        assert!(h.append(&l("a", "1"), 3000, 3.0));
+        assert_eq!(h.sample_count(), 4);
+        assert_eq!(h.dropped_samples(), 2);
+        let sel = h.select(Some("a"), &[]);
+        assert_eq!(
+            sel[0].1.range(0, 9000),
+            vec![(1000, 1.0), (2000, 2.0), (3000, 3.0)]
+        );
+        h.prune(3000);
+        assert_eq!(h.samples, h.sample_count());
+        h.truncate_after(1500);
+        assert_eq!(h.samples, h.sample_count());
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl RuleMetrics {
         );
         registry.register(
             names::RULE_HISTORY_DROPPED_SAMPLES,
-            "Samples not kept because the history holds its maximum number of series",
+            "Samples not kept, or evicted early, because the history holds its maximum number of series or samples",
             m.history_dropped.clone(),
         );
         m
@@ -118,8 +118,10 @@ pub struct LiveRules {
 impl LiveRules {
     /// Starts with `defs`, evaluated every `interval_ms`.
     pub fn new(defs: Vec<GroupDef>, metrics: RuleMetrics, interval_ms: i64) -> Self {
+        let mut history = History::new(0, DEFAULT_MAX_SERIES);
+        history.set_max_samples(history::DEFAULT_MAX_SAMPLES);
         let mut r = Self {
-            engine: Engine::new(Vec::new(), History::new(0, DEFAULT_MAX_SERIES)),
+            engine: Engine::new(Vec::new(), history),
             metrics,
             interval_ms,
             view: Arc::default(),
@@ -250,6 +252,22 @@ impl LiveRules {
                     .collect(),
                 annotations: a.annotations.iter().cloned().collect(),
                 fired_at: ms(a.fired_at.unwrap_or(a.active_at)),
+            })
+            .collect()
+    }
+
+    /// The labels of the alerts waiting out their `for`.
+    pub fn pending(&self) -> Vec<std::collections::BTreeMap<String, String>> {
+        self.engine
+            .rules()
+            .filter(|r| r.def.kind == Kind::Alerting)
+            .flat_map(|r| r.active.values())
+            .filter(|a| a.state == State::Pending)
+            .map(|a| {
+                a.labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
             })
             .collect()
     }

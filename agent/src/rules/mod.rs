@@ -97,6 +97,10 @@ pub fn load_for_config(
     };
     let mut errors = Vec::new();
     for f in resolve_files(cfg, config_path)? {
+        if let Err(e) = crate::config::refuse_world_writable(&f) {
+            errors.push(e);
+            continue;
+        }
         match file::load(&f) {
             Ok(g) => groups.extend(g),
             Err(e) => errors.extend(e),

@@ -30,6 +30,9 @@ pub fn parse_metric(text: &str) -> Result<Labels, String> {
     Ok(labels)
 }
 
+/// Most values one series may expand to: a test file cannot ask for more memory than this.
+pub const MAX_VALUES: usize = 1_000_000;
+
 /// Expanding notation: `1 2 3`, `0+10x5`, `5-1x3`, `7x2`, `_`, `_x3`, `stale`. None is a
 /// missing sample.
 pub fn parse_values(text: &str) -> Result<Vec<Option<f64>>, String> {
@@ -42,6 +45,7 @@ pub fn parse_values(text: &str) -> Result<Vec<Option<f64>>, String> {
         }
         if let Some(n) = item.strip_prefix("_x") {
             let n: usize = n.parse().map_err(|_| bad())?;
+            room(out.len(), n as u64)?;
             out.extend(std::iter::repeat_n(None, n));
             continue;
         }
@@ -64,13 +68,23 @@ pub fn parse_values(text: &str) -> Result<Vec<Option<f64>>, String> {
             }
         };
         let times: u64 = times.parse().map_err(|_| bad())?;
+        room(out.len(), times.saturating_add(1))?;
         let mut v = start;
         for _ in 0..=times {
             out.push(Some(v));
             v += step;
         }
     }
+    room(out.len(), 0)?;
     Ok(out)
+}
+
+/// Whether `more` values fit after `have`.
+fn room(have: usize, more: u64) -> Result<(), String> {
+    if (have as u64).saturating_add(more) > MAX_VALUES as u64 {
+        return Err(format!("a series expands to more than {MAX_VALUES} values"));
+    }
+    Ok(())
 }
 
 /// A leading number (sign, digits, fraction, exponent, or Inf/NaN) and what follows it.
@@ -133,6 +147,17 @@ mod tests {
             ]
         );
         assert!(parse_values("1+x3").is_err());
+        // Expansions are bounded before anything is allocated.
+        for huge in [
+            "1x99999999999",
+            "_x18446744073709551615",
+            "0+1x18446744073709551615",
+        ] {
+            let e = parse_values(huge).unwrap_err();
+            assert!(e.contains("more than 1000000 values"), "{huge}: {e}");
+        }
+        assert_eq!(parse_values("1x999999").unwrap().len(), MAX_VALUES);
+        assert!(parse_values("1x999999 2").is_err());
         assert!(parse_values("abc").is_err());
     }
 

@@ -129,8 +129,63 @@ pub fn run_files(files: &[PathBuf]) -> bool {
 pub fn run_file(path: &Path) -> Result<(), Vec<String>> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{name}: {e}")])?;
-    let tf: TestFile = parse_yaml(&name, &text).map_err(|e| vec![e.to_string()])?;
     let base = path.parent().unwrap_or(Path::new("."));
+    run_text(&name, &text, Rules::Files(base), usize::MAX)
+}
+
+/// Where a test file's rules come from.
+pub enum Rules<'a> {
+    /// Its `rule_files`, relative to this folder (what `test-rules` does).
+    Files(&'a Path),
+    /// These groups, whatever `rule_files` says (the fuzz target: no file access).
+    Given(&'a [GroupDef]),
+}
+
+/// Runs the tests of one test file's text (`name` only names it in messages); a test group
+/// stops with an error after `max_evaluations` rule evaluations.
+pub fn run_text(
+    name: &str,
+    text: &str,
+    rules: Rules<'_>,
+    max_evaluations: usize,
+) -> Result<(), Vec<String>> {
+    let tf: TestFile = parse_yaml(name, text).map_err(|e| vec![e.to_string()])?;
+    let groups = match rules {
+        Rules::Given(g) => Ok(g.to_vec()),
+        Rules::Files(base) => load_rules(&tf, base)?,
+    };
+    let eval_interval = match &tf.evaluation_interval {
+        Some(d) => duration::parse(d).map_err(|e| vec![format!("evaluation_interval: {e}")])?,
+        None => 60_000,
+    };
+    let mut order = BTreeMap::new();
+    for (i, g) in tf.group_eval_order.iter().enumerate() {
+        if order.insert(g.clone(), i).is_some() {
+            return Err(vec![format!(
+                "group name repeated in evaluation order: {g}"
+            )]);
+        }
+    }
+    let mut errs = Vec::new();
+    for tg in &tf.tests {
+        let run = Run {
+            eval_interval,
+            order: &order,
+            groups: &groups,
+            max_evaluations,
+        };
+        errs.extend(try_group(tg, &run).unwrap_or_else(|e| e));
+    }
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// Loads the rule files a test file names; a file that does not load is reported by every
+/// test group, as promtool does.
+#[allow(clippy::type_complexity)]
+fn load_rules(
+    tf: &TestFile,
+    base: &Path,
+) -> Result<Result<Vec<GroupDef>, Vec<String>>, Vec<String>> {
     let mut rule_files = Vec::new();
     for rf in &tf.rule_files {
         let full = if Path::new(rf).is_absolute() {
@@ -147,59 +202,37 @@ pub fn run_file(path: &Path) -> Result<(), Vec<String>> {
         }
         rule_files.extend(matched);
     }
-    let eval_interval = match &tf.evaluation_interval {
-        Some(d) => duration::parse(d).map_err(|e| vec![format!("evaluation_interval: {e}")])?,
-        None => 60_000,
-    };
-    let mut order = BTreeMap::new();
-    for (i, g) in tf.group_eval_order.iter().enumerate() {
-        if order.insert(g.clone(), i).is_some() {
-            return Err(vec![format!(
-                "group name repeated in evaluation order: {g}"
-            )]);
+    let mut groups = Vec::new();
+    for f in &rule_files {
+        match file::load(f) {
+            Ok(g) => groups.extend(g),
+            Err(e) => return Ok(Err(e.iter().map(ToString::to_string).collect())),
         }
     }
-    let mut errs = Vec::new();
-    for tg in &tf.tests {
-        errs.extend(run_group(tg, eval_interval, &order, &rule_files));
-    }
-    if errs.is_empty() { Ok(()) } else { Err(errs) }
+    Ok(Ok(groups))
+}
+
+/// What every test group of a file shares.
+struct Run<'a> {
+    eval_interval: i64,
+    order: &'a BTreeMap<String, usize>,
+    groups: &'a Result<Vec<GroupDef>, Vec<String>>,
+    max_evaluations: usize,
 }
 
 fn dur(text: &str, what: &str) -> Result<i64, Vec<String>> {
     duration::parse(text).map_err(|e| vec![format!("{what}: {e}")])
 }
 
-fn run_group(
-    tg: &TestGroup,
-    eval_interval: i64,
-    order: &BTreeMap<String, usize>,
-    rule_files: &[PathBuf],
-) -> Vec<String> {
-    match try_group(tg, eval_interval, order, rule_files) {
-        Ok(errs) => errs,
-        Err(errs) => errs,
-    }
-}
-
-fn try_group(
-    tg: &TestGroup,
-    eval_interval: i64,
-    order: &BTreeMap<String, usize>,
-    rule_files: &[PathBuf],
-) -> Result<Vec<String>, Vec<String>> {
+fn try_group(tg: &TestGroup, run: &Run<'_>) -> Result<Vec<String>, Vec<String>> {
+    let eval_interval = run.eval_interval;
     // promtool 2.42 does not default `interval`: without it every sample lands at time 0.
     let interval = match &tg.interval {
         Some(i) => dur(i, "interval")?,
         None => 0,
     };
-    let mut groups: Vec<GroupDef> = Vec::new();
-    for f in rule_files {
-        groups.extend(
-            file::load(f).map_err(|e| e.iter().map(ToString::to_string).collect::<Vec<_>>())?,
-        );
-    }
-    groups.sort_by_key(|g| order.get(&g.name).copied().unwrap_or(0));
+    let mut groups = run.groups.clone()?;
+    groups.sort_by_key(|g| run.order.get(&g.name).copied().unwrap_or(0));
 
     let mut history = History::new(i64::MAX, usize::MAX);
     for s in &tg.input_series {
@@ -240,8 +273,17 @@ fn try_group(
     let mut times = alert_times.into_iter().peekable();
     let mut ts = 0;
     let mut last_ts = 0;
+    let mut evaluations = 0usize;
     while ts <= max_t {
         last_ts = ts;
+        evaluations += 1;
+        if evaluations > run.max_evaluations {
+            return Err(vec![format!(
+                "more than {} evaluations up to eval_time {}",
+                run.max_evaluations,
+                duration::format(max_t)
+            )]);
+        }
         let failures = engine.evaluate(ts, false, eval_interval);
         if !failures.is_empty() {
             errs.extend(failures.into_iter().map(|f| {
