@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod haproxy;
+pub mod scoreboard;
 
 use std::{
     io::{Read, Write},
