@@ -67,8 +67,10 @@ fn retransmit_storm_on_a_watched_port() {
     for _ in 0..8 {
         let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (mut s, _) = l.accept().unwrap();
-        c.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        c.set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let st = Arc::clone(&stop);
         threads.push(thread::spawn(move || {
             let buf = [7u8; 64 * 1024];
@@ -233,8 +235,9 @@ fn hung_gpu_ioctl() {
     let injected = Instant::now();
     // The call stays in the driver for 30 s, or until the fixture is unmounted.
     let caller = thread::spawn(move || {
+        let ms: libc::c_ulong = 30_000;
         // SAFETY: an ioctl without data (`_IO('N', 1)`) on an fd we own.
-        unsafe { libc::ioctl(file.as_raw_fd(), 0x4e01, 30_000 as libc::c_ulong) }
+        unsafe { libc::ioctl(file.as_raw_fd(), 0x4e01, ms) }
     });
     let row = measure(
         &rig,
@@ -401,10 +404,18 @@ fn filling_disk() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    run("mkfs.ext4", &["-q".as_ref(), "-F".as_ref(), img.as_os_str()]);
+    run(
+        "mkfs.ext4",
+        &["-q".as_ref(), "-F".as_ref(), img.as_os_str()],
+    );
     run(
         "mount",
-        &["-o".as_ref(), "loop".as_ref(), img.as_os_str(), mnt.as_os_str()],
+        &[
+            "-o".as_ref(),
+            "loop".as_ref(),
+            img.as_os_str(),
+            mnt.as_os_str(),
+        ],
     );
     let _fs = LoopFs(mnt.clone());
     let m = mnt.display().to_string();

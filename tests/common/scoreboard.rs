@@ -85,9 +85,9 @@ pub fn webhook_receiver() -> (u16, Received) {
                 if let Ok(v) = serde_json::from_slice(&body) {
                     store.0.lock().unwrap().push((at, v));
                 }
-                let _ = r
-                    .get_mut()
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = r.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
             });
         }
     });
@@ -129,7 +129,8 @@ impl Rig {
         let (_, body) = http_get(self.agent.addr, "/api/v1/alerts")?;
         let v: Value = serde_json::from_str(&body).ok()?;
         v["data"]["alerts"].as_array()?.iter().find_map(|a| {
-            (a["labels"]["alertname"] == alertname).then(|| a["state"].as_str().unwrap_or("").into())
+            (a["labels"]["alertname"] == alertname)
+                .then(|| a["state"].as_str().unwrap_or("").into())
         })
     }
 }

@@ -174,29 +174,38 @@ pub fn bench() -> Result<()> {
     // NODEWATCH_BENCH_ONLY=tcp,footprint,... runs those sections alone and prints them
     // instead of rewriting BENCHMARKS.md (for development).
     let only = std::env::var("NODEWATCH_BENCH_ONLY").ok();
-    let want = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|s| s == name));
+    let want = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|s| s == name))
+    };
     let mut md = header();
     if want("ioctl") {
         md.push_str(IOCTL_METHOD);
-        md.push_str(&ioctl(&nodewatch, &dir, &looper, null_kdev)?);
+        md.push_str(&section("ioctl", || {
+            ioctl(&nodewatch, &dir, &looper, null_kdev)
+        }));
     }
     if want("tcp") {
-        md.push_str(&tcp::section(&nodewatch, &dir)?);
+        md.push_str(&section("tcp", || tcp::section(&nodewatch, &dir)));
     }
     if want("footprint") {
-        md.push_str(&footprint::section(&nodewatch, &looper, &dir)?);
+        md.push_str(&section("footprint", || {
+            footprint::section(&nodewatch, &looper, &dir)
+        }));
     }
     if want("scrape") {
-        md.push_str(&scrape::section(&nodewatch, &dir)?);
+        md.push_str(&section("scrape", || scrape::section(&nodewatch, &dir)));
     }
     if want("scoreboard") {
-        md.push_str(&scoreboard::section(&dir)?);
+        md.push_str(&section("scoreboard", || scoreboard::section(&dir)));
     }
     if want("pipeline") {
-        md.push_str(&scoreboard::pipeline(&nodewatch, &dir)?);
+        md.push_str(&section("pipeline", || {
+            scoreboard::pipeline(&nodewatch, &dir)
+        }));
     }
     if want("healthy") {
-        md.push_str(&scoreboard::healthy()?);
+        md.push_str(&section("healthy", scoreboard::healthy));
     }
     if only.is_some() {
         println!("{md}");
@@ -206,6 +215,15 @@ pub fn bench() -> Result<()> {
     std::fs::write(&path, md)?;
     step(&format!("bench: wrote {}", path.display()));
     Ok(())
+}
+
+/// A section's Markdown, or, when it failed, a paragraph saying so: one broken section does not
+/// lose the others' figures.
+fn section(name: &str, f: impl FnOnce() -> Result<String>) -> String {
+    f().unwrap_or_else(|e| {
+        eprintln!("xtask: bench section {name} failed: {e:#}");
+        format!("\n## {name}\n\n**This section failed in this run**: {e:#}\n")
+    })
 }
 
 /// The ioctl cost: every scenario in turn, several passes, then the in-kernel pass.
@@ -263,7 +281,8 @@ fn header() -> String {
         .arg("--version")
         .output()
         .map(|o| {
-            let t = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+            let t = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
             t.lines().next().unwrap_or("").to_string()
         })
         .unwrap_or_default();
@@ -276,11 +295,19 @@ fn header() -> String {
          `NODEWATCH_BENCH_HEALTHY_SECS` (default 600), `NODEWATCH_BENCH_IDLE_SECS` (60), \
          `NODEWATCH_BENCH_LOAD_SECS` (20), `NODEWATCH_BENCH_SCRAPES` (1000), \
          `NODEWATCH_BENCH_CONNS` (20000).\n\n\
-         This run: commit {}{}, {date}. {} Load average at the end: {}. {}; {}.\n",
+         This run: commit {}{}, {}. {} Load average at the end: {}. {}; {}.\n",
         commit.trim(),
-        if dirty { " (with uncommitted changes)" } else { "" },
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        date.trim(),
         report::machine(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
         bt.trim(),
         ne.trim()
     )

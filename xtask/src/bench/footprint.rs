@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use super::{
     BpfStats,
     util::{
-    Flows, Loss, Nodewatch, Usage, env_num, node_exporter, prog_stats, sum, wait_log, watch,
+        Flows, Loss, Nodewatch, Usage, env_num, node_exporter, prog_stats, sum, wait_log, watch,
     },
 };
 
@@ -44,7 +44,13 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
         "| scenario | window | nodewatch CPU (share of a core) | nodewatch RSS MiB | in-kernel (share of a core) | ring-buffer / in-flight drops | node_exporter CPU | node_exporter RSS MiB |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
-    let row = |out: &mut String, name: &str, secs: u64, nw: Usage, k: Option<f64>, drops: Option<f64>, ne: Usage| {
+    let row = |out: &mut String,
+               name: &str,
+               secs: u64,
+               nw: Usage,
+               k: Option<f64>,
+               drops: Option<f64>,
+               ne: Usage| {
         let _ = writeln!(
             out,
             "| {name} | {secs} s | {:.3} % | {:.1} | {} | {} | {:.3} % | {:.1} |",
@@ -56,7 +62,15 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
             ne.rss_max
         );
     };
-    row(&mut out, "idle (default config)", idle_secs, idle_nw, None, None, idle_ne);
+    row(
+        &mut out,
+        "idle (default config)",
+        idle_secs,
+        idle_nw,
+        None,
+        None,
+        idle_ne,
+    );
 
     // Load: paced ioctls on a watched device.
     let _stats = BpfStats::enable()?;
@@ -65,13 +79,20 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
     wait_log(&log, "programs attached")?;
     let mut cpu_by_rate = Vec::new();
     for rate in [0u64, 10_000, 100_000, 1_000_000] {
-        crate::step(&format!("bench footprint: {rate} ioctl/s on /dev/null (watched), {load_secs} s"));
+        crate::step(&format!(
+            "bench footprint: {rate} ioctl/s on /dev/null (watched), {load_secs} s"
+        ));
         let before = nw.metrics()?;
         let (k0, _) = prog_stats(nw.proc.pid(), 5);
         let load = (rate > 0)
             .then(|| {
                 Command::new(looper)
-                    .args(["--paced", "/dev/null", &rate.to_string(), &load_secs.to_string()])
+                    .args([
+                        "--paced",
+                        "/dev/null",
+                        &rate.to_string(),
+                        &load_secs.to_string(),
+                    ])
                     .stdout(std::process::Stdio::piped())
                     .spawn()
             })
@@ -103,9 +124,20 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
         let name = if rate == 0 {
             "watched device, no calls".to_string()
         } else {
-            format!("{} ioctl/s on the watched device ({:.0} made, {timed:.0} timed)", rate, made)
+            format!(
+                "{} ioctl/s on the watched device ({:.0} made, {timed:.0} timed)",
+                rate, made
+            )
         };
-        row(&mut out, &name, load_secs, u[0], Some((k1 - k0) / 1e9 / wall), Some(drops), u[1]);
+        row(
+            &mut out,
+            &name,
+            load_secs,
+            u[0],
+            Some((k1 - k0) / 1e9 / wall),
+            Some(drops),
+            u[1],
+        );
         cpu_by_rate.push((rate, u[0].cpu, (k1 - k0) / 1e9 / wall));
     }
     drop(nw);
@@ -117,7 +149,10 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
         nodewatch,
         dir,
         "storm",
-        &format!("probes:\n  tcp_retransmits: {{ ports: [{}] }}\n", flows.port),
+        &format!(
+            "probes:\n  tcp_retransmits: {{ ports: [{}] }}\n",
+            flows.port
+        ),
     )?;
     std::thread::sleep(std::time::Duration::from_secs(2));
     let before = nw.metrics()?;
@@ -162,7 +197,13 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
         idle_ne.cpu * 100.0,
         idle_ne.rss_max
     );
-    let at = |r: u64| cpu_by_rate.iter().find(|c| c.0 == r).copied().context("rate");
+    let at = |r: u64| {
+        cpu_by_rate
+            .iter()
+            .find(|c| c.0 == r)
+            .copied()
+            .context("rate")
+    };
     let (_, c10k, k10k) = at(10_000)?;
     let (_, c100k, k100k) = at(100_000)?;
     let (_, c1m, k1m) = at(1_000_000)?;

@@ -37,13 +37,14 @@ pub fn markdown(results: &[Vec<Vec<(f64, f64)>>], in_kernel: &[(&str, f64)]) -> 
         )
     };
     let _ = writeln!(
-        out,"\n### Result ({PASSES} passes × {ROUNDS} rounds × {CALLS} calls per scenario)\n");
+        out,
+        "\n### Result ({PASSES} passes × {ROUNDS} rounds × {CALLS} calls per scenario)\n"
+    );
     let _ = writeln!(
         out,
         "| scenario | ns per ioctl (median) | pass medians | above the floor (paired, median) | getppid ns (median) |"
     );
-    let _ = writeln!(
-        out,"|---|---:|---|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---|---:|---:|");
     for (i, s) in Scenario::ALL.iter().enumerate() {
         let passes: Vec<String> = pass_medians(i).iter().map(|m| format!("{m:.0}")).collect();
         let extra = if i <= 1 {
@@ -53,7 +54,7 @@ pub fn markdown(results: &[Vec<Vec<(f64, f64)>>], in_kernel: &[(&str, f64)]) -> 
         };
         let ppid = median(results[i].iter().flatten().map(|r| r.1).collect());
         let _ = writeln!(
-        out,
+            out,
             "| {} | {:.0} | {} | {extra} | {ppid:.0} |",
             s.describe(),
             median(all(i)),
@@ -67,12 +68,12 @@ pub fn markdown(results: &[Vec<Vec<(f64, f64)>>], in_kernel: &[(&str, f64)]) -> 
          kernel.bpf_stats_enabled=1, which adds its own clock reads to every figure):\n"
     );
     let _ = writeln!(
-        out,"| programs | ns per ioctl | above the empty programs |");
-    let _ = writeln!(
-        out,"|---|---:|---:|");
+        out,
+        "| programs | ns per ioctl | above the empty programs |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|");
     for (name, ns) in in_kernel {
-        let _ = writeln!(
-        out,"| {name} | {ns:.0} | {:+.0} |", ns - floor_prog);
+        let _ = writeln!(out, "| {name} | {ns:.0} | {:+.0} |", ns - floor_prog);
     }
     let (watched, compat, bpftrace) = (above(5), above(6), above(7));
     let _ = writeln!(

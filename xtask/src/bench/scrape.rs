@@ -66,7 +66,10 @@ pub fn section(nodewatch: &Path, dir: &Path) -> Result<String> {
          ({base}) plus {targets} TCP heartbeats to reach at least 1 000 series; node_exporter \
          (default collectors) is scraped the same way in the same run.\n"
     );
-    let _ = writeln!(out, "| exporter | series | bytes | p50 ms | p99 ms | max ms |");
+    let _ = writeln!(
+        out,
+        "| exporter | series | bytes | p50 ms | p99 ms | max ms |"
+    );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
     let _ = writeln!(
         out,

@@ -94,7 +94,10 @@ pub fn section(nodewatch: &Path, dir: &Path) -> Result<String> {
          watched port in a hash map (`@segs[port] = count()`), the nearest equivalent (it counts \
          skbs, nodewatch adds the skb's segment count).\n"
     );
-    let _ = writeln!(out, "| tool | tracepoint runs | ns per retransmit (in kernel) |");
+    let _ = writeln!(
+        out,
+        "| tool | tracepoint runs | ns per retransmit (in kernel) |"
+    );
     let _ = writeln!(out, "|---|---:|---:|");
     let _ = writeln!(
         out,
@@ -136,7 +139,11 @@ pub fn section(nodewatch: &Path, dir: &Path) -> Result<String> {
     let mut skb = (0.0, 0.0);
     for pass in 0..3 {
         for (i, row) in rows.iter_mut().enumerate() {
-            crate::step(&format!("bench tcp: {conns} connections, {} (pass {})", row.0, pass + 1));
+            crate::step(&format!(
+                "bench tcp: {conns} connections, {} (pass {})",
+                row.0,
+                pass + 1
+            ));
             let watch = match i {
                 0 => None,
                 1 => Some(lport),
@@ -175,7 +182,10 @@ pub fn section(nodewatch: &Path, dir: &Path) -> Result<String> {
          The `cgroup_skb` ingress program runs for every packet delivered to any socket on the \
          host and returns at once for sockets that are not watched listeners.\n"
     );
-    let _ = writeln!(out, "| scenario | ns per connection (median) | passes | vs nothing attached |");
+    let _ = writeln!(
+        out,
+        "| scenario | ns per connection (median) | passes | vs nothing attached |"
+    );
     let _ = writeln!(out, "|---|---:|---|---:|");
     for (name, v) in &rows {
         let m = median(v);

@@ -178,7 +178,10 @@ pub struct Usage {
 /// Watches `pids` for `secs`, scraping each of `scrape` every 15 s as a Prometheus would,
 /// and runs `during` every second (load checks). One Usage per pid.
 pub fn watch(pids: &[u32], secs: u64, scrape: &[SocketAddr]) -> Result<Vec<Usage>> {
-    let start_cpu: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect::<Result<_>>()?;
+    let start_cpu: Vec<f64> = pids
+        .iter()
+        .map(|&p| cpu_seconds(p))
+        .collect::<Result<_>>()?;
     let mut rss = vec![0.0f64; pids.len()];
     let t0 = Instant::now();
     let mut next_scrape = t0;
@@ -356,7 +359,11 @@ pub fn wait_log(log: &Path, needle: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(log)?.contains(needle) {
         if Instant::now() > deadline {
-            bail!("`{needle}` never in {}:\n{}", log.display(), std::fs::read_to_string(log)?);
+            bail!(
+                "`{needle}` never in {}:\n{}",
+                log.display(),
+                std::fs::read_to_string(log)?
+            );
         }
         thread::sleep(Duration::from_millis(50));
     }
