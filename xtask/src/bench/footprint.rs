@@ -197,6 +197,17 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
         idle_ne.cpu * 100.0,
         idle_ne.rss_max
     );
+    if !(idle_ok && rss_ok && below) {
+        let _ = writeln!(
+            out,
+            "Why a target can be missed: nodewatch works every 1 s tick whether scraped or not \
+             (every collector, then every default rule over its history), while node_exporter \
+             only works when scraped (every 15 s here); at this resolution (user + system ticks of \
+             10 ms over the window) the two can also read the same. What would fix it: a longer \
+             `interval` (CPU falls with it, detection time grows with it), or evaluating only the \
+             rules whose input changed."
+        );
+    }
     let at = |r: u64| {
         cpu_by_rate
             .iter()
