@@ -180,7 +180,10 @@ pub fn section(nodewatch: &Path, dir: &Path) -> Result<String> {
         "Listener packets: {conns} loopback connections (connect, accept, close: a SYN and an ACK \
          reach the listener, the rest the connected sockets) per run, 3 passes in turn, medians. \
          The `cgroup_skb` ingress program runs for every packet delivered to any socket on the \
-         host and returns at once for sockets that are not watched listeners.\n"
+         host and returns at once for sockets that are not watched listeners. On this shared \
+         VM the spread between passes (tens of µs) is far larger than the program's own cost \
+         per packet (below), so the wall-clock rows cannot resolve it: read them as no \
+         measurable difference.\n"
     );
     let _ = writeln!(
         out,
