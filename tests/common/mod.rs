@@ -3,6 +3,7 @@
 
 pub mod haproxy;
 pub mod receiver;
+pub mod scoreboard;
 
 use std::{
     io::{Read, Write},

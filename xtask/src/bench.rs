@@ -1,5 +1,10 @@
-//! `cargo xtask bench`: what the GPU ioctl probe costs each ioctl.
+//! `cargo xtask bench`: every benchmark, written into BENCHMARKS.md — the GPU ioctl probe's
+//! cost per ioctl (this file), the TCP probes' cost per event (`tcp`), the agent's footprint
+//! next to node_exporter (`footprint`), `/metrics` latency (`scrape`), the fault-injection
+//! scoreboard, the same fault through Prometheus + Alertmanager, and the healthy run
+//! (`scoreboard`).
 //!
+//! The ioctl part:
 //! A C loop times `ioctl(TCGETS)` on /dev/null (the driver answers at once, so the figure is
 //! the syscall path plus whatever is attached to it) with nothing attached; with empty
 //! programs (return 0) on the two ioctl tracepoints, attached by the loop itself — the floor
@@ -23,7 +28,12 @@ use anyhow::{Context, Result, bail};
 
 use crate::{root_dir, sh, step};
 
+mod footprint;
 mod report;
+mod scoreboard;
+mod scrape;
+mod tcp;
+pub(crate) mod util;
 
 const LOOP_C: &str = include_str!("ioctl_loop.c");
 /// Two figures of one round or one reading.
@@ -161,13 +171,70 @@ pub fn bench() -> Result<()> {
     // The kernel's dev_t (major << 20 | minor), not glibc's encoding.
     let null_kdev = (libc_major(null) << 20) | libc_minor(null);
 
+    // NODEWATCH_BENCH_ONLY=tcp,footprint,... runs those sections alone and prints them
+    // instead of rewriting BENCHMARKS.md (for development).
+    let only = std::env::var("NODEWATCH_BENCH_ONLY").ok();
+    let want = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|s| s == name))
+    };
+    let mut md = header();
+    if want("ioctl") {
+        md.push_str(IOCTL_METHOD);
+        md.push_str(&section("ioctl", || {
+            ioctl(&nodewatch, &dir, &looper, null_kdev)
+        }));
+    }
+    if want("tcp") {
+        md.push_str(&section("tcp", || tcp::section(&nodewatch, &dir)));
+    }
+    if want("footprint") {
+        md.push_str(&section("footprint", || {
+            footprint::section(&nodewatch, &looper, &dir)
+        }));
+    }
+    if want("scrape") {
+        md.push_str(&section("scrape", || scrape::section(&nodewatch, &dir)));
+    }
+    if want("scoreboard") {
+        md.push_str(&section("scoreboard", || scoreboard::section(&dir)));
+    }
+    if want("pipeline") {
+        md.push_str(&section("pipeline", || {
+            scoreboard::pipeline(&nodewatch, &dir)
+        }));
+    }
+    if want("healthy") {
+        md.push_str(&section("healthy", scoreboard::healthy));
+    }
+    if only.is_some() {
+        println!("{md}");
+        return Ok(());
+    }
+    let path = root_dir().join("BENCHMARKS.md");
+    std::fs::write(&path, md)?;
+    step(&format!("bench: wrote {}", path.display()));
+    Ok(())
+}
+
+/// A section's Markdown, or, when it failed, a paragraph saying so: one broken section does not
+/// lose the others' figures.
+fn section(name: &str, f: impl FnOnce() -> Result<String>) -> String {
+    f().unwrap_or_else(|e| {
+        eprintln!("xtask: bench section {name} failed: {e:#}");
+        format!("\n## {name}\n\n**This section failed in this run**: {e:#}\n")
+    })
+}
+
+/// The ioctl cost: every scenario in turn, several passes, then the in-kernel pass.
+fn ioctl(nodewatch: &Path, dir: &Path, looper: &Path, null_kdev: u32) -> Result<String> {
     // results[scenario][pass]: (ns per ioctl, ns per getppid) of each round.
     let mut results: Vec<Vec<Vec<(f64, f64)>>> = vec![Vec::new(); Scenario::ALL.len()];
     for pass in 1..=PASSES {
         for (i, &s) in Scenario::ALL.iter().enumerate() {
             step(&format!("bench pass {pass}/{PASSES}: {}", s.describe()));
-            let attached = attach(s, &nodewatch, &dir, null_kdev)?;
-            let (rounds, _) = run_loop(&looper, s == Scenario::Floor)?;
+            let attached = attach(s, nodewatch, dir, null_kdev)?;
+            let (rounds, _) = run_loop(looper, s == Scenario::Floor)?;
             if let (Scenario::Watched | Scenario::WatchedCompat, Some(addr)) = (s, attached.agent) {
                 check_counted(addr)?;
             }
@@ -187,8 +254,8 @@ pub fn bench() -> Result<()> {
             Scenario::Bpftrace,
         ] {
             step(&format!("bench, program run time: {}", s.describe()));
-            let attached = attach(s, &nodewatch, &dir, null_kdev)?;
-            let (_, own) = run_loop(&looper, s == Scenario::Floor)?;
+            let attached = attach(s, nodewatch, dir, null_kdev)?;
+            let (_, own) = run_loop(looper, s == Scenario::Floor)?;
             let (ns, cnt) = match (own, attached.child.as_ref()) {
                 (Some(own), _) => own,
                 (None, Some(c)) => prog_stats(c.id()),
@@ -199,9 +266,77 @@ pub fn bench() -> Result<()> {
             in_kernel.push((s.describe(), if cnt > 0.0 { 2.0 * ns / cnt } else { 0.0 }));
         }
     }
-    report::print(&results, &in_kernel);
-    Ok(())
+    Ok(report::markdown(&results, &in_kernel))
 }
+
+/// The top of BENCHMARKS.md: how to reproduce, and on what it ran.
+fn header() -> String {
+    let commit = crate::output("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    let dirty = crate::output("git", &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|s| !s.trim().is_empty());
+    let date = crate::output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let bt = crate::output("bpftrace", &["--version"]).unwrap_or_default();
+    let ne = Command::new("prometheus-node-exporter")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let t = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+            t.lines().next().unwrap_or("").to_string()
+        })
+        .unwrap_or_default();
+    format!(
+        "# Benchmarks\n\nEverything below is written by one command, as root, from the repository root:\n\n\
+         ```sh\ncargo xtask bench\n```\n\n\
+         It builds the agent in release mode and runs every section in turn on the same machine, so \
+         every comparison is between figures measured minutes apart; ratios, not absolute times, \
+         are what carries over to other machines. Shorter runs for development: \
+         `NODEWATCH_BENCH_HEALTHY_SECS` (default 600), `NODEWATCH_BENCH_IDLE_SECS` (60), \
+         `NODEWATCH_BENCH_LOAD_SECS` (20), `NODEWATCH_BENCH_SCRAPES` (1000), \
+         `NODEWATCH_BENCH_CONNS` (20000).\n\n\
+         This run: commit {}{}, {}. {} Load average at the end: {}. {}; {}.\n",
+        commit.trim(),
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        date.trim(),
+        report::machine(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        bt.trim(),
+        ne.trim()
+    )
+}
+
+const IOCTL_METHOD: &str = "
+## GPU ioctl probe: cost per ioctl
+
+A small C loop (`xtask/src/ioctl_loop.c`, `cc -O2`) times `ioctl(fd, TCGETS)` on `/dev/null` —
+the driver answers `-ENOTTY` at once, so the figure is the syscall path plus whatever is
+attached to it — then `getppid()`, a syscall nobody traces. Scenarios:
+
+| scenario | what is attached |
+|---|---|
+| no probe | nothing |
+| floor | two-instruction programs (`r0 = 0; exit`) on `syscalls:sys_enter_ioctl` and `sys_exit_ioctl`, attached by the loop itself the way nodewatch attaches its own: what any eBPF program on these tracepoints costs before doing anything |
+| bpftrace, empty probes | `tracepoint:syscalls:sys_enter_ioctl {}` and the exit one; bpftrace's programs return 1, which makes the kernel also hand each record to perf, so they cost more than the floor, and vary between runs |
+| nodewatch, unwatched | the agent watching `/dev/ptmx` (another major: the call is dropped after one array lookup), or `/dev/zero` (same major as `/dev/null`, other minor: dropped after the minor table) |
+| nodewatch, watched | the agent watching `/dev/null` (1:3): every call is timed into the histogram |
+| nodewatch, watched, fallback | the same with `NODEWATCH_FD_WALK=probe_read`: the entry program for kernels that refuse BTF-typed pointers in tracepoint programs |
+| bpftrace timing | a bpftrace script doing the same work: resolve the fd to its inode, keep `/dev/null`'s calls, time them per thread, log2 histogram (`xtask/src/bench.rs`, `timing_bt`) |
+
+The scenarios run one after another, several passes; \"above the floor\" is the median over
+passes of (scenario − floor) in the same pass, because this VM is shared and its speed drifts.
+A last pass with `kernel.bpf_stats_enabled=1` reads the programs' own run time from the kernel
+(`run_time_ns / run_cnt`), which other load disturbs far less. The watched runs also check that
+the agent's `nodewatch_gpu_ioctl_duration_seconds_count` covers every call the loop made.
+Target: ≤ 150 ns per watched call above the floor, and no slower than bpftrace doing the same.
+";
 
 fn attach(s: Scenario, nodewatch: &Path, dir: &Path, null_kdev: u32) -> Result<Attached> {
     let bt = |script: String| -> Result<Attached> {
@@ -334,12 +469,12 @@ fn prog_stats(pid: u32) -> (f64, f64) {
 }
 
 /// Turns on the kernel's per-program run time accounting; puts the old value back on drop.
-struct BpfStats(String);
+pub(crate) struct BpfStats(String);
 
 impl BpfStats {
     const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
-    fn enable() -> Result<Self> {
+    pub(crate) fn enable() -> Result<Self> {
         let old = std::fs::read_to_string(Self::PATH)?;
         std::fs::write(Self::PATH, "1")?;
         Ok(Self(old.trim().to_string()))

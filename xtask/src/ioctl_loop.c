@@ -6,7 +6,10 @@
  * With --empty-programs it first attaches a two-instruction program (return 0: drop the
  * record) to syscalls:sys_enter_ioctl and sys_exit_ioctl, the way nodewatch attaches its
  * own: the floor that any eBPF tool on these tracepoints pays. At the end it prints
- * "bpf <run_time_ns> <run_cnt>" of those programs (non-zero with kernel.bpf_stats_enabled). */
+ * "bpf <run_time_ns> <run_cnt>" of those programs (non-zero with kernel.bpf_stats_enabled).
+ *
+ * With --paced FILE RATE SECONDS it makes RATE ioctls per second for SECONDS instead (a batch
+ * every millisecond), and prints the calls made: load for the footprint benchmark. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/bpf.h>
@@ -71,8 +74,37 @@ static double now_ns(void)
     return t.tv_sec * 1e9 + t.tv_nsec;
 }
 
+static int paced(const char *file, long rate, double seconds)
+{
+    int fd = open(file, O_RDWR);
+    if (fd < 0) {
+        perror(file);
+        return 1;
+    }
+    struct termios t;
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    double start = now_ns();
+    long made = 0;
+    for (long tick = 1; now_ns() - start < seconds * 1e9; tick++) {
+        long due = (long)(rate * (double)tick / 1000.0);
+        for (; made < due; made++)
+            ioctl(fd, TCGETS, &t);
+        next.tv_nsec += 1000000;
+        if (next.tv_nsec >= 1000000000) {
+            next.tv_nsec -= 1000000000;
+            next.tv_sec++;
+        }
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+    }
+    printf("%ld %.3f\n", made, (now_ns() - start) / 1e9);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[1], "--paced") == 0)
+        return paced(argv[2], atol(argv[3]), atof(argv[4]));
     if (argc != 4 && !(argc == 5 && strcmp(argv[4], "--empty-programs") == 0)) {
         fprintf(stderr, "usage: %s FILE CALLS ROUNDS [--empty-programs]\n", argv[0]);
         return 2;

@@ -19,7 +19,9 @@ mod package;
 /// Debian packages the build and the tests need: nft for the lossy-path tests, promtool
 /// (from `prometheus`) to check `/metrics`, bpftool to see programs come and go, iproute2
 /// for `ss` and namespaces, fuse3 and python3-fusepy for the fake slow GPU driver, bpftrace
-/// for the benchmark's comparison, util-linux for `setpriv`, curl for humans.
+/// for the benchmark's comparison, util-linux for `setpriv`, curl for humans,
+/// prometheus-node-exporter for the footprint benchmark, e2fsprogs for the scoreboard's
+/// filling disk (mkfs.ext4).
 const DEB_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
@@ -36,6 +38,8 @@ const DEB_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     "man-db",
     "systemd",
+    "prometheus-node-exporter",
+    "e2fsprogs",
 ];
 /// Seconds each fuzz target runs in `cargo xtask test`.
 const FUZZ_SECONDS_IN_TEST: u64 = 5;
@@ -55,8 +59,11 @@ commands:
           every cargo-fuzz target in fuzz/ for SECONDS each (default 60), seeded from the
           repository's config, rules and rule tests; fails on a crash, hang or leak
   package release build, then target/debian/nodewatch_<version>_<arch>.deb
-  bench   setup, release build, then the cost per ioctl of the GPU ioctl probe against no
-          probe, empty programs and bpftrace (as root; prints a Markdown table)";
+  bench   setup, release build, then every benchmark (as root; about 25 minutes): probe costs
+          per ioctl, retransmit and listener packet against no probe and bpftrace, footprint
+          next to node_exporter, /metrics latency, the fault-injection scoreboard, the same
+          fault through Prometheus + Alertmanager, a 10-minute healthy run; rewrites
+          BENCHMARKS.md";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();

@@ -1,6 +1,6 @@
 //! The benchmark's Markdown report.
 
-use std::thread;
+use std::{fmt::Write, thread};
 
 use super::{CALLS, PASSES, ROUNDS, Scenario};
 
@@ -17,7 +17,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Quotes, per scenario, the median of every round, and the cost above the floor as the
 /// median over passes of (this scenario − floor) within the same pass: the machine's speed
 /// drifts (other work shares it), and a pass runs its scenarios within seconds of each other.
-pub fn print(results: &[Vec<Vec<(f64, f64)>>], in_kernel: &[(&str, f64)]) {
+pub fn markdown(results: &[Vec<Vec<(f64, f64)>>], in_kernel: &[(&str, f64)]) -> String {
+    let mut out = String::new();
     let all = |i: usize| -> Vec<f64> { results[i].iter().flatten().map(|r| r.0).collect() };
     let pass_medians = |i: usize| -> Vec<f64> {
         results[i]
@@ -35,12 +36,15 @@ pub fn print(results: &[Vec<Vec<(f64, f64)>>], in_kernel: &[(&str, f64)]) {
                 .collect(),
         )
     };
-    println!("\n## ioctl cost ({PASSES} passes × {ROUNDS} rounds × {CALLS} calls per scenario)\n");
-    println!("{}\n", machine());
-    println!(
+    let _ = writeln!(
+        out,
+        "\n### Result ({PASSES} passes × {ROUNDS} rounds × {CALLS} calls per scenario)\n"
+    );
+    let _ = writeln!(
+        out,
         "| scenario | ns per ioctl (median) | pass medians | above the floor (paired, median) | getppid ns (median) |"
     );
-    println!("|---|---:|---|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---|---:|---:|");
     for (i, s) in Scenario::ALL.iter().enumerate() {
         let passes: Vec<String> = pass_medians(i).iter().map(|m| format!("{m:.0}")).collect();
         let extra = if i <= 1 {
@@ -49,7 +53,8 @@ pub fn print(results: &[Vec<Vec<(f64, f64)>>], in_kernel: &[(&str, f64)]) {
             format!("{:+.0}", above(i))
         };
         let ppid = median(results[i].iter().flatten().map(|r| r.1).collect());
-        println!(
+        let _ = writeln!(
+            out,
             "| {} | {:.0} | {} | {extra} | {ppid:.0} |",
             s.describe(),
             median(all(i)),
@@ -57,17 +62,22 @@ pub fn print(results: &[Vec<Vec<(f64, f64)>>], in_kernel: &[(&str, f64)]) {
         );
     }
     let floor_prog = in_kernel.first().map_or(0.0, |k| k.1);
-    println!(
+    let _ = writeln!(
+        out,
         "\nIn-kernel run time of the programs per ioctl (both tracepoints; one more pass with \
          kernel.bpf_stats_enabled=1, which adds its own clock reads to every figure):\n"
     );
-    println!("| programs | ns per ioctl | above the empty programs |");
-    println!("|---|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| programs | ns per ioctl | above the empty programs |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|");
     for (name, ns) in in_kernel {
-        println!("| {name} | {ns:.0} | {:+.0} |", ns - floor_prog);
+        let _ = writeln!(out, "| {name} | {ns:.0} | {:+.0} |", ns - floor_prog);
     }
     let (watched, compat, bpftrace) = (above(5), above(6), above(7));
-    println!(
+    let _ = writeln!(
+        out,
         "\nnodewatch per watched call above the floor: {watched:.0} ns (target ≤ 150 ns: {}), \
          {compat:.0} ns with the fallback fd walk; bpftrace doing the same timing: \
          {bpftrace:.0} ns (nodewatch {} bpftrace).",
@@ -78,9 +88,10 @@ pub fn print(results: &[Vec<Vec<(f64, f64)>>], in_kernel: &[(&str, f64)]) {
             "slower than"
         }
     );
+    out
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
