@@ -32,6 +32,7 @@ mod footprint;
 mod report;
 mod scoreboard;
 mod scrape;
+mod soak;
 mod tcp;
 pub(crate) mod util;
 
@@ -202,6 +203,11 @@ pub fn bench() -> Result<()> {
     if want("pipeline") {
         md.push_str(&section("pipeline", || {
             scoreboard::pipeline(&nodewatch, &dir)
+        }));
+    }
+    if want("soak") {
+        md.push_str(&section("soak", || {
+            soak::section(&nodewatch, &looper, &dir)
         }));
     }
     if want("healthy") {
