@@ -40,19 +40,7 @@ fn retransmit_storm_on_a_watched_port() {
     }
     // 1000-byte segments (the SYN-ACK advertises that MSS), as on a real link: a lost
     // 64 KiB skb is retransmitted as many segments, which the kernel and the agent count.
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mss: libc::c_int = 1000;
-    // SAFETY: setting an int option on a valid socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            l.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_MAXSEG,
-            (&raw const mss).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_MAXSEG: {}", std::io::Error::last_os_error());
+    let l = common::mss_listener();
     let port = l.local_addr().unwrap().port();
     let dir = TempDir::new("sb-retrans");
     let rig = Rig::start(

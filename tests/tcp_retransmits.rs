@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, NftTable, TempDir, have_root, netstat};
+use common::{Agent, NftTable, TempDir, have_root, mss_listener, netstat};
 
 const PAYLOAD: usize = 256 * 1024;
 
@@ -85,32 +85,13 @@ fn total_retrans(socks: &[TcpStream]) -> u64 {
         .sum()
 }
 
-/// A loopback listener whose connections use 1000-byte segments in both directions (its SYN-ACK
-/// advertises that MSS), so one skb carries many segments, as on a real NIC with TSO.
-fn listener() -> TcpListener {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mss: libc::c_int = 1000;
-    // SAFETY: setting an int option on a valid socket.
-    let rc = unsafe {
-        libc::setsockopt(
-            l.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_MAXSEG,
-            (&raw const mss).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_MAXSEG: {}", std::io::Error::last_os_error());
-    l
-}
-
 #[test]
 fn counts_exactly_the_kernels_retransmits_per_watched_port() {
     if !have_root("tcp_retransmits") {
         return;
     }
-    let watched = listener();
-    let unwatched = listener();
+    let watched = mss_listener();
+    let unwatched = mss_listener();
     let (w, u) = (
         watched.local_addr().unwrap().port(),
         unwatched.local_addr().unwrap().port(),
@@ -209,7 +190,7 @@ fn counts_retransmits_that_fail_locally_like_the_kernel() {
     if !have_root("tcp_retransmits") {
         return;
     }
-    let l = listener();
+    let l = mss_listener();
     let port = l.local_addr().unwrap().port();
     let dir = TempDir::new("retrans-fail");
     let agent = Agent::start(

@@ -381,20 +381,28 @@ fn tick_loop(
 ) {
     let mut failing = vec![false; probes.len()];
     let mut next = Instant::now();
-    let mut privileged = true;
+    // The capabilities this thread holds: all it started with, until set once below.
+    let mut holds: Option<&[u32]> = None;
     loop {
         // This thread attaches what waits for a device; once nothing does, it needs nothing.
-        if privileged {
-            let keep: &[u32] = if probes.iter().any(|p| p.awaiting_attach()) {
-                privileges::ATTACH
-            } else {
-                privileged = false;
-                &[]
-            };
-            if let Err(e) = privileges::keep_only(keep) {
-                tracing::warn!(error = %e, "could not drop the tick thread's capabilities");
-            } else if !privileged {
-                tracing::debug!("tick thread dropped its capabilities");
+        // capset only when that changes, not every tick.
+        let needs: &[u32] = if probes.iter().any(|p| p.awaiting_attach()) {
+            privileges::ATTACH
+        } else {
+            &[]
+        };
+        if holds != Some(needs) {
+            match privileges::keep_only(needs) {
+                Ok(()) => {
+                    if needs.is_empty() {
+                        tracing::debug!("tick thread dropped its capabilities");
+                    }
+                    holds = Some(needs);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not drop the tick thread's capabilities");
+                    holds = Some(needs);
+                }
             }
         }
         for (probe, failing) in probes.iter_mut().zip(failing.iter_mut()) {

@@ -13,6 +13,7 @@ use axum::{
 };
 
 use crate::{
+    alerts::State as AlertState,
     health::{Health, State as HealthState},
     heartbeats::Heartbeats,
     rules::live::AlertsView,
@@ -90,15 +91,24 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     (code, Json(snap)).into_response()
 }
 
-/// The agent's state for `nodewatch status`: health and probe modes.
+/// The agent's state for `nodewatch status`: health, firing alerts and probe modes.
 async fn status(State(state): State<Arc<AppState>>) -> Response {
     let probes: Vec<_> = state
         .probes
         .iter()
         .map(|(probe, mode)| serde_json::json!({ "probe": probe, "mode": mode }))
         .collect();
+    let firing: Vec<_> = state
+        .alerts
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|a| a.state == AlertState::Firing)
+        .cloned()
+        .collect();
     Json(serde_json::json!({
         "health": state.health.snapshot(),
+        "alerts": firing,
         "probes": probes,
         "version": env!("CARGO_PKG_VERSION"),
     }))

@@ -39,6 +39,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback listener whose connections use 1000-byte segments in both directions (its
+/// SYN-ACK advertises that MSS), so one skb carries many segments, as on a real NIC with TSO.
+pub fn mss_listener() -> TcpListener {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mss: libc::c_int = 1000;
+    // SAFETY: setting an int option on a valid socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&l),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&raw const mss).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_MAXSEG: {}", std::io::Error::last_os_error());
+    l
+}
+
 /// A scratch folder removed on drop.
 pub struct TempDir(pub PathBuf);
 

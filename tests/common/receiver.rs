@@ -22,6 +22,8 @@ pub enum Answer {
 pub struct Request {
     pub head: String,
     pub body: String,
+    /// When the whole request had arrived.
+    pub at: std::time::Instant,
 }
 
 impl Request {
@@ -121,7 +123,11 @@ fn serve(mut s: TcpStream, reqs: &Mutex<Vec<Request>>, answer: &Mutex<Answer>) {
         let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
         buf.drain(..end + 4 + len);
         let a = *answer.lock().unwrap();
-        reqs.lock().unwrap().push(Request { head, body });
+        reqs.lock().unwrap().push(Request {
+            head,
+            body,
+            at: std::time::Instant::now(),
+        });
         match a {
             Answer::Hang => {
                 thread::sleep(Duration::from_secs(3600));

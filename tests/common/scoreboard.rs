@@ -4,40 +4,49 @@
 //! `/api/v1/alerts`, the webhook arriving, HAProxy taking the server out.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpListener,
-    sync::{Arc, Mutex},
+    io::Write,
     thread,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use super::{Agent, TempDir, free_port, haproxy::Haproxy, http_get};
+use super::{
+    Agent, TempDir, free_port,
+    haproxy::Haproxy,
+    http_get,
+    receiver::{Answer, Receiver},
+};
 
 /// Webhook bodies received, with when they arrived.
-#[derive(Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<(Instant, Value)>>>);
+pub struct Received(Receiver);
 
 impl Received {
+    /// Each JSON body, with when it arrived.
+    fn bodies(&self) -> Vec<(Instant, Value)> {
+        self.0
+            .requests()
+            .into_iter()
+            .filter_map(|r| Some((r.at, serde_json::from_str(&r.body).ok()?)))
+            .collect()
+    }
+
     /// When the first notification that `alertname` fires arrived.
     pub fn firing(&self, alertname: &str) -> Option<Instant> {
-        self.0.lock().unwrap().iter().find_map(|(t, v)| {
+        self.bodies().into_iter().find_map(|(t, v)| {
             let alerts = v["alerts"].as_array()?;
             alerts
                 .iter()
                 .any(|a| a["labels"]["alertname"] == alertname && a["status"] == "firing")
-                .then_some(*t)
+                .then_some(t)
         })
     }
 
     /// Every alertname that arrived firing.
     pub fn all_firing(&self) -> Vec<String> {
         let mut names: Vec<String> = self
-            .0
-            .lock()
-            .unwrap()
-            .iter()
+            .bodies()
+            .into_iter()
             .flat_map(|(_, v)| v["alerts"].as_array().cloned().unwrap_or_default())
             .filter(|a| a["status"] == "firing")
             .filter_map(|a| a["labels"]["alertname"].as_str().map(str::to_string))
@@ -50,48 +59,8 @@ impl Received {
 
 /// A webhook receiver on loopback answering 200 to every POST; runs until the process ends.
 pub fn webhook_receiver() -> (u16, Received) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = Received::default();
-    let store = got.clone();
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(conn) = conn else { continue };
-            let store = store.clone();
-            thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut r = BufReader::new(conn);
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let l = line.trim_end();
-                    if l.is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = l.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; len];
-                if r.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let at = Instant::now();
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    store.0.lock().unwrap().push((at, v));
-                }
-                let _ = r.get_mut().write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-            });
-        }
-    });
-    (port, got)
+    let r = Receiver::start(Answer::Status(200));
+    (r.addr.port(), Received(r))
 }
 
 /// The agent, its webhook receiver and HAProxy.
