@@ -164,7 +164,9 @@ struct Receiver {
 
 impl Receiver {
     fn new(key: &[u8]) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Bound here and kept, so no other process can take the port in between.
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+        let addr = first.local_addr().unwrap();
         let mut r = Self {
             addr,
             key: key.to_vec(),
@@ -173,13 +175,17 @@ impl Receiver {
             problems: Arc::default(),
             listener: None,
         };
-        r.up();
+        r.serve(first);
         r
     }
 
-    /// Starts listening (again) on the same port.
+    /// Starts listening again on the same port.
     fn up(&mut self) {
         let l = TcpListener::bind(self.addr).expect("rebind the receiver's port");
+        self.serve(l);
+    }
+
+    fn serve(&mut self, l: TcpListener) {
         l.set_nonblocking(true).unwrap();
         let stop = Arc::new(Mutex::new(false));
         let (stop2, mode, accepted, problems, key) = (
