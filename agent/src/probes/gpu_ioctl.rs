@@ -36,6 +36,9 @@ use crate::{
 const NAME: &str = "gpu_ioctl";
 const ATTACH: &str =
     "tracepoint syscalls:sys_enter_ioctl, syscalls:sys_exit_ioctl, sched:sched_process_exit";
+/// Stalls and hung calls logged one by one per tick; the rest get one summary line, so a
+/// driver that stalls every call cannot flood the journal (the counters stay exact).
+pub const LINES_PER_TICK: usize = 20;
 
 /// The kernel object, built by `agent/build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gpu_ioctl"));
@@ -142,7 +145,57 @@ struct Kernel {
     threshold: Duration,
     /// Hung calls already logged: (thread, start).
     hung_logged: HashSet<(u64, u64)>,
+    /// Events lost so far, per reason in [`DROP_REASONS`] order: a WARN when one first moves.
+    dropped: [u64; 2],
     metrics: Metrics,
+}
+
+/// The drop slots the kernel side counts in, with their `reason` label and what they cost.
+const DROP_REASONS: [(u32, &str, &str); 2] = [
+    (
+        DROP_EVENTS,
+        "ringbuf_full",
+        "the stall ring buffer was full: some stalls are counted but not logged",
+    ),
+    (
+        DROP_INFLIGHT,
+        "inflight_full",
+        "the in-flight table is full (one slot per thread using a watched device): some calls are not timed",
+    ),
+];
+
+/// Counts log lines against [`LINES_PER_TICK`] and sums up the rest.
+struct LineBudget {
+    left: usize,
+    over: u64,
+}
+
+impl LineBudget {
+    fn new() -> Self {
+        Self {
+            left: LINES_PER_TICK,
+            over: 0,
+        }
+    }
+    /// Whether one more line may be written now.
+    fn take(&mut self) -> bool {
+        if self.left == 0 {
+            self.over += 1;
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+    fn summarize(self, what: &str) {
+        if self.over > 0 {
+            tracing::warn!(
+                probe = NAME,
+                more = self.over,
+                limit = LINES_PER_TICK,
+                "{what}: more this tick than are logged one by one"
+            );
+        }
+    }
 }
 
 impl Kernel {
@@ -216,6 +269,7 @@ impl Kernel {
             drops,
             threshold: c.stall_threshold.0,
             hung_logged: HashSet::new(),
+            dropped: [0; 2],
             metrics,
         })
     }
@@ -278,10 +332,7 @@ impl Kernel {
             self.metrics.duration.get_or_create(&l).set(&buckets, sum);
             set_counter(&self.metrics.stalls.get_or_create(&l), stalls);
         }
-        for (slot, reason) in [
-            (DROP_EVENTS, "ringbuf_full"),
-            (DROP_INFLIGHT, "inflight_full"),
-        ] {
+        for (i, (slot, reason, cost)) in DROP_REASONS.into_iter().enumerate() {
             let n: u64 = self
                 .drops
                 .get(&slot, 0)
@@ -295,14 +346,24 @@ impl Kernel {
                 reason: reason.into(),
             });
             set_counter(&c, n);
+            if self.dropped[i] == 0 && n > 0 {
+                tracing::warn!(
+                    probe = NAME,
+                    reason,
+                    lost = n,
+                    "GPU ioctl events lost: {cost}"
+                );
+            }
+            self.dropped[i] = n;
         }
         Ok(())
     }
 
     /// Logs every stall the kernel sent since the last tick.
     fn drain_stalls(&mut self) {
+        let mut budget = LineBudget::new();
         while let Some(item) = self.events.next() {
-            if item.len() < size_of::<StallEvent>() {
+            if item.len() < size_of::<StallEvent>() || !budget.take() {
                 continue;
             }
             // SAFETY: the kernel wrote a whole StallEvent; read_unaligned copes with alignment.
@@ -318,6 +379,7 @@ impl Kernel {
                 "GPU ioctl stalled"
             );
         }
+        budget.summarize("GPU ioctl stalls");
     }
 
     /// Counts, per device, the calls in flight for longer than the threshold; logs each
@@ -327,6 +389,7 @@ impl Kernel {
         let threshold = self.threshold.as_nanos() as u64;
         let mut stalled = vec![0i64; self.watched.labels().len()];
         let mut seen = HashSet::new();
+        let mut budget = LineBudget::new();
         for entry in self.inflight.iter() {
             // An entry can vanish between listing its key and reading it: the call returned.
             let Ok((id, call)) = entry else { continue };
@@ -341,7 +404,7 @@ impl Kernel {
                 *n += 1;
             }
             seen.insert((id, call.start_ns));
-            if self.hung_logged.insert((id, call.start_ns)) {
+            if self.hung_logged.insert((id, call.start_ns)) && budget.take() {
                 let (pid, tid) = ((id >> 32) as u32, id as u32);
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
                     .map(|s| s.trim_end().to_string())
@@ -358,6 +421,7 @@ impl Kernel {
                 );
             }
         }
+        budget.summarize("GPU ioctls hung");
         self.hung_logged.retain(|k| seen.contains(k));
         for (label, n) in self.watched.labels().iter().zip(stalled) {
             let l = self.metrics.device(label);
@@ -388,6 +452,15 @@ impl Probe for Kernel {
     }
     fn awaiting_attach(&self) -> bool {
         !self.attached
+    }
+    fn missed_events(&self) -> u64 {
+        [self.enter, PROG_EXIT, PROG_THREAD_EXIT]
+            .iter()
+            .filter_map(|name| {
+                let fd = self.ebpf.program(name)?.fd().ok()?;
+                super::recursion_misses(std::os::fd::AsFd::as_fd(fd)).ok()
+            })
+            .sum()
     }
     fn collect(&mut self) -> Result<(), ProbeError> {
         let devices = self.refresh_devices();
