@@ -268,6 +268,63 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
     assert!(agent.stop().success());
 }
 
+/// `nodewatch reload` (`POST /api/v1/reload`) does what SIGHUP does and says how it went:
+/// the number of rules, or the errors with the running rules kept.
+#[test]
+fn reload_over_http_answers_with_the_outcome() {
+    let dir = TempDir::new("alerts-http-reload");
+    let rules = dir.write("rules.yaml", RULES_V1);
+    let agent = Agent::start(
+        &dir,
+        "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nprobes:\n  tcp_retransmits: { enabled: false }\n  accept_queue: { enabled: false }\n",
+    );
+    let addr = agent.addr.to_string();
+    let reload = || {
+        let out = std::process::Command::new(common::BIN)
+            .args(["reload", "--addr", &addr])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    std::fs::write(&rules, RULES_V2).unwrap();
+    let (code, out, err) = reload();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, "reloaded: 2 rules\n");
+    wait_for(Duration::from_secs(3), || {
+        find(&alerts(&agent), "Added").map(|_| ())
+    })
+    .unwrap_or_else(|| panic!("v2 not running:\n{}", agent.log_text()));
+
+    std::fs::write(&rules, RULES_BAD).unwrap();
+    let (code, out, err) = reload();
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("reload refused; the running rules stay"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{}:5:15: alert \"Always\": unsupported aggregation `topk`",
+            rules.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        agent.sample("nodewatch_config_last_reload_successful"),
+        Some(0.0)
+    );
+    assert!(
+        find(&alerts(&agent), "Added").is_some(),
+        "the running rules stay"
+    );
+    assert!(agent.stop().success());
+}
+
 #[test]
 fn run_refuses_invalid_rule_files() {
     let dir = TempDir::new("alerts-run-bad");

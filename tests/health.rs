@@ -198,6 +198,19 @@ fn non_loopback_callers_need_the_token() {
         ]);
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("draining"), "{out}");
+        // Reloading the rules is guarded the same way.
+        let (code, _, err) = cli(&["reload", "--addr", &addr]);
+        assert_eq!(code, 1, "a reload without the token must be refused: {err}");
+        assert!(err.contains("403"), "{err}");
+        let (code, out, err) = cli(&[
+            "reload",
+            "--addr",
+            &addr,
+            "--token-file",
+            token.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("reloaded: "), "{out}");
         let _ = child.kill();
         let _ = child.wait();
     });

@@ -147,7 +147,7 @@ health: {{ token_file: {token} }}
         first.head
     );
     let auth = format!("Bearer {TOKEN}");
-    for path in ["/api/v1/drain", "/api/v1/undrain"] {
+    for path in ["/api/v1/drain", "/api/v1/undrain", "/api/v1/reload"] {
         let answer = post_with_token(agent.addr, path, &auth, r#"{"reason": "security test"}"#);
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
     }

@@ -3,11 +3,7 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::{Arc, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -21,6 +17,7 @@ use crate::{
     notify::{ActiveAlert, Notifiers},
     privileges,
     probes::{self, Probe, ProbeError},
+    reload::Reloads,
     resources::Resources,
     rules::{
         self,
@@ -111,19 +108,20 @@ pub fn start_probes(cfg: &Config, store: &mut Store) -> Vec<Box<dyn Probe>> {
 /// The rules as the tick thread runs them, and how it learns of a reload.
 struct RulesTick {
     live: LiveRules,
-    reload: Arc<AtomicBool>,
+    reloads: Arc<Reloads>,
     config_path: Option<PathBuf>,
     config: Config,
 }
 
 impl RulesTick {
-    /// On SIGHUP: re-reads the config file (for `rule_files` and `default_rules`) and every
-    /// rule file; an invalid set is refused and the running one stays.
+    /// When asked (SIGHUP, `POST /api/v1/reload`): re-reads the config file (for
+    /// `rule_files` and `default_rules`) and every rule file; an invalid set is refused and
+    /// the running one stays.
     fn reload_if_asked(&mut self) {
-        if !self.reload.swap(false, Ordering::SeqCst) {
+        let Some(number) = self.reloads.pending() else {
             return;
-        }
-        tracing::info!("SIGHUP: reloading rules");
+        };
+        tracing::info!("reloading rules");
         let loaded = match &self.config_path {
             None => rules::load_for_config(&self.config, None),
             Some(p) => match Config::load(p) {
@@ -148,7 +146,8 @@ impl RulesTick {
                 }
             },
         };
-        self.live.reload(loaded);
+        let outcome = self.live.reload(loaded);
+        self.reloads.finish(number, outcome);
     }
 }
 
@@ -171,12 +170,12 @@ pub fn run(
     let interval_ms = cfg.interval.0.as_millis() as i64;
     let rules_tick = RulesTick {
         live: LiveRules::new(groups, rule_metrics, interval_ms),
-        reload: Arc::new(AtomicBool::new(false)),
+        reloads: Arc::new(Reloads::default()),
         config_path,
         config: cfg.clone(),
     };
     let alerts = rules_tick.live.view();
-    let reload = Arc::clone(&rules_tick.reload);
+    let reloads = Arc::clone(&rules_tick.reloads);
     for p in &probes {
         store
             .own
@@ -268,7 +267,7 @@ pub fn run(
         .map_err(RunError::Runtime)?;
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        watch_sighup(reload)?;
+        watch_sighup(Arc::clone(&reloads))?;
         tracing::info!(listen = %local, interval = ?cfg.interval.0, "nodewatch started");
         systemd::notify("READY=1");
         heartbeats.spawn();
@@ -285,6 +284,9 @@ pub fn run(
             token,
             probes: probe_modes,
             alerts,
+            reloads,
+            // Served by the tick thread between two ticks; within the server's 10 s per request.
+            reload_wait: (cfg.interval.0 * 2 + Duration::from_secs(1)).min(Duration::from_secs(8)),
         }));
         server::serve(listener, app, shutdown_signal()).await
     });
@@ -342,12 +344,12 @@ fn health_of(firing: &[ActiveAlert]) -> Vec<AlertHealth> {
 }
 
 /// Asks the tick thread to reload the rules on every SIGHUP.
-fn watch_sighup(reload: Arc<AtomicBool>) -> std::io::Result<()> {
+fn watch_sighup(reloads: Arc<Reloads>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            reload.store(true, Ordering::SeqCst);
+            reloads.request();
         }
     });
     Ok(())

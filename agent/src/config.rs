@@ -198,7 +198,7 @@ pub struct HealthConfig {
     /// healthy again. Default `30s`.
     pub recover_after: HumanDuration,
     /// A file holding a token that lets callers other than loopback use
-    /// `POST /api/v1/drain` and `/api/v1/undrain` (`Authorization: Bearer <token>`).
+    /// `POST /api/v1/drain`, `/api/v1/undrain` and `/api/v1/reload` (`Authorization: Bearer <token>`).
     /// Default: none, loopback only.
     pub token_file: Option<PathBuf>,
 }

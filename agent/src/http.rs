@@ -16,6 +16,7 @@ use crate::{
     alerts::State as AlertState,
     health::{Health, State as HealthState},
     heartbeats::Heartbeats,
+    reload::Reloads,
     rules::live::AlertsView,
     store::Store,
 };
@@ -37,6 +38,10 @@ pub struct AppState {
     pub probes: Vec<(String, String)>,
     /// Pending and firing alerts, as of the last tick.
     pub alerts: AlertsView,
+    /// Rule reloads, served by the tick thread.
+    pub reloads: Arc<Reloads>,
+    /// How long `POST /api/v1/reload` waits for the tick thread.
+    pub reload_wait: std::time::Duration,
 }
 
 /// The agent's routes.
@@ -55,6 +60,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/undrain",
             post(undrain).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
+        )
+        .route(
+            "/api/v1/reload",
+            post(reload).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
         )
         .route("/api/v1/status", get(status))
         .route("/api/v1/alerts", get(alerts))
@@ -115,7 +124,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-/// Whether a caller may change maintenance: loopback, or the configured bearer token.
+/// Whether a caller may drain, undrain or reload: loopback, or the configured bearer token.
 fn allowed(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
     let loopback = match peer.ip() {
         std::net::IpAddr::V4(ip) => ip.is_loopback(),
@@ -146,7 +155,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn forbidden() -> Response {
     let body = serde_json::json!({
-        "error": "drain and undrain are allowed from loopback, or with the configured token"
+        "error": "drain, undrain and reload are allowed from loopback, or with the configured token"
     });
     (StatusCode::FORBIDDEN, Json(body)).into_response()
 }
@@ -189,6 +198,34 @@ async fn undrain(
     match state.health.undrain() {
         Ok(()) => Json(state.health.snapshot()).into_response(),
         Err(e) => persist_failed(e),
+    }
+}
+
+/// `POST /api/v1/reload`: re-reads the config's rule files as SIGHUP does, and answers
+/// with the outcome: 200 and the number of rules, 422 and the errors (the running rules
+/// stay), or 503 when the tick thread has not got to it in time (it still will).
+async fn reload(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if !allowed(&state, peer, &headers) {
+        return forbidden();
+    }
+    let number = state.reloads.request();
+    match state.reloads.wait(number, state.reload_wait).await {
+        Some(Ok(rules)) => {
+            Json(serde_json::json!({ "status": "reloaded", "rules": rules })).into_response()
+        }
+        Some(Err(errors)) => {
+            let body = serde_json::json!({ "status": "refused", "errors": errors });
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+        }
+        None => {
+            let body =
+                serde_json::json!({ "error": "asked for; the reload happens at the next tick" });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod kernel;
 pub mod notify;
 pub mod privileges;
 pub mod probes;
+pub mod reload;
 pub mod resources;
 pub mod rules;
 pub mod server;

@@ -46,6 +46,12 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Make a running agent re-read its rule files (as SIGHUP does): exit 0 with the number
+    /// of rules, or 1 with the errors (the running rules stay).
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Ask a running agent: node health and why, firing alerts, probe modes.
     Status {
         #[command(flatten)]
@@ -146,6 +152,7 @@ fn main() -> ExitCode {
         ),
         Command::Undrain { target } => talk(&target, "POST", "/api/v1/undrain", None),
         Command::Status { target } => talk(&target, "GET", "/api/v1/status", None),
+        Command::Reload { target } => talk(&target, "POST", "/api/v1/reload", None),
         Command::CheckRules { files } => {
             let mut ok = true;
             for f in &files {
@@ -195,6 +202,18 @@ fn talk(target: &Target, method: &str, path: &str, body: Option<serde_json::Valu
         Ok(v) if path == "/api/v1/status" => {
             print!("{}", client::describe_status(&v));
             ExitCode::SUCCESS
+        }
+        Ok(v) if path == "/api/v1/reload" => {
+            println!("reloaded: {} rules", v["rules"]);
+            ExitCode::SUCCESS
+        }
+        Err(client::ClientError::Refused { status: 422, body }) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            eprintln!("nodewatch: reload refused; the running rules stay");
+            for e in v["errors"].as_array().into_iter().flatten() {
+                eprintln!("{}", e.as_str().unwrap_or_default());
+            }
+            ExitCode::from(EXIT_INVALID)
         }
         Ok(v) => {
             let status = v["status"].as_str().unwrap_or("unknown");

@@ -42,6 +42,9 @@ fn app() -> Router {
             token: Some("s3cret-token".into()),
             probes: vec![("gpu_xid".into(), "kmsg".into())],
             alerts: Default::default(),
+            // No tick thread here: a reload is answered 503 at once.
+            reloads: Default::default(),
+            reload_wait: std::time::Duration::ZERO,
         }))
     })
     .clone()

@@ -64,7 +64,7 @@ impl RuleMetrics {
         );
         registry.register(
             names::CONFIG_LAST_RELOAD_SUCCESSFUL,
-            "Whether the last load of the rules (at start or on SIGHUP) succeeded",
+            "Whether the last load of the rules (at start, on SIGHUP or POST /api/v1/reload) succeeded",
             m.reload_ok.clone(),
         );
         registry.register(
@@ -178,9 +178,15 @@ impl LiveRules {
     }
 
     /// Replaces the rules with a validated new set, or keeps the old ones and says why.
-    pub fn reload(&mut self, loaded: Result<Vec<GroupDef>, Vec<RuleError>>) {
+    pub fn reload(
+        &mut self,
+        loaded: Result<Vec<GroupDef>, Vec<RuleError>>,
+    ) -> crate::reload::Outcome {
         match loaded {
-            Ok(defs) => self.install(defs),
+            Ok(defs) => {
+                self.install(defs);
+                Ok(self.engine.rules().count())
+            }
             Err(errors) => {
                 self.metrics.reload_ok.set(0);
                 for e in &errors {
@@ -190,6 +196,7 @@ impl LiveRules {
                     errors = errors.len(),
                     "reload refused: the previous rules keep running"
                 );
+                Err(errors.iter().map(ToString::to_string).collect())
             }
         }
     }
