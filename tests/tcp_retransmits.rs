@@ -87,6 +87,22 @@ fn total_retrans(socks: &[TcpStream]) -> u64 {
         .sum()
 }
 
+/// `local port -> peer port: tcpi_total_retrans` per socket, for a failure message.
+fn per_socket(socks: &[TcpStream]) -> String {
+    socks
+        .iter()
+        .map(|s| {
+            format!(
+                "{} -> {}: {}",
+                s.local_addr().unwrap().port(),
+                s.peer_addr().unwrap().port(),
+                tcp_info(s).tcpi_total_retrans
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn counts_exactly_the_kernels_retransmits_per_watched_port() {
     if !have_root("tcp_retransmits") {
@@ -171,7 +187,8 @@ fn counts_exactly_the_kernels_retransmits_per_watched_port() {
     assert_eq!(
         seen,
         Some(w_kernel as f64),
-        "agent count differs from the kernel's"
+        "agent count differs from the kernel's; per socket:\n{}",
+        per_socket(&w_socks)
     );
     assert!(
         other_delta >= u_kernel as f64,
@@ -250,7 +267,8 @@ fn counts_retransmits_that_fail_locally_like_the_kernel() {
     assert_eq!(
         seen,
         Some(kernel as f64),
-        "agent count differs from the kernel's (events the kernel skipped: {missed:?}); log:\n{}",
+        "agent count differs from the kernel's (events the kernel skipped: {missed:?}); per socket:\n{}\nlog:\n{}",
+        per_socket(&socks),
         agent.log_text()
     );
 }

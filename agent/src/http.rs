@@ -6,8 +6,9 @@ use std::{net::SocketAddr, sync::Arc};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{ConnectInfo, DefaultBodyLimit, Path, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -53,21 +54,31 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/heartbeat/{name}",
             post(heartbeat).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
         )
-        .route(
-            "/api/v1/drain",
-            post(drain).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
-        )
-        .route(
-            "/api/v1/undrain",
-            post(undrain).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
-        )
-        .route(
-            "/api/v1/reload",
-            post(reload).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
-        )
         .route("/api/v1/status", get(status))
         .route("/api/v1/alerts", get(alerts))
+        .merge(
+            // What changes the node: loopback callers, or the token.
+            Router::new()
+                .route("/api/v1/drain", post(drain))
+                .route("/api/v1/undrain", post(undrain))
+                .route("/api/v1/reload", post(reload))
+                .layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY))
+                .route_layer(middleware::from_fn_with_state(state.clone(), guard)),
+        )
         .with_state(state)
+}
+
+/// Refuses (403) callers that [`allowed`] does not let through.
+async fn guard(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !allowed(&state, peer, request.headers()) {
+        return forbidden();
+    }
+    next.run(request).await
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), Prometheus text otherwise.
@@ -161,15 +172,7 @@ fn forbidden() -> Response {
 }
 
 /// `POST /api/v1/drain` with `{"reason": "..."}`: manual maintenance.
-async fn drain(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if !allowed(&state, peer, &headers) {
-        return forbidden();
-    }
+async fn drain(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let reason = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("reason")?.as_str().map(str::to_string))
@@ -187,14 +190,7 @@ async fn drain(
 }
 
 /// `POST /api/v1/undrain`: ends manual maintenance.
-async fn undrain(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if !allowed(&state, peer, &headers) {
-        return forbidden();
-    }
+async fn undrain(State(state): State<Arc<AppState>>) -> Response {
     match state.health.undrain() {
         Ok(()) => Json(state.health.snapshot()).into_response(),
         Err(e) => persist_failed(e),
@@ -204,14 +200,7 @@ async fn undrain(
 /// `POST /api/v1/reload`: re-reads the config's rule files as SIGHUP does, and answers
 /// with the outcome: 200 and the number of rules, 422 and the errors (the running rules
 /// stay), or 503 when the tick thread has not got to it in time (it still will).
-async fn reload(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if !allowed(&state, peer, &headers) {
-        return forbidden();
-    }
+async fn reload(State(state): State<Arc<AppState>>) -> Response {
     let number = state.reloads.request();
     match state.reloads.wait(number, state.reload_wait).await {
         Some(Ok(rules)) => {
