@@ -1,5 +1,9 @@
 //! Pieces every nodewatch eBPF object needs. Each probe is one `[[bin]]` (one object file).
 #![no_std]
+// The BPF target has no `fetch_add` on core's atomics (it lacks compare-and-swap), but LLVM
+// lowers this intrinsic to the BPF atomic add instruction.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
@@ -18,10 +22,27 @@ macro_rules! license {
     };
 }
 
-/// Adds `n` to a per-CPU counter slot. Tracing programs do not nest on one CPU (the kernel's
-/// `bpf_prog_active` guard), so a plain add cannot lose an update.
+/// Adds `n` to a per-CPU counter slot, for programs that cannot nest on one CPU: perf-based
+/// tracepoint programs (the kernel's per-CPU `bpf_prog_active` guard runs one at a time) and
+/// programs that run only in softirq. A plain add is then safe, and the cheapest.
 #[inline(always)]
 pub fn counter_add(slot: *mut u64, n: u64) {
     // SAFETY: `slot` points into this CPU's copy of a map value, which outlives the program.
     unsafe { *slot += n };
+}
+
+/// Adds `n` to a per-CPU counter slot with one atomic instruction, for programs that can
+/// nest on one CPU. A raw tracepoint program is guarded only against re-entering itself, so
+/// a softirq can run another program of the same probe over one running in process context;
+/// with a plain add (load, add, store) the interrupted program would then write back a stale
+/// value and one of the two updates would be lost.
+#[inline(always)]
+pub fn counter_add_nesting(slot: *mut u64, n: u64) {
+    // SAFETY: `slot` points into this CPU's copy of a map value, aligned and live for the
+    // program's run; every writer goes through this atomic add.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            slot, n,
+        )
+    };
 }

@@ -21,7 +21,7 @@ use nodewatch_common::{
     RetransOffsets,
     tcp_retransmits::{MAX_PORTS, OTHER_PORT},
 };
-use nodewatch_ebpf::counter_add;
+use nodewatch_ebpf::counter_add_nesting;
 
 nodewatch_ebpf::license!();
 
@@ -131,6 +131,8 @@ fn count(sport: u16, dport: u16, segs: u64) {
         .or_else(|| RETRANS_SEGS.get_ptr_mut(dport))
         .or_else(|| RETRANS_SEGS.get_ptr_mut(OTHER_PORT));
     if let Some(slot) = slot {
-        counter_add(slot, segs);
+        // The SYN-ACK program can run in softirq over the skb one in process context (or the
+        // reverse) on this CPU, both adding to the same port's slot.
+        counter_add_nesting(slot, segs);
     }
 }
