@@ -454,13 +454,7 @@ impl Probe for Kernel {
         !self.attached
     }
     fn missed_events(&self) -> u64 {
-        [self.enter, PROG_EXIT, PROG_THREAD_EXIT]
-            .iter()
-            .filter_map(|name| {
-                let fd = self.ebpf.program(name)?.fd().ok()?;
-                super::recursion_misses(std::os::fd::AsFd::as_fd(fd)).ok()
-            })
-            .sum()
+        super::programs_missed(&self.ebpf, &[self.enter, PROG_EXIT, PROG_THREAD_EXIT])
     }
     fn collect(&mut self) -> Result<(), ProbeError> {
         let devices = self.refresh_devices();

@@ -218,6 +218,18 @@ pub fn snmp_value(text: &str, proto: &str, field: &str) -> Option<u64> {
     values.split_whitespace().nth(idx)?.parse().ok()
 }
 
+/// Events the kernel skipped for the named programs of `ebpf`, summed (see
+/// [`recursion_misses`]); programs not loaded count nothing.
+pub fn programs_missed(ebpf: &aya::Ebpf, names: &[&str]) -> u64 {
+    names
+        .iter()
+        .filter_map(|name| {
+            let fd = ebpf.program(name)?.fd().ok()?;
+            recursion_misses(std::os::fd::AsFd::as_fd(fd)).ok()
+        })
+        .sum()
+}
+
 /// How often the kernel skipped program `fd` because a BPF program was already running on
 /// that CPU (`bpf_prog_info.recursion_misses`): events the probe did not see.
 pub fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {

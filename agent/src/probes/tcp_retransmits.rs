@@ -132,13 +132,7 @@ impl Probe for Kernel {
         "raw tracepoint tcp_retransmit_skb, tcp_retransmit_synack".into()
     }
     fn missed_events(&self) -> u64 {
-        [PROG_SKB, PROG_SYNACK]
-            .iter()
-            .filter_map(|name| {
-                let fd = self._ebpf.program(name)?.fd().ok()?;
-                super::recursion_misses(std::os::fd::AsFd::as_fd(fd)).ok()
-            })
-            .sum()
+        super::programs_missed(&self._ebpf, &[PROG_SKB, PROG_SYNACK])
     }
     fn collect(&mut self) -> Result<(), ProbeError> {
         for entry in self.counts.iter() {
