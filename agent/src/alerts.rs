@@ -1,15 +1,15 @@
-//! Alert state: inactive → pending → firing → resolved, with `for` and `keep_firing_for`,
-//! exactly as Prometheus's `AlertingRule.Eval` moves it, and the view `/api/v1/alerts` serves.
+//! The one alert type: what the rules produce, and what notify, node health and the HTTP API
+//! read. Nothing here knows how alerts are evaluated or delivered.
 
-use std::collections::HashMap;
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::SystemTime,
+};
 
 use serde::Serialize;
 
-use crate::rules::{
-    eval::Sample,
-    labels::{Labels, METRIC_NAME},
-    template::{Data, Template},
-};
+use crate::store::labels::Labels;
 
 /// How long a resolved alert is kept (and reported as resolved), as in Prometheus.
 pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
@@ -50,166 +50,8 @@ pub struct Alert {
     pub value: f64,
 }
 
-/// What an alerting rule contributes to one evaluation.
-pub struct Rule<'a> {
-    pub name: &'a str,
-    pub for_ms: i64,
-    pub keep_firing_for_ms: i64,
-    pub labels: &'a [(String, Template)],
-    pub annotations: &'a [(String, Template)],
-    pub external_labels: &'a Labels,
-    pub external_url: &'a str,
-    /// Most pending and firing alerts allowed; 0 means no limit.
-    pub limit: usize,
-}
-
-/// One evaluation at `ts` of an alerting rule whose expression gave `result`. Updates
-/// `active` and returns the `ALERTS` and `ALERTS_FOR_STATE` samples Prometheus writes.
-pub fn evaluate(
-    rule: &Rule<'_>,
-    active: &mut HashMap<Labels, Alert>,
-    result: Vec<Sample>,
-    ts: i64,
-) -> Result<Vec<Sample>, String> {
-    let mut current: HashMap<Labels, Alert> = HashMap::with_capacity(result.len());
-    for s in result {
-        let data = Data {
-            labels: &s.labels,
-            external_labels: rule.external_labels,
-            external_url: rule.external_url,
-            value: s.value,
-        };
-        let mut labels = s.labels.without_name();
-        for (k, t) in rule.labels {
-            labels.set(k.clone(), t.expand(&data));
-        }
-        labels.set("alertname".into(), rule.name.to_string());
-        let annotations = rule
-            .annotations
-            .iter()
-            .map(|(k, t)| (k.clone(), t.expand(&data)))
-            .collect();
-        if current.contains_key(&labels) {
-            return Err(
-                "vector contains metrics with the same labelset after applying alert labels".into(),
-            );
-        }
-        current.insert(
-            labels.clone(),
-            Alert {
-                labels,
-                annotations,
-                state: State::Pending,
-                active_at: ts,
-                fired_at: None,
-                resolved_at: None,
-                keep_firing_since: None,
-                value: s.value,
-            },
-        );
-    }
-    for (k, a) in &current {
-        match active.get_mut(k) {
-            Some(old) if old.state != State::Inactive => {
-                old.value = a.value;
-                old.annotations = a.annotations.clone();
-            }
-            _ => {
-                active.insert(k.clone(), a.clone());
-            }
-        }
-    }
-
-    let mut out = Vec::new();
-    let mut pending_or_firing = 0;
-    let mut remove = Vec::new();
-    for (k, a) in active.iter_mut() {
-        if current.contains_key(k) {
-            a.keep_firing_since = None;
-        } else {
-            let mut keep_firing = false;
-            if a.state == State::Firing && rule.keep_firing_for_ms > 0 {
-                let since = *a.keep_firing_since.get_or_insert(ts);
-                keep_firing = ts - since < rule.keep_firing_for_ms;
-            }
-            // A pending alert just goes; a resolved one is kept a while to report it.
-            let expired = a
-                .resolved_at
-                .is_some_and(|r| ts - r > RESOLVED_RETENTION_MS);
-            if a.state == State::Pending || expired {
-                remove.push(k.clone());
-            }
-            if a.state != State::Inactive && !keep_firing {
-                a.state = State::Inactive;
-                a.resolved_at = Some(ts);
-            }
-            if !keep_firing {
-                continue;
-            }
-        }
-        pending_or_firing += 1;
-        if a.state == State::Pending && ts - a.active_at >= rule.for_ms {
-            a.state = State::Firing;
-            a.fired_at = Some(ts);
-        }
-        let mut l = a.labels.clone();
-        l.set(METRIC_NAME.into(), "ALERTS".into());
-        l.set("alertstate".into(), a.state.as_str().into());
-        out.push(Sample {
-            labels: l,
-            value: 1.0,
-        });
-        let mut l = a.labels.clone();
-        l.set(METRIC_NAME.into(), "ALERTS_FOR_STATE".into());
-        out.push(Sample {
-            labels: l,
-            value: a.active_at.div_euclid(1000) as f64,
-        });
-    }
-    for k in remove {
-        active.remove(&k);
-    }
-    if rule.limit > 0 && pending_or_firing > rule.limit {
-        active.clear();
-        return Err(format!(
-            "exceeded limit of {} with {pending_or_firing} alerts",
-            rule.limit
-        ));
-    }
-    Ok(out)
-}
-
-/// An alert as `/api/v1/alerts` shows it (the Prometheus API's shape).
-#[derive(Debug, Clone, Serialize)]
-pub struct AlertView {
-    pub labels: std::collections::BTreeMap<String, String>,
-    pub annotations: std::collections::BTreeMap<String, String>,
-    pub state: State,
-    #[serde(rename = "activeAt")]
-    pub active_at: String,
-    #[serde(rename = "keepFiringSince", skip_serializing_if = "Option::is_none")]
-    pub keep_firing_since: Option<String>,
-    /// The expression's value, formatted as Prometheus does (`1e+00`).
-    pub value: String,
-}
-
-impl AlertView {
-    /// The view of a pending or firing alert.
-    pub fn new(a: &Alert) -> Self {
-        Self {
-            labels: a
-                .labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            annotations: a.annotations.iter().cloned().collect(),
-            state: a.state,
-            active_at: rfc3339(a.active_at),
-            keep_firing_since: a.keep_firing_since.map(rfc3339),
-            value: crate::rules::gofmt::format_e(a.value, None, false),
-        }
-    }
-}
+/// The pending and firing alerts of the last tick, in label order, as the rules publish them.
+pub type Published = Arc<RwLock<Vec<Alert>>>;
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(ms: i64) -> String {
@@ -217,95 +59,45 @@ pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Milliseconds since the epoch as a time.
+pub fn system_time(ms: i64) -> SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+}
 
-    fn rule<'a>(for_ms: i64, keep: i64, ann: &'a [(String, Template)]) -> Rule<'a> {
-        static EMPTY: std::sync::LazyLock<Labels> = std::sync::LazyLock::new(Labels::new);
-        Rule {
-            name: "A",
-            for_ms,
-            keep_firing_for_ms: keep,
-            labels: &[],
-            annotations: ann,
-            external_labels: &EMPTY,
-            external_url: "",
-            limit: 0,
-        }
+impl Alert {
+    /// The value of label `name`, if set.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels.get(name)
     }
 
-    fn hit(v: f64) -> Vec<Sample> {
-        vec![Sample {
-            labels: Labels::from_pairs([("__name__", "x"), ("port", "80")]),
-            value: v,
-        }]
+    /// The alert's name (its `alertname` label).
+    pub fn name(&self) -> &str {
+        self.label("alertname").unwrap_or_default()
     }
 
-    fn state(active: &HashMap<Labels, Alert>) -> Option<State> {
-        active.values().next().map(|a| a.state)
+    /// The value of annotation `name`, if set.
+    pub fn annotation(&self, name: &str) -> Option<&str> {
+        self.annotations
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
-    #[test]
-    fn pending_then_firing_then_resolved_then_forgotten() {
-        let r = rule(2000, 0, &[]);
-        let mut active = HashMap::new();
-        let out = evaluate(&r, &mut active, hit(1.0), 0).unwrap();
-        assert_eq!(state(&active), Some(State::Pending));
-        assert_eq!(out[0].labels.get("alertstate"), Some("pending"));
-        assert_eq!(out[0].labels.get("port"), Some("80"));
-        assert_eq!(out[0].labels.get("alertname"), Some("A"));
-        evaluate(&r, &mut active, hit(2.0), 1000).unwrap();
-        assert_eq!(state(&active), Some(State::Pending));
-        evaluate(&r, &mut active, hit(3.0), 2000).unwrap();
-        assert_eq!(state(&active), Some(State::Firing));
-        assert_eq!(active.values().next().unwrap().value, 3.0);
-        let out = evaluate(&r, &mut active, vec![], 3000).unwrap();
-        assert!(out.is_empty());
-        let a = active.values().next().unwrap();
-        assert_eq!((a.state, a.resolved_at), (State::Inactive, Some(3000)));
-        evaluate(&r, &mut active, vec![], 3000 + RESOLVED_RETENTION_MS + 1).unwrap();
-        assert!(active.is_empty());
+    /// The labels as a sorted map.
+    pub fn label_map(&self) -> BTreeMap<String, String> {
+        self.labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
-    #[test]
-    fn pending_alert_that_goes_away_is_dropped() {
-        let r = rule(5000, 0, &[]);
-        let mut active = HashMap::new();
-        evaluate(&r, &mut active, hit(1.0), 0).unwrap();
-        evaluate(&r, &mut active, vec![], 1000).unwrap();
-        assert!(active.is_empty());
+    /// The annotations as a sorted map.
+    pub fn annotation_map(&self) -> BTreeMap<String, String> {
+        self.annotations.iter().cloned().collect()
     }
 
-    #[test]
-    fn keep_firing_for_holds_a_firing_alert() {
-        let r = rule(0, 2000, &[]);
-        let mut active = HashMap::new();
-        evaluate(&r, &mut active, hit(1.0), 0).unwrap();
-        assert_eq!(state(&active), Some(State::Firing), "for: 0 fires at once");
-        evaluate(&r, &mut active, vec![], 1000).unwrap();
-        assert_eq!(state(&active), Some(State::Firing));
-        evaluate(&r, &mut active, vec![], 2000).unwrap();
-        assert_eq!(state(&active), Some(State::Firing));
-        evaluate(&r, &mut active, vec![], 3000).unwrap();
-        assert_eq!(state(&active), Some(State::Inactive));
-    }
-
-    #[test]
-    fn annotations_are_expanded_and_updated() {
-        let ann = [(
-            "summary".to_string(),
-            Template::parse("port {{ $labels.port }} at {{ $value }}").unwrap(),
-        )];
-        let r = rule(0, 0, &ann);
-        let mut active = HashMap::new();
-        evaluate(&r, &mut active, hit(1.5), 0).unwrap();
-        evaluate(&r, &mut active, hit(2.5), 1000).unwrap();
-        let a = active.values().next().unwrap();
-        assert_eq!(a.annotations[0].1, "port 80 at 2.5");
-        assert_eq!(a.active_at, 0);
-        let v = AlertView::new(a);
-        assert_eq!(v.value, "2.5e+00");
-        assert_eq!(v.active_at, "1970-01-01T00:00:00.000Z");
+    /// When it started firing (when it became active, if it has not fired).
+    pub fn firing_since(&self) -> SystemTime {
+        system_time(self.fired_at.unwrap_or(self.active_at))
     }
 }

@@ -1,33 +1,33 @@
-//! The agent's YAML configuration. Every key is optional; the doc comment on each field is its
-//! reference documentation. Errors name the file, line, column and key.
+//! The agent's YAML configuration: the top-level keys. Each section's type lives with the part
+//! of the agent that uses it (a collector, the notifiers, node health); every key is optional,
+//! and the doc comment on each field is its reference documentation. Every problem of a file
+//! is reported, each as `file:line:col: key: message`.
 
 use std::{
-    collections::BTreeSet,
-    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer, de, de::DeserializeOwned};
-use serde_saphyr::Spanned;
+use serde::{Deserialize, Deserializer};
 
-pub use crate::{
-    heartbeats::config::Heartbeats, notify::config::Notifiers, resources::ResourcesConfig,
+use crate::{
+    collectors::{
+        self, ProbesConfig, heartbeats::config::HeartbeatsConfig, resources::ResourcesConfig,
+    },
+    health::config::HealthConfig,
+    notify::config::NotifiersConfig,
+    yaml::{self, Document, Spanned},
 };
+
+/// A configuration problem, located in its file.
+pub type ConfigError = yaml::Error;
 
 /// The configuration the binary runs with when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../packaging/config.yaml");
 
-/// Most ports one probe may watch (the kernel map has one more slot, for `other`).
-pub const MAX_WATCHED_PORTS: usize = nodewatch_common::tcp_retransmits::MAX_PORTS as usize;
-
-/// Most device globs `probes.gpu_ioctl.devices` may list.
-pub const MAX_DEVICE_GLOBS: usize = 64;
-
 /// Top level of the configuration file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Address of the HTTP server (`/metrics`, `/healthz`, the API). Default `0.0.0.0:9477`.
     pub listen: SocketAddr,
@@ -38,11 +38,11 @@ pub struct Config {
     /// Settings of each probe.
     pub probes: ProbesConfig,
     /// Local services to watch: HTTP and TCP checks, and push heartbeats. Default: none.
-    pub heartbeats: Heartbeats,
+    pub heartbeats: HeartbeatsConfig,
     /// Resource metrics: CPU, memory, load, disk usage, pressure stall information.
     pub resources: ResourcesConfig,
     /// Where alerts are sent: Alertmanager and webhooks. Default: none.
-    pub notifiers: Notifiers,
+    pub notifiers: NotifiersConfig,
     /// Node health for the load balancer.
     pub health: HealthConfig,
     /// Where state that must survive a restart is kept (manual drain, undelivered
@@ -64,9 +64,9 @@ impl Default for Config {
             interval: Interval(Duration::from_secs(1)),
             proc_root: PathBuf::from("/proc"),
             probes: ProbesConfig::default(),
-            heartbeats: Heartbeats::default(),
+            heartbeats: HeartbeatsConfig::default(),
             resources: ResourcesConfig::default(),
-            notifiers: Notifiers::default(),
+            notifiers: NotifiersConfig::default(),
             health: HealthConfig::default(),
             spool_dir: PathBuf::from("/var/lib/nodewatch"),
             default_rules: true,
@@ -75,339 +75,25 @@ impl Default for Config {
     }
 }
 
-/// `probes:` — one entry per probe.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProbesConfig {
-    /// TCP retransmits per watched port.
-    pub tcp_retransmits: TcpRetransmitsConfig,
-    /// Accept-queue overflows and queue depth per watched listening port.
-    pub accept_queue: AcceptQueueConfig,
-    /// GPU-driver ioctl latency, stalls and calls hung right now, per device.
-    pub gpu_ioctl: GpuIoctlConfig,
-    /// NVIDIA Xid errors counted from the kernel log.
-    pub gpu_xid: GpuXidConfig,
-}
-
-/// `probes.tcp_retransmits:`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TcpRetransmitsConfig {
-    /// Whether the probe runs. Default `true`.
-    pub enabled: bool,
-    /// Ports to count separately; a connection matches when either end uses one. Everything
-    /// else is counted under `port="other"`. Default `[8000, 8001, 8080]`; at most 256 ports,
-    /// each 1–65535, no duplicates.
-    pub ports: Ports,
-}
-
-impl Default for TcpRetransmitsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ports: Ports(vec![8000, 8001, 8080]),
-        }
-    }
-}
-
-/// `probes.accept_queue:`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AcceptQueueConfig {
-    /// Whether the probe runs. Default `true`.
-    pub enabled: bool,
-    /// Listening ports to watch: overflows are counted and queue length and limit exported
-    /// for each. Default `[8000, 8001, 8080]`; at most 256 ports, each 1–65535, no duplicates.
-    pub ports: Ports,
-    /// Where overflow counts come from: `auto` (eBPF, else sock_diag, else procfs), or one of
-    /// `ebpf`, `sock_diag` (per-listener drops), `procfs` (host-wide `ListenOverflows`).
-    /// Default `auto`.
-    pub mode: AcceptQueueMode,
-}
-
-impl Default for AcceptQueueConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            ports: Ports(vec![8000, 8001, 8080]),
-            mode: AcceptQueueMode::Auto,
-        }
-    }
-}
-
-/// `probes.gpu_ioctl:`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GpuIoctlConfig {
-    /// Whether the probe runs. Default `true`. Its programs are loaded at start but attached
-    /// only once a watched device exists, so a host without GPUs pays nothing.
-    pub enabled: bool,
-    /// Device paths to watch, as absolute globs (`*`, `?`, `[...]`), re-read every tick so
-    /// devices that appear later (a driver loaded after start) are picked up. A character
-    /// device is matched by major:minor, a regular file by (file system, inode). A driver in
-    /// `/proc/devices` whose name matches a glob's last part (`nvidia-uvm` for
-    /// `/dev/nvidia-uvm*`) is watched by its major even where its node does not exist here.
-    /// Default: NVIDIA, AMD KFD and DRM render nodes; at most 64 globs.
-    pub devices: DeviceGlobs,
-    /// Calls that take at least this long are stalls: counted, logged, and reported in
-    /// flight while they last. Default `1s`; at least `1ms`.
-    pub stall_threshold: StallThreshold,
-}
-
-impl Default for GpuIoctlConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            devices: DeviceGlobs(
-                [
-                    "/dev/nvidia*",
-                    "/dev/nvidia-uvm*",
-                    "/dev/kfd",
-                    "/dev/dri/renderD*",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            stall_threshold: StallThreshold(Duration::from_secs(1)),
-        }
-    }
-}
-
-/// `probes.accept_queue.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AcceptQueueMode {
-    /// The best this host allows: eBPF, then sock_diag, then procfs.
-    Auto,
-    /// eBPF only; if it cannot attach, the probe degrades as in `auto`, with a WARN line.
-    Ebpf,
-    /// Per-listener drops from sock_diag, no eBPF.
-    SockDiag,
-    /// Host-wide `TcpExt: ListenOverflows` from `/proc/net/netstat`.
-    Procfs,
-}
-
-/// `health:`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
-    /// Address of the HAProxy agent-check listener (`agent-check agent-port`), e.g.
-    /// `0.0.0.0:9478`. Default: none.
-    pub haproxy_agent_listen: Option<SocketAddr>,
-    /// How long the alerts that took the node out must have stopped firing before it is
-    /// healthy again. Default `30s`.
-    pub recover_after: HumanDuration,
-    /// A file holding a token that lets callers other than loopback use
-    /// `POST /api/v1/drain`, `/api/v1/undrain` and `/api/v1/reload` (`Authorization: Bearer <token>`).
-    /// Default: none, loopback only.
-    pub token_file: Option<PathBuf>,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        Self {
-            haproxy_agent_listen: None,
-            recover_after: HumanDuration(Duration::from_secs(30)),
-            token_file: None,
-        }
-    }
-}
-
-/// A duration written the human way (`0s`, `500ms`, `30s`, `2m`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = Spanned::<String>::deserialize(d)?;
-        Ok(Self(parse_duration(&text)?))
-    }
-}
-
-/// `probes.gpu_xid:`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GpuXidConfig {
-    /// Whether NVIDIA Xid lines are counted from `/dev/kmsg`. Default `true`. Reading starts
-    /// at the end of the log, so a restart does not count old lines again.
-    pub enabled: bool,
-}
-
-impl Default for GpuXidConfig {
-    fn default() -> Self {
-        Self { enabled: true }
-    }
-}
-
-/// A duration written the human way (`500ms`, `1s`, `2m`), at least 100 ms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interval(pub Duration);
-
-impl<'de> Deserialize<'de> for Interval {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = Spanned::<String>::deserialize(d)?;
-        let d = parse_duration(&text)?;
-        if d < Duration::from_millis(100) {
-            return Err(located(
-                &text,
-                format!(
-                    "interval {} is too short: the minimum is 100ms",
-                    humantime::format_duration(d)
-                ),
-            ));
-        }
-        Ok(Self(d))
-    }
-}
-
-/// The GPU ioctl stall threshold, at least 1 ms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StallThreshold(pub Duration);
-
-impl<'de> Deserialize<'de> for StallThreshold {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = Spanned::<String>::deserialize(d)?;
-        let d = parse_duration(&text)?;
-        if d < Duration::from_millis(1) {
-            return Err(located(
-                &text,
-                format!(
-                    "stall threshold {} is too short: the minimum is 1ms",
-                    humantime::format_duration(d)
-                ),
-            ));
-        }
-        Ok(Self(d))
-    }
-}
-
-/// Absolute path globs, distinct and valid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceGlobs(pub Vec<String>);
-
-impl<'de> Deserialize<'de> for DeviceGlobs {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let globs = Vec::<Spanned<String>>::deserialize(d)?;
-        if globs.len() > MAX_DEVICE_GLOBS {
-            return Err(located(
-                &globs[MAX_DEVICE_GLOBS],
-                format!(
-                    "{} globs listed; at most {MAX_DEVICE_GLOBS} are allowed",
-                    globs.len()
-                ),
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for g in &globs {
-            if !g.value.starts_with('/') {
-                return Err(located(
-                    g,
-                    format!("`{}` is not an absolute path: write /dev/...", g.value),
-                ));
-            }
-            if let Err(e) = glob::Pattern::new(&g.value) {
-                return Err(located(g, format!("invalid glob `{}`: {e}", g.value)));
-            }
-            if !seen.insert(g.value.as_str()) {
-                return Err(located(g, format!("`{}` is listed twice", g.value)));
-            }
-        }
-        Ok(Self(globs.into_iter().map(|g| g.value).collect()))
-    }
-}
-
-pub(crate) fn parse_duration<E: de::Error>(text: &Spanned<String>) -> Result<Duration, E> {
-    humantime::parse_duration(text.value.trim()).map_err(|e| {
-        located(
-            text,
-            format!(
-                "invalid duration `{}` ({e}): write a number with a unit, such as 500ms, 1s or 2m",
-                text.value
-            ),
-        )
-    })
-}
-
-/// Marks a message from our own validation with the location of the value it is about, so
-/// [`Config::parse`] can report it (serde's custom errors carry no location).
-const LOC_MARK: char = '\u{1}';
-
-pub(crate) fn located<T, E: de::Error>(at: &Spanned<T>, msg: impl fmt::Display) -> E {
-    let l = &at.referenced;
-    E::custom(format!(
-        "{LOC_MARK}{}:{}{LOC_MARK}{msg}",
-        l.line(),
-        l.column()
-    ))
-}
-
-/// Splits a message made by [`located`] into its location and text.
-fn take_location(msg: &str) -> Option<(u64, u64, &str)> {
-    let rest = msg.strip_prefix(LOC_MARK)?;
-    let (loc, text) = rest.split_once(LOC_MARK)?;
-    let (line, col) = loc.split_once(':')?;
-    Some((line.parse().ok()?, col.parse().ok()?, text))
-}
-
-/// A list of distinct TCP ports, 1–65535.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ports(pub Vec<u16>);
-
-impl<'de> Deserialize<'de> for Ports {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let ports = Vec::<Spanned<u16>>::deserialize(d)?;
-        if ports.len() > MAX_WATCHED_PORTS {
-            return Err(located(
-                &ports[MAX_WATCHED_PORTS],
-                format!(
-                    "{} ports listed; at most {MAX_WATCHED_PORTS} can be watched",
-                    ports.len()
-                ),
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for p in &ports {
-            if p.value == 0 {
-                return Err(located(p, "port 0 is not a port; use 1-65535"));
-            }
-            if !seen.insert(p.value) {
-                return Err(located(p, format!("port {} is listed twice", p.value)));
-            }
-        }
-        Ok(Self(ports.into_iter().map(|p| p.value).collect()))
-    }
-}
-
-/// A configuration problem, located in its file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "{file}: writable by every user (mode {mode:04o}); the agent runs privileged and refuses it: chmod o-w {file}"
-    )]
-    WorldWritable { file: String, mode: u32 },
-    #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        file: String,
-        line: u64,
-        column: u64,
-        message: String,
-    },
-}
+/// The top-level keys, in the order the reference lists them.
+const KEYS: &[&str] = &[
+    "listen",
+    "interval",
+    "proc_root",
+    "probes",
+    "heartbeats",
+    "resources",
+    "notifiers",
+    "health",
+    "spool_dir",
+    "default_rules",
+    "rule_files",
+];
 
 impl Config {
     /// Reads and validates a configuration file; one that any user may write is refused.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        refuse_world_writable(path)?;
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.display().to_string(),
-            source,
-        })?;
+    pub fn load(path: &Path) -> Result<Self, yaml::Errors> {
+        let text = yaml::read_trusted(path)?;
         Self::parse(&path.display().to_string(), &text)
     }
 
@@ -417,141 +103,61 @@ impl Config {
             .expect("the embedded config is checked by a unit test")
     }
 
-    /// Parses configuration text; `file` only names the source in errors.
-    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
-        // An empty file (or one with only comments) means "all defaults".
-        if text.lines().all(|l| {
-            let l = l.trim();
-            l.is_empty() || l.starts_with('#') || l == "---"
-        }) {
-            return Ok(Self::default());
+    /// Parses configuration text; `file` only names the source in errors. Every section is
+    /// read on its own, so the problems of all of them are reported.
+    pub fn parse(file: &str, text: &str) -> Result<Self, yaml::Errors> {
+        let mut doc = Document::new(file, text)?;
+        let mut c = Self::default();
+        if doc.is_empty() || !doc.keys(&[], KEYS) {
+            doc.finish()?;
+            return Ok(c);
         }
-        parse_yaml(file, text)
-    }
-}
-
-/// Refuses a file any user may change: whoever writes the agent's config or rules decides
-/// what a privileged process reads and where it sends alerts. (A missing file is left to the
-/// read that follows, for its usual message.)
-pub fn refuse_world_writable(path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::metadata(path) {
-        Ok(m) if m.permissions().mode() & 0o002 != 0 => Err(ConfigError::WorldWritable {
-            file: path.display().to_string(),
-            mode: m.permissions().mode() & 0o7777,
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Parses YAML text into `T`; every problem is reported as `file:line:col: key: message`
-/// (`file` only names the source). Shared by the config and the rule files.
-pub fn parse_yaml<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, ConfigError> {
-    if let Some((line, column)) = control_char(text) {
-        return Err(ConfigError::Invalid {
-            file: file.to_string(),
-            line,
-            column,
-            message: "control character in the file: YAML allows only printable text".into(),
-        });
-    }
-    let options = serde_saphyr::Options {
-        with_snippet: false,
-        ..Default::default()
-    };
-    let mut path = None;
-    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            path = Some(e.path().to_string());
-            e.into_inner()
-        })
-    });
-    parsed.map_err(|e| {
-        let full = strip_location(&e.to_string());
-        let (line, column, mut message) = match take_location(&full) {
-            Some((line, column, text)) => (line, column, text.to_string()),
-            None => {
-                // For serde's field errors the parser only knows where the enclosing
-                // mapping starts; find the key they are about in the text instead.
-                let about_key = ["unknown field", "duplicate field"]
-                    .iter()
-                    .any(|m| full.starts_with(m));
-                let key_at = || path.as_deref().and_then(|p| locate(text, p));
-                let parser_at = || {
-                    e.location()
-                        .filter(|l| l.line() > 0)
-                        .map(|l| (l.line(), l.column()))
-                };
-                let at = if about_key {
-                    key_at().or_else(parser_at)
-                } else {
-                    parser_at().or_else(key_at)
-                };
-                let (line, column) = at.unwrap_or((1, 1));
-                (line, column, full.clone())
+        fn set<T: serde::de::DeserializeOwned>(doc: &mut Document<'_>, key: &str, to: &mut T) {
+            if let Some(v) = doc.section(&[key]) {
+                *to = v;
             }
-        };
-        // `Spanned` leaves add a `.value` segment that is not in the file.
-        let path = path.map(|p| p.strip_suffix(".value").unwrap_or(&p).to_string());
-        if let Some(p) = path.filter(|p| p != ".") {
-            message = format!("{p}: {message}");
         }
-        ConfigError::Invalid {
-            file: file.to_string(),
-            line,
-            column,
-            message,
-        }
-    })
-}
-
-/// Line and column (1-based) of the first character YAML does not allow.
-fn control_char(text: &str) -> Option<(u64, u64)> {
-    text.lines().enumerate().find_map(|(i, line)| {
-        line.chars()
-            .position(|c| c.is_control() && c != '\t' && c != '\r')
-            .map(|col| (i as u64 + 1, col as u64 + 1))
-    })
-}
-
-/// Where the last key of a serde path (`probes.tcp_retransmits.ports[1]`) is written:
-/// each key is searched for after the previous one, as `key:` in block or flow style.
-fn locate(text: &str, path: &str) -> Option<(u64, u64)> {
-    let mut pos = 0;
-    for key in path.split('.').map(|k| k.split('[').next().unwrap_or(k)) {
-        if key.is_empty() {
-            continue;
-        }
-        pos += text[pos..].match_indices(key).find_map(|(i, _)| {
-            let at = pos + i;
-            let before = text[..at].chars().next_back();
-            let after = text[at + key.len()..].trim_start_matches([' ', '\t']);
-            let starts = before.is_none_or(|c| c.is_whitespace() || c == '{' || c == ',');
-            (starts && after.starts_with(':')).then_some(i)
-        })?;
+        set(&mut doc, "listen", &mut c.listen);
+        set(&mut doc, "interval", &mut c.interval);
+        set(&mut doc, "proc_root", &mut c.proc_root);
+        c.probes = collectors::probes_config(&mut doc, &["probes"]);
+        set(&mut doc, "heartbeats", &mut c.heartbeats);
+        set(&mut doc, "resources", &mut c.resources);
+        set(&mut doc, "notifiers", &mut c.notifiers);
+        set(&mut doc, "health", &mut c.health);
+        set(&mut doc, "spool_dir", &mut c.spool_dir);
+        set(&mut doc, "default_rules", &mut c.default_rules);
+        set(&mut doc, "rule_files", &mut c.rule_files);
+        doc.finish()?;
+        Ok(c)
     }
-    let line = text[..pos].matches('\n').count() as u64 + 1;
-    let column = text[..pos]
-        .rsplit('\n')
-        .next()
-        .unwrap_or("")
-        .chars()
-        .count() as u64
-        + 1;
-    Some((line, column))
+
+    /// What the collectors read of it.
+    pub fn collectors(&self) -> collectors::Settings<'_> {
+        collectors::Settings {
+            proc_root: &self.proc_root,
+            probes: &self.probes,
+            heartbeats: &self.heartbeats,
+            resources: &self.resources,
+        }
+    }
 }
 
-/// serde-saphyr appends " at line L, column C"; the location is reported in front instead.
-fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) if msg[i..].contains(", column ") => msg[..i].to_string(),
-        _ => msg.to_string(),
+/// The tick: a duration written the human way (`500ms`, `1s`, `2m`), at least 100 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Spanned::<String>::deserialize(d)?;
+        yaml::duration_at_least(&text, Duration::from_millis(100), "interval").map(Self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collectors::probes::accept_queue::AcceptQueueMode;
 
     fn err(text: &str) -> String {
         Config::parse("c.yaml", text).unwrap_err().to_string()
@@ -744,6 +350,34 @@ mod tests {
             let e = err(text);
             assert!(e.contains(want), "{text}: want {want:?} in {e}");
         }
+    }
+
+    #[test]
+    fn mistakes_in_three_sections_are_all_reported_in_file_order() {
+        let text = "interval: 10ms\nprobes:\n  tcp_retransmits: { ports: [0] }\n  gpu_ioctl:\n    stall_threshold: soon\nheartbeats:\n  - { name: \"a b\", push_ttl: 10s }\nhealth: { colour: red }\n";
+        let e = err(text);
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 5, "{e}");
+        assert!(
+            lines[0].starts_with("c.yaml:1:11: interval: interval 10ms is too short"),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with("c.yaml:3:30: probes.tcp_retransmits.ports: port 0"),
+            "{e}"
+        );
+        assert!(
+            lines[2].starts_with("c.yaml:5:22: probes.gpu_ioctl.stall_threshold: invalid duration"),
+            "{e}"
+        );
+        assert!(
+            lines[3].starts_with("c.yaml:7:13: heartbeats: heartbeat name `a b`"),
+            "{e}"
+        );
+        assert!(
+            lines[4].starts_with("c.yaml:8:11: health.colour: unknown field `colour`"),
+            "{e}"
+        );
     }
 
     #[test]

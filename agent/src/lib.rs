@@ -1,25 +1,30 @@
 //! nodewatch as a library: every module of the agent, so that the binary (`main.rs`), the
 //! fuzz targets (`fuzz/`) and tests reach the same code.
+//!
+//! The modules follow the data, and a module only uses the ones below it:
+//!
+//! ```text
+//! agent            wiring, the tick thread, privileges, systemd
+//! http             the HTTP server and its handlers
+//! config           the top-level keys; each section's type lives with its user
+//! rules            rule files, the PromQL subset, evaluation, unit tests, reloads
+//! notify  health   what the alerts drive: receivers, node health (and HAProxy)
+//! alerts           the one alert type the rules produce
+//! collectors       the Collector trait, the one list, probes/ (eBPF), plain collectors
+//! store            metric families, the tick's samples, the per-series history
+//! yaml  files  httpc   located YAML and shared validators, atomic writes, outbound HTTP
+//! ```
 
 pub mod agent;
 pub mod alerts;
 pub mod client;
+pub mod collectors;
 pub mod config;
-pub mod devices;
-pub mod haproxy;
+pub mod files;
 pub mod health;
-pub mod heartbeats;
 pub mod http;
 pub mod httpc;
-pub mod kernel;
 pub mod notify;
-pub mod privileges;
-pub mod probes;
-pub mod reload;
-pub mod resources;
 pub mod rules;
-pub mod server;
-pub mod sockdiag;
 pub mod store;
-pub mod systemd;
-pub mod xid;
+pub mod yaml;

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use nodewatch::{agent, client, config::Config, probes, rules, store::Store};
+use nodewatch::{agent, client, collectors, config::Config, rules};
 
 /// Per-host health agent for GPU and AI-serving nodes: eBPF probes, local alert rules,
 /// node health for the load balancer.
@@ -139,8 +139,8 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_INVALID)
                 }
             },
-            Err(e) => {
-                eprintln!("{e}");
+            Err(errors) => {
+                eprintln!("{errors}");
                 ExitCode::from(EXIT_INVALID)
             }
         },
@@ -241,22 +241,10 @@ fn load(path: Option<&std::path::Path>) -> Option<Config> {
     }
 }
 
-/// Starts each probe for real, reports where it landed, and detaches it again.
+/// Starts each collector for real, reports where it landed, and stops it again.
 fn print_probes(cfg: &Config) {
-    let mut store = Store::new();
     println!("{:<18} {:<10} {:<8} ATTACH", "PROBE", "SUPPORTED", "MODE");
-    for def in probes::ALL {
-        if !(def.enabled)(cfg) {
-            println!("{:<18} {:<10} {:<8} disabled in config", def.name, "-", "-");
-            continue;
-        }
-        let probe = (def.start)(cfg, store.registry_mut());
-        println!(
-            "{:<18} {:<10} {:<8} {}",
-            def.name,
-            probe.mode().support(),
-            probe.mode().as_str(),
-            probe.attach_method()
-        );
+    for [name, support, mode, attach] in collectors::describe(&cfg.collectors()) {
+        println!("{name:<18} {support:<10} {mode:<8} {attach}");
     }
 }

@@ -11,11 +11,10 @@ use std::{
 use axum::Router;
 use libfuzzer_sys::fuzz_target;
 use nodewatch::{
+    collectors::heartbeats::Heartbeats,
     config::Config,
     health::Health,
-    heartbeats::Heartbeats,
-    http::{AppState, router},
-    server::serve_connection,
+    http::{AppState, router, server::serve_connection},
     store::Store,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,11 +28,11 @@ fn app() -> Router {
         let spool = std::env::temp_dir().join("nodewatch-fuzz-http");
         std::fs::create_dir_all(&spool).expect("temporary spool folder");
         let mut store = Store::new();
-        let heartbeats = Heartbeats::new(&cfg.heartbeats.0, store.registry_mut());
+        let heartbeats = Heartbeats::new(&cfg.heartbeats.0, &mut store);
         let health = Arc::new(Health::new(
             std::time::Duration::from_secs(30),
             &spool,
-            store.registry_mut(),
+            &mut store,
         ));
         router(Arc::new(AppState {
             store: Arc::new(store),

@@ -3,7 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodewatch::rules::{engine::Engine, file, history::History, labels::Labels};
+use nodewatch::{
+    rules::{engine::Engine, file},
+    store::{History, Labels},
+};
 
 const SERIES: &[(&str, &[(&str, &str)])] = &[
     ("nodewatch_tcp_retransmits_total", &[("port", "8000")]),
@@ -41,9 +44,9 @@ fuzz_target!(|data: &[u8]| {
             history.append(&Labels::from_pairs(pairs), t * 15_000, v);
         }
     }
-    let mut engine = Engine::new(groups, history);
+    let mut engine = Engine::new(groups);
     for t in 0..25i64 {
-        for f in engine.evaluate(t * 15_000, false, 15_000) {
+        for f in engine.evaluate(&mut history, t * 15_000, false, 15_000) {
             let _ = f.error.to_string();
         }
     }

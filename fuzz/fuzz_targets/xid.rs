@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nodewatch::xid::xid_code;
+use nodewatch::collectors::gpu_xid::xid_code;
 
 fuzz_target!(|data: &[u8]| {
     // The collector reads records lossily, as here.

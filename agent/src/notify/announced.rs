@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::payload::OutAlert;
-use crate::health::write_atomic;
+use crate::files::write_atomic;
 
 /// Ticks a restored alert may be neither pending nor firing before it counts as resolved:
 /// right after a restart, rules over a range (`rate`, `increase`) have no samples yet.

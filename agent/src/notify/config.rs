@@ -5,7 +5,7 @@ use std::{collections::HashSet, path::PathBuf, time::Duration};
 use serde::{Deserialize, Deserializer, de};
 use serde_saphyr::Spanned;
 
-use crate::config::{located, parse_duration};
+use crate::yaml::{self, duration_at_least, located};
 
 /// What a notifier entry looks like in the file.
 #[derive(Deserialize)]
@@ -53,9 +53,9 @@ pub struct NotifierConfig {
 
 /// The `notifiers:` list: names are unique.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Notifiers(pub Vec<NotifierConfig>);
+pub struct NotifiersConfig(pub Vec<NotifierConfig>);
 
-impl<'de> Deserialize<'de> for Notifiers {
+impl<'de> Deserialize<'de> for NotifiersConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Vec::<RawNotifier>::deserialize(d)?;
         let mut seen = HashSet::new();
@@ -75,20 +75,8 @@ impl<'de> Deserialize<'de> for Notifiers {
 
 fn validate<E: de::Error>(r: RawNotifier) -> Result<NotifierConfig, E> {
     let name = &r.name;
-    if name.value.is_empty()
-        || !name
-            .value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-    {
-        return Err(located(
-            name,
-            format!(
-                "notifier name `{}` must be letters, digits, `_` or `-`",
-                name.value
-            ),
-        ));
-    }
+    // The name is also a folder of the spool: no dots.
+    yaml::name(name, "notifier", &['_', '-'])?;
     let kind = match r.kind.value.as_str() {
         "alertmanager" => Kind::Alertmanager,
         "webhook" => Kind::Webhook,
@@ -115,20 +103,11 @@ fn validate<E: de::Error>(r: RawNotifier) -> Result<NotifierConfig, E> {
     }
     let mut urls = Vec::new();
     for u in spans {
-        let uri: http::Uri = u
-            .value
-            .parse()
-            .map_err(|e| located(u, format!("invalid URL `{}`: {e}", u.value)))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(located(
-                u,
-                format!(
-                    "URL `{}` must be http://host[:port][/path] (https is not supported yet: use a local TLS proxy)",
-                    u.value
-                ),
-            ));
-        }
-        urls.push(uri);
+        urls.push(yaml::http_url(
+            u,
+            "http://host[:port][/path]",
+            "https is not supported yet: use a local TLS proxy",
+        )?);
     }
     if kind == Kind::Alertmanager && r.secret_file.is_some() {
         return Err(located(name, "secret_file applies to webhooks only"));
@@ -141,13 +120,7 @@ fn validate<E: de::Error>(r: RawNotifier) -> Result<NotifierConfig, E> {
     let duration = |f: &Option<Spanned<String>>, default: Duration| -> Result<Duration, E> {
         match f {
             None => Ok(default),
-            Some(t) => {
-                let d = parse_duration(t)?;
-                if d < Duration::from_millis(100) {
-                    return Err(located(t, "at least 100ms"));
-                }
-                Ok(d)
-            }
+            Some(t) => duration_at_least(t, Duration::from_millis(100), ""),
         }
     };
     Ok(NotifierConfig {

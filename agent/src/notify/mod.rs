@@ -20,11 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio::sync::Notify;
 
 pub use self::payload::OutAlert;
@@ -33,28 +29,20 @@ use self::{
     config::{Kind, NotifierConfig},
     spool::{Notification, Spool},
 };
-use crate::{httpc, store::names};
+use crate::{
+    alerts::{Alert, State},
+    httpc,
+    store::{Family, Store, label_set, names},
+};
 
-/// A firing alert as the rule engine shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActiveAlert {
-    pub labels: BTreeMap<String, String>,
-    pub annotations: BTreeMap<String, String>,
-    /// When it started firing.
-    pub fired_at: SystemTime,
+label_set! {
+    /// Labels `{notifier, result}`.
+    struct ResultLabels { notifier, result }
 }
 
-/// Labels `{notifier, result}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    notifier: String,
-    result: String,
-}
-
-/// Labels `{notifier}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NotifierLabels {
-    notifier: String,
+label_set! {
+    /// Labels `{notifier}`.
+    struct NotifierLabels { notifier }
 }
 
 #[derive(Clone, Default)]
@@ -139,15 +127,15 @@ impl Notifiers {
         cfg: &[NotifierConfig],
         spool_dir: &Path,
         external_url: String,
-        registry: &mut Registry,
+        store: &mut Store,
     ) -> Result<Self, NotifyError> {
         let metrics = Metrics::default();
-        registry.register(
+        store.register(
             names::NOTIFICATIONS,
             "Notification deliveries by notifier and result: sent, retried (a failed attempt that is retried), failed (refused by the receiver, given up), dropped (spool full)",
             metrics.results.clone(),
         );
-        registry.register(
+        store.register(
             names::NOTIFICATION_QUEUE,
             "Notifications waiting to be delivered, by notifier",
             metrics.queue.clone(),
@@ -240,15 +228,10 @@ impl Notifiers {
         }
     }
 
-    /// Compares the firing alerts with the last call's and queues what changed. `pending` are
-    /// the labels of alerts waiting out their `for`: an alert announced before a restart stays
-    /// announced while it is pending again.
-    pub fn observe(
-        &self,
-        alerts: &[ActiveAlert],
-        pending: &[BTreeMap<String, String>],
-        now: SystemTime,
-    ) {
+    /// Compares the firing alerts with the last call's and queues what changed. An alert
+    /// announced before a restart stays announced while it is pending (waiting out its `for`)
+    /// again.
+    pub fn observe(&self, alerts: &[Alert], now: SystemTime) {
         if self.receivers.is_empty() {
             return;
         }
@@ -256,10 +239,14 @@ impl Notifiers {
         let mut firing = self.firing.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = false;
         let mut current = HashMap::new();
-        let pending: std::collections::HashSet<String> =
-            pending.iter().map(payload::fingerprint).collect();
-        for a in alerts {
-            let fp = payload::fingerprint(&a.labels);
+        let pending: std::collections::HashSet<String> = alerts
+            .iter()
+            .filter(|a| a.state == State::Pending)
+            .map(|a| payload::fingerprint(&a.label_map()))
+            .collect();
+        for a in alerts.iter().filter(|a| a.state == State::Firing) {
+            let labels = a.label_map();
+            let fp = payload::fingerprint(&labels);
             current.insert(fp.clone(), a);
             if let Some(t) = firing.get_mut(&fp) {
                 t.restored = None;
@@ -268,9 +255,9 @@ impl Notifiers {
             if let std::collections::hash_map::Entry::Vacant(slot) = firing.entry(fp.clone()) {
                 changed = true;
                 let out = OutAlert {
-                    labels: a.labels.clone(),
-                    annotations: a.annotations.clone(),
-                    starts_at: rfc3339(a.fired_at),
+                    labels,
+                    annotations: a.annotation_map(),
+                    starts_at: rfc3339(a.firing_since()),
                     ends_at: String::new(),
                     generator_url: format!("{}/api/v1/alerts", self.external_url),
                     fingerprint: fp,

@@ -9,8 +9,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::OutAlert;
-use crate::health::write_atomic;
+use super::payload::OutAlert;
+use crate::files::write_atomic;
 
 /// One notification: an alert's state for one receiver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,12 +6,17 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{
+    alerting,
     eval::{Evaluator, Sample, no_duplicates},
     file::{GroupDef, Kind, RuleDef},
-    history::{History, Retention, stale},
-    labels::{Labels, METRIC_NAME},
 };
-use crate::alerts::{self, Alert};
+use crate::{
+    alerts::Alert,
+    store::{
+        history::{History, Retention, stale},
+        labels::{Labels, METRIC_NAME},
+    },
+};
 
 /// A rule and what it remembers between evaluations.
 #[derive(Debug)]
@@ -54,11 +59,10 @@ pub struct RuleFailure {
     pub error: String,
 }
 
-/// The loaded groups and the history they read.
+/// The loaded groups; they read and write a [`History`] given to each evaluation.
 #[derive(Debug)]
 pub struct Engine {
     pub groups: Vec<Group>,
-    pub history: History,
     pub external_labels: Labels,
     pub external_url: String,
     /// Series written by rules that a reload removed: marked stale at the next evaluation.
@@ -66,10 +70,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(defs: Vec<GroupDef>, history: History) -> Self {
+    pub fn new(defs: Vec<GroupDef>) -> Self {
         let mut e = Self {
             groups: Vec::new(),
-            history,
             external_labels: Labels::new(),
             external_url: String::new(),
             pending_stale: Vec::new(),
@@ -145,12 +148,18 @@ impl Engine {
         self.pending_stale = orphaned;
     }
 
-    /// Evaluates every group at `ts`. With `respect_intervals`, a group with its own
-    /// `interval` is skipped until that much time has passed since its last evaluation
-    /// (with half a `tick_ms` of slack).
-    pub fn evaluate(&mut self, ts: i64, respect_intervals: bool, tick_ms: i64) -> Vec<RuleFailure> {
+    /// Evaluates every group at `ts` over `history`, writing recorded series and `ALERTS`
+    /// into it. With `respect_intervals`, a group with its own `interval` is skipped until
+    /// that much time has passed since its last evaluation (with half a `tick_ms` of slack).
+    pub fn evaluate(
+        &mut self,
+        history: &mut History,
+        ts: i64,
+        respect_intervals: bool,
+        tick_ms: i64,
+    ) -> Vec<RuleFailure> {
         for l in std::mem::take(&mut self.pending_stale) {
-            self.history.append(&l, ts, stale());
+            history.append(&l, ts, stale());
         }
         let mut failures = Vec::new();
         for g in &mut self.groups {
@@ -164,7 +173,7 @@ impl Engine {
             for r in &mut g.rules {
                 let out = eval_rule(
                     r,
-                    &self.history,
+                    history,
                     ts,
                     g.limit,
                     &self.external_labels,
@@ -176,10 +185,10 @@ impl Engine {
                         let now: HashSet<Labels> =
                             samples.iter().map(|s| s.labels.clone()).collect();
                         for s in &samples {
-                            self.history.append(&s.labels, ts, s.value);
+                            history.append(&s.labels, ts, s.value);
                         }
                         for gone in r.written.difference(&now) {
-                            self.history.append(gone, ts, stale());
+                            history.append(gone, ts, stale());
                         }
                         r.written = now;
                     }
@@ -230,7 +239,7 @@ fn eval_rule(
             Ok(out)
         }
         Kind::Alerting => {
-            let rule = alerts::Rule {
+            let rule = alerting::Rule {
                 name: &r.def.name,
                 for_ms: r.def.for_ms,
                 keep_firing_for_ms: r.def.keep_firing_for_ms,
@@ -240,7 +249,7 @@ fn eval_rule(
                 external_url,
                 limit,
             };
-            alerts::evaluate(&rule, &mut r.active, result, ts)
+            alerting::evaluate(&rule, &mut r.active, result, ts)
         }
     }
 }
@@ -250,8 +259,27 @@ mod tests {
     use super::*;
     use crate::{
         alerts::State,
-        rules::{eval::Evaluator, file, history::DEFAULT_MAX_SERIES},
+        rules::{eval::Evaluator, file},
+        store::history::DEFAULT_MAX_SERIES,
     };
+
+    /// An engine and the history it evaluates over.
+    struct E {
+        engine: Engine,
+        history: History,
+    }
+
+    impl E {
+        fn evaluate(&mut self, t: i64, respect: bool, tick: i64) -> Vec<RuleFailure> {
+            self.engine.evaluate(&mut self.history, t, respect, tick)
+        }
+        fn replace(&mut self, defs: Vec<GroupDef>) {
+            self.engine.replace(defs)
+        }
+        fn rules(&self) -> impl Iterator<Item = &RuleState> {
+            self.engine.rules()
+        }
+    }
 
     const RULES: &str = "groups:
   - name: g
@@ -263,19 +291,22 @@ mod tests {
         for: 2s
 ";
 
-    fn engine(text: &str) -> Engine {
+    fn engine(text: &str) -> E {
         let defs = file::parse("r.yaml", text).unwrap();
-        Engine::new(defs, History::new(60_000, DEFAULT_MAX_SERIES))
+        E {
+            engine: Engine::new(defs),
+            history: History::new(60_000, DEFAULT_MAX_SERIES),
+        }
     }
 
-    fn x(e: &mut Engine, t: i64, v: Option<f64>) {
+    fn x(e: &mut E, t: i64, v: Option<f64>) {
         let samples = v
             .map(|v| vec![(Labels::from_pairs([("__name__", "x"), ("a", "1")]), v)])
             .unwrap_or_default();
         e.history.ingest_scrape(t, samples);
     }
 
-    fn recorded(e: &Engine, t: i64) -> Vec<f64> {
+    fn recorded(e: &E, t: i64) -> Vec<f64> {
         let q = promql_parser::parser::parse("x:doubled").unwrap();
         let ev = Evaluator {
             history: &e.history,
@@ -289,7 +320,7 @@ mod tests {
             .collect()
     }
 
-    fn big(e: &Engine) -> Option<State> {
+    fn big(e: &E) -> Option<State> {
         e.rules()
             .find(|r| r.def.name == "Big")
             .and_then(|r| r.active.values().next())

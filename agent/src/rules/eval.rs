@@ -13,45 +13,12 @@ use promql_parser::parser::{
     },
 };
 
-use super::{functions, history::History, labels::Labels};
+use super::{functions, value::Source};
+use crate::store::{history::History, labels::Labels};
 
-/// Prometheus's default lookback delta for instant vector selectors.
-pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
+pub use crate::store::history::LOOKBACK_MS;
 
-/// One element of an instant vector.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub labels: Labels,
-    pub value: f64,
-}
-
-/// The value of an expression.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Scalar(f64),
-    Vector(Vec<Sample>),
-}
-
-impl Value {
-    /// The value as a rule result: a scalar becomes one sample without labels.
-    pub fn into_vector(self) -> Vec<Sample> {
-        match self {
-            Value::Scalar(v) => vec![Sample {
-                labels: Labels::new(),
-                value: v,
-            }],
-            Value::Vector(v) => v,
-        }
-    }
-}
-
-/// Why an evaluation failed; the texts are Prometheus's.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct EvalError(pub String);
-
-/// The series of one range selector: labels and the samples in the window.
-pub type Matrix = Vec<(Labels, Vec<(i64, f64)>)>;
+pub use super::value::{EvalError, Matrix, Sample, Value};
 
 /// Evaluates expressions at `ts` (milliseconds since the epoch).
 pub struct Evaluator<'a> {
@@ -80,7 +47,7 @@ impl Evaluator<'_> {
                 }
             },
             Expr::Binary(b) => self.binary(b),
-            Expr::Call(c) => functions::call(self, c)
+            Expr::Call(c) => functions::call(self as &dyn Source, c)
                 .and_then(no_duplicates)
                 .map(Value::Vector),
             Expr::Aggregate(a) => {
@@ -160,6 +127,18 @@ impl Evaluator<'_> {
             },
         };
         no_duplicates(out).map(Value::Vector)
+    }
+}
+
+impl Source for Evaluator<'_> {
+    fn ts(&self) -> i64 {
+        self.ts
+    }
+    fn eval(&self, e: &Expr) -> Result<Value, EvalError> {
+        Evaluator::eval(self, e)
+    }
+    fn matrix(&self, ms: &MatrixSelector) -> Matrix {
+        Evaluator::matrix(self, ms)
     }
 }
 

@@ -8,12 +8,14 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
-    RuleError, duration,
-    labels::{is_label_name, is_metric_name},
+    duration,
     subset::{self, Needle},
     template::Template,
 };
-use crate::config::parse_yaml;
+use crate::{
+    store::labels::{METRIC_NAME, is_label_name, is_metric_name},
+    yaml::{self, Error as RuleError},
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -337,7 +339,7 @@ impl Checker<'_> {
         let mut out = Vec::new();
         for (k, v) in map.unwrap_or_default() {
             let at = At::from(&v);
-            let reserved = kind == "label" && k == super::labels::METRIC_NAME;
+            let reserved = kind == "label" && k == METRIC_NAME;
             if !is_label_name(&k) || reserved {
                 self.err(at, format!("{what}: invalid {kind} name: {k:?}"));
                 continue;
@@ -378,7 +380,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<GroupDef>, Vec<RuleError>> {
     if blank {
         return Ok(Vec::new());
     }
-    let raw: RawFile = parse_yaml(file, text).map_err(|e| vec![e])?;
+    let raw: RawFile = yaml::parse(file, text).map_err(|e| vec![e])?;
     let mut c = Checker {
         file,
         text,
@@ -404,10 +406,10 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<GroupDef>, Vec<RuleError>> {
 /// Reads, parses and validates one rule file.
 pub fn load(path: &std::path::Path) -> Result<Vec<GroupDef>, Vec<RuleError>> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| {
+    let text = std::fs::read_to_string(path).map_err(|e| {
         vec![RuleError::Read {
             file: file.clone(),
-            source,
+            message: e.to_string(),
         }]
     })?;
     parse(&file, &text)

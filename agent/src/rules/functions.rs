@@ -12,10 +12,8 @@ use promql_parser::{
     },
 };
 
-use super::{
-    eval::{EvalError, Evaluator, Sample, Value},
-    labels::{Labels, METRIC_NAME},
-};
+use super::value::{EvalError, Sample, Source, Value};
+use crate::store::labels::{Labels, METRIC_NAME};
 
 /// The functions nodewatch evaluates, with the argument types Prometheus gives them.
 pub const SUPPORTED: &[&str] = &[
@@ -31,7 +29,7 @@ pub const SUPPORTED: &[&str] = &[
 ];
 
 /// Evaluates a function call.
-pub fn call(ev: &Evaluator<'_>, c: &Call) -> Result<Vec<Sample>, EvalError> {
+pub fn call(ev: &dyn Source, c: &Call) -> Result<Vec<Sample>, EvalError> {
     let arg = |i: usize| -> Result<&Expr, EvalError> {
         c.args
             .args
@@ -49,9 +47,9 @@ pub fn call(ev: &Evaluator<'_>, c: &Call) -> Result<Vec<Sample>, EvalError> {
             let mut out = Vec::new();
             for (labels, points) in ev.matrix(ms) {
                 let value = match c.func.name {
-                    "rate" => extrapolated_rate(&points, ev.ts, range_ms, true, true),
-                    "increase" => extrapolated_rate(&points, ev.ts, range_ms, true, false),
-                    "delta" => extrapolated_rate(&points, ev.ts, range_ms, false, false),
+                    "rate" => extrapolated_rate(&points, ev.ts(), range_ms, true, true),
+                    "increase" => extrapolated_rate(&points, ev.ts(), range_ms, true, false),
+                    "delta" => extrapolated_rate(&points, ev.ts(), range_ms, false, false),
                     "avg_over_time" => Some(avg_over_time(&points)),
                     "max_over_time" => Some(fold_over_time(&points, |m, v| v > m)),
                     "min_over_time" => Some(fold_over_time(&points, |m, v| v < m)),

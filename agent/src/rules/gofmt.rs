@@ -211,7 +211,7 @@ pub fn sprintf(format: &str, args: &[Arg]) -> String {
                 Some(p) => s.chars().take(p).collect(),
                 None => s.clone(),
             },
-            ('q', Arg::Str(s)) => super::labels::go_quote(s),
+            ('q', Arg::Str(s)) => crate::store::labels::go_quote(s),
             _ => {
                 out.push_str(&format!("%!{verb}({})", arg.go_type()));
                 continue;

@@ -1,43 +1,35 @@
-//! The rules inside the running agent: each tick, the registry's samples go into the history,
+//! The rules inside the running agent: each tick, the store's samples go into its history,
 //! every group is evaluated at the tick's timestamp, and the alerts are published for
-//! `/api/v1/alerts` and as `nodewatch_alerts`. A reload swaps the rules and keeps the alerts
-//! of unchanged ones.
+//! `/api/v1/alerts`, node health and the notifiers, and as `nodewatch_alerts`. A reload swaps
+//! the rules and keeps the alerts of unchanged ones.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::Instant,
 };
 
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use super::{
-    RuleError,
     engine::Engine,
     file::{GroupDef, Kind},
-    history::{self, DEFAULT_MAX_SERIES, History},
-    labels::Labels,
+    reload::Outcome,
 };
 use crate::{
-    alerts::{AlertView, State},
-    store::{GaugeF64, names},
+    alerts::{Alert, Published, State},
+    store::{Family, GaugeF64, Labels, Store, history, label_set, names},
+    yaml::Error as RuleError,
 };
 
-/// Labels `{alertname, state}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AlertLabels {
-    pub alertname: String,
-    pub state: String,
+label_set! {
+    /// Labels `{alertname, state}`.
+    pub struct AlertLabels { pub alertname, pub state }
 }
 
-/// Labels `{rule_group}`: the group's file and name, `file;name` as Prometheus writes it.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GroupLabels {
-    pub rule_group: String,
+label_set! {
+    /// Labels `{rule_group}`: the group's file and name, `file;name` as Prometheus writes it.
+    pub struct GroupLabels { pub rule_group }
 }
 
 /// The rule engine's own metrics.
@@ -54,45 +46,45 @@ pub struct RuleMetrics {
 }
 
 impl RuleMetrics {
-    /// Registers the families in `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Registers the families in `store`.
+    pub fn register(store: &mut Store) -> Self {
         let m = Self::default();
-        registry.register(
+        store.register(
             names::ALERTS,
             "Alerts by alert name and state (pending, firing)",
             m.alerts.clone(),
         );
-        registry.register(
+        store.register(
             names::CONFIG_LAST_RELOAD_SUCCESSFUL,
             "Whether the last load of the rules (at start, on SIGHUP or POST /api/v1/reload) succeeded",
             m.reload_ok.clone(),
         );
-        registry.register(
+        store.register(
             names::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
             "Unix time of the last successful load of the rules",
             m.reload_ok_time.clone(),
         );
-        registry.register(
+        store.register(
             names::RULE_EVALUATION_DURATION,
             "Seconds the last evaluation of all rules took, history update included",
             m.eval_duration.clone(),
         );
-        registry.register(
+        store.register(
             names::RULE_EVALUATION_FAILURES,
             "Rule evaluations that failed, by group",
             m.eval_failures.clone(),
         );
-        registry.register(
+        store.register(
             names::RULE_HISTORY_SERIES,
             "Series held in the rules' in-memory history",
             m.history_series.clone(),
         );
-        registry.register(
+        store.register(
             names::RULE_HISTORY_SAMPLES,
             "Samples held in the rules' in-memory history, all series together",
             m.history_samples.clone(),
         );
-        registry.register(
+        store.register(
             names::RULE_HISTORY_DROPPED_SAMPLES,
             "Samples not kept, or evicted early, because the history holds its maximum number of series or samples",
             m.history_dropped.clone(),
@@ -101,15 +93,14 @@ impl RuleMetrics {
     }
 }
 
-/// Pending and firing alerts, as published to the HTTP API.
-pub type AlertsView = Arc<RwLock<Vec<AlertView>>>;
-
 /// The rules of the running agent.
 pub struct LiveRules {
     engine: Engine,
+    /// What the history must keep for these rules.
+    retention: history::Retention,
     metrics: RuleMetrics,
     interval_ms: i64,
-    view: AlertsView,
+    view: Published,
     /// State of each alert at the last tick, to log changes once.
     last: HashMap<(String, Labels), State>,
     failing: BTreeSet<(String, String)>,
@@ -118,10 +109,9 @@ pub struct LiveRules {
 impl LiveRules {
     /// Starts with `defs`, evaluated every `interval_ms`.
     pub fn new(defs: Vec<GroupDef>, metrics: RuleMetrics, interval_ms: i64) -> Self {
-        let mut history = History::new(0, DEFAULT_MAX_SERIES);
-        history.set_max_samples(history::DEFAULT_MAX_SAMPLES);
         let mut r = Self {
-            engine: Engine::new(Vec::new(), history),
+            engine: Engine::new(Vec::new()),
+            retention: history::Retention::default(),
             metrics,
             interval_ms,
             view: Arc::default(),
@@ -133,7 +123,7 @@ impl LiveRules {
     }
 
     /// The alerts as published after each tick.
-    pub fn view(&self) -> AlertsView {
+    pub fn view(&self) -> Published {
         Arc::clone(&self.view)
     }
 
@@ -148,7 +138,7 @@ impl LiveRules {
             .max()
             .unwrap_or(0)
             .max(retention.default_ms);
-        self.engine.history.set_retention(retention);
+        self.retention = retention;
         let new_names = self.alert_names();
         for gone in old_names.difference(&new_names) {
             for state in ["pending", "firing"] {
@@ -178,10 +168,7 @@ impl LiveRules {
     }
 
     /// Replaces the rules with a validated new set, or keeps the old ones and says why.
-    pub fn reload(
-        &mut self,
-        loaded: Result<Vec<GroupDef>, Vec<RuleError>>,
-    ) -> crate::reload::Outcome {
+    pub fn reload(&mut self, loaded: Result<Vec<GroupDef>, Vec<RuleError>>) -> Outcome {
         match loaded {
             Ok(defs) => {
                 self.install(defs);
@@ -201,14 +188,19 @@ impl LiveRules {
         }
     }
 
-    /// One tick at `ts_ms`: `exposition` is the registry's text after the collectors ran.
-    pub fn tick(&mut self, ts_ms: i64, exposition: &str) {
+    /// One tick at `ts_ms`, after the collectors wrote into `store`: its samples go into its
+    /// history, which the rules then read.
+    pub fn tick(&mut self, ts_ms: i64, store: &Store) {
         let started = Instant::now();
-        let samples = history::parse_exposition(exposition);
-        let dropped_before = self.engine.history.dropped_samples();
-        self.engine.history.ingest_scrape(ts_ms, samples);
-        let failures = self.engine.evaluate(ts_ms, true, self.interval_ms);
-        self.engine.history.prune(ts_ms);
+        let samples = store.samples();
+        let mut history = store.history();
+        history.set_retention(self.retention.clone());
+        let dropped_before = history.dropped_samples();
+        history.ingest_scrape(ts_ms, samples);
+        let failures = self
+            .engine
+            .evaluate(&mut history, ts_ms, true, self.interval_ms);
+        history.prune(ts_ms);
 
         let mut failing = BTreeSet::new();
         for f in failures {
@@ -232,7 +224,7 @@ impl LiveRules {
         }
         self.failing = failing;
         self.publish();
-        let h = &self.engine.history;
+        let h = &*history;
         self.metrics.history_series.set(h.series_count() as i64);
         self.metrics.history_samples.set(h.sample_count() as i64);
         self.metrics
@@ -243,40 +235,9 @@ impl LiveRules {
             .set(started.elapsed().as_secs_f64());
     }
 
-    /// The alerts firing now, for node health and the notifiers.
-    pub fn firing(&self) -> Vec<crate::notify::ActiveAlert> {
-        let ms = |t: i64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(t.max(0) as u64);
-        self.engine
-            .rules()
-            .filter(|r| r.def.kind == Kind::Alerting)
-            .flat_map(|r| r.active.values())
-            .filter(|a| a.state == State::Firing)
-            .map(|a| crate::notify::ActiveAlert {
-                labels: a
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                annotations: a.annotations.iter().cloned().collect(),
-                fired_at: ms(a.fired_at.unwrap_or(a.active_at)),
-            })
-            .collect()
-    }
-
-    /// The labels of the alerts waiting out their `for`.
-    pub fn pending(&self) -> Vec<std::collections::BTreeMap<String, String>> {
-        self.engine
-            .rules()
-            .filter(|r| r.def.kind == Kind::Alerting)
-            .flat_map(|r| r.active.values())
-            .filter(|a| a.state == State::Pending)
-            .map(|a| {
-                a.labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            })
-            .collect()
+    /// The pending and firing alerts of the last tick, for node health and the notifiers.
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn publish(&mut self) {
@@ -306,7 +267,7 @@ impl LiveRules {
                 }
                 now.insert(key, a.state);
                 if a.state != State::Inactive {
-                    view.push(AlertView::new(a));
+                    view.push(a.clone());
                 }
             }
         }

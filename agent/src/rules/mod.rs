@@ -3,26 +3,28 @@
 //! [`functions`]) over a short history of the node's own series ([`history`]), run groups
 //! ([`engine`]) for the agent ([`live`]) and for rule unit tests ([`unittest`], [`notation`]).
 
+pub mod alerting;
 pub mod duration;
 pub mod engine;
 pub mod eval;
 pub mod file;
 pub mod functions;
 pub mod gofmt;
-pub mod history;
-pub mod labels;
 pub mod live;
 pub mod notation;
+pub mod reload;
 pub mod subset;
 pub mod template;
 pub mod tmplfuncs;
 pub mod unittest;
+pub mod value;
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
-pub use crate::config::ConfigError as RuleError;
 use file::GroupDef;
+
+use crate::config::Config;
+pub use crate::yaml::Error as RuleError;
 
 /// The default rules, embedded in the binary.
 pub const DEFAULT_RULES: &str = include_str!("../../../alerts/default.yaml");
@@ -97,7 +99,7 @@ pub fn load_for_config(
     };
     let mut errors = Vec::new();
     for f in resolve_files(cfg, config_path)? {
-        if let Err(e) = crate::config::refuse_world_writable(&f) {
+        if let Err(e) = crate::yaml::refuse_world_writable(&f) {
             errors.push(e);
             continue;
         }

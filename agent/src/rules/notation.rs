@@ -1,7 +1,7 @@
 //! The input notation of rule unit tests: series as `metric{label="value"}`, values in
 //! promtool's expanding notation.
 
-use super::{
+use crate::store::{
     history,
     labels::{Labels, METRIC_NAME},
 };

@@ -117,7 +117,7 @@ fn walk(e: &Expr, info: &mut Info) -> Result<(), Unsupported> {
             let range = ms.range.as_millis() as i64;
             let name = ms.vs.name.clone().or_else(|| {
                 ms.vs.matchers.matchers.iter().find_map(|m| {
-                    (m.name == super::labels::METRIC_NAME
+                    (m.name == crate::store::labels::METRIC_NAME
                         && matches!(m.op, promql_parser::label::MatchOp::Equal))
                     .then(|| m.value.clone())
                 })

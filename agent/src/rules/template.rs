@@ -4,7 +4,8 @@
 //! Anything else (`if`, `range`, variables of one's own, queries) is refused at load, naming
 //! the construct.
 
-use super::{gofmt, labels::Labels, tmplfuncs::call};
+use super::tmplfuncs::{FUNCS, Func, Val, call, lookup, print};
+use crate::store::labels::Labels;
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,31 +42,6 @@ enum Var {
     Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Func {
-    Humanize,
-    Humanize1024,
-    HumanizeDuration,
-    HumanizePercentage,
-    Printf,
-    ToUpper,
-    ToLower,
-    Title,
-    Index,
-}
-
-pub(super) const FUNCS: &[(&str, Func)] = &[
-    ("humanize", Func::Humanize),
-    ("humanize1024", Func::Humanize1024),
-    ("humanizeDuration", Func::HumanizeDuration),
-    ("humanizePercentage", Func::HumanizePercentage),
-    ("printf", Func::Printf),
-    ("toUpper", Func::ToUpper),
-    ("toLower", Func::ToLower),
-    ("title", Func::Title),
-    ("index", Func::Index),
-];
-
 /// A template that nodewatch cannot run: the construct, and where in the text it starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TemplateError {
@@ -79,16 +55,6 @@ pub struct Data<'a> {
     pub external_labels: &'a Labels,
     pub external_url: &'a str,
     pub value: f64,
-}
-
-/// A value while a pipeline runs.
-#[derive(Debug, Clone)]
-pub(super) enum Val<'a> {
-    Str(String),
-    Float(f64),
-    Map(&'a Labels),
-    /// What an empty pipeline gives.
-    Missing,
 }
 
 impl Template {
@@ -412,23 +378,6 @@ fn operand<'a>(op: &Operand, data: &'a Data<'a>) -> Result<Val<'a>, String> {
             }
         }
     })
-}
-
-/// A missing label reads as the empty string, as in Prometheus.
-pub(super) fn lookup<'a>(m: &Labels, k: &str) -> Val<'a> {
-    Val::Str(m.get(k).unwrap_or_default().to_string())
-}
-
-pub(super) fn print(v: &Val<'_>) -> String {
-    match v {
-        Val::Str(s) => s.clone(),
-        Val::Float(f) => gofmt::format_g(*f, None),
-        Val::Missing => "<no value>".into(),
-        Val::Map(m) => {
-            let pairs: Vec<String> = m.iter().map(|(k, v)| format!("{k}:{v}")).collect();
-            format!("map[{}]", pairs.join(" "))
-        }
-    }
 }
 
 #[cfg(test)]

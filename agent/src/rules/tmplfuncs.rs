@@ -1,9 +1,59 @@
 //! The functions templates may call, as Prometheus's template package defines them.
 
-use super::{
-    gofmt::{self, Arg},
-    template::{FUNCS, Func, Val, lookup, print},
-};
+use super::gofmt::{self, Arg};
+use crate::store::labels::Labels;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Func {
+    Humanize,
+    Humanize1024,
+    HumanizeDuration,
+    HumanizePercentage,
+    Printf,
+    ToUpper,
+    ToLower,
+    Title,
+    Index,
+}
+
+pub(super) const FUNCS: &[(&str, Func)] = &[
+    ("humanize", Func::Humanize),
+    ("humanize1024", Func::Humanize1024),
+    ("humanizeDuration", Func::HumanizeDuration),
+    ("humanizePercentage", Func::HumanizePercentage),
+    ("printf", Func::Printf),
+    ("toUpper", Func::ToUpper),
+    ("toLower", Func::ToLower),
+    ("title", Func::Title),
+    ("index", Func::Index),
+];
+
+/// A value while a pipeline runs.
+#[derive(Debug, Clone)]
+pub(super) enum Val<'a> {
+    Str(String),
+    Float(f64),
+    Map(&'a Labels),
+    /// What an empty pipeline gives.
+    Missing,
+}
+
+/// A missing label reads as the empty string, as in Prometheus.
+pub(super) fn lookup<'a>(m: &Labels, k: &str) -> Val<'a> {
+    Val::Str(m.get(k).unwrap_or_default().to_string())
+}
+
+pub(super) fn print(v: &Val<'_>) -> String {
+    match v {
+        Val::Str(s) => s.clone(),
+        Val::Float(f) => gofmt::format_g(*f, None),
+        Val::Missing => "<no value>".into(),
+        Val::Map(m) => {
+            let pairs: Vec<String> = m.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            format!("map[{}]", pairs.join(" "))
+        }
+    }
+}
 
 /// Prometheus's `convertToFloat`: numbers, and strings that parse as one.
 fn float(v: &Val<'_>) -> Result<f64, String> {

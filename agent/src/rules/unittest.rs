@@ -17,12 +17,17 @@ use super::{
     eval::{Evaluator, Sample},
     file::{self, GroupDef, Kind},
     gofmt,
-    history::History,
-    labels::{Labels, go_quote},
     notation::{parse_metric, parse_values},
     subset,
 };
-use crate::{alerts::State, config::parse_yaml};
+use crate::{
+    alerts::State,
+    store::{
+        history::History,
+        labels::{Labels, go_quote},
+    },
+    yaml,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,7 +154,7 @@ pub fn run_text(
     rules: Rules<'_>,
     max_evaluations: usize,
 ) -> Result<(), Vec<String>> {
-    let tf: TestFile = parse_yaml(name, text).map_err(|e| vec![e.to_string()])?;
+    let tf: TestFile = yaml::parse(name, text).map_err(|e| vec![e.to_string()])?;
     let groups = match rules {
         Rules::Given(g) => Ok(g.to_vec()),
         Rules::Files(base) => load_rules(&tf, base)?,
@@ -244,7 +249,7 @@ fn try_group(tg: &TestGroup, run: &Run<'_>) -> Result<Vec<String>, Vec<String>> 
             }
         }
     }
-    let mut engine = Engine::new(groups, history);
+    let mut engine = Engine::new(groups);
     engine.external_labels = Labels::from_pairs(tg.external_labels.clone());
     engine.external_url = tg.external_url.clone().unwrap_or_default();
 
@@ -284,7 +289,7 @@ fn try_group(tg: &TestGroup, run: &Run<'_>) -> Result<Vec<String>, Vec<String>> 
                 duration::format(max_t)
             )]);
         }
-        let failures = engine.evaluate(ts, false, eval_interval);
+        let failures = engine.evaluate(&mut history, ts, false, eval_interval);
         if !failures.is_empty() {
             errs.extend(failures.into_iter().map(|f| {
                 format!(
@@ -315,7 +320,7 @@ fn try_group(tg: &TestGroup, run: &Run<'_>) -> Result<Vec<String>, Vec<String>> 
 
     // promtool loads input samples lazily, up to each evaluation: expressions see nothing
     // after the last one.
-    engine.history.truncate_after(last_ts);
+    history.truncate_after(last_ts);
     for test in &tg.promql_expr_test {
         let t = dur(&test.eval_time, "eval_time")?;
         let head = format!(
@@ -323,7 +328,7 @@ fn try_group(tg: &TestGroup, run: &Run<'_>) -> Result<Vec<String>, Vec<String>> 
             go_quote(&test.expr),
             duration::format(t)
         );
-        let got = match query(&engine.history, &test.expr, t) {
+        let got = match query(&history, &test.expr, t) {
             Ok(v) => v,
             Err(e) => {
                 errs.push(format!("{head}, err: {e}"));

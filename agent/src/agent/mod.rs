@@ -1,0 +1,221 @@
+//! `nodewatch run`: start the collectors, then one tick loop and the HTTP server until a
+//! signal.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, mpsc},
+    thread,
+    time::Duration,
+};
+
+pub mod privileges;
+pub mod systemd;
+mod tick;
+
+use self::tick::{Outputs, RulesTick, tick_loop};
+use crate::{
+    collectors::{Collectors, heartbeats::Heartbeats},
+    config::Config,
+    health::{Health, haproxy},
+    http::{self, server},
+    notify::Notifiers,
+    rules::{
+        file::GroupDef,
+        live::{LiveRules, RuleMetrics},
+        reload::Reloads,
+    },
+    store::Store,
+};
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("HTTP server: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
+    #[error("health.token_file {path}: {message}")]
+    Token { path: String, message: String },
+}
+
+/// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the rules.
+pub fn run(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    groups: Vec<GroupDef>,
+) -> Result<(), RunError> {
+    // Until the reload handler is in place, a SIGHUP must not end the agent (its default).
+    // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    let mut store = Store::new();
+    let collectors = Collectors::start(&cfg.collectors(), &mut store);
+    let probe_modes = collectors.modes();
+    let heartbeats = collectors.find::<Heartbeats>().cloned().unwrap_or_default();
+    let rule_metrics = RuleMetrics::register(&mut store);
+    let interval_ms = cfg.interval.0.as_millis() as i64;
+    let rules_tick = RulesTick {
+        live: LiveRules::new(groups, rule_metrics, interval_ms),
+        reloads: Arc::new(Reloads::default()),
+        config_path,
+        config: cfg.clone(),
+    };
+    let alerts = rules_tick.live.view();
+    let reloads = Arc::clone(&rules_tick.reloads);
+    let health = Arc::new(Health::new(
+        cfg.health.recover_after.0,
+        &cfg.spool_dir,
+        &mut store,
+    ));
+    let token = cfg
+        .health
+        .token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
+    let notifiers = Arc::new(Notifiers::new(
+        &cfg.notifiers.0,
+        &cfg.spool_dir,
+        external_url(cfg.listen),
+        &mut store,
+    )?);
+    let store = Arc::new(store);
+
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| RunError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    listener.set_nonblocking(true).map_err(RunError::Serve)?;
+    let local = listener.local_addr().map_err(RunError::Serve)?;
+    let agent_check = match cfg.health.haproxy_agent_listen {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|source| RunError::Bind { addr, source })?;
+            l.set_nonblocking(true).map_err(RunError::Serve)?;
+            Some(l)
+        }
+        None => None,
+    };
+
+    let tick_keeps = collectors.awaiting_attach();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let ticker = {
+        let store = Arc::clone(&store);
+        let health = Arc::clone(&health);
+        let notifiers = Arc::clone(&notifiers);
+        let interval = cfg.interval.0;
+        thread::Builder::new()
+            .name("tick".into())
+            .spawn(move || {
+                let outputs = Outputs {
+                    health: &health,
+                    notifiers: &notifiers,
+                };
+                tick_loop(collectors, &store, rules_tick, outputs, interval, &stop_rx)
+            })
+            .map_err(RunError::Runtime)?
+    };
+    // Everything that needed privileges is done: programs attached, sockets bound. The tick
+    // thread, already started, keeps CAP_BPF and CAP_PERFMON only while a probe still waits
+    // for a device to attach to; every thread started from here on has none.
+    if let Err(e) = privileges::drop_all(tick_keeps) {
+        tracing::warn!(error = %e, "could not drop capabilities; running with them");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)?;
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        watch_sighup(Arc::clone(&reloads))?;
+        tracing::info!(listen = %local, interval = ?cfg.interval.0, "nodewatch started");
+        systemd::notify("READY=1");
+        heartbeats.spawn();
+        notifiers.spawn();
+        if let Some(l) = agent_check {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tracing::info!(listen = %l.local_addr()?, "HAProxy agent-check listening");
+            tokio::spawn(haproxy::serve(l, Arc::clone(&health)));
+        }
+        let app = http::router(Arc::new(http::AppState {
+            store,
+            heartbeats,
+            health,
+            token,
+            probes: probe_modes,
+            alerts,
+            reloads,
+            // Served by the tick thread between two ticks; within the server's 10 s per request.
+            reload_wait: (cfg.interval.0 * 2 + Duration::from_secs(1)).min(Duration::from_secs(8)),
+        }));
+        server::serve(listener, app, shutdown_signal()).await
+    });
+    systemd::notify("STOPPING=1");
+    let _ = stop_tx.send(());
+    // Joining drops the probes, which detaches every program.
+    if ticker.join().is_err() {
+        tracing::error!("tick thread panicked");
+    }
+    tracing::info!("stopped; probes detached");
+    served.map_err(RunError::Serve)
+}
+
+/// The agent's own URL as receivers see it: this host's name and the HTTP port.
+fn external_url(listen: std::net::SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("http://{host}:{}", listen.port())
+}
+
+/// Reads the drain/undrain token; an unreadable or empty file stops the start.
+fn read_token(path: &std::path::Path) -> Result<String, RunError> {
+    let err = |message: String| RunError::Token {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(err("empty".into()));
+    }
+    Ok(token)
+}
+
+/// Asks the tick thread to reload the rules on every SIGHUP.
+fn watch_sighup(reloads: Arc<Reloads>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reloads.request();
+        }
+    });
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+}

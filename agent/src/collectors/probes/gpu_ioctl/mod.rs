@@ -1,0 +1,384 @@
+//! GPU-driver ioctls per device: latency histogram, stalls, and calls hung right now.
+//!
+//! eBPF: tracepoints `syscalls:sys_enter_ioctl` / `sys_exit_ioctl`. The kernel side resolves
+//! each call's fd to its inode, keeps only watched devices, times them per thread and adds the
+//! duration to a per-device log2 histogram; calls over the stall threshold also come up the
+//! ring buffer. Each tick this side re-reads the device globs (devices that appear later are
+//! picked up), copies the histograms, logs stalls, and walks the in-flight calls to find those
+//! hung past the threshold. Without eBPF the probe is off (one WARN); the agent runs on.
+
+use std::{collections::HashSet, time::Duration};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use nodewatch_common::gpu_ioctl::{
+    BUCKETS, Call, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP, GpuIoctlParams, HIST_MAP,
+    INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER, PROG_ENTER_COMPAT, PROG_EXIT,
+    PROG_THREAD_EXIT, StallEvent,
+};
+
+pub mod config;
+mod devices;
+mod report;
+mod table;
+
+pub use self::config::NAME;
+use self::{
+    config::GpuIoctlConfig,
+    report::{Cmd, DROP_REASONS, DropLabels, LineBudget, Metrics, comm, monotonic_ns, set_counter},
+    table::Watched,
+};
+use crate::{
+    collectors::{
+        collector::{CollectError, Collector, Env, Mode, Off},
+        probes::{
+            ebpf::{self, AttachError},
+            kernel::{self, TracepointFormat},
+        },
+    },
+    store::Store,
+};
+
+const ATTACH: &str =
+    "tracepoint syscalls:sys_enter_ioctl, syscalls:sys_exit_ioctl, sched:sched_process_exit";
+/// The kernel object, built by `agent/build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gpu_ioctl"));
+
+/// Registers the probe's families and loads its programs (attached once a watched device
+/// exists); without eBPF it is off.
+pub fn start(cfg: &GpuIoctlConfig, env: Env<'_>, store: &mut Store) -> Box<dyn Collector> {
+    let metrics = Metrics::register(store);
+    match Kernel::load(cfg, env, metrics) {
+        Ok(mut k) => {
+            if let Err(e) = k.refresh_devices() {
+                tracing::warn!(probe = NAME, error = %e, "cannot apply the watched devices yet; retrying every tick");
+            }
+            Box::new(k)
+        }
+        Err(e) => {
+            tracing::warn!(
+                probe = NAME,
+                error = %e,
+                "eBPF unavailable; GPU ioctl latency, stalls and hung calls are not measured"
+            );
+            Box::new(Off {
+                name: NAME,
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// The eBPF mode: owns the loaded object, so dropping it detaches both programs.
+struct Kernel {
+    ebpf: Ebpf,
+    attached: bool,
+    /// The entry program that loaded: [`PROG_ENTER`] or [`PROG_ENTER_COMPAT`].
+    enter: &'static str,
+    watched: Watched,
+    inflight: HashMap<MapData, u64, Call>,
+    hist: PerCpuArray<MapData, DevHist>,
+    events: RingBuf<MapData>,
+    drops: PerCpuArray<MapData, u64>,
+    threshold: Duration,
+    /// Hung calls already logged: (thread, start).
+    hung_logged: HashSet<(u64, u64)>,
+    /// Events lost so far, per reason in [`DROP_REASONS`] order: a WARN when one first moves.
+    dropped: [u64; 2],
+    metrics: Metrics,
+}
+
+impl Kernel {
+    fn load(c: &GpuIoctlConfig, env: Env<'_>, metrics: Metrics) -> Result<Self, AttachError> {
+        let params = params(c.stall_threshold.0)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(PARAMS_GLOBAL, &params, true)
+            .load(OBJECT)?;
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(AttachError::Missing(name));
+        let majors: Array<MapData, _> = take(MAJORS_MAP)?.try_into()?;
+        let keys: HashMap<MapData, _, _> = take(KEYS_MAP)?.try_into()?;
+        let inflight = take(INFLIGHT_MAP)?.try_into()?;
+        let hist = take(HIST_MAP)?.try_into()?;
+        let events = take(EVENTS_MAP)?.try_into()?;
+        let drops = take(nodewatch_common::gpu_ioctl::DROPS_MAP)?.try_into()?;
+        let load = |ebpf: &mut Ebpf, prog: &'static str| -> Result<(), AttachError> {
+            let err = |source| AttachError::Program { name: prog, source };
+            let tp: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(AttachError::Missing(prog))?
+                .try_into()
+                .map_err(err)?;
+            tp.load().map_err(err)
+        };
+        // The entry program with plain loads (record at its usual offsets, fd table through
+        // BTF-typed pointers) is cheaper; where the record differs or the verifier refuses
+        // it, the one with helper reads only. NODEWATCH_FD_WALK=probe_read forces the latter,
+        // for the benchmark and the tests.
+        let first = if std::env::var("NODEWATCH_FD_WALK").as_deref() == Ok("probe_read") {
+            Err(AttachError::Missing(
+                "fast entry (NODEWATCH_FD_WALK=probe_read)",
+            ))
+        } else if (params.enter_fd as usize, params.enter_cmd as usize)
+            != (ENTER_FD_AT, ENTER_CMD_AT)
+        {
+            Err(AttachError::Missing(
+                "sys_enter_ioctl record in the usual layout",
+            ))
+        } else {
+            load(&mut ebpf, PROG_ENTER)
+        };
+        let enter = match first {
+            Ok(()) => PROG_ENTER,
+            Err(e) => {
+                tracing::info!(probe = NAME, error = %e, "using the entry program with helper reads only (the faster one did not load)");
+                load(&mut ebpf, PROG_ENTER_COMPAT)?;
+                PROG_ENTER_COMPAT
+            }
+        };
+        load(&mut ebpf, PROG_EXIT)?;
+        load(&mut ebpf, PROG_THREAD_EXIT)?;
+        for reason in ["ringbuf_full", "inflight_full"] {
+            let _ = metrics.dropped.get_or_create(&DropLabels {
+                reason: reason.into(),
+            });
+        }
+        Ok(Self {
+            ebpf,
+            attached: false,
+            enter,
+            watched: Watched::new(
+                c.devices.0.clone(),
+                env.proc_root.join("devices"),
+                majors,
+                keys,
+            ),
+            inflight,
+            hist,
+            events,
+            drops,
+            threshold: c.stall_threshold.0,
+            hung_logged: HashSet::new(),
+            dropped: [0; 2],
+            metrics,
+        })
+    }
+
+    /// Re-reads the globs and updates the kernel's tables; attaches the programs the first
+    /// time there is something to watch, so hosts without GPUs pay nothing.
+    fn refresh_devices(&mut self) -> Result<(), CollectError> {
+        let any = self.watched.refresh()?;
+        for label in self.watched.labels() {
+            self.metrics.device(label);
+        }
+        if any && !self.attached {
+            // The thread-exit cleanup first, so no slot can outlive its thread.
+            for (prog, category, event) in [
+                (PROG_THREAD_EXIT, "sched", "sched_process_exit"),
+                (self.enter, "syscalls", "sys_enter_ioctl"),
+                (PROG_EXIT, "syscalls", "sys_exit_ioctl"),
+            ] {
+                let err = |source| CollectError::Attach {
+                    program: prog,
+                    source,
+                };
+                let tp: &mut TracePoint = self
+                    .ebpf
+                    .program_mut(prog)
+                    .ok_or(aya::programs::ProgramError::NotLoaded)
+                    .map_err(err)?
+                    .try_into()
+                    .map_err(err)?;
+                tp.attach(category, event).map_err(err)?;
+            }
+            self.attached = true;
+            tracing::info!(
+                probe = NAME,
+                attach = ATTACH,
+                "watched device present; programs attached"
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies the kernel's per-CPU histograms and stall counts into the metrics.
+    fn read_histograms(&mut self) -> Result<(), CollectError> {
+        let map_err = |source| CollectError::Map {
+            map: HIST_MAP,
+            source,
+        };
+        for (idx, label) in self.watched.labels().iter().enumerate() {
+            let per_cpu = self.hist.get(&(idx as u32), 0).map_err(map_err)?;
+            let mut buckets = [0u64; BUCKETS];
+            let (mut sum, mut stalls) = (0u64, 0u64);
+            for h in per_cpu.iter() {
+                for (t, v) in buckets.iter_mut().zip(h.buckets.iter()) {
+                    *t += v;
+                }
+                sum += h.sum_ns;
+                stalls += h.stalls;
+            }
+            let l = self.metrics.device(label);
+            self.metrics.duration.get_or_create(&l).set(&buckets, sum);
+            set_counter(&self.metrics.stalls.get_or_create(&l), stalls);
+        }
+        for (i, (slot, reason, cost)) in DROP_REASONS.into_iter().enumerate() {
+            let n: u64 = self
+                .drops
+                .get(&slot, 0)
+                .map_err(|source| CollectError::Map {
+                    map: nodewatch_common::gpu_ioctl::DROPS_MAP,
+                    source,
+                })?
+                .iter()
+                .sum();
+            let c = self.metrics.dropped.get_or_create(&DropLabels {
+                reason: reason.into(),
+            });
+            set_counter(&c, n);
+            if self.dropped[i] == 0 && n > 0 {
+                tracing::warn!(
+                    probe = NAME,
+                    reason,
+                    lost = n,
+                    "GPU ioctl events lost: {cost}"
+                );
+            }
+            self.dropped[i] = n;
+        }
+        Ok(())
+    }
+
+    /// Logs every stall the kernel sent since the last tick.
+    fn drain_stalls(&mut self) {
+        let mut budget = LineBudget::new();
+        while let Some(item) = self.events.next() {
+            if item.len() < size_of::<StallEvent>() || !budget.take() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole StallEvent; read_unaligned copes with alignment.
+            let ev: StallEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            tracing::warn!(
+                probe = NAME,
+                device = self.watched.label(ev.dev_idx).unwrap_or("?"),
+                pid = ev.pid,
+                tid = ev.tid,
+                comm = %comm(&ev.comm),
+                cmd = %Cmd(ev.cmd),
+                duration_ms = ev.duration_ns as f64 / 1e6,
+                "GPU ioctl stalled"
+            );
+        }
+        budget.summarize("GPU ioctl stalls");
+    }
+
+    /// Counts, per device, the calls in flight for longer than the threshold; logs each
+    /// such call once.
+    fn walk_inflight(&mut self) -> Result<(), CollectError> {
+        let now = monotonic_ns();
+        let threshold = self.threshold.as_nanos() as u64;
+        let mut stalled = vec![0i64; self.watched.labels().len()];
+        let mut seen = HashSet::new();
+        let mut budget = LineBudget::new();
+        for entry in self.inflight.iter() {
+            // An entry can vanish between listing its key and reading it: the call returned.
+            let Ok((id, call)) = entry else { continue };
+            if call.start_ns == 0 {
+                continue; // the thread's slot, idle between calls
+            }
+            let age = now.saturating_sub(call.start_ns);
+            if age < threshold {
+                continue;
+            }
+            if let Some(n) = stalled.get_mut(call.dev_idx as usize) {
+                *n += 1;
+            }
+            seen.insert((id, call.start_ns));
+            if self.hung_logged.insert((id, call.start_ns)) && budget.take() {
+                let (pid, tid) = ((id >> 32) as u32, id as u32);
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                    .map(|s| s.trim_end().to_string())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    probe = NAME,
+                    device = self.watched.label(call.dev_idx).unwrap_or("?"),
+                    pid,
+                    tid,
+                    comm = %comm,
+                    cmd = %Cmd(call.cmd),
+                    in_flight_ms = age as f64 / 1e6,
+                    "GPU ioctl hung: still in the driver past the stall threshold"
+                );
+            }
+        }
+        budget.summarize("GPU ioctls hung");
+        self.hung_logged.retain(|k| seen.contains(k));
+        for (label, n) in self.watched.labels().iter().zip(stalled) {
+            let l = self.metrics.device(label);
+            self.metrics.inflight_stalled.get_or_create(&l).set(n);
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Kernel {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn mode(&self) -> Option<Mode> {
+        Some(Mode::Ebpf)
+    }
+    fn attach_method(&self) -> String {
+        let walk = if self.enter == PROG_ENTER {
+            "fd walk: BTF"
+        } else {
+            "fd walk: bpf_probe_read_kernel"
+        };
+        if self.attached {
+            format!("{ATTACH} ({walk})")
+        } else {
+            format!("{ATTACH} ({walk}; attached once a watched device exists, none yet)")
+        }
+    }
+    fn awaiting_attach(&self) -> bool {
+        !self.attached
+    }
+    fn missed_events(&self) -> u64 {
+        ebpf::programs_missed(&self.ebpf, &[self.enter, PROG_EXIT, PROG_THREAD_EXIT])
+    }
+    fn collect(&mut self) -> Result<(), CollectError> {
+        let devices = self.refresh_devices();
+        self.drain_stalls();
+        self.read_histograms()?;
+        self.walk_inflight()?;
+        devices
+    }
+}
+
+/// Where the programs find their fields on this kernel, and the threshold.
+fn params(threshold: Duration) -> Result<GpuIoctlParams, kernel::KernelError> {
+    let enter = TracepointFormat::read("syscalls", "sys_enter_ioctl")?;
+    // These records are not read, but the tracepoints must exist.
+    TracepointFormat::read("syscalls", "sys_exit_ioctl")?;
+    TracepointFormat::read("sched", "sched_process_exit")?;
+    let m = kernel::member_offset;
+    Ok(GpuIoctlParams {
+        stall_ns: threshold.as_nanos() as u64,
+        enter_fd: enter.offset("fd")?,
+        enter_cmd: enter.offset("cmd")?,
+        task_files: m("task_struct", "files")?,
+        files_fdt: m("files_struct", "fdt")?,
+        fdt_max_fds: m("fdtable", "max_fds")?,
+        fdt_fd: m("fdtable", "fd")?,
+        file_inode: m("file", "f_inode")?,
+        inode_mode: m("inode", "i_mode")?,
+        inode_rdev: m("inode", "i_rdev")?,
+        inode_sb: m("inode", "i_sb")?,
+        inode_ino: m("inode", "i_ino")?,
+        sb_dev: m("super_block", "s_dev")?,
+        valid: 1,
+        _pad: 0,
+    })
+}

@@ -1,0 +1,326 @@
+//! The GPU ioctl probe's kernel tables of watched devices, kept in step with what the globs
+//! name: char minors below 256 in their major's table, other minors and regular files as
+//! hash keys, drivers by their whole major.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
+
+use aya::maps::{Array, HashMap, MapData};
+use nodewatch_common::gpu_ioctl::{
+    DevKey, KEYS_MAP, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_BLOCK, MAJOR_KEYS, MAJOR_MINORS,
+    MAJORS_MAP, MAX_DEVICES, MAX_KEYS, MAX_MAJORS, MINOR_SLOTS, MajorWatch,
+};
+
+use super::devices::{Ident, block_majors, kernel_dev, scan};
+use crate::collectors::collector::CollectError;
+
+/// What the kernel's maps should hold for a set of watched devices.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// What is watched, by device index; for the log.
+    pub targets: BTreeMap<Ident, u32>,
+    pub keys: BTreeMap<DevKey, u32>,
+    pub majors: BTreeMap<u32, MajorWatch>,
+}
+
+impl Plan {
+    /// Lays out `(what, device index)` pairs: char minors below [`MINOR_SLOTS`] in their
+    /// major's table, other minors and regular files (major slot 0) as hash keys, whole
+    /// majors as the major's default. The first claim of a device wins.
+    pub fn new(watches: impl IntoIterator<Item = (Ident, u32)>) -> Self {
+        let mut plan = Self::default();
+        for (ident, idx) in watches {
+            let (major, key) = match ident {
+                Ident::Major { major } if major < MAX_MAJORS => {
+                    let m = plan.majors.entry(major).or_default();
+                    if m.flags & MAJOR_ALL == 0 {
+                        m.flags |= MAJOR_ALL;
+                        m.all_idx = idx;
+                    }
+                    plan.targets.entry(ident).or_insert(idx);
+                    continue;
+                }
+                Ident::Chr { major, minor } if major < MAX_MAJORS => {
+                    if (minor as usize) < MINOR_SLOTS {
+                        let m = plan.majors.entry(major).or_default();
+                        if m.minors[minor as usize] == 0 {
+                            m.minors[minor as usize] = idx as u8 + 1;
+                            m.flags |= MAJOR_MINORS;
+                            plan.targets.entry(ident).or_insert(idx);
+                        }
+                        continue;
+                    }
+                    let dev = kernel_dev(major, minor);
+                    let key = DevKey {
+                        kind: KIND_CHR,
+                        dev,
+                        ino: 0,
+                    };
+                    (major, key)
+                }
+                // Slot 0 of the majors map stands for inodes that are not device nodes.
+                Ident::File { major, minor, ino } => {
+                    let dev = kernel_dev(major, minor);
+                    let key = DevKey {
+                        kind: KIND_FILE,
+                        dev,
+                        ino,
+                    };
+                    (0, key)
+                }
+                _ => continue, // a major beyond CHRDEV_MAJOR_MAX: not a char device
+            };
+            if plan.keys.len() < MAX_KEYS as usize && !plan.keys.contains_key(&key) {
+                plan.keys.insert(key, idx);
+                plan.majors.entry(major).or_default().flags |= MAJOR_KEYS;
+                plan.targets.entry(ident).or_insert(idx);
+            }
+        }
+        plan
+    }
+
+    /// Marks the watched majors that are also block majors, where the kernel side must read
+    /// the inode's type.
+    pub fn mark_block(&mut self, block: &BTreeSet<u32>) {
+        for (m, w) in self.majors.iter_mut() {
+            if *m != 0 && block.contains(m) {
+                w.flags |= MAJOR_BLOCK;
+            }
+        }
+    }
+
+    /// Whether anything is watched.
+    pub fn any(&self) -> bool {
+        !self.targets.is_empty()
+    }
+}
+
+/// The devices the kernel side watches: labels by index, and what was last written to its
+/// maps.
+pub struct Watched {
+    globs: Vec<String>,
+    proc_devices: PathBuf,
+    majors: Array<MapData, MajorWatch>,
+    keys: HashMap<MapData, DevKey, u32>,
+    /// Device index → label. Labels stay once seen, so their counters never go back.
+    labels: Vec<String>,
+    applied: Plan,
+    full_warned: bool,
+}
+
+impl Watched {
+    pub fn new(
+        globs: Vec<String>,
+        proc_devices: PathBuf,
+        majors: Array<MapData, MajorWatch>,
+        keys: HashMap<MapData, DevKey, u32>,
+    ) -> Self {
+        Self {
+            globs,
+            proc_devices,
+            majors,
+            keys,
+            labels: Vec::new(),
+            applied: Plan::default(),
+            full_warned: false,
+        }
+    }
+
+    /// Every label seen so far, by device index.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    pub fn label(&self, idx: u32) -> Option<&str> {
+        self.labels.get(idx as usize).map(String::as_str)
+    }
+
+    fn index_of(&mut self, label: &str) -> Option<u32> {
+        if let Some(i) = self.labels.iter().position(|l| l == label) {
+            return Some(i as u32);
+        }
+        if self.labels.len() >= MAX_DEVICES as usize {
+            if !self.full_warned {
+                self.full_warned = true;
+                tracing::warn!(
+                    device = label,
+                    "more than {MAX_DEVICES} GPU devices match; the rest are not watched"
+                );
+            }
+            return None;
+        }
+        self.labels.push(label.to_string());
+        Some(self.labels.len() as u32 - 1)
+    }
+
+    /// Re-reads the globs and `/proc/devices` and brings the kernel's maps in line. Returns
+    /// whether anything is watched now.
+    pub fn refresh(&mut self) -> Result<bool, CollectError> {
+        let text =
+            std::fs::read_to_string(&self.proc_devices).map_err(|source| CollectError::Read {
+                path: self.proc_devices.display().to_string(),
+                source,
+            })?;
+        let mut watches = Vec::new();
+        let mut seen = BTreeSet::new();
+        for w in scan(&self.globs, &text) {
+            // Two paths to one device (a symlink, a second node): the first names it.
+            if !seen.insert(w.ident) {
+                continue;
+            }
+            if let Some(idx) = self.index_of(&w.label) {
+                watches.push((w.ident, idx));
+            }
+        }
+        let mut plan = Plan::new(watches);
+        plan.mark_block(&block_majors(&text));
+        self.apply(&plan)?;
+        let any = plan.any();
+        self.applied = plan;
+        Ok(any)
+    }
+
+    /// Writes what changed: new entries before removals, so a device that changes number
+    /// is never unwatched in between.
+    fn apply(&mut self, plan: &Plan) -> Result<(), CollectError> {
+        let keys_err = |source| CollectError::Map {
+            map: KEYS_MAP,
+            source,
+        };
+        let majors_err = |source| CollectError::Map {
+            map: MAJORS_MAP,
+            source,
+        };
+        for (k, &idx) in &plan.keys {
+            if self.applied.keys.get(k) != Some(&idx) {
+                self.keys.insert(k, idx, 0).map_err(keys_err)?;
+            }
+        }
+        for (&m, w) in &plan.majors {
+            if self.applied.majors.get(&m) != Some(w) {
+                self.majors.set(m, w, 0).map_err(majors_err)?;
+            }
+        }
+        for &m in self.applied.majors.keys() {
+            if !plan.majors.contains_key(&m) {
+                self.majors
+                    .set(m, MajorWatch::default(), 0)
+                    .map_err(majors_err)?;
+            }
+        }
+        for k in self.applied.keys.keys() {
+            if !plan.keys.contains_key(k) {
+                // Already gone is fine: the goal is that it is not there.
+                let _ = self.keys.remove(k);
+            }
+        }
+        for (t, &idx) in &plan.targets {
+            if self.applied.targets.get(t) != Some(&idx) {
+                tracing::info!(device = self.label(idx), id = %t, "watching GPU device");
+            }
+        }
+        for (t, &idx) in &self.applied.targets {
+            if !plan.targets.contains_key(t) {
+                tracing::info!(device = self.label(idx), id = %t, "GPU device gone; no longer watched");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_puts_small_minors_in_tables_and_the_rest_in_keys() {
+        let file = Ident::File {
+            major: 0,
+            minor: 39,
+            ino: 2,
+        };
+        let plan = Plan::new([
+            (
+                Ident::Chr {
+                    major: 195,
+                    minor: 0,
+                },
+                0,
+            ),
+            (
+                Ident::Chr {
+                    major: 195,
+                    minor: 255,
+                },
+                1,
+            ),
+            (Ident::Major { major: 195 }, 2),
+            (
+                Ident::Chr {
+                    major: 195,
+                    minor: 0,
+                },
+                3,
+            ), // a second path to nvidia0
+            (
+                Ident::Chr {
+                    major: 240,
+                    minor: 70000,
+                },
+                4,
+            ),
+            (file, 5),
+            (Ident::Major { major: 4000 }, 6), // not a char major
+        ]);
+        let nv = plan.majors[&195];
+        assert_eq!(nv.flags, MAJOR_MINORS | MAJOR_ALL);
+        assert_eq!((nv.minors[0], nv.minors[255], nv.minors[1]), (1, 2, 0));
+        assert_eq!(nv.all_idx, 2);
+        assert_eq!(plan.majors[&240].flags, MAJOR_KEYS);
+        assert_eq!(plan.majors[&0].flags, MAJOR_KEYS);
+        assert_eq!(plan.keys.len(), 2);
+        assert_eq!(
+            plan.keys[&DevKey {
+                kind: KIND_CHR,
+                dev: (240 << 20) | 70000,
+                ino: 0
+            }],
+            4
+        );
+        assert_eq!(
+            plan.keys[&DevKey {
+                kind: KIND_FILE,
+                dev: 39,
+                ino: 2
+            }],
+            5
+        );
+        assert_eq!(plan.targets.len(), 5, "{:?}", plan.targets);
+        assert!(!plan.majors.contains_key(&4000));
+        assert!(!Plan::new([]).any());
+        let mut p = Plan::new([
+            (
+                Ident::Chr {
+                    major: 253,
+                    minor: 0,
+                },
+                0,
+            ),
+            (
+                Ident::Chr {
+                    major: 195,
+                    minor: 0,
+                },
+                1,
+            ),
+            (file, 2),
+        ]);
+        p.mark_block(&BTreeSet::from([0, 7, 253]));
+        assert_eq!(p.majors[&253].flags, MAJOR_MINORS | MAJOR_BLOCK);
+        assert_eq!(p.majors[&195].flags, MAJOR_MINORS);
+        assert_eq!(p.majors[&0].flags, MAJOR_KEYS, "slot 0 is not a major");
+        assert_eq!(file.to_string(), "file on 0:39 inode 2");
+    }
+}

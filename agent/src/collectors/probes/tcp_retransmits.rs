@@ -1,0 +1,219 @@
+//! TCP retransmits per watched port, counted in segments as the kernel counts them.
+//!
+//! eBPF: raw tracepoints `tcp_retransmit_skb` and `tcp_retransmit_synack` add to a per-CPU
+//! map keyed by port; the kernel's count of times it had to skip them is exported too.
+//! Fallback: the host-wide `Tcp: RetransSegs` of `/proc/net/snmp`, exported under
+//! `port="all"`.
+
+use std::path::PathBuf;
+
+use aya::{Ebpf, EbpfLoader, programs::RawTracePoint};
+use nodewatch_common::{
+    RetransOffsets,
+    tcp_retransmits::{COUNTS_MAP, MAX_PORTS, OTHER_PORT, PROG_SKB, PROG_SYNACK},
+};
+use serde::Deserialize;
+
+use super::{
+    ebpf::{self, AttachError},
+    kernel,
+    ports::{PortCounts, PortFamily, export_procfs},
+};
+use crate::{
+    collectors::collector::{CollectError, Collector, Env, Mode},
+    store::{Store, names},
+    yaml::Ports,
+};
+
+pub const NAME: &str = "tcp_retransmits";
+
+/// The kernel object, built by `agent/build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp_retransmits"));
+
+/// `probes.tcp_retransmits:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpRetransmitsConfig {
+    /// Whether the probe runs. Default `true`.
+    pub enabled: bool,
+    /// Ports to count separately; a connection matches when either end uses one. Everything
+    /// else is counted under `port="other"`. Default `[8000, 8001, 8080]`; at most 256 ports,
+    /// each 1–65535, no duplicates.
+    pub ports: Ports<{ MAX_PORTS as usize }>,
+}
+
+impl Default for TcpRetransmitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ports: Ports(vec![8000, 8001, 8080]),
+        }
+    }
+}
+
+/// Registers the probe's counter and starts it: eBPF, else the procfs fallback.
+pub fn start(cfg: &TcpRetransmitsConfig, env: Env<'_>, store: &mut Store) -> Box<dyn Collector> {
+    let segments = PortFamily::default();
+    store.register(
+        names::TCP_RETRANSMITS,
+        "TCP segments retransmitted, by watched port at either end of the connection (other: the rest; all: host-wide, procfs mode)",
+        segments.clone(),
+    );
+    match Kernel::attach(&cfg.ports.0, segments.clone()) {
+        Ok(k) => Box::new(k),
+        Err(e) => {
+            tracing::warn!(
+                probe = NAME,
+                error = %e,
+                "eBPF unavailable; counting host-wide RetransSegs from /proc/net/snmp under port=\"all\""
+            );
+            Box::new(Procfs {
+                path: env.proc_root.join("net/snmp"),
+                segments,
+            })
+        }
+    }
+}
+
+/// The eBPF mode: owns the loaded object, so dropping it detaches both programs.
+struct Kernel {
+    ebpf: Ebpf,
+    counts: PortCounts,
+    segments: PortFamily,
+}
+
+impl Kernel {
+    fn attach(ports: &[u16], segments: PortFamily) -> Result<Self, AttachError> {
+        let offsets = offsets()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("RETRANS_OFFSETS", &offsets, true)
+            .load(OBJECT)?;
+        // Every slot exists before the programs run, so they never insert.
+        let slots: Vec<u16> = ports.iter().copied().chain([OTHER_PORT]).collect();
+        let counts = PortCounts::take(&mut ebpf, COUNTS_MAP, &slots)?;
+        for prog in [PROG_SKB, PROG_SYNACK] {
+            let err = |source| AttachError::Program { name: prog, source };
+            let tp: &mut RawTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(AttachError::Missing(prog))?
+                .try_into()
+                .map_err(err)?;
+            tp.load().map_err(err)?;
+            // The program is named after its tracepoint.
+            tp.attach(prog).map_err(err)?;
+        }
+        // Every watched port (and `other`) has a series from the start.
+        counts
+            .export(&segments)
+            .map_err(|e| AttachError::FirstRead(e.to_string()))?;
+        Ok(Self {
+            ebpf,
+            counts,
+            segments,
+        })
+    }
+}
+
+/// Where the programs find their fields on this kernel, from its BTF.
+fn offsets() -> Result<RetransOffsets, kernel::KernelError> {
+    // tcp_skb_pcount(skb) is TCP_SKB_CB(skb)->tcp_gso_segs, and TCP_SKB_CB is skb->cb.
+    let gso_segs = kernel::member_offset("sk_buff", "cb")?
+        + kernel::member_offset("tcp_skb_cb", "tcp_gso_segs")?;
+    // A sock starts with its sock_common; a request_sock has one at __req_common.
+    Ok(RetransOffsets {
+        skc_num: kernel::member_offset("sock", "__sk_common")?
+            + kernel::member_offset("sock_common", "skc_num")?,
+        skc_dport: kernel::member_offset("sock", "__sk_common")?
+            + kernel::member_offset("sock_common", "skc_dport")?,
+        req_common: kernel::member_offset("request_sock", "__req_common")?,
+        skb_gso_segs: gso_segs,
+        valid: 1,
+    })
+}
+
+impl Collector for Kernel {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn mode(&self) -> Option<Mode> {
+        Some(Mode::Ebpf)
+    }
+    fn attach_method(&self) -> String {
+        "raw tracepoint tcp_retransmit_skb, tcp_retransmit_synack".into()
+    }
+    fn missed_events(&self) -> u64 {
+        ebpf::programs_missed(&self.ebpf, &[PROG_SKB, PROG_SYNACK])
+    }
+    fn collect(&mut self) -> Result<(), CollectError> {
+        self.counts.export(&self.segments)
+    }
+}
+
+/// The procfs mode: host-wide, from the kernel's SNMP counters.
+struct Procfs {
+    path: PathBuf,
+    segments: PortFamily,
+}
+
+impl Collector for Procfs {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    fn mode(&self) -> Option<Mode> {
+        Some(Mode::Procfs)
+    }
+    fn attach_method(&self) -> String {
+        format!(
+            "procfs {} Tcp: RetransSegs (host-wide)",
+            self.path.display()
+        )
+    }
+    fn collect(&mut self) -> Result<(), CollectError> {
+        export_procfs(&self.path, "Tcp", "RetransSegs", &self.segments)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collectors::probes::ports::{PortLabels, snmp_value};
+
+    const SNMP: &str = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\nTcp: 1 200 120000 -1 10 5 0 1 3 1000 900 42 0 7 0\nUdp: InDatagrams\nUdp: 5\n";
+
+    #[test]
+    fn reads_retrans_segs() {
+        assert_eq!(snmp_value(SNMP, "Tcp", "RetransSegs"), Some(42));
+        assert_eq!(
+            snmp_value(SNMP, "Tcp", "MaxConn"),
+            None,
+            "-1 is not a counter"
+        );
+        assert_eq!(snmp_value(SNMP, "Udp", "InDatagrams"), Some(5));
+        assert_eq!(snmp_value(SNMP, "Tcp", "Nope"), None);
+        assert_eq!(snmp_value("", "Tcp", "RetransSegs"), None);
+    }
+
+    #[test]
+    fn procfs_mode_exports_port_all() {
+        let dir = std::env::temp_dir().join(format!("nw-snmp-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        std::fs::write(dir.join("net/snmp"), SNMP).unwrap();
+        let segments = PortFamily::default();
+        let mut p = Procfs {
+            path: dir.join("net/snmp"),
+            segments: segments.clone(),
+        };
+        p.collect().unwrap();
+        assert_eq!(
+            segments
+                .get_or_create(&PortLabels { port: "all".into() })
+                .get(),
+            42
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            p.collect().is_err(),
+            "a vanished file is an error, not a panic"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! Metric families the collectors write into, readable two ways: encoded by prometheus-client
+//! for `/metrics`, and as typed samples for the rules (no text in between).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::Hash,
+    sync::{Arc, RwLock, atomic::AtomicU64},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
+    metrics::{MetricType, TypedMetric, counter::Counter, gauge::Gauge},
+};
+
+use super::{histogram::Log2Histogram, labels::Labels};
+
+/// A float gauge.
+pub type GaugeF64 = Gauge<f64, AtomicU64>;
+
+/// A label set of a family: encodable for export, and readable as name/value pairs.
+pub trait LabelSet:
+    EncodeLabelSet + Clone + Hash + Eq + fmt::Debug + Send + Sync + 'static
+{
+    /// Adds this set's labels to `into`.
+    fn write(&self, into: &mut Labels);
+}
+
+/// Declares a label set: a struct of `String` fields, one per label, named as the labels.
+#[macro_export]
+macro_rules! label_set {
+    ($(#[$m:meta])* $vis:vis struct $name:ident { $($(#[$fm:meta])* $fvis:vis $field:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+        $vis struct $name {
+            $($(#[$fm])* $fvis $field: String),*
+        }
+
+        impl $crate::store::LabelSet for $name {
+            fn write(&self, into: &mut $crate::store::Labels) {
+                $(into.set(stringify!($field).to_string(), self.$field.clone());)*
+            }
+        }
+    };
+}
+
+/// One metric's samples as the rules see them, named as a scrape names them: a counter
+/// `<name>_total`, a histogram `<name>_bucket{le}`, `<name>_sum` and `<name>_count`.
+pub trait Sampled {
+    /// Appends the samples of this metric, whose family is `name`, with `labels` added.
+    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>);
+}
+
+fn named(labels: &Labels, name: String) -> Labels {
+    let mut l = labels.clone();
+    l.set(super::labels::METRIC_NAME.into(), name);
+    l
+}
+
+impl Sampled for Counter {
+    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
+        out.push((named(labels, format!("{name}_total")), self.get() as f64));
+    }
+}
+
+impl Sampled for Counter<f64, AtomicU64> {
+    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
+        out.push((named(labels, format!("{name}_total")), self.get()));
+    }
+}
+
+impl Sampled for Gauge {
+    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
+        out.push((named(labels, name.to_string()), self.get() as f64));
+    }
+}
+
+impl Sampled for GaugeF64 {
+    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
+        out.push((named(labels, name.to_string()), self.get()));
+    }
+}
+
+impl Sampled for Log2Histogram {
+    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
+        let (sum, count, buckets) = self.exported();
+        out.push((named(labels, format!("{name}_sum")), sum));
+        out.push((named(labels, format!("{name}_count")), count as f64));
+        let bucket = named(labels, format!("{name}_bucket"));
+        let mut cumulative = 0;
+        for (bound, n) in buckets {
+            cumulative += n;
+            let le = if bound == f64::MAX {
+                "+Inf".to_string()
+            } else {
+                // The encoder writes bounds with dtoa; a rule matching `le` sees that text.
+                dtoa::Buffer::new().format(bound).to_string()
+            };
+            let mut l = bucket.clone();
+            l.set("le".into(), le);
+            out.push((l, cumulative as f64));
+        }
+    }
+}
+
+/// Metrics of one name, one per label set: what prometheus-client's `Family` is, plus a way to
+/// read the samples back.
+pub struct Family<L, M> {
+    metrics: Arc<RwLock<HashMap<L, M>>>,
+}
+
+impl<L, M> Clone for Family<L, M> {
+    fn clone(&self) -> Self {
+        Self {
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+impl<L, M> Default for Family<L, M> {
+    fn default() -> Self {
+        Self {
+            metrics: Arc::default(),
+        }
+    }
+}
+
+impl<L: fmt::Debug, M: fmt::Debug> fmt::Debug for Family<L, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Family")
+            .field("metrics", &self.metrics)
+            .finish()
+    }
+}
+
+impl<L: LabelSet, M: Clone + Default> Family<L, M> {
+    /// The metric of `labels`, created on first use. Metrics are handles: what is done to
+    /// the returned one is done to the family's.
+    pub fn get_or_create(&self, labels: &L) -> M {
+        if let Some(m) = self.read().get(labels) {
+            return m.clone();
+        }
+        let mut w = self.metrics.write().unwrap_or_else(|e| e.into_inner());
+        w.entry(labels.clone()).or_default().clone()
+    }
+
+    /// Removes the series of `labels`; true if it existed.
+    pub fn remove(&self, labels: &L) -> bool {
+        let mut w = self.metrics.write().unwrap_or_else(|e| e.into_inner());
+        w.remove(labels).is_some()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<L, M>> {
+        self.metrics.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<L: LabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Family<L, M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        let metrics = self.metrics.read().unwrap_or_else(|e| e.into_inner());
+        for (labels, m) in metrics.iter() {
+            let encoder = encoder.encode_family(labels)?;
+            m.encode(encoder)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+}
+
+impl<L: LabelSet, M: Sampled> Sampled for Family<L, M> {
+    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
+        let metrics = self.metrics.read().unwrap_or_else(|e| e.into_inner());
+        for (set, m) in metrics.iter() {
+            let mut l = labels.clone();
+            set.write(&mut l);
+            m.samples(name, &l, out);
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The one in-process store every collector writes into each tick: metric families
+//! registered with prometheus-client for `/metrics`, the same samples read back typed for the
+//! rules, and the short per-series history the rules evaluate over.
+
+mod family;
+mod histogram;
+pub mod history;
+pub mod labels;
+pub mod names;
+
+use std::sync::{Mutex, MutexGuard};
+
+use prometheus_client::{
+    encoding::{EncodeMetric, text::encode},
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::{Metric, Registry},
+};
+
+pub use self::{
+    family::{Family, GaugeF64, LabelSet, Sampled},
+    histogram::{LOG2_FIRST, LOG2_LAST, Log2Histogram},
+    history::History,
+    labels::Labels,
+};
+pub use crate::label_set;
+
+/// The prefix of every metric name.
+pub const PREFIX: &str = "nodewatch";
+
+label_set! {
+    /// Labels `{probe, mode}`.
+    pub struct ProbeLabels { pub probe, pub mode }
+}
+
+label_set! {
+    /// Labels `{collector}`.
+    pub struct CollectorLabels { pub collector }
+}
+
+label_set! {
+    /// Labels `{version}`.
+    struct VersionLabels { version }
+}
+
+/// The agent's observations of itself.
+#[derive(Clone, Default)]
+pub struct SelfMetrics {
+    /// `nodewatch_probe_up{probe,mode}`: 1 for the mode each probe runs in (0 for `off`).
+    pub probe_up: Family<ProbeLabels, Gauge>,
+    /// `nodewatch_collector_duration_seconds{collector}`: how long the last collection took.
+    pub collector_duration: Family<CollectorLabels, GaugeF64>,
+    /// `nodewatch_collector_errors_total{collector}`: collections that failed.
+    pub collector_errors: Family<CollectorLabels, Counter>,
+    /// `nodewatch_probe_missed_events_total{collector}`: events the kernel did not deliver to
+    /// a probe's programs (its recursion guard skipped them).
+    pub missed_events: Family<CollectorLabels, Counter>,
+}
+
+/// A metric the store can both export and read.
+trait Readable: Sampled + Send + Sync {}
+impl<T: Sampled + Send + Sync> Readable for T {}
+
+/// The registry, the readers of what it holds, the agent's own metrics, and the history.
+pub struct Store {
+    registry: Registry,
+    /// Each registered metric under its full name, in registration order.
+    readers: Vec<(String, Box<dyn Readable>)>,
+    pub own: SelfMetrics,
+    history: Mutex<History>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    /// A store with the agent's own metrics registered and an empty history.
+    pub fn new() -> Self {
+        let mut store = Self {
+            registry: Registry::with_prefix(PREFIX),
+            readers: Vec::new(),
+            own: SelfMetrics::default(),
+            history: Mutex::new(History::new(0, history::DEFAULT_MAX_SERIES)),
+        };
+        store
+            .history()
+            .set_max_samples(history::DEFAULT_MAX_SAMPLES);
+        let own = store.own.clone();
+        store.register(
+            names::PROBE_UP,
+            "Whether a probe runs (1), by the mode it runs in (ebpf, procfs, ...)",
+            own.probe_up,
+        );
+        store.register(
+            names::COLLECTOR_DURATION,
+            "Seconds the last collection of each collector took",
+            own.collector_duration,
+        );
+        store.register(
+            names::COLLECTOR_ERRORS,
+            "Collections that failed, by collector",
+            own.collector_errors,
+        );
+        store.register(
+            names::MISSED_EVENTS,
+            "Kernel events a probe's programs did not see because the kernel skipped them (another BPF program was running on that CPU)",
+            own.missed_events,
+        );
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        store.register(
+            names::BUILD_INFO,
+            "Always 1, labelled by the agent's version",
+            build,
+        );
+        store
+    }
+
+    /// Registers a metric (or family) under `name` (without the prefix; counters without
+    /// `_total`), for export and for the rules. Collectors call this at start.
+    pub fn register<M>(&mut self, name: &str, help: &str, metric: M)
+    where
+        M: Metric + EncodeMetric + Sampled + Clone,
+    {
+        self.registry.register(name, help, metric.clone());
+        self.readers
+            .push((format!("{PREFIX}_{name}"), Box::new(metric)));
+    }
+
+    /// Every sample of every registered metric now, as a scrape of `/metrics` would see it:
+    /// label sets with `__name__`, counters as `_total`, histograms as `_bucket{le}`, `_sum`
+    /// and `_count` (no `_created`).
+    pub fn samples(&self) -> Vec<(Labels, f64)> {
+        let mut out = Vec::with_capacity(256);
+        let none = Labels::new();
+        for (name, m) in &self.readers {
+            m.samples(name, &none, &mut out);
+        }
+        out
+    }
+
+    /// The per-series history, for the tick thread (the only one that uses it).
+    pub fn history(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// OpenMetrics text of every metric.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Prometheus text format 0.0.4 of every metric, for scrapers that do not ask for
+    /// OpenMetrics (and for `promtool check metrics`).
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text 0.0.4: counter families are named with their
+/// `_total` sample name, and the `# UNIT` and `# EOF` lines go.
+pub fn openmetrics_to_prometheus(om: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP nodewatch_x Things.\n# TYPE nodewatch_x counter\nnodewatch_x_total{port=\"1\"} 3\n# HELP nodewatch_g A gauge.\n# TYPE nodewatch_g gauge\n# UNIT nodewatch_g seconds\nnodewatch_g 1.5\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP nodewatch_x_total Things.\n# TYPE nodewatch_x_total counter\nnodewatch_x_total{port=\"1\"} 3\n# HELP nodewatch_g A gauge.\n# TYPE nodewatch_g gauge\nnodewatch_g 1.5\n"
+        );
+    }
+
+    /// The rules read exactly what a scrape of `/metrics` would give them.
+    #[test]
+    fn samples_are_what_the_exposition_says() {
+        label_set! {
+            struct L { device, port }
+        }
+        let mut store = Store::new();
+        let c = Family::<L, Counter>::default();
+        let g = Family::<L, GaugeF64>::default();
+        let h = Family::<L, Log2Histogram>::default();
+        let plain = Gauge::<i64>::default();
+        let secs = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        store.register("c", "C", c.clone());
+        store.register("g_ratio", "G", g.clone());
+        store.register("h_seconds", "H", h.clone());
+        store.register("plain", "P", plain.clone());
+        store.register("secs", "S", secs.clone());
+        let l = |d: &str, p: &str| L {
+            device: d.into(),
+            port: p.into(),
+        };
+        // (prometheus-client 0.24 writes `"` in a label value unescaped, which a scrape cannot
+        // read back; the typed samples keep it. Paths here have none.)
+        c.get_or_create(&l("/dev/a b", "1")).inc_by(7);
+        c.get_or_create(&l("x", "")).inc();
+        g.get_or_create(&l("y", "2")).set(0.1 + 0.2);
+        g.get_or_create(&l("z", "3")).set(f64::NAN);
+        let mut buckets = [0u64; nodewatch_common::gpu_ioctl::BUCKETS];
+        buckets[12] = 3;
+        buckets[40] = 1;
+        h.get_or_create(&l("/dev/nvidia0", "0"))
+            .set(&buckets, 123_456_789);
+        plain.set(-5);
+        secs.inc_by(1.25);
+        store
+            .own
+            .probe_up
+            .get_or_create(&ProbeLabels {
+                probe: "p".into(),
+                mode: "ebpf".into(),
+            })
+            .set(1);
+        let key = |v: &Vec<(Labels, f64)>| {
+            let mut v: Vec<(Labels, u64)> =
+                v.iter().map(|(l, x)| (l.clone(), x.to_bits())).collect();
+            v.sort();
+            v
+        };
+        let typed = store.samples();
+        let parsed = history::parse_exposition(&store.encode_openmetrics());
+        assert!(typed.len() > 30, "{typed:?}");
+        assert_eq!(key(&typed), key(&parsed));
+    }
+
+    #[test]
+    fn own_metrics_are_exported() {
+        let store = Store::new();
+        store
+            .own
+            .probe_up
+            .get_or_create(&ProbeLabels {
+                probe: "p".into(),
+                mode: "ebpf".into(),
+            })
+            .set(1);
+        let text = store.encode_openmetrics();
+        assert!(
+            text.contains("nodewatch_probe_up{probe=\"p\",mode=\"ebpf\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("nodewatch_build_info{version="), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
