@@ -7,7 +7,7 @@ mod common;
 
 use std::{io::Write, thread, time::Duration};
 
-use common::{Agent, TempDir, have_root, have_tool, wait_until};
+use common::{Agent, TempDir, have_root, have_tool, wait_for};
 
 const CONFIG: &str = "interval: 200ms\nprobes:\n  tcp_retransmits: { enabled: false }\n  gpu_ioctl: { enabled: false }\n";
 
@@ -55,9 +55,10 @@ fn counts_xid_lines_by_code_and_not_again_after_restart() {
         "<4>NVRM: Xid (PCI:0000:3d:00): 61, pid=99, name=trainer, Internal micro-controller breakpoint",
         "<4>NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python3, GPU has fallen off the bus.",
     ]);
-    wait_until(Duration::from_secs(5), "Xid 79 x3 and 61 x2", || {
+    wait_for(Duration::from_secs(5), || {
         (xid(&agent, 79) == Some(3.0) && xid(&agent, 61) == Some(2.0)).then_some(())
-    });
+    })
+    .expect("timed out: Xid 79 x3 and 61 x2");
     thread::sleep(Duration::from_millis(500));
     let text = agent.metrics();
     let series: Vec<&str> = text
@@ -67,10 +68,11 @@ fn counts_xid_lines_by_code_and_not_again_after_restart() {
     eprintln!("first agent: {series:?}");
     assert_eq!(xid(&agent, 79), Some(3.0), "{text}");
     assert_eq!(xid(&agent, 61), Some(2.0), "{text}");
-    // The malformed lines made no series of their own (94 and 74 belong to the other test).
+    // The malformed lines made no series of their own (94 and 74 belong to the other test,
+    // 13 to tests/metric_families.rs).
     for l in &series {
         assert!(
-            ["79", "61", "94", "74"]
+            ["79", "61", "94", "74", "13"]
                 .iter()
                 .any(|c| l.contains(&format!("code=\"{c}\""))),
             "{series:?}"
@@ -88,9 +90,10 @@ fn counts_xid_lines_by_code_and_not_again_after_restart() {
     assert_eq!(xid(&again, 79), None, "{}", again.metrics());
     assert_eq!(xid(&again, 61), None);
     kmsg(&["<4>NVRM: Xid (PCI:0000:3b:00): 74, pid=1, name=x, NVLink error"]);
-    wait_until(Duration::from_secs(5), "Xid 74 after restart", || {
+    wait_for(Duration::from_secs(5), || {
         (xid(&again, 74) == Some(1.0)).then_some(())
-    });
+    })
+    .expect("timed out: Xid 74 after restart");
     let text = again.metrics();
     eprintln!(
         "restarted agent: {:?}",
@@ -128,11 +131,10 @@ fn xid_counts_when_ebpf_cannot_load() {
         assert!(text.contains(series), "missing {series}:\n{text}");
     }
     kmsg(&["<4>NVRM: Xid (PCI:0000:3b:00): 94, pid=1, name=x, Contained ECC error"]);
-    wait_until(
-        Duration::from_secs(5),
-        "Xid 94 counted without eBPF",
-        || (xid(&agent, 94) == Some(1.0)).then_some(()),
-    );
+    wait_for(Duration::from_secs(5), || {
+        (xid(&agent, 94) == Some(1.0)).then_some(())
+    })
+    .expect("timed out: Xid 94 counted without eBPF");
     let log = agent.log_text();
     let warns: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(

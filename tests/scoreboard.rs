@@ -11,9 +11,9 @@ use std::{
     fs::File,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::fd::AsRawFd,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -23,9 +23,11 @@ use std::{
 };
 
 use common::{
-    Netns, NftTable, TempDir, have_root, have_tool, sample,
+    Netns, NftTable, TempDir,
+    fuse::{FUSEPY, FUSEPY_CHECK, SlowFs, raw_slow_ioctl},
+    have_root, have_tool, have_tool_by, sample,
     scoreboard::{Rig, measure},
-    wait_until,
+    wait_for,
 };
 
 /// Probes the other faults would disturb are off in each rig: the Xid test writes to the
@@ -127,9 +129,9 @@ fn accept_queue_overflow() {
             ),
         );
         let series = format!("nodewatch_tcp_listen_overflows_total{{port=\"{port}\"}}");
-        wait_until(Duration::from_secs(5), "overflow series", || {
+        wait_for(Duration::from_secs(5), || {
             rig.agent.sample(&series)
-        });
+        }).expect("timed out: overflow series");
         // Two ticks at zero, so `increase` has a baseline.
         thread::sleep(Duration::from_millis(2100));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -154,57 +156,14 @@ fn accept_queue_overflow() {
     });
 }
 
-/// Debian's python3-fusepy installs `fusepy` for this interpreter only.
-const PYTHON: &str = "/usr/bin/python3";
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/fixtures/slow_ioctl.py"
-);
-
-/// The fake slow GPU driver (FUSE), unmounted and stopped on drop.
-struct SlowFs {
-    child: Child,
-    mnt: PathBuf,
-}
-
-impl Drop for SlowFs {
-    fn drop(&mut self) {
-        for (cmd, arg) in [("fusermount", "-u"), ("umount", "-l")] {
-            let _ = Command::new(cmd)
-                .arg(arg)
-                .arg(&self.mnt)
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn hung_gpu_ioctl() {
-    if !have_root("scoreboard gpu") {
+    if !have_root("scoreboard gpu") || !have_tool_by("scoreboard gpu", FUSEPY, FUSEPY_CHECK) {
         return;
     }
     let dir = TempDir::new("sb-gpu");
-    let mnt = dir.0.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let fs = SlowFs {
-        child: Command::new(PYTHON)
-            .arg(FIXTURE)
-            .arg(&mnt)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the FUSE fixture (python3-fusepy)"),
-        mnt: mnt.clone(),
-    };
-    let parent = std::fs::metadata(&dir.0).unwrap().dev();
-    wait_until(Duration::from_secs(10), "FUSE fixture mounted", || {
-        let m = std::fs::metadata(mnt.join("gpu0")).ok()?;
-        (m.dev() != parent).then_some(())
-    });
-    let gpu = mnt.join("gpu0").display().to_string();
+    let fs = SlowFs::new(&dir, "mnt");
+    let gpu = fs.mnt.join("gpu0").display().to_string();
     let rig = Rig::start(
         &dir,
         &format!(
@@ -212,21 +171,14 @@ fn hung_gpu_ioctl() {
         ),
     );
     let gauge = format!("nodewatch_gpu_ioctl_inflight_stalled{{device=\"{gpu}\"}}");
-    wait_until(Duration::from_secs(5), "device watched", || {
+    wait_for(Duration::from_secs(5), || {
         (rig.agent.sample(&gauge) == Some(0.0)).then_some(())
-    });
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .open(mnt.join("gpu0"))
-        .unwrap();
+    })
+    .expect("timed out: device watched");
+    let file = fs.open("gpu0");
     let injected = Instant::now();
     // The call stays in the driver for 30 s, or until the fixture is unmounted.
-    let caller = thread::spawn(move || {
-        let ms: libc::c_ulong = 30_000;
-        // SAFETY: an ioctl without data (`_IO('N', 1)`) on an fd we own.
-        unsafe { libc::ioctl(file.as_raw_fd(), 0x4e01, ms) }
-    });
+    let caller = thread::spawn(move || raw_slow_ioctl(file.as_raw_fd(), 30_000));
     let row = measure(
         &rig,
         "hung GPU ioctl (stall threshold 1 s)",
@@ -296,9 +248,10 @@ fn heartbeat(fault: &'static str, hang: bool) {
         ),
     );
     let up = "nodewatch_heartbeat_up{target=\"inference\"}";
-    wait_until(Duration::from_secs(5), "heartbeat up", || {
+    wait_for(Duration::from_secs(5), || {
         (rig.agent.sample(up) == Some(1.0)).then_some(())
-    });
+    })
+    .expect("timed out: heartbeat up");
     let injected = Instant::now();
     if hang {
         svc.hang.store(true, Ordering::SeqCst);
@@ -414,9 +367,7 @@ fn filling_disk() {
         ),
     );
     let series = format!("nodewatch_disk_used_ratio{{mount=\"{m}\"}}");
-    wait_until(Duration::from_secs(5), "disk series", || {
-        rig.agent.sample(&series)
-    });
+    wait_for(Duration::from_secs(5), || rig.agent.sample(&series)).expect("timed out: disk series");
     let injected = Instant::now();
     // Root may write into the reserved blocks too: write until the file system is full.
     let mut f = File::create(mnt.join("fill")).unwrap();

@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real `nodewatch` binary against the real kernel.
 #![allow(dead_code)]
 
+pub mod fuse;
 pub mod haproxy;
 pub mod receiver;
 pub mod scoreboard;
@@ -190,11 +191,18 @@ impl Drop for Agent {
     }
 }
 
-/// A tool the test needs; on CI its absence is a failure, elsewhere a skip.
+/// A tool the test needs, found on `PATH`; on CI its absence is a failure, elsewhere a skip.
 pub fn have_tool(test: &str, tool: &str) -> bool {
+    have_tool_by(test, tool, &format!("command -v {tool}"))
+}
+
+/// As [`have_tool`], for a tool that the shell command `check` finds (exit status 0) rather
+/// than a program on `PATH`, e.g. a Python module ([`fuse::FUSEPY_CHECK`]).
+pub fn have_tool_by(test: &str, tool: &str, check: &str) -> bool {
     let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
+        .args(["-c", check])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
@@ -205,21 +213,6 @@ pub fn have_tool(test: &str, tool: &str) -> bool {
         eprintln!("SKIPPED {test}: `{tool}` not installed (cargo xtask setup installs it)");
     }
     found
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `limit`.
-pub fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The value of `series` (name with its exact label set) in Prometheus text.

@@ -83,9 +83,10 @@ impl Rig {
         );
         let agent = Agent::start(dir, &cfg);
         let haproxy = Haproxy::start(dir, agent_port);
-        super::wait_until(Duration::from_secs(10), "HAProxy has the server UP", || {
+        super::wait_for(Duration::from_secs(10), || {
             (haproxy.status() == "UP").then_some(())
-        });
+        })
+        .expect("timed out: HAProxy has the server UP");
         Self {
             agent,
             hooks,
