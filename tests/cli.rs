@@ -74,6 +74,25 @@ fn bad_duration_exits_1_with_location_and_key() {
 }
 
 #[test]
+fn mistakes_in_three_sections_are_all_reported_each_located() {
+    let (code, _, err) = check(
+        "interval: 10ms\nprobes:\n  accept_queue: { mode: fast }\nnotifiers:\n  - { name: am, kind: pager, url: \"http://a:9093\" }\n",
+    );
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines[0].starts_with("FILE:1:11: interval: "), "{err}");
+    assert!(
+        lines[1].starts_with("FILE:3:25: probes.accept_queue.mode: unknown variant `fast`"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with("FILE:5:23: notifiers: unknown notifier kind `pager`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn garbage_never_panics() {
     for text in [
         "\u{0}\u{1}",

@@ -27,7 +27,8 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
     },
-    /// Validate a configuration file: exit 0, or 1 with `file:line:col: message`.
+    /// Validate a configuration file: exit 0, or 1 with every problem, one `file:line:col:
+    /// key: message` line each.
     CheckConfig {
         /// The file to check.
         file: PathBuf,

@@ -34,6 +34,7 @@ mod scoreboard;
 mod scrape;
 mod soak;
 mod tcp;
+mod tick;
 pub(crate) mod util;
 
 const LOOP_C: &str = include_str!("ioctl_loop.c");
@@ -193,6 +194,9 @@ pub fn bench() -> Result<()> {
         md.push_str(&section("footprint", || {
             footprint::section(&nodewatch, &looper, &dir)
         }));
+    }
+    if want("tick") {
+        md.push_str(&section("tick", || tick::section(&nodewatch, &dir)));
     }
     if want("scrape") {
         md.push_str(&section("scrape", || scrape::section(&nodewatch, &dir)));

@@ -59,9 +59,10 @@ commands:
           every cargo-fuzz target in fuzz/ for SECONDS each (default 60), seeded from the
           repository's config, rules and rule tests; fails on a crash, hang or leak
   package release build, then target/debian/nodewatch_<version>_<arch>.deb
-  bench   setup, release build, then every benchmark (as root; about 25 minutes): probe costs
+  bench   setup, release build, then every benchmark (as root; about 35 minutes): probe costs
           per ioctl, retransmit and listener packet against no probe and bpftrace, footprint
-          next to node_exporter, /metrics latency, the fault-injection scoreboard, the same
+          next to node_exporter, the idle tick's own CPU against an earlier revision,
+          /metrics latency, the fault-injection scoreboard, the same
           fault through Prometheus + Alertmanager, a 10-minute healthy run; rewrites
           BENCHMARKS.md";
 

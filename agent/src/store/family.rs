@@ -44,6 +44,14 @@ macro_rules! label_set {
     };
 }
 
+/// Sets a counter to a total kept elsewhere (a kernel map, a kernel counter): the kernel
+/// counts, the agent copies.
+pub fn set_total(counter: &Counter, total: u64) {
+    counter
+        .inner()
+        .store(total, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// One metric's samples as the rules see them, named as a scrape names them: a counter
 /// `<name>_total`, a histogram `<name>_bucket{le}`, `<name>_sum` and `<name>_count`.
 pub trait Sampled {
@@ -133,6 +141,12 @@ impl<L: fmt::Debug, M: fmt::Debug> fmt::Debug for Family<L, M> {
     }
 }
 
+impl<L, M> Family<L, M> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<L, M>> {
+        self.metrics.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl<L: LabelSet, M: Clone + Default> Family<L, M> {
     /// The metric of `labels`, created on first use. Metrics are handles: what is done to
     /// the returned one is done to the family's.
@@ -149,10 +163,6 @@ impl<L: LabelSet, M: Clone + Default> Family<L, M> {
         let mut w = self.metrics.write().unwrap_or_else(|e| e.into_inner());
         w.remove(labels).is_some()
     }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<L, M>> {
-        self.metrics.read().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl<L: LabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Family<L, M> {
@@ -167,6 +177,11 @@ impl<L: LabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Family<L, M> {
 
     fn metric_type(&self) -> MetricType {
         M::TYPE
+    }
+
+    /// A family without series is left out of the exposition, descriptor and all.
+    fn is_empty(&self) -> bool {
+        self.read().is_empty()
     }
 }
 

@@ -17,7 +17,7 @@ use prometheus_client::{
 };
 
 pub use self::{
-    family::{Family, GaugeF64, LabelSet, Sampled},
+    family::{Family, GaugeF64, LabelSet, Sampled, set_total},
     histogram::{LOG2_FIRST, LOG2_LAST, Log2Histogram},
     history::History,
     labels::Labels,
@@ -261,6 +261,23 @@ mod tests {
         let parsed = history::parse_exposition(&store.encode_openmetrics());
         assert!(typed.len() > 30, "{typed:?}");
         assert_eq!(key(&typed), key(&parsed));
+    }
+
+    #[test]
+    fn a_family_without_series_is_not_exported() {
+        label_set! {
+            struct L { port }
+        }
+        let mut store = Store::new();
+        let f = Family::<L, Counter>::default();
+        store.register("empty", "E", f.clone());
+        assert!(!store.encode_openmetrics().contains("nodewatch_empty"));
+        f.get_or_create(&L { port: "1".into() }).inc();
+        assert!(
+            store
+                .encode_openmetrics()
+                .contains("# TYPE nodewatch_empty counter")
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::ebpf::AttachError;
 use crate::{
     collectors::collector::CollectError,
-    store::{Family, label_set},
+    store::{Family, label_set, set_total},
 };
 
 label_set! {
@@ -38,12 +38,9 @@ impl PortLabels {
 /// Counters per port.
 pub type PortFamily = Family<PortLabels, Counter>;
 
-/// Sets a counter to a total kept elsewhere (a kernel map, a kernel counter).
+/// Sets the counter of `labels` to a total kept elsewhere.
 pub fn set_counter(family: &PortFamily, labels: PortLabels, total: u64) {
-    family
-        .get_or_create(&labels)
-        .inner()
-        .store(total, std::sync::atomic::Ordering::Relaxed);
+    set_total(&family.get_or_create(&labels), total);
 }
 
 /// A per-CPU kernel map of counts by port, which a probe's program adds to.

@@ -28,7 +28,7 @@ mod table;
 pub use self::config::NAME;
 use self::{
     config::GpuIoctlConfig,
-    report::{Cmd, DROP_REASONS, DropLabels, LineBudget, Metrics, comm, monotonic_ns, set_counter},
+    report::{Cmd, DROP_REASONS, DropLabels, LineBudget, Metrics, comm, monotonic_ns},
     table::Watched,
 };
 use crate::{
@@ -39,7 +39,7 @@ use crate::{
             kernel::{self, TracepointFormat},
         },
     },
-    store::Store,
+    store::{Store, set_total},
 };
 
 const ATTACH: &str =
@@ -222,7 +222,7 @@ impl Kernel {
             }
             let l = self.metrics.device(label);
             self.metrics.duration.get_or_create(&l).set(&buckets, sum);
-            set_counter(&self.metrics.stalls.get_or_create(&l), stalls);
+            set_total(&self.metrics.stalls.get_or_create(&l), stalls);
         }
         for (i, (slot, reason, cost)) in DROP_REASONS.into_iter().enumerate() {
             let n: u64 = self
@@ -237,7 +237,7 @@ impl Kernel {
             let c = self.metrics.dropped.get_or_create(&DropLabels {
                 reason: reason.into(),
             });
-            set_counter(&c, n);
+            set_total(&c, n);
             if self.dropped[i] == 0 && n > 0 {
                 tracing::warn!(
                     probe = NAME,

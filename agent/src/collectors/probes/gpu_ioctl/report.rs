@@ -116,10 +116,6 @@ impl LineBudget {
     }
 }
 
-pub fn set_counter(c: &Counter, total: u64) {
-    c.inner().store(total, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
