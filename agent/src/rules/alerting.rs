@@ -1,14 +1,13 @@
 //! Alert state: inactive → pending → firing → resolved, with `for` and `keep_firing_for`,
 //! exactly as Prometheus's `AlertingRule.Eval` moves it.
 
-use std::collections::HashMap;
-
 use super::{
     eval::Sample,
     template::{Data, Template},
 };
 use crate::{
     alerts::{Alert, RESOLVED_RETENTION_MS, State},
+    store::hash::HashMap,
     store::labels::{Labels, METRIC_NAME},
 };
 
@@ -33,7 +32,8 @@ pub fn evaluate(
     result: Vec<Sample>,
     ts: i64,
 ) -> Result<Vec<Sample>, String> {
-    let mut current: HashMap<Labels, Alert> = HashMap::with_capacity(result.len());
+    let mut current: HashMap<Labels, Alert> =
+        HashMap::with_capacity_and_hasher(result.len(), Default::default());
     for s in result {
         let data = Data {
             labels: &s.labels,
@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn pending_then_firing_then_resolved_then_forgotten() {
         let r = rule(2000, 0, &[]);
-        let mut active = HashMap::new();
+        let mut active = HashMap::default();
         let out = evaluate(&r, &mut active, hit(1.0), 0).unwrap();
         assert_eq!(state(&active), Some(State::Pending));
         assert_eq!(out[0].labels.get("alertstate"), Some("pending"));
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn pending_alert_that_goes_away_is_dropped() {
         let r = rule(5000, 0, &[]);
-        let mut active = HashMap::new();
+        let mut active = HashMap::default();
         evaluate(&r, &mut active, hit(1.0), 0).unwrap();
         evaluate(&r, &mut active, vec![], 1000).unwrap();
         assert!(active.is_empty());
@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn keep_firing_for_holds_a_firing_alert() {
         let r = rule(0, 2000, &[]);
-        let mut active = HashMap::new();
+        let mut active = HashMap::default();
         evaluate(&r, &mut active, hit(1.0), 0).unwrap();
         assert_eq!(state(&active), Some(State::Firing), "for: 0 fires at once");
         evaluate(&r, &mut active, vec![], 1000).unwrap();
@@ -222,7 +222,7 @@ mod tests {
             Template::parse("port {{ $labels.port }} at {{ $value }}").unwrap(),
         )];
         let r = rule(0, 0, &ann);
-        let mut active = HashMap::new();
+        let mut active = HashMap::default();
         evaluate(&r, &mut active, hit(1.5), 0).unwrap();
         evaluate(&r, &mut active, hit(2.5), 1000).unwrap();
         let a = active.values().next().unwrap();

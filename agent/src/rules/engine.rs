@@ -3,7 +3,7 @@
 //! instant), alerting rules move their alerts and write `ALERTS`; series a rule stops
 //! producing get a staleness marker.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap as StdHashMap;
 
 use super::{
     alerting,
@@ -13,6 +13,7 @@ use super::{
 use crate::{
     alerts::Alert,
     store::{
+        hash::{HashMap, HashSet},
         history::{History, Retention, stale},
         labels::{Labels, METRIC_NAME},
     },
@@ -33,9 +34,9 @@ impl RuleState {
     fn new(def: RuleDef) -> Self {
         Self {
             def,
-            active: HashMap::new(),
+            active: HashMap::default(),
             last_error: None,
-            written: HashSet::new(),
+            written: HashSet::default(),
         }
     }
 }
@@ -87,7 +88,7 @@ impl Engine {
     pub fn retention(&self, slack_ms: i64) -> Retention {
         let mut r = Retention {
             default_ms: slack_ms,
-            by_name: HashMap::new(),
+            by_name: StdHashMap::new(),
         };
         for (name, range) in self.rules().flat_map(|r| r.def.ranges.iter()) {
             let keep = range + slack_ms;
@@ -114,7 +115,7 @@ impl Engine {
     /// keeps its alerts; series that only the old rules wrote get a staleness marker at the next
     /// evaluation.
     pub fn replace(&mut self, defs: Vec<GroupDef>) {
-        let mut old: HashMap<(String, String), Vec<RuleState>> = self
+        let mut old: StdHashMap<(String, String), Vec<RuleState>> = self
             .groups
             .drain(..)
             .map(|g| ((g.file, g.name), g.rules))

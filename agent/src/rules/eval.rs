@@ -3,7 +3,7 @@
 //! windows, staleness markers, metric names dropped where Prometheus drops them, and the same
 //! errors for ambiguous vector matching.
 
-use std::collections::{HashMap, HashSet};
+use crate::store::hash::{HashMap, HashSet};
 
 use promql_parser::parser::{
     BinaryExpr, Expr, LabelModifier, MatrixSelector, VectorSelector,
@@ -144,7 +144,7 @@ impl Source for Evaluator<'_> {
 
 /// Prometheus refuses a result with two samples of the same label set.
 pub fn no_duplicates(v: Vec<Sample>) -> Result<Vec<Sample>, EvalError> {
-    let mut seen = HashSet::with_capacity(v.len());
+    let mut seen = HashSet::with_capacity_and_hasher(v.len(), Default::default());
     if v.iter().all(|s| seen.insert(&s.labels)) {
         Ok(v)
     } else {
@@ -217,7 +217,8 @@ fn vector_vector(
     names: &[String],
     return_bool: bool,
 ) -> Result<Vec<Sample>, EvalError> {
-    let mut right: HashMap<Vec<(String, String)>, &Sample> = HashMap::with_capacity(rhs.len());
+    let mut right: HashMap<Vec<(String, String)>, &Sample> =
+        HashMap::with_capacity_and_hasher(rhs.len(), Default::default());
     for rs in &rhs {
         let sig = rs.labels.signature(on, names);
         if let Some(dup) = right.get(&sig) {
@@ -229,7 +230,7 @@ fn vector_vector(
         }
         right.insert(sig, rs);
     }
-    let mut matched = HashSet::new();
+    let mut matched = HashSet::default();
     let mut out = Vec::new();
     for ls in lhs {
         let sig = ls.labels.signature(on, names);

@@ -2,7 +2,7 @@
 //! and `engine.go` so that results are equal bit for bit (same extrapolation, same order of
 //! floating-point operations).
 
-use std::collections::HashMap;
+use crate::store::hash::HashMap;
 
 use promql_parser::{
     label::MatchOp,
@@ -216,7 +216,7 @@ fn absent_labels(e: &Expr) -> Labels {
 
 /// `histogram_quantile` over classic buckets (`le` labels), Prometheus's `bucketQuantile`.
 pub fn histogram_quantile(q: f64, v: Vec<Sample>) -> Vec<Sample> {
-    let mut groups: HashMap<Labels, (Labels, Vec<(f64, f64)>)> = HashMap::new();
+    let mut groups: HashMap<Labels, (Labels, Vec<(f64, f64)>)> = HashMap::default();
     let mut order = Vec::new();
     for s in v {
         let Some(upper) = s.labels.get("le").and_then(parse_go_float) else {
@@ -312,7 +312,7 @@ pub fn aggregate(op: u16, modifier: Option<&LabelModifier>, v: Vec<Sample>) -> V
         mean: f64,
         count: f64,
     }
-    let mut index: HashMap<Vec<(String, String)>, usize> = HashMap::new();
+    let mut index: HashMap<Vec<(String, String)>, usize> = HashMap::default();
     let mut groups: Vec<Group> = Vec::new();
     for s in v {
         let (key, labels) = match modifier {

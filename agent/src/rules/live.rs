@@ -3,11 +3,7 @@
 //! `/api/v1/alerts`, node health and the notifiers, and as `nodewatch_alerts`. A reload swaps
 //! the rules and keeps the alerts of unchanged ones.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::Arc,
-    time::Instant,
-};
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
@@ -18,7 +14,7 @@ use super::{
 };
 use crate::{
     alerts::{Alert, Published, State},
-    store::{Family, GaugeF64, Labels, Store, history, label_set, names},
+    store::{Family, GaugeF64, Labels, Store, hash::HashMap, history, label_set, names},
     yaml::Error as RuleError,
 };
 
@@ -115,7 +111,7 @@ impl LiveRules {
             metrics,
             interval_ms,
             view: Arc::default(),
-            last: HashMap::new(),
+            last: HashMap::default(),
             failing: BTreeSet::new(),
         };
         r.install(defs);
@@ -241,9 +237,9 @@ impl LiveRules {
     }
 
     fn publish(&mut self) {
-        let mut counts: HashMap<&str, (i64, i64)> = HashMap::new();
+        let mut counts: HashMap<&str, (i64, i64)> = HashMap::default();
         let mut view = Vec::new();
-        let mut now = HashMap::new();
+        let mut now = HashMap::default();
         for r in self.engine.rules().filter(|r| r.def.kind == Kind::Alerting) {
             let c = counts.entry(&r.def.name).or_default();
             for a in r.active.values() {

@@ -52,49 +52,71 @@ pub fn set_total(counter: &Counter, total: u64) {
         .store(total, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// One metric's samples as the rules see them, named as a scrape names them: a counter
-/// `<name>_total`, a histogram `<name>_bucket{le}`, `<name>_sum` and `<name>_count`.
-pub trait Sampled {
-    /// Appends the samples of this metric, whose family is `name`, with `labels` added.
-    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>);
+/// The sample names of one family, made once at registration: a counter is read as
+/// `<name>_total`, a histogram as `<name>_bucket{le}`, `<name>_sum` and `<name>_count`.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub plain: String,
+    pub total: String,
+    pub bucket: String,
+    pub sum: String,
+    pub count: String,
 }
 
-fn named(labels: &Labels, name: String) -> Labels {
-    let mut l = labels.clone();
-    l.set(super::labels::METRIC_NAME.into(), name);
-    l
+impl Names {
+    /// The names of family `name` (with its prefix).
+    pub fn of(name: &str) -> Self {
+        Self {
+            plain: name.to_string(),
+            total: format!("{name}_total"),
+            bucket: format!("{name}_bucket"),
+            sum: format!("{name}_sum"),
+            count: format!("{name}_count"),
+        }
+    }
+}
+
+/// One metric's samples as the rules see them, named as a scrape names them.
+pub trait Sampled {
+    /// Appends the samples of this metric, with `labels` (the family's label set) added.
+    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>);
+}
+
+fn named(mut labels: Labels, name: &str) -> Labels {
+    labels.set(super::labels::METRIC_NAME.into(), name.to_string());
+    labels
 }
 
 impl Sampled for Counter {
-    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
-        out.push((named(labels, format!("{name}_total")), self.get() as f64));
+    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
+        out.push((named(labels, &names.total), self.get() as f64));
     }
 }
 
 impl Sampled for Counter<f64, AtomicU64> {
-    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
-        out.push((named(labels, format!("{name}_total")), self.get()));
+    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
+        out.push((named(labels, &names.total), self.get()));
     }
 }
 
 impl Sampled for Gauge {
-    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
-        out.push((named(labels, name.to_string()), self.get() as f64));
+    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
+        out.push((named(labels, &names.plain), self.get() as f64));
     }
 }
 
 impl Sampled for GaugeF64 {
-    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
-        out.push((named(labels, name.to_string()), self.get()));
+    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
+        out.push((named(labels, &names.plain), self.get()));
     }
 }
 
 impl Sampled for Log2Histogram {
-    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
+    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
         let (sum, count, buckets) = self.exported();
-        out.push((named(labels, format!("{name}_sum")), sum));
-        out.push((named(labels, format!("{name}_count")), count as f64));
-        let bucket = named(labels, format!("{name}_bucket"));
+        out.push((named(labels.clone(), &names.sum), sum));
+        out.push((named(labels.clone(), &names.count), count as f64));
+        let bucket = named(labels, &names.bucket);
         let mut cumulative = 0;
         for (bound, n) in buckets {
             cumulative += n;
@@ -186,12 +208,12 @@ impl<L: LabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Family<L, M> {
 }
 
 impl<L: LabelSet, M: Sampled> Sampled for Family<L, M> {
-    fn samples(&self, name: &str, labels: &Labels, out: &mut Vec<(Labels, f64)>) {
+    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
         let metrics = self.metrics.read().unwrap_or_else(|e| e.into_inner());
         for (set, m) in metrics.iter() {
             let mut l = labels.clone();
             set.write(&mut l);
-            m.samples(name, &l, out);
+            m.samples(names, l, out);
         }
     }
 }

@@ -3,7 +3,9 @@
 //! vanish get a staleness marker, exactly as a Prometheus scrape writes one, so rules see the
 //! same thing a Prometheus scraping this agent would.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::hash::HashSet;
 
 use promql_parser::label::Matcher;
 
@@ -117,7 +119,7 @@ impl History {
                 by_name: HashMap::new(),
             },
             dropped: 0,
-            scraped: HashSet::new(),
+            scraped: HashSet::default(),
         }
     }
 
@@ -185,7 +187,7 @@ impl History {
     /// Appends what one collection produced at `t`; series that were in the previous one and
     /// are missing now get a staleness marker.
     pub fn ingest_scrape(&mut self, t: i64, samples: Vec<(Labels, f64)>) {
-        let mut now = HashSet::with_capacity(samples.len());
+        let mut now = HashSet::with_capacity_and_hasher(samples.len(), Default::default());
         for (labels, v) in samples {
             self.append(&labels, t, v);
             now.insert(labels);

@@ -27,6 +27,11 @@ impl Labels {
         l
     }
 
+    /// An empty label set with room for `n` labels.
+    pub fn with_capacity(n: usize) -> Self {
+        Self(Vec::with_capacity(n))
+    }
+
     /// The value of `name`, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0

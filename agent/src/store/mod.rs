@@ -3,6 +3,7 @@
 //! rules, and the short per-series history the rules evaluate over.
 
 mod family;
+pub mod hash;
 mod histogram;
 pub mod history;
 pub mod labels;
@@ -17,7 +18,7 @@ use prometheus_client::{
 };
 
 pub use self::{
-    family::{Family, GaugeF64, LabelSet, Sampled, set_total},
+    family::{Family, GaugeF64, LabelSet, Names, Sampled, set_total},
     histogram::{LOG2_FIRST, LOG2_LAST, Log2Histogram},
     history::History,
     labels::Labels,
@@ -64,9 +65,11 @@ impl<T: Sampled + Send + Sync> Readable for T {}
 pub struct Store {
     registry: Registry,
     /// Each registered metric under its full name, in registration order.
-    readers: Vec<(String, Box<dyn Readable>)>,
+    readers: Vec<(Names, Box<dyn Readable>)>,
     pub own: SelfMetrics,
     history: Mutex<History>,
+    /// How many samples the last read gave, to size the next.
+    last_len: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Store {
@@ -83,6 +86,7 @@ impl Store {
             readers: Vec::new(),
             own: SelfMetrics::default(),
             history: Mutex::new(History::new(0, history::DEFAULT_MAX_SERIES)),
+            last_len: std::sync::atomic::AtomicUsize::new(64),
         };
         store
             .history()
@@ -130,18 +134,19 @@ impl Store {
     {
         self.registry.register(name, help, metric.clone());
         self.readers
-            .push((format!("{PREFIX}_{name}"), Box::new(metric)));
+            .push((Names::of(&format!("{PREFIX}_{name}")), Box::new(metric)));
     }
 
     /// Every sample of every registered metric now, as a scrape of `/metrics` would see it:
     /// label sets with `__name__`, counters as `_total`, histograms as `_bucket{le}`, `_sum`
     /// and `_count` (no `_created`).
     pub fn samples(&self) -> Vec<(Labels, f64)> {
-        let mut out = Vec::with_capacity(256);
-        let none = Labels::new();
-        for (name, m) in &self.readers {
-            m.samples(name, &none, &mut out);
+        let mut out = Vec::with_capacity(self.last_len.load(std::sync::atomic::Ordering::Relaxed));
+        for (names, m) in &self.readers {
+            m.samples(names, Labels::with_capacity(3), &mut out);
         }
+        self.last_len
+            .store(out.len(), std::sync::atomic::Ordering::Relaxed);
         out
     }
 

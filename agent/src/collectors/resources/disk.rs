@@ -1,7 +1,9 @@
 //! Disk usage of real filesystems: mounts from `<proc>/self/mountinfo`, usage from statvfs.
 //!
-//! statvfs on a hung network filesystem never returns, so each call runs on a short-lived
-//! thread and is given up after a deadline; the mount is skipped until that call comes back.
+//! statvfs on a hung network filesystem never returns, so calls on filesystems that are not
+//! known to be local run on a helper thread and are given up after a deadline; the mount is
+//! skipped until that call comes back. The mount table is parsed again only when the kernel
+//! says it changed.
 
 use std::{
     collections::HashSet,
@@ -195,7 +197,11 @@ impl Worker {
 }
 
 impl Statvfs {
-    pub fn stat(&mut self, point: &Path, deadline: Duration) -> StatResult {
+    pub fn stat(&mut self, point: &Path, fstype: &str, deadline: Duration) -> StatResult {
+        if LOCAL_FSTYPES.contains(&fstype) {
+            // Answered from the superblock in memory: no device or server to wait for.
+            return Self::answer(statvfs(point));
+        }
         {
             let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
             if stuck.contains(point) {
@@ -226,18 +232,92 @@ impl Statvfs {
         match worker.answers.recv_timeout(deadline) {
             Ok(result) => {
                 self.worker = Some(worker);
-                match result {
-                    Ok(st) => used_ratio(&st).map_or(
-                        StatResult::Failed(std::io::Error::other("empty filesystem")),
-                        StatResult::Ratio,
-                    ),
-                    Err(e) => StatResult::Failed(e),
-                }
+                Self::answer(result)
             }
             // The worker is stuck in this call (the mount stays marked until it returns); it
             // is dropped here, so it ends once the call comes back.
             Err(_) => StatResult::Hung,
         }
+    }
+}
+
+impl Statvfs {
+    fn answer(result: std::io::Result<libc::statvfs>) -> StatResult {
+        match result {
+            Ok(st) => used_ratio(&st).map_or(
+                StatResult::Failed(std::io::Error::other("empty filesystem")),
+                StatResult::Ratio,
+            ),
+            Err(e) => StatResult::Failed(e),
+        }
+    }
+}
+
+/// Filesystems on local block devices: statvfs reads their counters from memory.
+const LOCAL_FSTYPES: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "vfat", "exfat", "jfs", "reiserfs", "zfs",
+];
+
+/// The mount table of `<proc>/self/mountinfo`, parsed again only when the kernel signals a
+/// change on it (it does, with `POLLPRI`, for procfs; a file elsewhere, as in tests, is read
+/// every time).
+#[derive(Default)]
+pub struct MountTable {
+    file: Option<std::fs::File>,
+    watchable: bool,
+    mounts: Vec<Mount>,
+}
+
+impl MountTable {
+    /// The mounts now.
+    pub fn read(&mut self, path: &Path) -> std::io::Result<&[Mount]> {
+        use std::io::{Read, Seek};
+        let changed = match &self.file {
+            None => true,
+            Some(_) if !self.watchable => true,
+            Some(f) => {
+                let mut p = libc::pollfd {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(f),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, no waiting.
+                let n = unsafe { libc::poll(&mut p, 1, 0) };
+                n != 0 || p.revents != 0
+            }
+        };
+        if !changed {
+            return Ok(&self.mounts);
+        }
+        let mut f = match self.file.take() {
+            Some(mut f) => {
+                f.rewind()?;
+                f
+            }
+            None => {
+                let f = std::fs::File::open(path)?;
+                self.watchable = on_procfs(&f);
+                f
+            }
+        };
+        let mut text = String::new();
+        let read = f.read_to_string(&mut text);
+        if read.is_ok() {
+            self.file = Some(f);
+        }
+        read?;
+        self.mounts = parse_mountinfo(&text);
+        Ok(&self.mounts)
+    }
+}
+
+/// Whether `f` lives on procfs, whose mountinfo signals changes.
+pub fn on_procfs(f: &std::fs::File) -> bool {
+    // SAFETY: a zeroed statfs for the kernel to fill, on an open fd.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(f), &mut st) == 0
+            && st.f_type == libc::PROC_SUPER_MAGIC
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use serde::Deserialize;
 
-use self::disk::{DiskConfig, StatResult, Statvfs};
+use self::disk::{DiskConfig, MountTable, StatResult, Statvfs};
 use super::collector::{CollectError, Collector, Env};
 use crate::store::{Family, GaugeF64, Store, label_set, names};
 
@@ -64,6 +64,9 @@ pub struct Resources {
     proc_root: PathBuf,
     disk_cfg: DiskConfig,
     statvfs: Statvfs,
+    mount_table: MountTable,
+    /// The `/proc` files read every tick, kept open.
+    open: std::collections::HashMap<&'static str, ProcFile>,
     prev_cpu: Option<CpuTimes>,
     /// Mounts reported last tick, to drop the series of unmounted ones.
     mounts: HashSet<String>,
@@ -83,6 +86,8 @@ impl Resources {
             proc_root: proc_root.to_path_buf(),
             disk_cfg: cfg.disk.clone(),
             statvfs: Statvfs::default(),
+            mount_table: MountTable::default(),
+            open: Default::default(),
             prev_cpu: None,
             mounts: HashSet::new(),
             complained: HashSet::new(),
@@ -154,12 +159,16 @@ impl Collector for Resources {
 }
 
 impl Resources {
-    fn read(&self, rel: &str) -> Result<String, CollectError> {
+    fn read(&mut self, rel: &'static str) -> Result<String, CollectError> {
         let path = self.proc_root.join(rel);
-        std::fs::read_to_string(&path).map_err(|source| CollectError::Read {
-            path: path.display().to_string(),
-            source,
-        })
+        self.open
+            .entry(rel)
+            .or_default()
+            .read(&path)
+            .map_err(|source| CollectError::Read {
+                path: path.display().to_string(),
+                source,
+            })
     }
 
     fn parse_error(&self, rel: &str, message: &str) -> CollectError {
@@ -203,8 +212,11 @@ impl Resources {
     /// Missing PSI (old kernel, `psi=0`) is not an error: there is simply no series.
     fn collect_pressure(&mut self) {
         for resource in ["cpu", "memory", "io"] {
-            let Ok(text) = std::fs::read_to_string(self.proc_root.join("pressure").join(resource))
-            else {
+            let Ok(text) = self.read(match resource {
+                "cpu" => "pressure/cpu",
+                "memory" => "pressure/memory",
+                _ => "pressure/io",
+            }) else {
                 continue;
             };
             for (kind, avg10) in pressure(&text) {
@@ -219,12 +231,22 @@ impl Resources {
     }
 
     fn collect_disks(&mut self) -> Result<(), CollectError> {
-        let text = self.read("self/mountinfo")?;
-        let mounts = disk::select(&disk::parse_mountinfo(&text), &self.disk_cfg);
+        let path = self.proc_root.join("self/mountinfo");
+        let table = self
+            .mount_table
+            .read(&path)
+            .map_err(|source| CollectError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let mounts = disk::select(table, &self.disk_cfg);
         let mut now = HashSet::new();
         for m in mounts {
             let label = m.point.display().to_string();
-            match self.statvfs.stat(&m.point, Duration::from_millis(500)) {
+            match self
+                .statvfs
+                .stat(&m.point, &m.fstype, Duration::from_millis(500))
+            {
                 StatResult::Ratio(r) => {
                     self.disk
                         .get_or_create(&MountLabels {
@@ -253,6 +275,33 @@ impl Resources {
         }
         self.mounts = now;
         Ok(())
+    }
+}
+
+/// A `/proc` file read every tick: on procfs it stays open and is read again from its start
+/// (no path lookup each time); anywhere else (fixture trees) it is opened each time, so a file
+/// that goes away is an error.
+#[derive(Default)]
+struct ProcFile {
+    file: Option<std::fs::File>,
+}
+
+impl ProcFile {
+    fn read(&mut self, path: &Path) -> std::io::Result<String> {
+        use std::io::{Read, Seek};
+        let (mut f, kept) = match self.file.take() {
+            Some(mut f) => {
+                f.rewind()?;
+                (f, true)
+            }
+            None => (std::fs::File::open(path)?, false),
+        };
+        let mut text = String::with_capacity(4096);
+        f.read_to_string(&mut text)?;
+        if kept || disk::on_procfs(&f) {
+            self.file = Some(f);
+        }
+        Ok(text)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::unix::fs::{FileTypeExt, MetadataExt},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 /// How the kernel identifies a watched device. Numbers are plain majors and minors; the
@@ -99,6 +99,58 @@ pub fn scan(globs: &[String], proc_devices: &str) -> Vec<Watch> {
     out.sort();
     out.dedup();
     out
+}
+
+/// What a scan's result depends on, cheap to read again: `/proc/devices`, and the identity
+/// and change times of the folders the globs list and of what they matched. Equal stamps mean
+/// a new scan would find the same devices (a device node that comes or goes changes its
+/// folder's mtime; a file system mounted over a folder changes its identity). None where a
+/// glob has a wildcard before its last part: such globs are scanned every time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    proc_devices: String,
+    paths: Vec<(PathBuf, Option<[i64; 7]>)>,
+}
+
+/// The stamp of `globs` now, given `/proc/devices` and the watches of the last scan.
+pub fn stamp(globs: &[String], proc_devices: &str, last: &[Watch]) -> Option<Stamp> {
+    let mut paths = BTreeSet::new();
+    for g in globs {
+        let p = Path::new(g);
+        let parent = p.parent()?;
+        if parent.to_string_lossy().contains(['*', '?', '[']) {
+            return None;
+        }
+        paths.insert(parent.to_path_buf());
+    }
+    for w in last {
+        let p = PathBuf::from(&w.label);
+        if let Some(parent) = p.parent() {
+            paths.insert(parent.to_path_buf());
+        }
+        paths.insert(p);
+    }
+    let paths = paths
+        .into_iter()
+        .map(|p| {
+            let s = std::fs::metadata(&p).ok().map(|m| {
+                [
+                    m.dev() as i64,
+                    m.ino() as i64,
+                    m.rdev() as i64,
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                ]
+            });
+            (p, s)
+        })
+        .collect();
+    Some(Stamp {
+        proc_devices: proc_devices.to_string(),
+        paths,
+    })
 }
 
 fn char_devices_in(dir: &Path, registered: &BTreeSet<u32>) -> Vec<Watch> {

@@ -350,6 +350,11 @@ impl Collector for Kernel {
     }
     fn collect(&mut self) -> Result<(), CollectError> {
         let devices = self.refresh_devices();
+        if !self.attached {
+            // No program runs yet: the kernel's maps hold nothing to read (and walking the
+            // empty in-flight table still scans all its buckets).
+            return devices;
+        }
         self.drain_stalls();
         self.read_histograms()?;
         self.walk_inflight()?;

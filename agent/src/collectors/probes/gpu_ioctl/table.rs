@@ -13,7 +13,7 @@ use nodewatch_common::gpu_ioctl::{
     MAJORS_MAP, MAX_DEVICES, MAX_KEYS, MAX_MAJORS, MINOR_SLOTS, MajorWatch,
 };
 
-use super::devices::{Ident, block_majors, kernel_dev, scan};
+use super::devices::{Ident, Stamp, Watch, block_majors, kernel_dev, scan, stamp};
 use crate::collectors::collector::CollectError;
 
 /// What the kernel's maps should hold for a set of watched devices.
@@ -108,7 +108,17 @@ pub struct Watched {
     labels: Vec<String>,
     applied: Plan,
     full_warned: bool,
+    /// The watches of the last scan, and what they depended on then.
+    last: Vec<Watch>,
+    stamp: Option<Stamp>,
+    /// `/proc/devices` as last read, and the refreshes since.
+    proc_text: String,
+    since_read: u32,
 }
+
+/// How many refreshes may pass without reading `/proc/devices` when no watched folder
+/// changed: a driver that registers with no node here is picked up within that many ticks.
+const PROC_DEVICES_EVERY: u32 = 5;
 
 impl Watched {
     pub fn new(
@@ -125,6 +135,10 @@ impl Watched {
             labels: Vec::new(),
             applied: Plan::default(),
             full_warned: false,
+            last: Vec::new(),
+            stamp: None,
+            proc_text: String::new(),
+            since_read: 0,
         }
     }
 
@@ -158,14 +172,31 @@ impl Watched {
     /// Re-reads the globs and `/proc/devices` and brings the kernel's maps in line. Returns
     /// whether anything is watched now.
     pub fn refresh(&mut self) -> Result<bool, CollectError> {
+        // Globbing /dev and reading /proc/devices are most of this probe's cost per tick:
+        // skip them while nothing they depend on changed. The folders are checked every
+        // tick; /proc/devices (a driver loaded with no node here) every few.
+        self.since_read += 1;
+        if self.since_read < PROC_DEVICES_EVERY
+            && self.stamp.is_some()
+            && stamp(&self.globs, &self.proc_text, &self.last) == self.stamp
+        {
+            return Ok(self.applied.any());
+        }
         let text =
             std::fs::read_to_string(&self.proc_devices).map_err(|source| CollectError::Read {
                 path: self.proc_devices.display().to_string(),
                 source,
             })?;
+        self.since_read = 0;
+        let now = stamp(&self.globs, &text, &self.last);
+        self.proc_text.clone_from(&text);
+        if now.is_some() && now == self.stamp {
+            return Ok(self.applied.any());
+        }
+        let found = scan(&self.globs, &text);
         let mut watches = Vec::new();
         let mut seen = BTreeSet::new();
-        for w in scan(&self.globs, &text) {
+        for w in found.iter().cloned() {
             // Two paths to one device (a symlink, a second node): the first names it.
             if !seen.insert(w.ident) {
                 continue;
@@ -179,6 +210,9 @@ impl Watched {
         self.apply(&plan)?;
         let any = plan.any();
         self.applied = plan;
+        // The stamp taken before the scan: whatever changed during it shows next tick.
+        self.stamp = if found == self.last { now } else { None };
+        self.last = found;
         Ok(any)
     }
 
