@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::util::{Nodewatch, cpu_seconds, env_num, rss_mib};
+use super::util::{Nodewatch, env_num, rss_mib};
 
 /// The revision the tick is compared with: the last one whose rules read the registry as
 /// text encoded and parsed back every tick.
@@ -56,6 +56,22 @@ fn build_baseline(rev: &str, dir: &Path) -> Result<PathBuf> {
     Ok(tree.join("target/release/nodewatch"))
 }
 
+/// Nanoseconds on a CPU of every thread of `pid` so far (`/proc/<pid>/task/*/schedstat`):
+/// exact, unlike the 10 ms ticks of `utime`/`stime`, which a 1 ms burst per second only
+/// samples.
+fn run_ns(pid: u32) -> Result<f64> {
+    let mut total = 0.0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let text = std::fs::read_to_string(t?.path().join("schedstat"))?;
+        total += text
+            .split_whitespace()
+            .next()
+            .context("empty schedstat")?
+            .parse::<f64>()?;
+    }
+    Ok(total)
+}
+
 /// Mean of the gauge samples of `metric` per label set, over the texts scraped.
 fn gauge_means(texts: &[String], metric: &str) -> Vec<(String, f64)> {
     let mut sums: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
@@ -94,9 +110,9 @@ pub fn section(nodewatch: &Path, dir: &Path) -> Result<String> {
     let _ = writeln!(
         out,
         "\n## The tick's own cost\n\nThe idle agent: release build, embedded default config and rules, 1 s tick, \
-         nothing scraping it, no heartbeats or notifiers. CPU is user + system time of every \
-         thread from `/proc/<pid>/stat` over the window, as a share of one core (0.10 % is 1 ms \
-         of CPU per 1 s tick). `before` is the same agent built from `{rev}`, whose rules read \
+         nothing scraping it, no heartbeats or notifiers. CPU is the time every thread of the \
+         agent spent on a CPU (`/proc/<pid>/task/*/schedstat`, in ns) over the window, as a \
+         share of one core (0.10 % is 1 ms of CPU per 1 s tick). `before` is the same agent built from `{rev}`, whose rules read \
          the registry as OpenMetrics text encoded and parsed back every tick; both run side by \
          side over the same window. Reproduce: `NODEWATCH_BENCH_ONLY=tick \
          NODEWATCH_BENCH_TICK_SECS={secs} cargo xtask bench`.\n"
@@ -117,7 +133,7 @@ pub fn section(nodewatch: &Path, dir: &Path) -> Result<String> {
     ));
     let start: Vec<f64> = agents
         .iter()
-        .map(|(_, a)| cpu_seconds(a.proc.pid()))
+        .map(|(_, a)| run_ns(a.proc.pid()))
         .collect::<Result<_>>()?;
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(secs) {
@@ -127,7 +143,7 @@ pub fn section(nodewatch: &Path, dir: &Path) -> Result<String> {
     let used: Vec<f64> = agents
         .iter()
         .zip(&start)
-        .map(|((_, a), s)| Ok(cpu_seconds(a.proc.pid())? - s))
+        .map(|((_, a), s)| Ok((run_ns(a.proc.pid())? - s) / 1e9))
         .collect::<Result<_>>()?;
     let _ = writeln!(
         out,

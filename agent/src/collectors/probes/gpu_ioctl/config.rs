@@ -19,8 +19,10 @@ pub struct GpuIoctlConfig {
     /// Whether the probe runs. Default `true`. Its programs are loaded at start but attached
     /// only once a watched device exists, so a host without GPUs pays nothing.
     pub enabled: bool,
-    /// Device paths to watch, as absolute globs (`*`, `?`, `[...]`), re-read every tick so
-    /// devices that appear later (a driver loaded after start) are picked up. A character
+    /// Device paths to watch, as absolute globs (`*`, `?`, `[...]`), matched again whenever a
+    /// folder they name changes (checked every tick) so devices that appear later are picked
+    /// up at the next tick; `/proc/devices` is read again at least every 5 ticks (a driver
+    /// loaded after start with no node here). A character
     /// device is matched by major:minor, a regular file by (file system, inode). A driver in
     /// `/proc/devices` whose name matches a glob's last part (`nvidia-uvm` for
     /// `/dev/nvidia-uvm*`) is watched by its major even where its node does not exist here.
