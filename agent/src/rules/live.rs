@@ -92,8 +92,8 @@ impl RuleMetrics {
 /// The rules of the running agent.
 pub struct LiveRules {
     engine: Engine,
-    /// What the history must keep for these rules.
-    retention: history::Retention,
+    /// What the history must keep for rules just (re)loaded, handed to it at the next tick.
+    retention: Option<history::Retention>,
     metrics: RuleMetrics,
     interval_ms: i64,
     view: Published,
@@ -107,7 +107,7 @@ impl LiveRules {
     pub fn new(defs: Vec<GroupDef>, metrics: RuleMetrics, interval_ms: i64) -> Self {
         let mut r = Self {
             engine: Engine::new(Vec::new()),
-            retention: history::Retention::default(),
+            retention: None,
             metrics,
             interval_ms,
             view: Arc::default(),
@@ -134,7 +134,7 @@ impl LiveRules {
             .max()
             .unwrap_or(0)
             .max(retention.default_ms);
-        self.retention = retention;
+        self.retention = Some(retention);
         let new_names = self.alert_names();
         for gone in old_names.difference(&new_names) {
             for state in ["pending", "firing"] {
@@ -190,7 +190,9 @@ impl LiveRules {
         let started = Instant::now();
         let samples = store.samples();
         let mut history = store.history();
-        history.set_retention(self.retention.clone());
+        if let Some(r) = self.retention.take() {
+            history.set_retention(r);
+        }
         let dropped_before = history.dropped_samples();
         history.ingest_scrape(ts_ms, samples);
         let failures = self
