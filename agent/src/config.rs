@@ -13,7 +13,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::{
     collectors::{
-        self, ProbesConfig, heartbeats::config::HeartbeatsConfig, resources::ResourcesConfig,
+        self, ProbesConfig, containers::ContainersConfig, heartbeats::config::HeartbeatsConfig,
+        resources::ResourcesConfig,
     },
     health::config::HealthConfig,
     notify::config::NotifiersConfig,
@@ -41,6 +42,8 @@ pub struct Config {
     pub heartbeats: HeartbeatsConfig,
     /// Resource metrics: CPU, memory, load, disk usage, pressure stall information.
     pub resources: ResourcesConfig,
+    /// The `container` and `pod` labels: how a cgroup is traced to its container.
+    pub containers: ContainersConfig,
     /// Where alerts are sent: Alertmanager and webhooks. Default: none.
     pub notifiers: NotifiersConfig,
     /// Node health for the load balancer.
@@ -66,6 +69,7 @@ impl Default for Config {
             probes: ProbesConfig::default(),
             heartbeats: HeartbeatsConfig::default(),
             resources: ResourcesConfig::default(),
+            containers: ContainersConfig::default(),
             notifiers: NotifiersConfig::default(),
             health: HealthConfig::default(),
             spool_dir: PathBuf::from("/var/lib/nodewatch"),
@@ -83,6 +87,7 @@ const KEYS: &[&str] = &[
     "probes",
     "heartbeats",
     "resources",
+    "containers",
     "notifiers",
     "health",
     "spool_dir",
@@ -123,6 +128,7 @@ impl Config {
         c.probes = collectors::probes_config(&mut doc, &["probes"]);
         set(&mut doc, "heartbeats", &mut c.heartbeats);
         set(&mut doc, "resources", &mut c.resources);
+        set(&mut doc, "containers", &mut c.containers);
         set(&mut doc, "notifiers", &mut c.notifiers);
         set(&mut doc, "health", &mut c.health);
         set(&mut doc, "spool_dir", &mut c.spool_dir);
@@ -139,6 +145,7 @@ impl Config {
             probes: &self.probes,
             heartbeats: &self.heartbeats,
             resources: &self.resources,
+            containers: &self.containers,
         }
     }
 }

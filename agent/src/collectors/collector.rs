@@ -3,6 +3,8 @@
 
 use std::{any::Any, fmt, path::Path};
 
+use super::containers::SharedContainers;
+
 /// A running collector: an eBPF probe, or a plain one (the kernel log, `/proc`, heartbeats).
 /// It owns its kernel objects: dropping it detaches them.
 pub trait Collector: Send + Any {
@@ -33,6 +35,8 @@ pub trait Collector: Send + Any {
 pub struct Env<'a> {
     /// Root of the proc filesystem (`/proc`, or a fixture tree in tests).
     pub proc_root: &'a Path,
+    /// The agent's one cgroup id → container lookup, refreshed each tick before collection.
+    pub containers: &'a SharedContainers,
 }
 
 /// How a probe gets its data; the `mode` label of `nodewatch_probe_up`.

@@ -6,6 +6,7 @@
 //! `nodewatch_probe_missed_events_total`, `nodewatch_probe_up`) all go through [`ALL`].
 
 pub mod collector;
+pub mod containers;
 pub mod gpu_xid;
 pub mod heartbeats;
 pub mod probes;
@@ -15,6 +16,7 @@ use std::{any::Any, path::Path, time::Instant};
 
 pub use self::collector::{CollectError, Collector, Env, Mode};
 use self::{
+    containers::{Containers, ContainersConfig, SharedContainers},
     gpu_xid::GpuXidConfig,
     heartbeats::config::HeartbeatsConfig,
     probes::{
@@ -75,12 +77,20 @@ pub struct Settings<'a> {
     pub probes: &'a ProbesConfig,
     pub heartbeats: &'a HeartbeatsConfig,
     pub resources: &'a ResourcesConfig,
+    pub containers: &'a ContainersConfig,
 }
 
 impl Settings<'_> {
-    fn env(&self) -> Env<'_> {
+    /// The one cgroup id → container lookup the collectors share.
+    fn containers(&self) -> SharedContainers {
+        Containers::shared(self.containers, self.proc_root)
+    }
+
+    /// What every collector gets besides its section.
+    fn env<'a>(&'a self, containers: &'a SharedContainers) -> Env<'a> {
         Env {
             proc_root: self.proc_root,
+            containers,
         }
     }
 }
@@ -92,7 +102,7 @@ pub struct Def {
     pub enabled: fn(&Settings<'_>) -> bool,
     /// Registers its metric families and starts it in the best mode this host allows,
     /// degrading (eBPF → procfs, or off) with one WARN line.
-    pub start: fn(&Settings<'_>, &mut Store) -> Box<dyn Collector>,
+    pub start: fn(&Settings<'_>, Env<'_>, &mut Store) -> Box<dyn Collector>,
 }
 
 /// Every collector, in the order they start and run each tick.
@@ -100,32 +110,32 @@ pub const ALL: &[Def] = &[
     Def {
         name: tcp_retransmits::NAME,
         enabled: |s| s.probes.tcp_retransmits.enabled,
-        start: |s, store| tcp_retransmits::start(&s.probes.tcp_retransmits, s.env(), store),
+        start: |s, env, store| tcp_retransmits::start(&s.probes.tcp_retransmits, env, store),
     },
     Def {
         name: accept_queue::NAME,
         enabled: |s| s.probes.accept_queue.enabled,
-        start: |s, store| accept_queue::start(&s.probes.accept_queue, s.env(), store),
+        start: |s, env, store| accept_queue::start(&s.probes.accept_queue, env, store),
     },
     Def {
         name: gpu_ioctl::NAME,
         enabled: |s| s.probes.gpu_ioctl.enabled,
-        start: |s, store| gpu_ioctl::start(&s.probes.gpu_ioctl, s.env(), store),
+        start: |s, env, store| gpu_ioctl::start(&s.probes.gpu_ioctl, env, store),
     },
     Def {
         name: gpu_xid::NAME,
         enabled: |s| s.probes.gpu_xid.enabled,
-        start: |s, store| gpu_xid::start(&s.probes.gpu_xid, s.env(), store),
+        start: |s, env, store| gpu_xid::start(&s.probes.gpu_xid, env, store),
     },
     Def {
         name: resources::NAME,
         enabled: |s| s.resources.enabled,
-        start: |s, store| resources::start(s.resources, s.env(), store),
+        start: |s, env, store| resources::start(s.resources, env, store),
     },
     Def {
         name: heartbeats::NAME,
         enabled: |_| true,
-        start: |s, store| heartbeats::start(s.heartbeats, s.env(), store),
+        start: |s, env, store| heartbeats::start(s.heartbeats, env, store),
     },
 ];
 
@@ -140,19 +150,21 @@ struct Running {
 /// The collectors the config switches on, started.
 pub struct Collectors {
     running: Vec<Running>,
+    containers: SharedContainers,
 }
 
 impl Collectors {
     /// Starts every enabled collector of [`ALL`], registering its metrics in `store` and its
-    /// mode in `nodewatch_probe_up`.
+    /// mode in `nodewatch_probe_up`; all of them share one container lookup.
     pub fn start(settings: &Settings<'_>, store: &mut Store) -> Self {
+        let containers = settings.containers();
         let mut running = Vec::new();
         for def in ALL {
             if !(def.enabled)(settings) {
                 tracing::info!(collector = def.name, "disabled in config");
                 continue;
             }
-            let collector = (def.start)(settings, store);
+            let collector = (def.start)(settings, settings.env(&containers), store);
             if let Some(mode) = collector.mode() {
                 store
                     .own
@@ -173,7 +185,15 @@ impl Collectors {
             });
         }
         probes::kernel::release_btf();
-        Self { running }
+        Self {
+            running,
+            containers,
+        }
+    }
+
+    /// The container lookup the collectors share.
+    pub fn containers(&self) -> &SharedContainers {
+        &self.containers
     }
 
     /// `(name, mode)` of each collector that has modes, for `/api/v1/status`.
@@ -199,9 +219,13 @@ impl Collectors {
         self.running.iter().any(|r| r.collector.awaiting_attach())
     }
 
-    /// One tick: every collector collects, each timed, its failures counted and logged once
-    /// when they start and once when they stop.
+    /// One tick: the container lookup is refreshed, then every collector collects, each
+    /// timed, its failures counted and logged once when they start and once when they stop.
     pub fn collect(&mut self, own: &SelfMetrics) {
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .refresh(Instant::now());
         for r in &mut self.running {
             let started = Instant::now();
             let result = r.collector.collect();
@@ -241,6 +265,7 @@ impl Collectors {
 /// again. One line each: name, support, mode and how it attaches.
 pub fn describe(settings: &Settings<'_>) -> Vec<[String; 4]> {
     let mut store = Store::new();
+    let containers = settings.containers();
     ALL.iter()
         .map(|def| {
             if !(def.enabled)(settings) {
@@ -251,7 +276,7 @@ pub fn describe(settings: &Settings<'_>) -> Vec<[String; 4]> {
                     "disabled in config".into(),
                 ];
             }
-            let c = (def.start)(settings, &mut store);
+            let c = (def.start)(settings, settings.env(&containers), &mut store);
             let (support, mode) = match c.mode() {
                 Some(m) => (m.support(), m.as_str()),
                 None => ("yes", "-"),

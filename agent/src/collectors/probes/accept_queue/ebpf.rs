@@ -16,8 +16,8 @@ use nodewatch_common::{
 };
 
 use crate::collectors::{
+    containers::cgroup2_mount,
     probes::{ebpf::AttachError, kernel, ports::PortCounts},
-    resources::disk::parse_mountinfo,
 };
 
 /// The kernel object, built by `agent/build.rs`.
@@ -111,36 +111,4 @@ fn cgroup2_root(proc_root: &Path) -> Result<PathBuf, AttachError> {
         source,
     })?;
     cgroup2_mount(&text).ok_or_else(|| AttachError::NoCgroup2(path.display().to_string()))
-}
-
-/// The mount point of the first `cgroup2` line of mountinfo text.
-fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    parse_mountinfo(mountinfo)
-        .into_iter()
-        .find(|m| m.fstype == "cgroup2")
-        .map(|m| m.point)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount() {
-        let info = "24 30 0:22 / /sys rw,nosuid shared:7 - sysfs sysfs rw\n\
-                    35 24 0:30 / /sys/fs/cgroup ro shared:9 - tmpfs tmpfs ro,mode=755\n\
-                    36 35 0:31 / /sys/fs/cgroup/unified rw shared:10 - cgroup2 cgroup2 rw,nsdelegate\n\
-                    37 35 0:32 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n";
-        assert_eq!(
-            cgroup2_mount(info),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            cgroup2_mount("24 30 0:22 / /sys rw - sysfs sysfs rw\n"),
-            None
-        );
-        let odd = "36 35 0:31 / /mnt/my\\040cgroup rw - cgroup2 none rw\n";
-        assert_eq!(cgroup2_mount(odd), Some(PathBuf::from("/mnt/my cgroup")));
-        assert_eq!(cgroup2_mount("garbage\n - \n"), None);
-    }
 }
