@@ -361,7 +361,7 @@ fn thread_slots_are_freed_when_threads_exit() {
 }
 
 /// The id of the agent's in-flight map, found among its fds: the only hash map with 8-byte
-/// keys (pid_tgid), 16-byte values and 16384 entries.
+/// keys (pid_tgid), 24-byte values (start, device, command, cgroup) and 16384 entries.
 fn inflight_map_id(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
@@ -370,7 +370,7 @@ fn inflight_map_id(pid: u32) -> u64 {
             [
                 "map_type:\t1",
                 "key_size:\t8",
-                "value_size:\t16",
+                "value_size:\t24",
                 "max_entries:\t16384",
             ]
             .iter()

@@ -9,28 +9,36 @@
 //! - an ACK that would complete a handshake (request socket or SYN cookie) in
 //!   `tcp_v4_syn_recv_sock()` / `tcp_v6_syn_recv_sock()`, counting `ListenOverflows`.
 //!
-//! Those two cases are counted here, per listening port, except a SYN that a request socket
+//! Those two cases are counted here, per listening port and the listener's cgroup (v2 id,
+//! `bpf_sk_cgroup_id`), except a SYN that a request socket
 //! is already waiting for (a retransmitted SYN whose SYN-ACK was lost): the kernel hands it to
 //! `tcp_check_req()`, which answers with a SYN-ACK and counts nothing, so neither do we. The
 //! program never drops anything.
+//!
+//! It also notes every watched listener a packet reaches, by socket inode: its cgroup and its
+//! backlog limit. Userspace reads the queue length of listeners in other network namespaces
+//! from `/proc/<pid>/net/tcp`, which shows the inode but not the limit or the cgroup.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{
-        __sk_buff, BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        __sk_buff, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
-        bpf_probe_read_kernel, bpf_sk_fullsock, bpf_sk_release, bpf_skc_lookup_tcp,
-        bpf_skc_to_tcp_sock,
+        bpf_probe_read_kernel, bpf_sk_cgroup_id, bpf_sk_fullsock, bpf_sk_release,
+        bpf_skc_lookup_tcp, bpf_skc_to_tcp_sock,
     },
     macros::{cgroup_skb, map},
-    maps::PerCpuHashMap,
+    maps::{HashMap, LruHashMap},
     programs::SkBuffContext,
 };
-use nodewatch_common::{AcceptqOffsets, accept_queue::MAX_PORTS};
-use nodewatch_ebpf::counter_add;
+use nodewatch_common::{
+    AcceptqOffsets, FULL_CGROUP, ListenerSeen, PortCgroup,
+    accept_queue::{MAX_KEYS, MAX_LISTENERS, MAX_PORTS},
+};
+use nodewatch_ebpf::counter_add_nesting;
 
 nodewatch_ebpf::license!();
 
@@ -39,12 +47,24 @@ nodewatch_ebpf::license!();
 static ACCEPTQ_OFFSETS: AcceptqOffsets = AcceptqOffsets {
     ack_backlog: 0,
     max_ack_backlog: 0,
+    sk_socket: 0,
+    socket_ino: 0,
     valid: 0,
 };
 
-/// Listening port → overflows. Userspace inserts every watched port up front.
+/// The watched listening ports → 1, filled by userspace.
 #[map]
-static LISTEN_OVERFLOWS: PerCpuHashMap<u16, u64> = PerCpuHashMap::with_max_entries(MAX_PORTS, 0);
+static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// (port, cgroup) → overflows, shared by all CPUs and added to atomically. Userspace inserts
+/// `(port, FULL_CGROUP)` for every watched port up front.
+#[map]
+static LISTEN_OVERFLOWS: HashMap<PortCgroup, u64> =
+    HashMap::with_max_entries(MAX_KEYS + MAX_PORTS, 0);
+
+/// Socket inode → what was last seen of that watched listener.
+#[map]
+static LISTENERS: LruHashMap<u64, ListenerSeen> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
 
 const TCP_LISTEN: u32 = 10;
 const TCP_NEW_SYN_RECV: u32 = 12;
@@ -88,20 +108,84 @@ fn try_accept_queue(ctx: &SkBuffContext) -> Result<(), i64> {
     if state != TCP_LISTEN || protocol != IPPROTO_TCP {
         return Ok(());
     }
+    let port = port as u16;
     // Unwatched listeners cost one hash lookup.
-    let Some(slot) = LISTEN_OVERFLOWS.get_ptr_mut(port as u16) else {
+    // SAFETY: plain u8 values that userspace writes once.
+    if unsafe { LISTEN_PORTS.get(&port) }.is_none() {
         return Ok(());
-    };
-    if !queue_full(sk.cast(), &off)? {
+    }
+    // SAFETY: a full socket from the helper above.
+    let cgroup = unsafe { bpf_sk_cgroup_id(full.cast()) };
+    // SAFETY: the helper takes a possibly-null socket and returns a checked pointer.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) } as *const u8;
+    if tp.is_null() {
         return Ok(());
+    }
+    let (backlog, max) = backlog(tp, &off)?;
+    note_listener(tp, &off, port, cgroup, max);
+    if backlog <= max {
+        return Ok(()); // not sk_acceptq_is_full()
     }
     let seg = segment(ctx, skb)?;
     let dropped_syn = seg.flags & (SYN | ACK | RST | FIN) == SYN && !for_request_sock(ctx, &seg)?;
     let dropped_ack = seg.flags & (SYN | ACK | RST) == ACK;
     if dropped_syn || dropped_ack {
-        counter_add(slot, 1);
+        count(port, cgroup);
     }
     Ok(())
+}
+
+/// Adds one overflow to (port, cgroup), inserting the key on first use.
+#[inline(always)]
+fn count(port: u16, cgroup: u64) {
+    let key = PortCgroup::new(port, cgroup);
+    let slot = match LISTEN_OVERFLOWS.get_ptr_mut(&key) {
+        Some(slot) => Some(slot),
+        None => {
+            // EEXIST when another CPU inserted it first; a full map sends the count to the
+            // port's FULL_CGROUP slot.
+            let _ = LISTEN_OVERFLOWS.insert(&key, &0, BPF_NOEXIST as u64);
+            LISTEN_OVERFLOWS
+                .get_ptr_mut(&key)
+                .or_else(|| LISTEN_OVERFLOWS.get_ptr_mut(&PortCgroup::new(port, FULL_CGROUP)))
+        }
+    };
+    if let Some(slot) = slot {
+        // Packets for one listener arrive on every CPU.
+        counter_add_nesting(slot, 1);
+    }
+}
+
+/// Remembers a watched listener by its socket inode: its cgroup and backlog limit. A hash
+/// lookup per packet; a write only when something changed.
+#[inline(always)]
+fn note_listener(tp: *const u8, off: &AcceptqOffsets, port: u16, cgroup: u64, max: u32) {
+    let ino = || -> Result<u64, i64> {
+        // SAFETY: checked kernel reads at offsets from this kernel's BTF.
+        unsafe {
+            let socket: u64 =
+                bpf_probe_read_kernel(tp.wrapping_add(off.sk_socket as usize).cast())?;
+            if socket == 0 {
+                return Err(-1);
+            }
+            Ok(bpf_probe_read_kernel(
+                (socket as *const u8).wrapping_add(off.socket_ino as usize).cast(),
+            )?)
+        }
+    };
+    let Ok(ino) = ino() else {
+        return;
+    };
+    let seen = ListenerSeen {
+        cgroup,
+        max_backlog: max,
+        port,
+        _pad: 0,
+    };
+    // SAFETY: a value userspace only reads; a stale read here only costs an extra write.
+    if unsafe { LISTENERS.get(&ino) } != Some(&seen) {
+        let _ = LISTENERS.insert(&ino, &seen, 0);
+    }
 }
 
 /// Where a packet's TCP header starts, its IP version and its flags.
@@ -159,19 +243,16 @@ fn offsets() -> AcceptqOffsets {
     unsafe { core::ptr::read_volatile(&ACCEPTQ_OFFSETS) }
 }
 
-/// The kernel's `sk_acceptq_is_full()`: `sk_ack_backlog > sk_max_ack_backlog`.
+/// `sk_ack_backlog` and `sk_max_ack_backlog` of the listener's `tcp_sock` (from
+/// `bpf_skc_to_tcp_sock`); the queue is full (`sk_acceptq_is_full()`) when the first is
+/// larger.
 #[inline(always)]
-fn queue_full(sk: *mut core::ffi::c_void, off: &AcceptqOffsets) -> Result<bool, i64> {
-    // SAFETY: the helper returns a BTF pointer to the tcp_sock (or null); the reads go through
-    // bpf_probe_read_kernel, which checks them.
+fn backlog(tp: *const u8, off: &AcceptqOffsets) -> Result<(u32, u32), i64> {
+    // SAFETY: the reads go through bpf_probe_read_kernel, which checks them.
     unsafe {
-        let tp = bpf_skc_to_tcp_sock(sk) as *const u8;
-        if tp.is_null() {
-            return Ok(false);
-        }
         let backlog: u32 = bpf_probe_read_kernel(tp.wrapping_add(off.ack_backlog as usize).cast())?;
         let max: u32 = bpf_probe_read_kernel(tp.wrapping_add(off.max_ack_backlog as usize).cast())?;
-        Ok(backlog > max)
+        Ok((backlog, max))
     }
 }
 

@@ -2,8 +2,9 @@
 //! and `sched:sched_process_exit`. Reads current task → files → fdt → fd[n] → file → inode
 //! (`i_mode`, `i_rdev`, `i_sb` → `s_dev`, `i_ino`) to find the device behind the fd.
 //!
-//! At entry a call on a watched device is remembered per thread (start, device, command); at
-//! exit its duration goes into the device's power-of-two histogram, and a call that lasted
+//! At entry a call on a watched device is remembered per thread (start, device, command, the
+//! task's cgroup v2 id); at exit its duration goes into the power-of-two histogram of that
+//! device and cgroup, and a call that lasted
 //! the stall threshold or longer is counted and sent to userspace through a ring buffer.
 //! `sched:sched_process_exit` frees a thread's slot when the thread ends.
 #![no_std]
@@ -14,18 +15,20 @@ use core::ptr::read_volatile;
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task,
         bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
 };
 use nodewatch_common::gpu_ioctl::{
-    BUCKETS, Call, DROP_EVENTS, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey, ENTER_CMD_AT,
-    ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_BLOCK,
-    MAJOR_KEYS, MAX_DEVICES, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS, MINOR_BITS, MINOR_SLOTS,
-    MajorWatch, StallEvent, bucket,
+    BUCKETS, Call, DROP_EVENTS, DROP_HIST, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey,
+    ENTER_CMD_AT, ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, HistKey, KIND_CHR, KIND_FILE,
+    MAJOR_ALL, MAJOR_BLOCK, MAJOR_KEYS, MAX_HIST, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS, MINOR_BITS,
+    MINOR_SLOTS, MajorWatch, StallEvent, bucket,
 };
 use nodewatch_ebpf::counter_add;
 
@@ -57,8 +60,13 @@ static GPU_MAJORS: Array<MajorWatch> = Array::with_max_entries(MAX_MAJORS, 0);
 static GPU_KEYS: HashMap<DevKey, u32> = HashMap::with_max_entries(MAX_KEYS, 0);
 #[map]
 static GPU_INFLIGHT: HashMap<u64, Call> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+/// Entries are allocated on first use: preallocating them would cost every CPU a copy of
+/// every slot up front.
 #[map]
-static GPU_HIST: PerCpuArray<DevHist> = PerCpuArray::with_max_entries(MAX_DEVICES, 0);
+static GPU_HIST: PerCpuHashMap<HistKey, DevHist> =
+    PerCpuHashMap::with_max_entries(MAX_HIST, BPF_F_NO_PREALLOC);
+#[map]
+static GPU_HIST_ZERO: PerCpuArray<DevHist> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static GPU_STALLS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
@@ -271,6 +279,7 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
         Some(slot) => unsafe {
             (*slot).dev_idx = dev_idx;
             (*slot).cmd = cmd as u32;
+            (*slot).cgroup = cgroup_id();
             core::ptr::write_volatile(&raw mut (*slot).start_ns, now_ns());
         },
         None => {
@@ -278,6 +287,7 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
                 start_ns: now_ns(),
                 dev_idx,
                 cmd: cmd as u32,
+                cgroup: cgroup_id(),
             };
             if GPU_INFLIGHT.insert(id, call, 0).is_err() {
                 drop_one(DROP_INFLIGHT);
@@ -316,7 +326,10 @@ fn try_exit() -> Result<(), i32> {
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(&raw mut (*slot).start_ns, 0) };
     let ns = now_ns().saturating_sub(call.start_ns);
-    let hist = GPU_HIST.get_ptr_mut(call.dev_idx).ok_or(-1)?;
+    let Some(hist) = hist_of(call.dev_idx, call.cgroup) else {
+        drop_one(DROP_HIST);
+        return Ok(());
+    };
     let b = bucket(ns);
     if b >= BUCKETS {
         return Err(-1); // unreachable; tells the verifier the index is bounded
@@ -341,10 +354,36 @@ fn try_exit() -> Result<(), i32> {
         tid: id as u32,
         dev_idx: call.dev_idx,
         cmd: call.cmd,
+        cgroup: call.cgroup,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     });
     entry.submit(0);
     Ok(())
+}
+
+/// This CPU's histogram of (device, cgroup), created zeroed on first use; None when the map
+/// is full.
+#[inline(always)]
+fn hist_of(dev_idx: u32, cgroup: u64) -> Option<*mut DevHist> {
+    let key = HistKey {
+        cgroup,
+        dev_idx,
+        _pad: 0,
+    };
+    if let Some(h) = GPU_HIST.get_ptr_mut(&key) {
+        return Some(h);
+    }
+    // The zeroed template is never written.
+    let zero = GPU_HIST_ZERO.get(0)?;
+    // EEXIST if this thread was preempted by another inserting the same key: fine.
+    let _ = GPU_HIST.insert(&key, zero, BPF_NOEXIST as u64);
+    GPU_HIST.get_ptr_mut(&key)
+}
+
+#[inline(always)]
+fn cgroup_id() -> u64 {
+    // SAFETY: no preconditions; the current task's cgroup v2 id.
+    unsafe { bpf_get_current_cgroup_id() }
 }
 
 #[inline(always)]

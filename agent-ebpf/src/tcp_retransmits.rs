@@ -2,6 +2,9 @@
 //! (sk, req). Reads `sock_common.skc_num`/`skc_dport` of the socket or request socket and the
 //! skb's `tcp_skb_cb.tcp_gso_segs`, at offsets from the kernel's BTF.
 //!
+//! The socket's cgroup v2 id comes from `sock.sk_cgrp_data.cgroup → kn → id` (the listener's,
+//! for a SYN-ACK), so userspace can tell containers apart.
+//!
 //! Counts retransmitted segments per watched port the way the kernel's own `total_retrans`
 //! and `RetransSegs` do: `tcp_skb_pcount(skb)` segments per retransmitted skb, one per SYN-ACK.
 //! Raw tracepoints, not perf-based ones: the kernel guards a raw tracepoint program only
@@ -14,12 +17,13 @@
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
     macros::{map, raw_tracepoint},
-    maps::PerCpuHashMap,
+    bindings::BPF_NOEXIST,
+    maps::HashMap,
     programs::RawTracePointContext,
 };
 use nodewatch_common::{
-    RetransOffsets,
-    tcp_retransmits::{MAX_PORTS, OTHER_PORT},
+    FULL_CGROUP, PortCgroup, RetransOffsets,
+    tcp_retransmits::{MAX_KEYS, MAX_PORTS, OTHER_PORT},
 };
 use nodewatch_ebpf::counter_add_nesting;
 
@@ -32,12 +36,22 @@ static RETRANS_OFFSETS: RetransOffsets = RetransOffsets {
     skc_dport: 0,
     req_common: 0,
     skb_gso_segs: 0,
+    sk_cgroup: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
     valid: 0,
 };
 
-/// Port → segments. Userspace inserts every watched port and `OTHER_PORT` up front.
+/// The watched ports → 1, filled by userspace.
 #[map]
-static RETRANS_SEGS: PerCpuHashMap<u16, u64> = PerCpuHashMap::with_max_entries(MAX_PORTS + 1, 0);
+static RETRANS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+/// (port, cgroup) → segments. Shared by all CPUs and added to atomically: retransmits are
+/// rare next to the packets around them. Userspace inserts `(port, FULL_CGROUP)` for every
+/// watched port and `OTHER_PORT` up front.
+#[map]
+static RETRANS_SEGS: HashMap<PortCgroup, u64> =
+    HashMap::with_max_entries(MAX_KEYS + MAX_PORTS + 1, 0);
 
 // Errors that __tcp_retransmit_skb returns *before* it counts the retransmit: busy in the host
 // queue, nothing left to send, no memory, no route, no window. Any other error comes from the
@@ -105,7 +119,7 @@ fn try_retransmit_skb(ctx: &RawTracePointContext) -> Result<(), i64> {
     };
     let (local, remote) = ports(sk, &off)?;
     // tcp_skb_pcount() is at least one for anything on the retransmit queue.
-    count(local, remote, u64::from(segs.max(1)));
+    count(local, remote, cgroup(sk, &off), u64::from(segs.max(1)));
     Ok(())
 }
 
@@ -115,24 +129,57 @@ fn try_retransmit_synack(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Err(-1);
     }
     // TP_PROTO(const struct sock *sk, const struct request_sock *req): the request socket
-    // carries the connection's ports.
+    // carries the connection's ports, the listener its cgroup.
+    let sk: u64 = ctx.arg(0);
     let req: u64 = ctx.arg(1);
     let (local, remote) = ports(req + u64::from(off.req_common), &off)?;
     // The tracepoint fires only for a SYN-ACK that was sent; the kernel counts it as one.
-    count(local, remote, 1);
+    count(local, remote, cgroup(sk, &off), 1);
     Ok(())
 }
 
-/// Adds to the local port's slot, else the remote port's, else `other`.
+/// The cgroup v2 id of a full socket (0 where it cannot be read: no cgroup data).
 #[inline(always)]
-fn count(sport: u16, dport: u16, segs: u64) {
-    let slot = RETRANS_SEGS
-        .get_ptr_mut(sport)
-        .or_else(|| RETRANS_SEGS.get_ptr_mut(dport))
-        .or_else(|| RETRANS_SEGS.get_ptr_mut(OTHER_PORT));
+fn cgroup(sk: u64, off: &RetransOffsets) -> u64 {
+    let read = |base: u64, at: u32| -> Result<u64, i32> {
+        // SAFETY: checked kernel reads at offsets from this kernel's BTF.
+        unsafe { bpf_probe_read_kernel((base as *const u8).wrapping_add(at as usize).cast()) }
+    };
+    let id = || -> Result<u64, i32> {
+        let cgrp = read(sk, off.sk_cgroup)?;
+        let kn = read(cgrp, off.cgroup_kn)?;
+        read(kn, off.kn_id)
+    };
+    id().unwrap_or(0)
+}
+
+/// Adds to the (port, cgroup) slot of the local port if watched, else the remote port if
+/// watched, else `other`.
+#[inline(always)]
+fn count(sport: u16, dport: u16, cgroup: u64, segs: u64) {
+    // SAFETY: plain u8 values that userspace writes once.
+    let port = if unsafe { RETRANS_PORTS.get(&sport) }.is_some() {
+        sport
+    } else if unsafe { RETRANS_PORTS.get(&dport) }.is_some() {
+        dport
+    } else {
+        OTHER_PORT
+    };
+    let key = PortCgroup::new(port, cgroup);
+    let slot = match RETRANS_SEGS.get_ptr_mut(&key) {
+        Some(slot) => Some(slot),
+        None => {
+            // Another CPU may insert the same key first (EEXIST): either way it now exists,
+            // unless the map is full, when the count goes to the port's FULL_CGROUP slot.
+            let _ = RETRANS_SEGS.insert(&key, &0, BPF_NOEXIST as u64);
+            RETRANS_SEGS
+                .get_ptr_mut(&key)
+                .or_else(|| RETRANS_SEGS.get_ptr_mut(&PortCgroup::new(port, FULL_CGROUP)))
+        }
+    };
     if let Some(slot) = slot {
-        // The SYN-ACK program can run in softirq over the skb one in process context (or the
-        // reverse) on this CPU, both adding to the same port's slot.
+        // Every CPU adds to the same value, and the SYN-ACK program can run in softirq over
+        // the skb one in process context on this CPU: one atomic add each.
         counter_add_nesting(slot, segs);
     }
 }

@@ -1,6 +1,7 @@
 //! Helpers for tests that run the real `nodewatch` binary against the real kernel.
 #![allow(dead_code)]
 
+pub mod containers;
 pub mod fuse;
 pub mod haproxy;
 pub mod receiver;

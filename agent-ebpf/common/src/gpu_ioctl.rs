@@ -29,8 +29,15 @@ pub const KEYS_MAP: &str = "GPU_KEYS";
 /// Hash map thread (`pid_tgid`) → [`Call`]: one slot per live thread that has called a
 /// watched device; `start_ns` is 0 while the thread is not in such a call.
 pub const INFLIGHT_MAP: &str = "GPU_INFLIGHT";
-/// Per-CPU array, device index → [`DevHist`].
+/// Per-CPU hash map [`HistKey`] (device index, cgroup of the calling task) → [`DevHist`].
+/// The exit program inserts keys (entries are allocated as they are first used); userspace
+/// deletes those of cgroups that are gone.
 pub const HIST_MAP: &str = "GPU_HIST";
+/// One-entry per-CPU array holding a zeroed [`DevHist`], which the exit program copies into
+/// a new [`HIST_MAP`] key (too large for the BPF stack).
+pub const ZERO_MAP: &str = "GPU_HIST_ZERO";
+/// Most (device, cgroup) keys in [`HIST_MAP`].
+pub const MAX_HIST: u32 = 4096;
 /// Ring buffer of [`StallEvent`]s.
 pub const EVENTS_MAP: &str = "GPU_STALLS";
 /// Per-CPU array of drop counters, indexed by `DROP_*`.
@@ -75,7 +82,9 @@ pub const MAJOR_BLOCK: u32 = 8;
 pub const DROP_EVENTS: u32 = 0;
 /// Drop counter: the in-flight map was full, a watched call was not timed.
 pub const DROP_INFLIGHT: u32 = 1;
-pub const DROP_SLOTS: u32 = 2;
+/// Drop counter: the histogram map was full, a watched call was not counted.
+pub const DROP_HIST: u32 = 2;
+pub const DROP_SLOTS: u32 = 3;
 
 /// Histogram buckets: bucket `b` holds durations in `(2^(b-1), 2^b]` ns (bucket 0: 0 and
 /// 1 ns); the last bucket also takes everything longer (2^40 ns is about 18 minutes).
@@ -190,6 +199,17 @@ pub struct Call {
     pub start_ns: u64,
     pub dev_idx: u32,
     pub cmd: u32,
+    /// The calling task's cgroup v2 id at entry.
+    pub cgroup: u64,
+}
+
+/// Key of [`HIST_MAP`]: a device and the cgroup of the tasks calling it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HistKey {
+    pub cgroup: u64,
+    pub dev_idx: u32,
+    pub _pad: u32,
 }
 
 /// One device's counts on one CPU ([`HIST_MAP`] value).
@@ -219,6 +239,8 @@ impl Default for DevHist {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StallEvent {
     pub duration_ns: u64,
+    /// The calling task's cgroup v2 id.
+    pub cgroup: u64,
     /// Process (tgid) and thread ids.
     pub pid: u32,
     pub tid: u32,

@@ -7,8 +7,15 @@ pub mod tcp_retransmits {
     pub const OTHER_PORT: u16 = 0;
     /// Most ports a user can watch (plus the `other` slot).
     pub const MAX_PORTS: u32 = 256;
-    /// Per-CPU counter map: port (host order; `OTHER_PORT` for the rest) → segments retransmitted.
+    /// Hash map of the watched ports (host order) → 1, filled by userspace before attach.
+    pub const PORTS_MAP: &str = "RETRANS_PORTS";
+    /// Counter map [`crate::PortCgroup`] → segments retransmitted: the watched port at either
+    /// end (`OTHER_PORT` for the rest) and the cgroup of the socket. The programs insert keys;
+    /// userspace deletes those of cgroups that are gone.
     pub const COUNTS_MAP: &str = "RETRANS_SEGS";
+    /// Most (port, cgroup) keys; when the map is full a count goes to the port's
+    /// [`crate::FULL_CGROUP`] key, which userspace inserts up front.
+    pub const MAX_KEYS: u32 = 16384;
     /// Raw tracepoint programs, named after their tracepoints.
     pub const PROG_SKB: &str = "tcp_retransmit_skb";
     pub const PROG_SYNACK: &str = "tcp_retransmit_synack";
@@ -18,11 +25,56 @@ pub mod tcp_retransmits {
 pub mod accept_queue {
     /// Most listening ports a user can watch.
     pub const MAX_PORTS: u32 = 256;
-    /// Per-CPU counter map: listening port (host order) → connections the kernel dropped
-    /// because that listener's accept queue was full.
+    /// Hash map of the watched listening ports (host order) → 1, filled by userspace.
+    pub const PORTS_MAP: &str = "LISTEN_PORTS";
+    /// Counter map [`crate::PortCgroup`] → connections the kernel dropped because the
+    /// listener's accept queue was full, by listening port and the listener's cgroup.
     pub const OVERFLOWS_MAP: &str = "LISTEN_OVERFLOWS";
+    /// Most (port, cgroup) overflow keys (see [`crate::FULL_CGROUP`]).
+    pub const MAX_KEYS: u32 = 16384;
+    /// LRU hash map: socket inode (as `/proc/net/tcp` shows it) → [`crate::ListenerSeen`],
+    /// for every watched listener a packet reached: its cgroup and backlog limit.
+    pub const LISTENERS_MAP: &str = "LISTENERS";
+    pub const MAX_LISTENERS: u32 = 8192;
     /// The `cgroup_skb` ingress program.
     pub const PROG: &str = "accept_queue";
+}
+
+/// The cgroup a count goes to when its map is full (no cgroup has this id): exported under
+/// `container="other"`.
+pub const FULL_CGROUP: u64 = u64::MAX;
+
+/// Key of the TCP probes' counter maps: a port and the cgroup (v2 id) of the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortCgroup {
+    pub cgroup: u64,
+    pub port: u16,
+    pub _pad: [u16; 3],
+}
+
+impl PortCgroup {
+    #[inline(always)]
+    pub const fn new(port: u16, cgroup: u64) -> Self {
+        Self {
+            cgroup,
+            port,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What the accept-queue program last saw of a watched listener
+/// ([`accept_queue::LISTENERS_MAP`] value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerSeen {
+    /// The listener's cgroup v2 id (the cgroup of the task that created it).
+    pub cgroup: u64,
+    /// `sk_max_ack_backlog`: the accept queue's limit.
+    pub max_backlog: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// Where the accept-queue program finds a listener's queue length and limit: byte offsets of
@@ -32,6 +84,11 @@ pub mod accept_queue {
 pub struct AcceptqOffsets {
     pub ack_backlog: u32,
     pub max_ack_backlog: u32,
+    /// `sock.sk_socket`, from the start of `struct tcp_sock`.
+    pub sk_socket: u32,
+    /// The socket's inode number from its `struct socket`: `socket_alloc.vfs_inode` −
+    /// `socket_alloc.socket` + `inode.i_ino`.
+    pub socket_ino: u32,
     /// Set to 1 by userspace once the fields above are filled in.
     pub valid: u32,
 }
@@ -51,6 +108,11 @@ pub struct RetransOffsets {
     /// Byte offset of `tcp_skb_cb.tcp_gso_segs` from the start of `struct sk_buff`
     /// (`sk_buff.cb` plus the member's offset inside `struct tcp_skb_cb`).
     pub skb_gso_segs: u32,
+    /// The socket's cgroup v2 id: `sock.sk_cgrp_data` + `sock_cgroup_data.cgroup` (a
+    /// `struct cgroup *`), then `cgroup.kn` (a `struct kernfs_node *`), then `kernfs_node.id`.
+    pub sk_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
     /// Set to 1 by userspace once every field above is filled in.
     pub valid: u32,
 }
@@ -59,17 +121,22 @@ pub mod gpu_ioctl;
 
 #[cfg(feature = "user")]
 mod user {
-    use super::gpu_ioctl::{Call, DevHist, DevKey, GpuIoctlParams, MajorWatch, StallEvent};
+    use super::gpu_ioctl::{
+        Call, DevHist, DevKey, GpuIoctlParams, HistKey, MajorWatch, StallEvent,
+    };
 
     // SAFETY: plain old data, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::RetransOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AcceptqOffsets {}
+    unsafe impl aya::Pod for super::PortCgroup {}
+    unsafe impl aya::Pod for super::ListenerSeen {}
     // SAFETY: as above; each is #[repr(C)] with fields ordered so there is no padding.
     unsafe impl aya::Pod for GpuIoctlParams {}
     unsafe impl aya::Pod for MajorWatch {}
     unsafe impl aya::Pod for DevKey {}
     unsafe impl aya::Pod for Call {}
     unsafe impl aya::Pod for DevHist {}
+    unsafe impl aya::Pod for HistKey {}
     unsafe impl aya::Pod for StallEvent {}
 }

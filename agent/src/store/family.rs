@@ -26,7 +26,9 @@ pub trait LabelSet:
     fn write(&self, into: &mut Labels);
 }
 
-/// Declares a label set: a struct of `String` fields, one per label, named as the labels.
+/// Declares a label set: a struct of `String` fields, one per label, named as the labels,
+/// optionally followed by `; owner` and a field of [`OwnerLabels`] (`container`, `pod`: labels
+/// a series carries only when they have a value).
 #[macro_export]
 macro_rules! label_set {
     ($(#[$m:meta])* $vis:vis struct $name:ident { $($(#[$fm:meta])* $fvis:vis $field:ident),* $(,)? }) => {
@@ -42,6 +44,86 @@ macro_rules! label_set {
             }
         }
     };
+    ($(#[$m:meta])* $vis:vis struct $name:ident { $($(#[$fm:meta])* $fvis:vis $field:ident),* ; owner $ovis:vis $owner:ident $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq)]
+        $vis struct $name {
+            $($(#[$fm])* $fvis $field: String,)*
+            $ovis $owner: $crate::store::OwnerLabels,
+        }
+
+        impl prometheus_client::encoding::EncodeLabelSet for $name {
+            fn encode(
+                &self,
+                encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+            ) -> Result<(), std::fmt::Error> {
+                use prometheus_client::encoding::EncodeLabel as _;
+                $((stringify!($field), self.$field.as_str()).encode(encoder.encode_label())?;)*
+                prometheus_client::encoding::EncodeLabelSet::encode(&self.$owner, encoder)
+            }
+        }
+
+        impl $crate::store::LabelSet for $name {
+            fn write(&self, into: &mut $crate::store::Labels) {
+                $(into.set(stringify!($field).to_string(), self.$field.clone());)*
+                self.$owner.write(into);
+            }
+        }
+
+        impl $crate::store::Owned for $name {
+            fn owner(&self) -> &$crate::store::OwnerLabels {
+                &self.$owner
+            }
+        }
+    };
+}
+
+/// Who a series belongs to: a container (`container`, the first 12 hex digits of its id, or
+/// `other`) and its Kubernetes pod (`pod`, `namespace/name`). The host's series carry
+/// neither label: a `None` is left out, not written as `""`.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnerLabels {
+    pub container: Option<String>,
+    pub pod: Option<String>,
+}
+
+/// A label set with an owner.
+pub trait Owned {
+    fn owner(&self) -> &OwnerLabels;
+}
+
+impl OwnerLabels {
+    /// The host: no labels.
+    pub const HOST: Self = Self {
+        container: None,
+        pod: None,
+    };
+
+    /// Adds the labels that have a value to `into`.
+    pub fn write(&self, into: &mut Labels) {
+        if let Some(c) = &self.container {
+            into.set("container".to_string(), c.clone());
+        }
+        if let Some(p) = &self.pod {
+            into.set("pod".to_string(), p.clone());
+        }
+    }
+}
+
+impl EncodeLabelSet for OwnerLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        if let Some(c) = &self.container {
+            ("container", c.as_str()).encode(encoder.encode_label())?;
+        }
+        if let Some(p) = &self.pod {
+            ("pod", p.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 /// Sets a counter to a total kept elsewhere (a kernel map, a kernel counter): the kernel
@@ -184,6 +266,12 @@ impl<L: LabelSet, M: Clone + Default> Family<L, M> {
     pub fn remove(&self, labels: &L) -> bool {
         let mut w = self.metrics.write().unwrap_or_else(|e| e.into_inner());
         w.remove(labels).is_some()
+    }
+
+    /// Keeps only the series whose labels `keep` accepts.
+    pub fn retain(&self, mut keep: impl FnMut(&L) -> bool) {
+        let mut w = self.metrics.write().unwrap_or_else(|e| e.into_inner());
+        w.retain(|l, _| keep(l));
     }
 }
 

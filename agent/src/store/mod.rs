@@ -18,7 +18,7 @@ use prometheus_client::{
 };
 
 pub use self::{
-    family::{Family, GaugeF64, LabelSet, Names, Sampled, set_total},
+    family::{Family, GaugeF64, LabelSet, Names, Owned, OwnerLabels, Sampled, set_total},
     histogram::{LOG2_FIRST, LOG2_LAST, Log2Histogram},
     history::History,
     labels::Labels,

@@ -6,5 +6,6 @@ pub mod accept_queue;
 pub mod ebpf;
 pub mod gpu_ioctl;
 pub mod kernel;
+pub mod owners;
 pub mod ports;
 pub mod tcp_retransmits;

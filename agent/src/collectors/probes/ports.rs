@@ -1,37 +1,50 @@
-//! What both TCP probes share: the `{port}` label, the per-CPU counters their programs keep
-//! per watched port, and the host-wide `/proc` counter they fall back to.
+//! What both TCP probes share: the `{port}` label (with the owner's), the counters their
+//! programs keep per watched port and cgroup, and the host-wide `/proc` counter they fall
+//! back to.
 
 use std::path::Path;
 
-use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
-use nodewatch_common::tcp_retransmits::OTHER_PORT;
+use aya::maps::{HashMap, MapData};
+use nodewatch_common::{FULL_CGROUP, PortCgroup, tcp_retransmits::OTHER_PORT};
 use prometheus_client::metrics::counter::Counter;
 
-use super::ebpf::AttachError;
+use super::{
+    ebpf::AttachError,
+    owners::{Entry, Owners, Totals},
+};
 use crate::{
-    collectors::collector::CollectError,
-    store::{Family, label_set, set_total},
+    collectors::{collector::CollectError, containers::SharedContainers},
+    store::{Family, OwnerLabels, label_set, set_total},
 };
 
 label_set! {
-    /// Labels `{port}`: a watched port, `other` (the rest), or `all` (a host-wide fallback).
-    pub struct PortLabels { pub port }
+    /// Labels `{port}` and the owner (`container`, `pod`; none for the host): a watched
+    /// port, `other` (the rest), or `all` (a host-wide fallback).
+    pub struct PortLabels { pub port; owner pub owner }
 }
 
 impl PortLabels {
-    /// A watched port; `OTHER_PORT` (0) is the `other` slot.
+    /// A watched port of the host; `OTHER_PORT` (0) is the `other` slot.
     pub fn of(port: u16) -> Self {
+        Self::owned(port, OwnerLabels::HOST)
+    }
+
+    /// A watched port of `owner`.
+    pub fn owned(port: u16, owner: OwnerLabels) -> Self {
         let port = if port == OTHER_PORT {
             "other".to_string()
         } else {
             port.to_string()
         };
-        Self { port }
+        Self { port, owner }
     }
 
     /// The host-wide series of a procfs fallback.
     pub fn all() -> Self {
-        Self { port: "all".into() }
+        Self {
+            port: "all".into(),
+            owner: OwnerLabels::HOST,
+        }
     }
 }
 
@@ -43,42 +56,91 @@ pub fn set_counter(family: &PortFamily, labels: PortLabels, total: u64) {
     set_total(&family.get_or_create(&labels), total);
 }
 
-/// A per-CPU kernel map of counts by port, which a probe's program adds to.
+/// A kernel map of counts by (port, cgroup), which a probe's program adds to, and the
+/// watched-port set it consults.
 pub struct PortCounts {
-    map: PerCpuHashMap<MapData, u16, u64>,
+    map: HashMap<MapData, PortCgroup, u64>,
+    /// The watched-port set; held, since the programs load after this takes it.
+    _ports: HashMap<MapData, u16, u8>,
     name: &'static str,
+    owners: Owners,
+    totals: Totals<PortLabels, u64>,
+    /// The host's series of every watched port, exported from the start.
+    fixed: Vec<PortLabels>,
 }
 
 impl PortCounts {
-    /// Takes map `name` from `ebpf` and creates a zeroed slot for each of `ports`, so the
-    /// programs never insert (and every watched port has a series from the start).
+    /// Takes counter map `counts` and port set `ports_map` from `ebpf`, writes the watched
+    /// `ports` into the set, and creates the zeroed `(port, FULL_CGROUP)` key of each of
+    /// `ports` and `extra` (slots the programs use but nobody configures, like `other`).
     pub fn take(
         ebpf: &mut aya::Ebpf,
-        name: &'static str,
+        (counts, ports_map): (&'static str, &'static str),
         ports: &[u16],
+        extra: &[u16],
+        containers: &SharedContainers,
     ) -> Result<Self, AttachError> {
-        let mut map: PerCpuHashMap<_, u16, u64> = ebpf
-            .take_map(name)
-            .ok_or(AttachError::Missing(name))?
+        let mut set: HashMap<_, u16, u8> = ebpf
+            .take_map(ports_map)
+            .ok_or(AttachError::Missing(ports_map))?
             .try_into()?;
-        let cpus =
-            aya::util::nr_cpus().map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
         for &port in ports {
-            let zeros = PerCpuValues::try_from(vec![0u64; cpus])
-                .map_err(|e| AttachError::Cpus(e.to_string()))?;
-            map.insert(port, zeros, 0)?;
+            set.insert(port, 1, 0)?;
         }
-        Ok(Self { map, name })
+        let mut map: HashMap<_, PortCgroup, u64> = ebpf
+            .take_map(counts)
+            .ok_or(AttachError::Missing(counts))?
+            .try_into()?;
+        let all: Vec<u16> = ports.iter().chain(extra).copied().collect();
+        for &port in &all {
+            map.insert(PortCgroup::new(port, FULL_CGROUP), 0, 0)?;
+        }
+        Ok(Self {
+            map,
+            _ports: set,
+            name: counts,
+            owners: Owners::new(containers),
+            totals: Totals::<PortLabels, u64>::default(),
+            fixed: all.into_iter().map(PortLabels::of).collect(),
+        })
     }
 
-    /// Copies every port's total, summed over the CPUs, into `family`.
-    pub fn export(&self, family: &PortFamily) -> Result<(), CollectError> {
+    /// Copies every (port, owner)'s total into `family`; removes the series of containers
+    /// gone past the retention, and deletes their keys from the kernel map.
+    pub fn export(&mut self, family: &PortFamily) -> Result<(), CollectError> {
+        let mut entries = Vec::new();
         for entry in self.map.iter() {
-            let (port, per_cpu) = entry.map_err(|source| CollectError::Map {
+            let (key, value) = entry.map_err(|source| CollectError::Map {
                 map: self.name,
                 source,
             })?;
-            set_counter(family, PortLabels::of(port), per_cpu.iter().sum());
+            // The FULL_CGROUP slots only count when the map is full: unused, they are not
+            // a series of their own.
+            if key.cgroup == FULL_CGROUP && value == 0 {
+                continue;
+            }
+            entries.push(Entry {
+                key,
+                cgroup: key.cgroup,
+                value,
+            });
+        }
+        let map = &mut self.map;
+        let update = self.totals.update(
+            std::time::Instant::now(),
+            &mut self.owners,
+            entries,
+            &self.fixed,
+            |k: &PortCgroup, owner| PortLabels::owned(k.port, owner),
+            |k| {
+                let _ = map.remove(k);
+            },
+        );
+        for s in &update.removed {
+            family.remove(s);
+        }
+        for (labels, total) in update.totals {
+            set_counter(family, labels, total);
         }
         Ok(())
     }

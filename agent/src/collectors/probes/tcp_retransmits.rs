@@ -1,7 +1,8 @@
 //! TCP retransmits per watched port, counted in segments as the kernel counts them.
 //!
-//! eBPF: raw tracepoints `tcp_retransmit_skb` and `tcp_retransmit_synack` add to a per-CPU
-//! map keyed by port; the kernel's count of times it had to skip them is exported too.
+//! eBPF: raw tracepoints `tcp_retransmit_skb` and `tcp_retransmit_synack` add to a map keyed
+//! by port and the socket's cgroup (told apart as containers); the kernel's count of times it
+//! had to skip them is exported too.
 //! Fallback: the host-wide `Tcp: RetransSegs` of `/proc/net/snmp`, exported under
 //! `port="all"`.
 
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use aya::{Ebpf, EbpfLoader, programs::RawTracePoint};
 use nodewatch_common::{
     RetransOffsets,
-    tcp_retransmits::{COUNTS_MAP, MAX_PORTS, OTHER_PORT, PROG_SKB, PROG_SYNACK},
+    tcp_retransmits::{COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_MAP, PROG_SKB, PROG_SYNACK},
 };
 use serde::Deserialize;
 
@@ -20,7 +21,10 @@ use super::{
     ports::{PortCounts, PortFamily, export_procfs},
 };
 use crate::{
-    collectors::collector::{CollectError, Collector, Env, Mode},
+    collectors::{
+        collector::{CollectError, Collector, Env, Mode},
+        containers::SharedContainers,
+    },
     store::{Store, names},
     yaml::Ports,
 };
@@ -56,10 +60,10 @@ pub fn start(cfg: &TcpRetransmitsConfig, env: Env<'_>, store: &mut Store) -> Box
     let segments = PortFamily::default();
     store.register(
         names::TCP_RETRANSMITS,
-        "TCP segments retransmitted, by watched port at either end of the connection (other: the rest; all: host-wide, procfs mode)",
+        "TCP segments retransmitted, by watched port at either end of the connection (other: the rest; all: host-wide, procfs mode) and the socket's container",
         segments.clone(),
     );
-    match Kernel::attach(&cfg.ports.0, segments.clone()) {
+    match Kernel::attach(&cfg.ports.0, segments.clone(), env.containers) {
         Ok(k) => Box::new(k),
         Err(e) => {
             tracing::warn!(
@@ -83,14 +87,22 @@ struct Kernel {
 }
 
 impl Kernel {
-    fn attach(ports: &[u16], segments: PortFamily) -> Result<Self, AttachError> {
+    fn attach(
+        ports: &[u16],
+        segments: PortFamily,
+        containers: &SharedContainers,
+    ) -> Result<Self, AttachError> {
         let offsets = offsets()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("RETRANS_OFFSETS", &offsets, true)
             .load(OBJECT)?;
-        // Every slot exists before the programs run, so they never insert.
-        let slots: Vec<u16> = ports.iter().copied().chain([OTHER_PORT]).collect();
-        let counts = PortCounts::take(&mut ebpf, COUNTS_MAP, &slots)?;
+        let mut counts = PortCounts::take(
+            &mut ebpf,
+            (COUNTS_MAP, PORTS_MAP),
+            ports,
+            &[OTHER_PORT],
+            containers,
+        )?;
         for prog in [PROG_SKB, PROG_SYNACK] {
             let err = |source| AttachError::Program { name: prog, source };
             let tp: &mut RawTracePoint = ebpf
@@ -127,6 +139,12 @@ fn offsets() -> Result<RetransOffsets, kernel::KernelError> {
             + kernel::member_offset("sock_common", "skc_dport")?,
         req_common: kernel::member_offset("request_sock", "__req_common")?,
         skb_gso_segs: gso_segs,
+        // sock_cgroup_data.cgroup is the socket's cgroup v2; its kernfs node's id is the
+        // cgroup id that bpf_get_current_cgroup_id and cgroupfs inode numbers use.
+        sk_cgroup: kernel::member_offset("sock", "sk_cgrp_data")?
+            + kernel::member_offset("sock_cgroup_data", "cgroup")?,
+        cgroup_kn: kernel::member_offset("cgroup", "kn")?,
+        kn_id: kernel::member_offset("kernfs_node", "id")?,
         valid: 1,
     })
 }
@@ -204,12 +222,7 @@ mod tests {
             segments: segments.clone(),
         };
         p.collect().unwrap();
-        assert_eq!(
-            segments
-                .get_or_create(&PortLabels { port: "all".into() })
-                .get(),
-            42
-        );
+        assert_eq!(segments.get_or_create(&PortLabels::all()).get(), 42);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(
             p.collect().is_err(),

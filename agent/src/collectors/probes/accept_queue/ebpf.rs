@@ -12,11 +12,12 @@ use aya::{
 };
 use nodewatch_common::{
     AcceptqOffsets,
-    accept_queue::{OVERFLOWS_MAP, PROG},
+    accept_queue::{LISTENERS_MAP, OVERFLOWS_MAP, PORTS_MAP, PROG},
 };
 
+use super::netns::Listeners;
 use crate::collectors::{
-    containers::cgroup2_mount,
+    containers::{SharedContainers, cgroup2_mount},
     probes::{ebpf::AttachError, kernel, ports::PortCounts},
 };
 
@@ -27,16 +28,33 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ac
 pub struct Kernel {
     _ebpf: Ebpf,
     pub counts: PortCounts,
+    pub listeners: Listeners,
     pub attach: String,
 }
 
 impl Kernel {
-    pub fn attach(ports: &[u16], proc_root: &Path) -> Result<Self, AttachError> {
+    pub fn attach(
+        ports: &[u16],
+        proc_root: &Path,
+        containers: &SharedContainers,
+    ) -> Result<Self, AttachError> {
         let offsets = offsets()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("ACCEPTQ_OFFSETS", &offsets, true)
             .load(OBJECT)?;
-        let counts = PortCounts::take(&mut ebpf, OVERFLOWS_MAP, ports)?;
+        let counts = PortCounts::take(
+            &mut ebpf,
+            (OVERFLOWS_MAP, PORTS_MAP),
+            ports,
+            &[],
+            containers,
+        )?;
+        let listeners = Listeners::new(
+            ebpf.take_map(LISTENERS_MAP)
+                .ok_or(AttachError::Missing(LISTENERS_MAP))?
+                .try_into()?,
+            proc_root,
+        );
         let root = cgroup2_root(proc_root)?;
         let path = root.display().to_string();
         let program = |source| AttachError::Program { name: PROG, source };
@@ -85,6 +103,7 @@ impl Kernel {
         Ok(Self {
             _ebpf: ebpf,
             counts,
+            listeners,
             attach: format!("cgroup_skb ingress on {path} ({how})"),
         })
     }
@@ -96,9 +115,15 @@ fn offsets() -> Result<AcceptqOffsets, kernel::KernelError> {
     let sock = kernel::member_offset("tcp_sock", "inet_conn")?
         + kernel::member_offset("inet_connection_sock", "icsk_inet")?
         + kernel::member_offset("inet_sock", "sk")?;
+    // SOCK_INODE(): a struct socket lives in a socket_alloc, right before its inode.
+    let socket_ino = kernel::member_offset("socket_alloc", "vfs_inode")?
+        - kernel::member_offset("socket_alloc", "socket")?
+        + kernel::member_offset("inode", "i_ino")?;
     Ok(AcceptqOffsets {
         ack_backlog: sock + kernel::member_offset("sock", "sk_ack_backlog")?,
         max_ack_backlog: sock + kernel::member_offset("sock", "sk_max_ack_backlog")?,
+        sk_socket: sock + kernel::member_offset("sock", "sk_socket")?,
+        socket_ino,
         valid: 1,
     })
 }

@@ -2,30 +2,38 @@
 //!
 //! eBPF: a `cgroup_skb` ingress program on the cgroup v2 root counts, per listening port, the
 //! SYNs and handshake ACKs that arrive while the listener's accept queue is full — the packets
-//! the kernel is about to drop and count as `ListenOverflows`. Every tick, sock_diag gives
-//! each watched listener's queue length and limit. Fallbacks: per-listener drops from
+//! the kernel is about to drop and count as `ListenOverflows` — keyed by the listener's
+//! cgroup, so each container's listener has its own series. Every tick, sock_diag gives
+//! the queue length and limit of each watched listener of the agent's network namespace, and
+//! `/proc/<pid>/net/tcp` with the kernel's notes those of other namespaces (see [`netns`]). Fallbacks: per-listener drops from
 //! sock_diag (`mode="sock_diag"`), then the host-wide `TcpExt: ListenOverflows` of
 //! `/proc/net/netstat` under `port="all"` (`mode="procfs"`).
 
 pub mod config;
 mod ebpf;
+pub mod netns;
 pub mod sockdiag;
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::path::PathBuf;
 
 use prometheus_client::metrics::gauge::Gauge;
 
 pub use self::config::{AcceptQueueConfig, AcceptQueueMode};
 use self::{
     ebpf::Kernel,
+    netns::Queue,
     sockdiag::{DropTracker, Listener, SockDiag},
 };
 use crate::{
     collectors::{
         collector::{CollectError, Collector, Env, Mode},
-        probes::ports::{PortFamily, PortLabels, export_procfs, set_counter},
+        containers::SharedContainers,
+        probes::{
+            owners::{Owners, lock},
+            ports::{PortFamily, PortLabels, export_procfs, set_counter},
+        },
     },
-    store::{Family, Store, names},
+    store::{Family, Store, hash::HashMap as FxHashMap, names},
 };
 
 pub const NAME: &str = "accept_queue";
@@ -43,7 +51,7 @@ pub fn start(conf: &AcceptQueueConfig, env: Env<'_>, store: &mut Store) -> Box<d
     let metrics = Metrics::default();
     store.register(
         names::TCP_LISTEN_OVERFLOWS,
-        "Connections dropped because the listener's accept queue was full, by listening port (all: host-wide, procfs mode)",
+        "Connections dropped because the listener's accept queue was full, by listening port (all: host-wide, procfs mode) and the listener's container",
         metrics.overflows.clone(),
     );
     store.register(
@@ -62,8 +70,8 @@ pub fn start(conf: &AcceptQueueConfig, env: Env<'_>, store: &mut Store) -> Box<d
 
     let mut source = None;
     if matches!(conf.mode, AcceptQueueMode::Auto | AcceptQueueMode::Ebpf) {
-        match Kernel::attach(&ports, env.proc_root) {
-            Ok(k) => source = Some(Source::Ebpf(k)),
+        match Kernel::attach(&ports, env.proc_root, env.containers) {
+            Ok(k) => source = Some(Source::Ebpf(Box::new(k))),
             Err(e) if diag.is_ok() => tracing::warn!(
                 probe = NAME, error = %e,
                 "eBPF unavailable; counting per-listener drops from sock_diag instead"
@@ -105,12 +113,15 @@ pub fn start(conf: &AcceptQueueConfig, env: Env<'_>, store: &mut Store) -> Box<d
         metrics,
         diag,
         source,
+        owners: Owners::new(env.containers),
+        containers: env.containers.clone(),
+        queues: Vec::new(),
     })
 }
 
 /// Where the overflow counts come from.
 enum Source {
-    Ebpf(Kernel),
+    Ebpf(Box<Kernel>),
     SockDiag(DropTracker),
     Procfs(PathBuf),
 }
@@ -120,6 +131,11 @@ struct AcceptQueue {
     metrics: Metrics,
     diag: Option<SockDiag>,
     source: Source,
+    /// Container labels of the queue gauges.
+    owners: Owners,
+    containers: SharedContainers,
+    /// The gauges' label sets set last tick.
+    queues: Vec<PortLabels>,
 }
 
 impl Collector for AcceptQueue {
@@ -154,7 +170,24 @@ impl Collector for AcceptQueue {
             None => None,
         };
         if let Some(listeners) = &listeners {
-            self.set_queues(listeners);
+            let local: Vec<Listener> = listeners
+                .iter()
+                .filter(|l| self.ports.contains(&l.port))
+                .copied()
+                .collect();
+            let queues = match &mut self.source {
+                Source::Ebpf(k) => k.listeners.queues(&local, &self.containers),
+                _ => local
+                    .iter()
+                    .map(|l| Queue {
+                        port: l.port,
+                        cgroup: None,
+                        length: l.queue_length,
+                        max: l.queue_max,
+                    })
+                    .collect(),
+            };
+            self.set_queues(&queues);
         }
         match &mut self.source {
             Source::Ebpf(k) => k.counts.export(&self.metrics.overflows)?,
@@ -173,27 +206,38 @@ impl Collector for AcceptQueue {
 }
 
 impl AcceptQueue {
-    /// Queue length and limit per watched port, summed over its listeners (IPv4 and IPv6,
-    /// SO_REUSEPORT groups); a port without a listener has no gauge.
-    fn set_queues(&self, listeners: &[Listener]) {
-        let mut per_port: BTreeMap<u16, (i64, i64)> = BTreeMap::new();
-        for l in listeners.iter().filter(|l| self.ports.contains(&l.port)) {
-            let e = per_port.entry(l.port).or_default();
-            e.0 += i64::from(l.queue_length);
-            e.1 += i64::from(l.queue_max);
-        }
-        for &port in &self.ports {
-            let labels = PortLabels::of(port);
-            match per_port.get(&port) {
-                Some(&(length, max)) => {
-                    self.metrics.length.get_or_create(&labels).set(length);
-                    self.metrics.max.get_or_create(&labels).set(max);
-                }
-                None => {
-                    self.metrics.length.remove(&labels);
-                    self.metrics.max.remove(&labels);
-                }
+    /// Queue length and limit per watched port and owner, summed over its listeners (IPv4
+    /// and IPv6, SO_REUSEPORT groups); a port without a listener has no gauge.
+    fn set_queues(&mut self, queues: &[Queue]) {
+        let mut per: FxHashMap<PortLabels, (i64, i64)> = FxHashMap::default();
+        {
+            let shared = self.owners.shared();
+            let mut c = lock(&shared);
+            for q in queues {
+                let owner = match q.cgroup {
+                    Some(id) => self.owners.labels(&mut c, id),
+                    None => crate::store::OwnerLabels::HOST,
+                };
+                let e = per.entry(PortLabels::owned(q.port, owner)).or_default();
+                e.0 += i64::from(q.length);
+                e.1 += i64::from(q.max);
             }
+        }
+        for labels in &self.queues {
+            if !per.contains_key(labels) {
+                self.metrics.length.remove(labels);
+                self.metrics.max.remove(labels);
+            }
+        }
+        let holders = per
+            .keys()
+            .filter_map(|l| l.owner.container.clone())
+            .collect();
+        self.owners.release_all_but(&holders);
+        self.queues = per.keys().cloned().collect();
+        for (labels, (length, max)) in per {
+            self.metrics.length.get_or_create(&labels).set(length);
+            self.metrics.max.get_or_create(&labels).set(max);
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! eBPF: tracepoints `syscalls:sys_enter_ioctl` / `sys_exit_ioctl`. The kernel side resolves
 //! each call's fd to its inode, keeps only watched devices, times them per thread and adds the
-//! duration to a per-device log2 histogram; calls over the stall threshold also come up the
+//! duration to a log2 histogram per device and cgroup of the caller (told apart here as
+//! containers); calls over the stall threshold also come up the
 //! ring buffer. Each tick this side re-reads the device globs (devices that appear later are
 //! picked up), copies the histograms, logs stalls, and walks the in-flight calls to find those
 //! hung past the threshold. Without eBPF the probe is off (one WARN); the agent runs on.
@@ -11,13 +12,13 @@ use std::{collections::HashSet, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::TracePoint,
 };
 use nodewatch_common::gpu_ioctl::{
-    BUCKETS, Call, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP, GpuIoctlParams, HIST_MAP,
+    Call, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP, GpuIoctlParams, HIST_MAP, HistKey,
     INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER, PROG_ENTER_COMPAT, PROG_EXIT,
-    PROG_THREAD_EXIT, StallEvent,
+    PROG_THREAD_EXIT, StallEvent, ZERO_MAP,
 };
 
 pub mod config;
@@ -28,7 +29,9 @@ mod table;
 pub use self::config::NAME;
 use self::{
     config::GpuIoctlConfig,
-    report::{Cmd, DROP_REASONS, DropLabels, LineBudget, Metrics, comm, monotonic_ns},
+    report::{
+        Cmd, DROP_REASONS, DeviceLabels, DropLabels, Hist, LineBudget, Metrics, comm, monotonic_ns,
+    },
     table::Watched,
 };
 use crate::{
@@ -37,9 +40,10 @@ use crate::{
         probes::{
             ebpf::{self, AttachError},
             kernel::{self, TracepointFormat},
+            owners::{Entry, Owners, Totals, lock},
         },
     },
-    store::{Store, set_total},
+    store::{OwnerLabels, Store, hash::HashMap as FxHashMap, set_total},
 };
 
 const ATTACH: &str =
@@ -80,14 +84,22 @@ struct Kernel {
     enter: &'static str,
     watched: Watched,
     inflight: HashMap<MapData, u64, Call>,
-    hist: PerCpuArray<MapData, DevHist>,
+    hist: PerCpuHashMap<MapData, HistKey, DevHist>,
+    /// Container labels of the series, and totals that outlive the kernel keys of cgroups
+    /// that are gone.
+    owners: Owners,
+    totals: Totals<DeviceLabels, Hist>,
+    /// The series exported last tick (the in-flight gauge is set on each of them).
+    series: Vec<DeviceLabels>,
+    /// Series that exist only for a call hung right now.
+    hung_series: Vec<DeviceLabels>,
     events: RingBuf<MapData>,
     drops: PerCpuArray<MapData, u64>,
     threshold: Duration,
     /// Hung calls already logged: (thread, start).
     hung_logged: HashSet<(u64, u64)>,
     /// Events lost so far, per reason in [`DROP_REASONS`] order: a WARN when one first moves.
-    dropped: [u64; 2],
+    dropped: [u64; DROP_REASONS.len()],
     metrics: Metrics,
 }
 
@@ -104,6 +116,12 @@ impl Kernel {
         let hist = take(HIST_MAP)?.try_into()?;
         let events = take(EVENTS_MAP)?.try_into()?;
         let drops = take(nodewatch_common::gpu_ioctl::DROPS_MAP)?.try_into()?;
+        let mut zero: PerCpuArray<MapData, DevHist> = take(ZERO_MAP)?.try_into()?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
+        let zeros = PerCpuValues::try_from(vec![DevHist::default(); cpus])
+            .map_err(|e| AttachError::Cpus(e.to_string()))?;
+        zero.set(0, zeros, 0)?;
         let load = |ebpf: &mut Ebpf, prog: &'static str| -> Result<(), AttachError> {
             let err = |source| AttachError::Program { name: prog, source };
             let tp: &mut TracePoint = ebpf
@@ -140,7 +158,7 @@ impl Kernel {
         };
         load(&mut ebpf, PROG_EXIT)?;
         load(&mut ebpf, PROG_THREAD_EXIT)?;
-        for reason in ["ringbuf_full", "inflight_full"] {
+        for (_, reason, _) in DROP_REASONS {
             let _ = metrics.dropped.get_or_create(&DropLabels {
                 reason: reason.into(),
             });
@@ -157,11 +175,15 @@ impl Kernel {
             ),
             inflight,
             hist,
+            owners: Owners::new(env.containers),
+            totals: Totals::<DeviceLabels, Hist>::default(),
+            series: Vec::new(),
+            hung_series: Vec::new(),
             events,
             drops,
             threshold: c.stall_threshold.0,
             hung_logged: HashSet::new(),
-            dropped: [0; 2],
+            dropped: [0; DROP_REASONS.len()],
             metrics,
         })
     }
@@ -209,20 +231,47 @@ impl Kernel {
             map: HIST_MAP,
             source,
         };
-        for (idx, label) in self.watched.labels().iter().enumerate() {
-            let per_cpu = self.hist.get(&(idx as u32), 0).map_err(map_err)?;
-            let mut buckets = [0u64; BUCKETS];
-            let (mut sum, mut stalls) = (0u64, 0u64);
-            for h in per_cpu.iter() {
-                for (t, v) in buckets.iter_mut().zip(h.buckets.iter()) {
-                    *t += v;
-                }
-                sum += h.sum_ns;
-                stalls += h.stalls;
-            }
-            let l = self.metrics.device(label);
-            self.metrics.duration.get_or_create(&l).set(&buckets, sum);
-            set_total(&self.metrics.stalls.get_or_create(&l), stalls);
+        let mut entries = Vec::new();
+        for entry in self.hist.iter() {
+            let (key, per_cpu) = entry.map_err(map_err)?;
+            entries.push(Entry {
+                key,
+                cgroup: key.cgroup,
+                value: Hist::of(per_cpu.iter()),
+            });
+        }
+        // Every known device has its host series from the start.
+        let fixed: Vec<DeviceLabels> = self
+            .watched
+            .labels()
+            .iter()
+            .map(|l| self.metrics.device(l))
+            .collect();
+        let (watched, hist) = (&self.watched, &mut self.hist);
+        let update = self.totals.update(
+            std::time::Instant::now(),
+            &mut self.owners,
+            entries,
+            &fixed,
+            |k: &HistKey, owner| DeviceLabels {
+                device: watched.label(k.dev_idx).unwrap_or("?").to_string(),
+                owner,
+            },
+            |k| {
+                let _ = hist.remove(k);
+            },
+        );
+        for s in &update.removed {
+            self.metrics.remove(s);
+        }
+        self.series = update.totals.keys().cloned().collect();
+        for (l, t) in update.totals {
+            let l = self.metrics.owned(&l.device, l.owner);
+            self.metrics
+                .duration
+                .get_or_create(&l)
+                .set(&t.buckets, t.sum_ns);
+            set_total(&self.metrics.stalls.get_or_create(&l), t.stalls);
         }
         for (i, (slot, reason, cost)) in DROP_REASONS.into_iter().enumerate() {
             let n: u64 = self
@@ -254,15 +303,21 @@ impl Kernel {
     /// Logs every stall the kernel sent since the last tick.
     fn drain_stalls(&mut self) {
         let mut budget = LineBudget::new();
+        let mut events = Vec::new();
         while let Some(item) = self.events.next() {
             if item.len() < size_of::<StallEvent>() || !budget.take() {
                 continue;
             }
             // SAFETY: the kernel wrote a whole StallEvent; read_unaligned copes with alignment.
-            let ev: StallEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            events.push(unsafe { std::ptr::read_unaligned::<StallEvent>(item.as_ptr().cast()) });
+        }
+        for ev in events {
+            let owner = self.owner_of(ev.cgroup);
             tracing::warn!(
                 probe = NAME,
                 device = self.watched.label(ev.dev_idx).unwrap_or("?"),
+                container = owner.container.as_deref().unwrap_or(""),
+                pod = owner.pod.as_deref().unwrap_or(""),
                 pid = ev.pid,
                 tid = ev.tid,
                 comm = %comm(&ev.comm),
@@ -279,12 +334,12 @@ impl Kernel {
     fn walk_inflight(&mut self) -> Result<(), CollectError> {
         let now = monotonic_ns();
         let threshold = self.threshold.as_nanos() as u64;
-        let mut stalled = vec![0i64; self.watched.labels().len()];
+        let mut stalled: FxHashMap<(u32, u64), i64> = FxHashMap::default();
         let mut seen = HashSet::new();
         let mut budget = LineBudget::new();
-        for entry in self.inflight.iter() {
+        let calls: Vec<(u64, Call)> = self.inflight.iter().filter_map(Result::ok).collect();
+        for (id, call) in calls {
             // An entry can vanish between listing its key and reading it: the call returned.
-            let Ok((id, call)) = entry else { continue };
             if call.start_ns == 0 {
                 continue; // the thread's slot, idle between calls
             }
@@ -292,18 +347,19 @@ impl Kernel {
             if age < threshold {
                 continue;
             }
-            if let Some(n) = stalled.get_mut(call.dev_idx as usize) {
-                *n += 1;
-            }
+            *stalled.entry((call.dev_idx, call.cgroup)).or_default() += 1;
             seen.insert((id, call.start_ns));
             if self.hung_logged.insert((id, call.start_ns)) && budget.take() {
                 let (pid, tid) = ((id >> 32) as u32, id as u32);
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
                     .map(|s| s.trim_end().to_string())
                     .unwrap_or_default();
+                let owner = self.owner_of(call.cgroup);
                 tracing::warn!(
                     probe = NAME,
                     device = self.watched.label(call.dev_idx).unwrap_or("?"),
+                    container = owner.container.as_deref().unwrap_or(""),
+                    pod = owner.pod.as_deref().unwrap_or(""),
                     pid,
                     tid,
                     comm = %comm,
@@ -315,11 +371,35 @@ impl Kernel {
         }
         budget.summarize("GPU ioctls hung");
         self.hung_logged.retain(|k| seen.contains(k));
-        for (label, n) in self.watched.labels().iter().zip(stalled) {
-            let l = self.metrics.device(label);
+        // Per series: the exported ones (zero unless a call hangs), and any series of a
+        // hung call that has no finished call yet.
+        let mut per: FxHashMap<DeviceLabels, i64> =
+            self.series.iter().map(|l| (l.clone(), 0)).collect();
+        for ((idx, cgroup), n) in stalled {
+            let owner = self.owner_of(cgroup);
+            let label = self.watched.label(idx).unwrap_or("?").to_string();
+            *per.entry(self.metrics.owned(&label, owner)).or_default() += n;
+        }
+        // A hung call's own series, whose call is gone without finishing (a killed thread).
+        for l in std::mem::take(&mut self.hung_series) {
+            if !per.contains_key(&l) {
+                self.metrics.remove(&l);
+            }
+        }
+        for (l, n) in per {
             self.metrics.inflight_stalled.get_or_create(&l).set(n);
+            if n > 0 && !self.series.contains(&l) {
+                self.hung_series.push(l);
+            }
         }
         Ok(())
+    }
+
+    /// The labels of a cgroup's calls.
+    fn owner_of(&mut self, cgroup: u64) -> OwnerLabels {
+        let shared = self.owners.shared();
+        let mut c = lock(&shared);
+        self.owners.labels(&mut c, cgroup)
     }
 }
 

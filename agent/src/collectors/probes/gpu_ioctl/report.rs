@@ -1,19 +1,66 @@
 //! How `gpu_ioctl` reports: its metric families, the budget of log lines per tick, and the
 //! decoding of what the kernel sends up (process names, ioctl commands).
 
-use nodewatch_common::gpu_ioctl::{DROP_EVENTS, DROP_INFLIGHT};
+use nodewatch_common::gpu_ioctl::{BUCKETS, DROP_EVENTS, DROP_HIST, DROP_INFLIGHT, DevHist};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use super::config::NAME;
-use crate::store::{Family, Log2Histogram, Store, label_set, names};
+use crate::{
+    collectors::probes::owners::Tally,
+    store::{Family, Log2Histogram, OwnerLabels, Store, label_set, names},
+};
 
 /// Stalls and hung calls logged one by one per tick; the rest get one summary line, so a
 /// driver that stalls every call cannot flood the journal (the counters stay exact).
 pub const LINES_PER_TICK: usize = 20;
 
 label_set! {
-    /// Labels `{device}`: the watched path (or `/dev/<driver>` for a whole major).
-    pub struct DeviceLabels { pub device }
+    /// Labels `{device}`: the watched path (or `/dev/<driver>` for a whole major), and the
+    /// calling task's owner (`container`, `pod`; none for the host).
+    pub struct DeviceLabels { pub device; owner pub owner }
+}
+
+/// One (device, cgroup)'s counts, summed over the CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hist {
+    pub buckets: [u64; BUCKETS],
+    pub sum_ns: u64,
+    pub stalls: u64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Self {
+            buckets: [0; BUCKETS],
+            sum_ns: 0,
+            stalls: 0,
+        }
+    }
+}
+
+impl Hist {
+    /// The sum of a per-CPU value's copies.
+    pub fn of<'a>(per_cpu: impl IntoIterator<Item = &'a DevHist>) -> Self {
+        let mut t = Self::default();
+        for h in per_cpu {
+            for (t, v) in t.buckets.iter_mut().zip(h.buckets.iter()) {
+                *t += v;
+            }
+            t.sum_ns += h.sum_ns;
+            t.stalls += h.stalls;
+        }
+        t
+    }
+}
+
+impl Tally for Hist {
+    fn add(&mut self, o: &Self) {
+        for (t, v) in self.buckets.iter_mut().zip(o.buckets.iter()) {
+            *t += v;
+        }
+        self.sum_ns += o.sum_ns;
+        self.stalls += o.stalls;
+    }
 }
 
 label_set! {
@@ -50,15 +97,22 @@ impl Metrics {
         );
         store.register(
             names::GPU_IOCTL_EVENTS_DROPPED,
-            "GPU ioctl events lost: ringbuf_full (a stall's log line; the stall is still counted), inflight_full (a call not timed)",
+            "GPU ioctl events lost: ringbuf_full (a stall's log line; the stall is still counted), inflight_full (a call not timed), hist_full (a call not counted: too many (device, cgroup) pairs)",
             m.dropped.clone(),
         );
         m
     }
 
+    /// The host's series of a device.
     pub fn device(&self, label: &str) -> DeviceLabels {
+        self.owned(label, OwnerLabels::HOST)
+    }
+
+    /// The series of a device's calls by `owner`.
+    pub fn owned(&self, label: &str, owner: OwnerLabels) -> DeviceLabels {
         let l = DeviceLabels {
             device: label.to_string(),
+            owner,
         };
         // Every known device shows all three series, zero until something happens.
         let _ = self.duration.get_or_create(&l);
@@ -66,10 +120,17 @@ impl Metrics {
         let _ = self.inflight_stalled.get_or_create(&l);
         l
     }
+
+    /// Removes the series of `l`.
+    pub fn remove(&self, l: &DeviceLabels) {
+        self.duration.remove(l);
+        self.stalls.remove(l);
+        self.inflight_stalled.remove(l);
+    }
 }
 
 /// The drop slots the kernel side counts in, with their `reason` label and what they cost.
-pub const DROP_REASONS: [(u32, &str, &str); 2] = [
+pub const DROP_REASONS: [(u32, &str, &str); 3] = [
     (
         DROP_EVENTS,
         "ringbuf_full",
@@ -79,6 +140,11 @@ pub const DROP_REASONS: [(u32, &str, &str); 2] = [
         DROP_INFLIGHT,
         "inflight_full",
         "the in-flight table is full (one slot per thread using a watched device): some calls are not timed",
+    ),
+    (
+        DROP_HIST,
+        "hist_full",
+        "the histogram table is full (one entry per device and cgroup calling it): some calls are not counted",
     ),
 ];
 

@@ -1,0 +1,318 @@
+//! The agent on the host, the services in containers. No container runtime starts on these
+//! machines (podman and runc refuse the hybrid cgroup layout), so each container is what a
+//! runtime builds: its own network namespace and a cgroup v2 folder named as docker or
+//! containerd (under Kubernetes) name theirs, with a process kept in both (tests/common/containers.rs).
+//! Counts are checked against each namespace's own kernel counters and `ss` run inside it.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use common::{
+    Agent, NftTable, TempDir,
+    containers::{FakeContainer, serial},
+    fuse::{FUSEPY, FUSEPY_CHECK, SlowFs, slow_ioctl},
+    have_root, have_tool_by, netstat, wait_for,
+};
+
+/// A loopback listener with backlog `backlog` whose connections are never accepted.
+fn listener(port: u16, backlog: i32) -> TcpListener {
+    let l = TcpListener::bind(("127.0.0.1", port)).expect("bind listener");
+    // SAFETY: listen() again on a listening socket only changes its backlog.
+    let rc = unsafe { libc::listen(l.as_raw_fd(), backlog) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+    l
+}
+
+/// `attempts` connection attempts in a row, each given up after 100 ms; returns the
+/// connections that got through and how many were refused.
+fn knock(port: u16, attempts: usize) -> (Vec<TcpStream>, u64) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..attempts {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => open.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    (open, refused)
+}
+
+/// Recv-Q and Send-Q of the listener on `port` in the calling thread's namespace (`ss`).
+fn ss_queue(port: u16) -> (f64, f64) {
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = text.split_whitespace().collect();
+    assert!(f.len() > 2, "ss shows no listener on {port}: {text:?}");
+    (f[1].parse().unwrap(), f[2].parse().unwrap())
+}
+
+/// A `Tcp:` counter of the calling thread's namespace.
+fn snmp_tcp(field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (head, vals) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = head.split_whitespace().position(|h| h == field).unwrap();
+    vals.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+fn labels(port: u16, c: &FakeContainer, pod: Option<&str>) -> String {
+    match pod {
+        Some(p) => format!("port=\"{port}\",container=\"{}\",pod=\"{p}\"", c.label()),
+        None => format!("port=\"{port}\",container=\"{}\"", c.label()),
+    }
+}
+
+const POD_UID: &str = "5f0c2a9e-7b1d-4c3e-9a8f-0123456789ab";
+const POD: &str = "inference/llm-server-0";
+
+#[test]
+fn two_containers_on_one_port_are_told_apart() {
+    if !have_root("containers: accept queue") {
+        return;
+    }
+    let _serial = serial();
+    let a = FakeContainer::docker("ctra");
+    let b = FakeContainer::kubernetes("ctrb", POD_UID);
+    let dir = TempDir::new("containers-aq");
+    let pods = dir.0.join("pods");
+    std::fs::create_dir_all(pods.join(format!("inference_llm-server-0_{POD_UID}"))).unwrap();
+    // Any free port of the host: the containers' namespaces have nothing on it.
+    let port = common::free_port();
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 200ms\ncontainers: {{ pods_dir: {} }}\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ ports: [{port}] }}\n",
+            pods.display()
+        ),
+    );
+    assert!(
+        agent
+            .metrics()
+            .contains("nodewatch_probe_up{probe=\"accept_queue\",mode=\"ebpf\"} 1"),
+        "not in eBPF mode:\n{}",
+        agent.log_text()
+    );
+    // Each container: its listener (backlog 2 in a, 1 in b), flooded from inside; the
+    // namespace's own ListenOverflows is the oracle.
+    let flood = |c: &FakeContainer, backlog: i32, attempts: usize| {
+        c.inside(|| {
+            let before = netstat("ListenOverflows");
+            let l = listener(port, backlog);
+            let (open, refused) = knock(port, attempts);
+            thread::sleep(Duration::from_millis(300));
+            let kernel = netstat("ListenOverflows") - before;
+            assert!(refused > 0, "the queue never filled");
+            (l, open, kernel)
+        })
+    };
+    let (la, open_a, kernel_a) = flood(&a, 2, 12);
+    let (lb, open_b, kernel_b) = flood(&b, 1, 6);
+    eprintln!("ListenOverflows: container a +{kernel_a}, container b +{kernel_b}");
+    assert_ne!(kernel_a, kernel_b, "pick floods the sum could not hide");
+    let series_a = format!(
+        "nodewatch_tcp_listen_overflows_total{{{}}}",
+        labels(port, &a, None)
+    );
+    let series_b = format!(
+        "nodewatch_tcp_listen_overflows_total{{{}}}",
+        labels(port, &b, Some(POD))
+    );
+    let agreed = wait_for(Duration::from_secs(5), || {
+        (agent.sample(&series_a) == Some(kernel_a as f64)
+            && agent.sample(&series_b) == Some(kernel_b as f64))
+        .then_some(())
+    });
+    assert!(
+        agreed.is_some(),
+        "want {series_a} {kernel_a} and {series_b} {kernel_b}:\n{}",
+        agent.metrics()
+    );
+    // The host's own series of the port stays at zero, without container labels.
+    assert_eq!(
+        agent.sample(&format!(
+            "nodewatch_tcp_listen_overflows_total{{port=\"{port}\"}}"
+        )),
+        Some(0.0)
+    );
+    assert!(
+        !agent.metrics().contains("container=\"\""),
+        "an empty container label:\n{}",
+        agent.metrics()
+    );
+
+    // The queue gauges equal ss inside each namespace.
+    for (c, pod) in [(&a, None), (&b, Some(POD))] {
+        let ss = c.inside(|| ss_queue(port));
+        let l = labels(port, c, pod);
+        let seen = wait_for(Duration::from_secs(3), || {
+            let len = agent.sample(&format!("nodewatch_tcp_listen_queue_length{{{l}}}"));
+            let max = agent.sample(&format!("nodewatch_tcp_listen_queue_max{{{l}}}"));
+            (len == Some(ss.0) && max == Some(ss.1)).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "{l}: ss in the namespace shows {ss:?}, the agent:\n{}",
+            agent.metrics()
+        );
+        eprintln!("{l}: queue {}/{} as ss shows", ss.0, ss.1);
+    }
+
+    // A closed listener's gauges go away.
+    drop((open_a, la));
+    let la_gone = wait_for(Duration::from_secs(3), || {
+        agent
+            .sample(&format!(
+                "nodewatch_tcp_listen_queue_length{{{}}}",
+                labels(port, &a, None)
+            ))
+            .is_none()
+            .then_some(())
+    });
+    assert!(la_gone.is_some(), "stale gauge:\n{}", agent.metrics());
+    drop((open_b, lb));
+
+    // An alert about a container's port names it.
+    let alerts = wait_for(Duration::from_secs(5), || {
+        let (_, body) = common::http_get(agent.addr, "/api/v1/alerts")?;
+        (body.contains(b.label()) && body.contains(a.label())).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("no alerts naming both containers"));
+    assert!(alerts.contains("NodewatchListenOverflow"), "{alerts}");
+    assert!(alerts.contains(POD), "{alerts}");
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn retransmits_in_a_container_are_its_namespaces() {
+    if !have_root("containers: retransmits") {
+        return;
+    }
+    let _serial = serial();
+    let c = FakeContainer::docker("ctrr");
+    // The listener belongs to the container: made inside, on a port of its namespace.
+    let l = c.inside(common::mss_listener);
+    let port = l.local_addr().unwrap().port();
+    let dir = TempDir::new("containers-rt");
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 200ms\nprobes:\n  accept_queue: {{ enabled: false }}\n  tcp_retransmits: {{ ports: [{port}] }}\n"
+        ),
+    );
+    let series = format!(
+        "nodewatch_tcp_retransmits_total{{{}}}",
+        labels(port, &c, None)
+    );
+    let retrans = c.inside(|| {
+        let lossy = NftTable::create(
+            "nodewatch_test_ctr_rt",
+            &format!(
+                "chain out {{\n type filter hook output priority 0;\n tcp dport {port} numgen random mod 100 < 12 drop\n}}\nchain in {{\n type filter hook input priority 0;\n tcp sport {port} numgen random mod 100 < 12 drop\n}}"
+            ),
+        );
+        let before = snmp_tcp("RetransSegs");
+        let addr = l.local_addr().unwrap();
+        let client = thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            s.write_all(&vec![7u8; 256 * 1024]).unwrap();
+            let mut back = vec![0u8; 256 * 1024];
+            s.read_exact(&mut back).unwrap();
+            s
+        });
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = vec![0u8; 256 * 1024];
+        s.read_exact(&mut got).unwrap();
+        s.write_all(&got).unwrap();
+        let cs = client.join().unwrap();
+        drop(lossy);
+        // Nothing left in flight: no retransmit can follow.
+        thread::sleep(Duration::from_secs(2));
+        let n = snmp_tcp("RetransSegs") - before;
+        drop((cs, s));
+        n
+    });
+    drop(l);
+    eprintln!("container's namespace RetransSegs +{retrans}");
+    assert!(retrans > 0, "the lossy path caused no retransmit");
+    let agreed = wait_for(Duration::from_secs(5), || {
+        (agent.sample(&series) == Some(retrans as f64)).then_some(())
+    });
+    assert!(
+        agreed.is_some(),
+        "want {series} {retrans}:\n{}",
+        agent.metrics()
+    );
+    assert_eq!(
+        agent.sample(&format!(
+            "nodewatch_tcp_retransmits_total{{port=\"{port}\"}}"
+        )),
+        Some(0.0),
+        "the host's series of the port"
+    );
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn a_stalled_gpu_call_in_a_container_is_counted_and_logged_with_it() {
+    if !have_root("containers: gpu ioctl")
+        || !have_tool_by("containers: gpu ioctl", FUSEPY, FUSEPY_CHECK)
+    {
+        return;
+    }
+    let _serial = serial();
+    let c = FakeContainer::docker("ctrg");
+    let dir = TempDir::new("containers-gpu");
+    let fs = SlowFs::new(&dir, "gpu");
+    let device = fs.mnt.join("gpu0");
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 200ms\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\n  gpu_ioctl:\n    devices: [\"{}\"]\n    stall_threshold: 500ms\n",
+            device.display()
+        ),
+    );
+    let file = fs.open("gpu0");
+    let label = device.display().to_string();
+    let took = c.inside(|| slow_ioctl(&file, 800));
+    assert!(took >= Duration::from_millis(800));
+    let stalls = format!(
+        "nodewatch_gpu_ioctl_stalls_total{{device=\"{label}\",container=\"{}\"}}",
+        c.label()
+    );
+    let counted = wait_for(Duration::from_secs(5), || {
+        (agent.sample(&stalls) == Some(1.0)).then_some(())
+    });
+    assert!(counted.is_some(), "want {stalls} 1:\n{}", agent.metrics());
+    assert_eq!(
+        agent.sample(&format!(
+            "nodewatch_gpu_ioctl_stalls_total{{device=\"{label}\"}}"
+        )),
+        Some(0.0),
+        "the host's series"
+    );
+    let logged = wait_for(Duration::from_secs(3), || {
+        let log = agent.log_text();
+        log.lines()
+            .any(|l| l.contains("GPU ioctl stalled") && l.contains(c.label()))
+            .then_some(())
+    });
+    assert!(
+        logged.is_some(),
+        "stall not logged with its container:\n{}",
+        agent.log_text()
+    );
+    assert!(agent.stop().success());
+}
