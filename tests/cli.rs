@@ -206,7 +206,7 @@ fn check_rules_reports_every_problem_with_its_place() {
         labels:
           "bad-label": y
         annotations:
-          summary: "{{ if $value }}hi{{ end }}"
+          summary: "{{ range $labels }}hi{{ end }}"
       - record: r
         alert: E
         expr: x
@@ -228,7 +228,7 @@ fn check_rules_reports_every_problem_with_its_place() {
         "FILE:10:15: alert \"C\": unsupported function `quantile_over_time`",
         "FILE:11:17: invalid recording rule name: \"bad name\"",
         "FILE:16:24: alert \"D\": invalid label name: \"bad-label\"",
-        "FILE:18:24: alert \"D\": annotation \"summary\": unsupported template action `if`",
+        "FILE:18:24: alert \"D\": annotation \"summary\": unsupported template action `range`",
         "FILE:20:16: only one of 'record' and 'alert' must be set",
         "FILE:22:16: alert \"F\": field 'expr' must be set in rule",
         "FILE:25:14: record \"r2\": invalid field 'for' in recording rule",

@@ -1,6 +1,7 @@
 //! The shipped Grafana dashboard against a real Prometheus (Debian's package) that scrapes a
 //! running agent with the shipped scrape config: every query of every panel runs without
-//! error, and the panels of the signals this test exercises return data.
+//! error, and the panels of the signals this test exercises return data. And its shape: the
+//! `container` variable, and every TCP and GPU ioctl panel filtered by it and split by it.
 
 mod common;
 
@@ -26,12 +27,12 @@ const MUST_HAVE_DATA: &[&str] = &[
     "MTTR (mean time to recover)",
     "MTBF (mean time between failures)",
     "Firing alerts",
-    "Retransmitted segments/s by port",
-    "Accept-queue overflows/s by port",
-    "Accept-queue fill by port",
+    "Retransmitted segments/s by port and container",
+    "Accept-queue overflows/s by port and container",
+    "Accept-queue fill by port and container",
     "ioctl latency heatmap",
-    "ioctl p99 by device",
-    "Stalled ioctls/s by device",
+    "ioctl p99 by device and container",
+    "Stalled ioctls/s by device and container",
     "ioctls hung right now",
     "NVIDIA Xid errors by code",
     "Targets up",
@@ -113,7 +114,8 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// Every (panel title, expr) of the dashboard with Grafana's variables filled in.
+/// Every (panel title, expr) of the dashboard with Grafana's variables filled in (`container`
+/// as All: the agent's own series, of host processes, have no container label).
 fn queries(instance: &str) -> Vec<(String, String)> {
     let dash: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard is JSON");
     let mut out = Vec::new();
@@ -124,6 +126,7 @@ fn queries(instance: &str) -> Vec<(String, String)> {
                 .unwrap()
                 .replace("$job", "nodewatch")
                 .replace("$instance", instance)
+                .replace("$container", ".*")
                 .replace("$__rate_interval", "15s")
                 .replace("$__range_s", "60")
                 .replace("$__range", "1m");
@@ -246,5 +249,98 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
             .filter(|(_, d)| **d)
             .map(|(t, _)| t)
             .collect::<Vec<_>>()
+    );
+}
+
+/// The metric families whose series carry `container` and `pod`.
+const CONTAINER_METRICS: &[&str] = &[
+    "nodewatch_tcp_retransmits_total",
+    "nodewatch_tcp_listen_overflows_total",
+    "nodewatch_tcp_listen_queue_length",
+    "nodewatch_tcp_listen_queue_max",
+    "nodewatch_gpu_ioctl_",
+];
+
+/// The selectors (`{...}`) written right after each use of a container metric in `expr`.
+fn container_selectors(expr: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for m in CONTAINER_METRICS {
+        for (i, _) in expr.match_indices(m) {
+            let rest = &expr[i..];
+            let name_end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            let after = &rest[name_end..];
+            let selector = if after.starts_with('{') {
+                after[..after.find('}').map_or(after.len(), |e| e + 1)].to_string()
+            } else {
+                String::new()
+            };
+            out.push((rest[..name_end].to_string(), selector));
+        }
+    }
+    out
+}
+
+#[test]
+fn container_variable_filters_and_splits_every_tcp_and_gpu_ioctl_panel() {
+    let dash: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard is JSON");
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    let var = vars
+        .iter()
+        .find(|v| v["name"] == "container")
+        .expect("a `container` template variable");
+    assert_eq!(var["type"], "query", "{var}");
+    assert_eq!(var["multi"], true, "{var}");
+    assert_eq!(var["includeAll"], true, "{var}");
+    // `.*` also matches series without the label: All shows host processes' series too.
+    assert_eq!(var["allValue"], ".*", "{var}");
+    assert_eq!(
+        var["current"]["value"][0], "$__all",
+        "All by default: {var}"
+    );
+    let query = var["query"].as_str().unwrap();
+    assert!(
+        query.starts_with("label_values(") && query.ends_with(", container)"),
+        "{query}"
+    );
+    assert!(
+        query.contains("nodewatch_tcp_") && query.contains("nodewatch_gpu_ioctl_"),
+        "the values come from both the TCP and the GPU ioctl series: {query}"
+    );
+    let mut panels = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let uses = container_selectors(expr);
+            if uses.is_empty() {
+                continue;
+            }
+            panels += 1;
+            for (metric, selector) in &uses {
+                assert!(
+                    selector.contains("container=~\"$container\""),
+                    "{title}: {metric} is not filtered by $container: {expr}"
+                );
+            }
+            // Sums keep containers apart, and the legend tells them apart.
+            for by in expr.match_indices("sum by (").map(|(i, _)| &expr[i..]) {
+                let labels = &by[..by.find(')').unwrap()];
+                assert!(
+                    labels == "sum by (le" || labels.contains("container, pod"),
+                    "{title}: `{labels})` adds containers together: {expr}"
+                );
+            }
+            let legend = t["legendFormat"].as_str().unwrap_or_default();
+            assert!(
+                legend == "{{le}}" || legend.contains("{{container}}"),
+                "{title}: legend {legend:?} does not name the container"
+            );
+        }
+    }
+    assert!(
+        panels >= 7,
+        "too few TCP and GPU ioctl panels found: {panels}"
     );
 }

@@ -161,7 +161,9 @@ const TIMES: &[&str] = &[
 ];
 
 /// Rules compared by their alerts: recording rules feeding alerting rules, `for`,
-/// `keep_firing_for`, templates, and the same alert name in two groups.
+/// `keep_firing_for`, templates (with `if`/`else if`/`else` and `with`, Go's truth of strings,
+/// numbers, booleans and missing labels, trimming around them), and the same alert name in two
+/// groups.
 const RULES: &str = r#"
 groups:
   - name: rec
@@ -189,19 +191,32 @@ groups:
           human: '{{ $value | humanize }} {{ humanizePercentage $value }} {{ $value | humanizeDuration }}'
           printf: '{{ printf "%.3f|%5.1f|%g|%e|%v" $value $value $value $value $value }}'
           missing: '{{ $labels.nope }} {{ index $labels "job" | toUpper }} {{ title "a b" }}'
+          if: '{{ if $labels.nope }}nope{{ else if $labels.port }}port {{ $labels.port }}{{ else if $labels.job }}job {{ $labels.job }}{{ else }}none{{ end }}'
+          with: '{{ with $labels.port }}port {{ . }}{{ end }}{{ with $labels.nope }} never {{ . }}{{ else }} no nope{{ end }}{{ with $labels }} job {{ .job }}{{ .nope }}{{ end }}'
+          truth: '{{ if $value }}v{{ end }}{{ if 0 }}0{{ end }}{{ if 0.0 }}0.0{{ end }}{{ if "" }}e{{ end }}{{ if false }}f{{ end }}{{ if $labels }}L{{ end }}{{ if $value | humanize }}h{{ end }}'
+          nested: "{{ with $labels.port }}{{ with $labels.job }}{{ . }}{{ else }}{{ . }}{{ end }}:{{ . }}{{ end }}"
+          trimmed: "a {{- with $labels.job }} {{ . }} {{- end }} b {{- if false }} x {{- else -}} \n y {{ end -}} z"
       - alert: GaugeOdd
         expr: g > 1 or g < -1
         annotations:
           v: '{{ $value }} {{ $value | humanize1024 }}'
+          sign: '{{ if $value }}{{ with $labels.dev }}{{ . | toUpper }}{{ end }} {{ with $value }}{{ . | humanize }}{{ end }}{{ else }}zero{{ end }}'
       - alert: Overflow
         expr: increase(c[1m]) > 20
         keep_firing_for: 30s
+      - alert: Sparse
+        expr: sum by (job) (c) > 100 or up == 0
+        labels:
+          kind: '{{ with $labels.__name__ }}{{ . }}{{ else }}sum{{ end }}'
+        annotations:
+          which: '{{ if $labels.port }}port{{ else if $labels.job }}job {{ $labels.job }}{{ else }}none{{ end }}'
+          zero: '{{ if $value }}nonzero {{ $value }}{{ else }}zero{{ end }}'
 "#;
 
 fn rule_tests(times: &[&str]) -> String {
     let mut t = String::new();
     for time in times {
-        for name in ["Busy", "High", "GaugeOdd", "Overflow"] {
+        for name in ["Busy", "High", "GaugeOdd", "Overflow", "Sparse"] {
             t.push_str(&format!(
                 "      - eval_time: {time}\n        alertname: {name}\n        exp_alerts: []\n"
             ));
@@ -417,14 +432,7 @@ fn alerts_and_recording_rules_match_prometheus() {
         return;
     }
     let dir = TempDir::new("vs-prom-alerts");
-    // `if` is outside nodewatch's template subset: the same file minus that label is used.
-    dir.write(
-        "rules.yaml",
-        &RULES.replace(
-            "          severity: \"{{ if true }}x{{ end }}\"\n",
-            "          severity: page\n",
-        ),
-    );
+    dir.write("rules.yaml", RULES);
     let times: Vec<String> = (0..=40).map(|i| format!("{}s", i * 15)).collect();
     let times: Vec<&str> = times.iter().map(String::as_str).collect();
     dir.write(
@@ -442,7 +450,10 @@ fn alerts_and_recording_rules_match_prometheus() {
 #[test]
 fn template_outside_the_subset_is_refused_with_its_place() {
     let dir = TempDir::new("vs-prom-tmpl");
-    let path = dir.write("rules.yaml", RULES);
+    let path = dir.write(
+        "rules.yaml",
+        &RULES.replace("{{ if true }}x{{ end }}", "{{ range $labels }}x{{ end }}"),
+    );
     let out = Command::new(BIN)
         .arg("check-rules")
         .arg(&path)
@@ -452,7 +463,7 @@ fn template_outside_the_subset_is_refused_with_its_place() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(
-            "rules.yaml:13:25: alert \"Busy\": label \"severity\": unsupported template action `if`"
+            "rules.yaml:13:25: alert \"Busy\": label \"severity\": unsupported template action `range`"
         ),
         "{err}"
     );
@@ -473,9 +484,8 @@ fn everything_nodewatch_accepts_passes_promtool_check_rules() {
             e.replace('\'', "''")
         ));
     }
-    let rules = RULES.replace("          severity: \"{{ if true }}x{{ end }}\"\n", "");
     let a = dir.write("exprs.yaml", &text);
-    let b = dir.write("templates.yaml", &rules);
+    let b = dir.write("templates.yaml", RULES);
     for f in [&a, &b] {
         let ours = Command::new(BIN)
             .arg("check-rules")

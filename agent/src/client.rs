@@ -121,11 +121,16 @@ pub fn describe_status(v: &serde_json::Value) -> String {
         .unwrap_or_default();
     out.push_str(&format!("firing alerts: {}\n", alerts.len()));
     for a in alerts {
-        out.push_str(&format!(
-            "  {} {}\n",
-            a["labels"]["alertname"].as_str().unwrap_or("?"),
-            a["labels"]
-        ));
+        let labels = &a["labels"];
+        out.push_str("  ");
+        out.push_str(labels["alertname"].as_str().unwrap_or("?"));
+        // Which container (and pod) it is about, up front; host alerts have neither.
+        for key in ["container", "pod"] {
+            if let Some(v) = labels[key].as_str() {
+                out.push_str(&format!(" {key}={v}"));
+            }
+        }
+        out.push_str(&format!(" {labels}\n"));
     }
     out.push_str("probes:\n");
     for p in v["probes"].as_array().into_iter().flatten() {
@@ -136,4 +141,63 @@ pub fn describe_status(v: &serde_json::Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::describe_status;
+
+    fn status(alerts: serde_json::Value) -> serde_json::Value {
+        json!({
+            "health": { "status": "draining", "reasons": ["NodewatchListenOverflow"] },
+            "alerts": alerts,
+            "probes": [{ "probe": "accept_queue", "mode": "ebpf" }],
+        })
+    }
+
+    #[test]
+    fn an_alert_of_a_host_process_reads_as_its_labels() {
+        let v = status(json!([{
+            "labels": { "alertname": "NodewatchListenOverflow", "port": "8000", "severity": "critical" },
+        }]));
+        assert_eq!(
+            describe_status(&v),
+            "node: draining\n  reason: NodewatchListenOverflow\nfiring alerts: 1\n  NodewatchListenOverflow {\"alertname\":\"NodewatchListenOverflow\",\"port\":\"8000\",\"severity\":\"critical\"}\nprobes:\n  accept_queue       ebpf\n"
+        );
+    }
+
+    #[test]
+    fn an_alert_of_a_container_names_it_and_its_pod() {
+        let v = status(json!([
+            {
+                "labels": {
+                    "alertname": "NodewatchListenOverflow",
+                    "container": "abc123def456",
+                    "pod": "prod/web-0",
+                    "port": "8000",
+                },
+            },
+            {
+                "labels": {
+                    "alertname": "NodewatchGpuIoctlHung",
+                    "container": "0123456789ab",
+                    "device": "/dev/nvidia0",
+                },
+            },
+        ]));
+        let text = describe_status(&v);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[2], "firing alerts: 2");
+        assert_eq!(
+            lines[3],
+            "  NodewatchListenOverflow container=abc123def456 pod=prod/web-0 {\"alertname\":\"NodewatchListenOverflow\",\"container\":\"abc123def456\",\"pod\":\"prod/web-0\",\"port\":\"8000\"}"
+        );
+        assert!(
+            lines[4].starts_with("  NodewatchGpuIoctlHung container=0123456789ab {"),
+            "no pod outside Kubernetes: {}",
+            lines[4]
+        );
+    }
 }

@@ -60,4 +60,33 @@ mod tests {
         assert_eq!(v.value, "2.5e+00");
         assert_eq!(v.active_at, "1970-01-01T00:00:00.000Z");
     }
+
+    #[test]
+    fn every_label_is_shown_the_container_and_pod_too() {
+        let a = Alert {
+            labels: Labels::from_pairs([
+                ("alertname", "NodewatchListenOverflow"),
+                ("container", "abc123def456"),
+                ("pod", "prod/web-0"),
+                ("port", "8000"),
+            ]),
+            annotations: Vec::new(),
+            state: State::Firing,
+            active_at: 0,
+            fired_at: Some(0),
+            resolved_at: None,
+            keep_firing_since: None,
+            value: 1.0,
+        };
+        let json = serde_json::to_value(AlertView::new(&a)).unwrap();
+        assert_eq!(
+            json["labels"],
+            serde_json::json!({
+                "alertname": "NodewatchListenOverflow",
+                "container": "abc123def456",
+                "pod": "prod/web-0",
+                "port": "8000",
+            })
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! Alert and recording rules in the Prometheus rule-file format, evaluated on this node every
-//! tick: load and validate ([`file`], [`subset`], [`template`], [`tmplfuncs`]), evaluate
-//! ([`eval`], [`functions`], [`value`]) over the store's short history of the node's own
-//! series (`store::history`), move alerts ([`alerting`]), run groups ([`engine`]) for the agent
-//! ([`live`], [`reload`]) and for rule unit tests ([`unittest`], [`notation`]).
+//! tick: load and validate ([`file`], [`subset`], [`template`], [`tmplparse`],
+//! [`tmplfuncs`]), evaluate ([`eval`], [`functions`], [`value`]) over the store's short
+//! history of the node's own series (`store::history`), move alerts ([`alerting`]), run groups
+//! ([`engine`]) for the agent ([`live`], [`reload`]) and for rule unit tests ([`unittest`],
+//! [`notation`]).
 
 pub mod alerting;
 pub mod duration;
@@ -17,6 +18,7 @@ pub mod reload;
 pub mod subset;
 pub mod template;
 pub mod tmplfuncs;
+pub mod tmplparse;
 pub mod unittest;
 pub mod value;
 

@@ -1,10 +1,15 @@
 //! Alert label and annotation templates: the part of Go's `text/template` that Prometheus rule
 //! files use — `{{ $labels.port }}`, `{{ $value }}`, pipelines into `humanize*`, `printf`,
-//! `toUpper`, `toLower`, `title`, `index`, and `{{/* comments */}}` with `{{-`/`-}}` trimming.
-//! Anything else (`if`, `range`, variables of one's own, queries) is refused at load, naming
-//! the construct.
+//! `toUpper`, `toLower`, `title`, `index`, `{{ if }}`/`{{ else if }}`/`{{ else }}`,
+//! `{{ with }}` (which sets `.`), `{{ end }}`, and `{{/* comments */}}` with `{{-`/`-}}`
+//! trimming. Parsing is in [`super::tmplparse`]; anything else (`range`, variables of one's
+//! own, queries) is refused at load, naming the construct.
 
-use super::tmplfuncs::{FUNCS, Func, Val, call, lookup, print};
+pub use super::tmplparse::TemplateError;
+use super::{
+    tmplfuncs::{Val, call, lookup, print},
+    tmplparse::{self, Command, Node, Operand, Var},
+};
 use crate::store::labels::Labels;
 
 /// A parsed template.
@@ -12,41 +17,6 @@ use crate::store::labels::Labels;
 pub struct Template {
     raw: String,
     nodes: Vec<Node>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Node {
-    Text(String),
-    Action(Vec<Command>),
-}
-
-/// One command of a pipeline: a function and its arguments, or a single value.
-#[derive(Debug, Clone, PartialEq)]
-struct Command(Vec<Operand>);
-
-#[derive(Debug, Clone, PartialEq)]
-enum Operand {
-    Func(Func),
-    /// `$labels`, `$value`, ... or `.Labels`, `.Value`, then field names.
-    Var(Var, Vec<String>),
-    Str(String),
-    Num(f64),
-    Pipe(Vec<Command>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Var {
-    Labels,
-    ExternalLabels,
-    ExternalUrl,
-    Value,
-}
-
-/// A template that nodewatch cannot run: the construct, and where in the text it starts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TemplateError {
-    pub offset: usize,
-    pub message: String,
 }
 
 /// What a template sees.
@@ -60,53 +30,9 @@ pub struct Data<'a> {
 impl Template {
     /// Parses `raw`.
     pub fn parse(raw: &str) -> Result<Self, TemplateError> {
-        let mut nodes = Vec::new();
-        let mut rest = raw;
-        let mut trim_next = false;
-        while !rest.is_empty() {
-            let at = raw.len() - rest.len();
-            let Some(open) = rest.find("{{") else {
-                push_text(&mut nodes, rest, trim_next, false);
-                break;
-            };
-            let inner_start = open + 2;
-            let trim_left = rest[inner_start..].starts_with("- ");
-            push_text(&mut nodes, &rest[..open], trim_next, trim_left);
-            let body_start = inner_start + if trim_left { 2 } else { 0 };
-            let Some(close) = rest[body_start..].find("}}") else {
-                return Err(TemplateError {
-                    offset: at + open,
-                    message: "unclosed action `{{`".into(),
-                });
-            };
-            let mut body = &rest[body_start..body_start + close];
-            trim_next = body.ends_with(" -");
-            if trim_next {
-                body = &body[..body.len() - 2];
-            }
-            let body_at = at + body_start;
-            let trimmed = body.trim();
-            if !(trimmed.starts_with("/*") && trimmed.ends_with("*/")) {
-                let mut p = Parser {
-                    src: body,
-                    pos: 0,
-                    base: body_at,
-                };
-                let pipe = p.pipeline()?;
-                p.skip_space();
-                if p.pos < body.len() {
-                    return Err(p.err(format!("unexpected `{}` in action", &body[p.pos..])));
-                }
-                if pipe.is_empty() {
-                    return Err(p.err("empty action `{{ }}`".into()));
-                }
-                nodes.push(Node::Action(pipe));
-            }
-            rest = &rest[body_start + close + 2..];
-        }
         Ok(Self {
             raw: raw.to_string(),
-            nodes,
+            nodes: tmplparse::parse(raw)?,
         })
     }
 
@@ -127,244 +53,101 @@ impl Template {
     /// `<error expanding template: ...>` in place of the whole text.
     pub fn expand(&self, data: &Data<'_>) -> String {
         let mut out = String::new();
-        for node in &self.nodes {
-            match node {
-                Node::Text(t) => out.push_str(t),
-                Node::Action(pipe) => match run(pipe, data) {
-                    Ok(v) => out.push_str(&print(&v)),
-                    Err(e) => return format!("<error expanding template: {e}>"),
-                },
-            }
+        // Outside `with`, `.` is resolved when parsing (`.Labels`, `.Value`): never read.
+        match exec(&self.nodes, data, &Val::Missing, &mut out) {
+            Ok(()) => out,
+            Err(e) => format!("<error expanding template: {e}>"),
         }
-        out
     }
 }
 
-fn push_text(nodes: &mut Vec<Node>, text: &str, trim_start: bool, trim_end: bool) {
-    let mut t = text;
-    if trim_start {
-        t = t.trim_start();
-    }
-    if trim_end {
-        t = t.trim_end();
-    }
-    if !t.is_empty() {
-        nodes.push(Node::Text(t.to_string()));
-    }
-}
-
-struct Parser<'s> {
-    src: &'s str,
-    pos: usize,
-    base: usize,
-}
-
-impl Parser<'_> {
-    fn err(&self, message: String) -> TemplateError {
-        TemplateError {
-            offset: self.base + self.pos,
-            message,
-        }
-    }
-
-    fn skip_space(&mut self) {
-        while self.src[self.pos..].starts_with([' ', '\t', '\n', '\r']) {
-            self.pos += 1;
-        }
-    }
-
-    fn peek(&self) -> Option<char> {
-        self.src[self.pos..].chars().next()
-    }
-
-    fn word(&mut self) -> &str {
-        let start = self.pos;
-        while let Some(c) = self.peek() {
-            if c.is_alphanumeric() || c == '_' || c == '$' || c == '.' {
-                self.pos += c.len_utf8();
-            } else {
-                break;
-            }
-        }
-        &self.src[start..self.pos]
-    }
-
-    fn pipeline(&mut self) -> Result<Vec<Command>, TemplateError> {
-        let mut cmds = Vec::new();
-        loop {
-            let mut ops = Vec::new();
-            loop {
-                self.skip_space();
-                match self.peek() {
-                    None | Some('|') | Some(')') => break,
-                    _ => ops.push(self.operand(ops.is_empty())?),
-                }
-            }
-            if ops.is_empty() {
-                if self.peek() == Some('|') {
-                    return Err(self.err("missing command before `|`".into()));
-                }
-                return Ok(cmds);
-            }
-            cmds.push(Command(ops));
-            if self.peek() == Some('|') {
-                self.pos += 1;
-            } else {
-                return Ok(cmds);
-            }
-        }
-    }
-
-    fn operand(&mut self, first: bool) -> Result<Operand, TemplateError> {
-        let start = self.pos;
-        match self.peek() {
-            Some('"') | Some('`') => self.string(),
-            Some('(') => {
-                self.pos += 1;
-                let p = self.pipeline()?;
-                if self.peek() != Some(')') {
-                    return Err(self.err("unclosed `(`".into()));
-                }
-                self.pos += 1;
-                Ok(Operand::Pipe(p))
-            }
-            Some(c) if c.is_ascii_digit() || c == '-' || c == '+' => {
-                self.pos += 1;
-                let w = self.word();
-                let text = format!("{c}{w}");
-                text.parse().map(Operand::Num).map_err(|_| TemplateError {
-                    offset: self.base + start,
-                    message: format!("bad number `{text}`"),
-                })
-            }
-            _ => {
-                let w = self.word().to_string();
-                let at = |message: String| TemplateError {
-                    offset: self.base + start,
-                    message,
+fn exec<'a>(
+    nodes: &[Node],
+    data: &'a Data<'a>,
+    dot: &Val<'a>,
+    out: &mut String,
+) -> Result<(), String> {
+    for node in nodes {
+        match node {
+            Node::Text(t) => out.push_str(t),
+            Node::Action(pipe) => out.push_str(&print(&run(pipe, data, dot)?)),
+            Node::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                let branch = if truth(&run(cond, data, dot)?) {
+                    then
+                } else {
+                    otherwise
                 };
-                if w.is_empty() {
-                    let c = self.peek().unwrap_or(' ');
-                    return Err(at(format!("unexpected `{c}`")));
+                exec(branch, data, dot, out)?;
+            }
+            Node::With {
+                value,
+                then,
+                otherwise,
+            } => {
+                let v = run(value, data, dot)?;
+                if truth(&v) {
+                    exec(then, data, &v, out)?;
+                } else {
+                    exec(otherwise, data, dot, out)?;
                 }
-                if w.starts_with('$') || w.starts_with('.') {
-                    return var(&w).map_err(at);
-                }
-                if let Some((_, f)) = FUNCS.iter().find(|(n, _)| *n == w) {
-                    if !first {
-                        return Err(at(format!(
-                            "function `{w}` used as an argument: wrap it in ( )"
-                        )));
-                    }
-                    return Ok(Operand::Func(*f));
-                }
-                let what = match w.as_str() {
-                    "if" | "else" | "end" | "range" | "with" | "define" | "template" | "block"
-                    | "break" | "continue" => format!("action `{w}`"),
-                    "query" | "first" | "label" | "value" | "sortByLabel" => {
-                        format!("function `{w}` (queries from templates)")
-                    }
-                    _ => format!("function `{w}`"),
-                };
-                Err(at(format!(
-                    "unsupported template {what}: nodewatch templates support $labels, $value, $externalLabels, $externalURL and the functions {}",
-                    FUNCS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-                )))
             }
         }
     }
+    Ok(())
+}
 
-    fn string(&mut self) -> Result<Operand, TemplateError> {
-        let start = self.pos;
-        let quote = self.peek().unwrap_or('"');
-        self.pos += 1;
-        let mut s = String::new();
-        loop {
-            let Some(c) = self.peek() else {
-                self.pos = start;
-                return Err(self.err("unterminated string".into()));
-            };
-            self.pos += c.len_utf8();
-            if c == quote {
-                return Ok(Operand::Str(s));
-            }
-            if c == '\\' && quote == '"' {
-                let Some(e) = self.peek() else { continue };
-                self.pos += e.len_utf8();
-                s.push(match e {
-                    'n' => '\n',
-                    't' => '\t',
-                    'r' => '\r',
-                    other => other,
-                });
-            } else {
-                s.push(c);
-            }
-        }
+/// Go's truth of a value: false for the empty string, zero, `false`, an empty map and a
+/// missing value; true otherwise (NaN included).
+fn truth(v: &Val<'_>) -> bool {
+    match v {
+        Val::Str(s) => !s.is_empty(),
+        Val::Float(f) => *f != 0.0,
+        Val::Bool(b) => *b,
+        Val::Map(m) => m.iter().next().is_some(),
+        Val::Missing => false,
     }
 }
 
-fn var(w: &str) -> Result<Operand, String> {
-    let mut parts = w.split('.');
-    let head = parts.next().unwrap_or_default();
-    let mut fields: Vec<String> = parts.map(str::to_string).collect();
-    let v = if head.is_empty() {
-        // `.Labels.port`: the first field names the variable.
-        if fields.is_empty() || fields[0].is_empty() {
-            return Err("`.` on its own is not supported; use $labels or $value".into());
-        }
-        match fields.remove(0).as_str() {
-            "Labels" => Var::Labels,
-            "ExternalLabels" => Var::ExternalLabels,
-            "ExternalURL" => Var::ExternalUrl,
-            "Value" => Var::Value,
-            other => return Err(format!("unknown field `.{other}`")),
-        }
-    } else {
-        match head {
-            "$labels" => Var::Labels,
-            "$externalLabels" => Var::ExternalLabels,
-            "$externalURL" => Var::ExternalUrl,
-            "$value" => Var::Value,
-            other => {
-                return Err(format!(
-                    "unsupported template variable `{other}`: use $labels, $value, $externalLabels or $externalURL"
-                ));
-            }
-        }
-    };
-    let is_map = matches!(v, Var::Labels | Var::ExternalLabels);
-    if fields.iter().any(String::is_empty) || fields.len() > usize::from(is_map) {
-        return Err(format!("unsupported field access `{w}`"));
-    }
-    Ok(Operand::Var(v, fields))
-}
-
-fn run<'a>(pipe: &[Command], data: &'a Data<'a>) -> Result<Val<'a>, String> {
+fn run<'a>(pipe: &[Command], data: &'a Data<'a>, dot: &Val<'a>) -> Result<Val<'a>, String> {
     let mut last: Option<Val<'a>> = None;
     for Command(ops) in pipe {
         let mut args = Vec::new();
         for op in &ops[1..] {
-            args.push(operand(op, data)?);
+            args.push(operand(op, data, dot)?);
         }
         if let Some(v) = last.take() {
             args.push(v);
         }
         last = Some(match &ops[0] {
             Operand::Func(f) => call(*f, args)?,
-            other if args.is_empty() => operand(other, data)?,
+            other if args.is_empty() => operand(other, data, dot)?,
             _ => return Err("can't give argument to non-function".into()),
         });
     }
     Ok(last.unwrap_or(Val::Missing))
 }
 
-fn operand<'a>(op: &Operand, data: &'a Data<'a>) -> Result<Val<'a>, String> {
+fn operand<'a>(op: &Operand, data: &'a Data<'a>, dot: &Val<'a>) -> Result<Val<'a>, String> {
     Ok(match op {
         Operand::Func(f) => call(*f, Vec::new())?,
         Operand::Str(s) => Val::Str(s.clone()),
         Operand::Num(n) => Val::Float(*n),
-        Operand::Pipe(p) => run(p, data)?,
+        Operand::Bool(b) => Val::Bool(*b),
+        Operand::Pipe(p) => run(p, data, dot)?,
+        Operand::Dot(None) => dot.clone(),
+        Operand::Dot(Some(field)) => match dot {
+            Val::Map(m) => lookup(m, field),
+            other => {
+                return Err(format!(
+                    "can't evaluate field {field} in type {}",
+                    other.type_name()
+                ));
+            }
+        },
         Operand::Var(v, fields) => {
             let base = match v {
                 Var::Labels => Val::Map(data.labels),
@@ -433,10 +216,226 @@ mod tests {
         assert!(expand("{{ humanize \"x\" }}", 0.0).starts_with("<error expanding template: "));
     }
 
+    /// Expands `t` for a series with these labels (and no others).
+    fn expand_for(t: &str, pairs: &[(&str, &str)], value: f64) -> String {
+        let labels = Labels::from_pairs(pairs.iter().copied());
+        let ext = Labels::new();
+        Template::parse(t)
+            .unwrap_or_else(|e| panic!("{t}: {e:?}"))
+            .expand(&Data {
+                labels: &labels,
+                external_labels: &ext,
+                external_url: "",
+                value,
+            })
+    }
+
+    #[test]
+    fn if_else_if_else_with_go_truth() {
+        let t = "{{ if $labels.port }}P{{ else }}N{{ end }}";
+        assert_eq!(expand(t, 0.0), "P");
+        assert_eq!(expand_for(t, &[], 0.0), "N", "a missing label is false");
+        let t = "{{ if $value }}nonzero{{ else }}zero{{ end }}";
+        assert_eq!(expand(t, 0.0), "zero");
+        assert_eq!(expand(t, -2.0), "nonzero");
+        assert_eq!(expand(t, f64::NAN), "nonzero", "NaN != 0, as in Go");
+        let chain = "{{ if false }}a{{ else if 0 }}b{{ else if \"\" }}c{{ else if 0.0 }}d{{ else if $labels.port }}e{{ else }}f{{ end }}";
+        assert_eq!(expand(chain, 0.0), "e");
+        assert_eq!(expand_for(chain, &[], 0.0), "f");
+        assert_eq!(expand("{{ if true }}t{{ end }}", 0.0), "t");
+        assert_eq!(expand("{{ if false }}t{{ end }}", 0.0), "");
+        assert_eq!(expand("{{ if $labels }}labels{{ end }}", 0.0), "labels");
+        assert_eq!(expand_for("{{ if $labels }}x{{ end }}", &[], 0.0), "");
+        // A pipeline as the condition: its last value counts.
+        assert_eq!(expand("{{ if $value | humanize }}h{{ end }}", 0.0), "h");
+        // Nested.
+        let t = "{{ if $labels.port }}{{ if $value }}busy{{ else }}idle{{ end }} port{{ end }}";
+        assert_eq!(expand(t, 1.0), "busy port");
+        assert_eq!(expand(t, 0.0), "idle port");
+        assert_eq!(expand("{{ true }} {{ false }}", 0.0), "true false");
+    }
+
+    #[test]
+    fn with_binds_dot_and_else_keeps_it() {
+        let t = "on port {{ $labels.port }}{{ with $labels.container }} in container {{ . }}{{ end }}{{ with $labels.pod }} (pod {{ . }}){{ end }}";
+        assert_eq!(expand_for(t, &[("port", "80")], 0.0), "on port 80");
+        assert_eq!(
+            expand_for(t, &[("port", "80"), ("container", "abc123def456")], 0.0),
+            "on port 80 in container abc123def456"
+        );
+        assert_eq!(
+            expand_for(
+                t,
+                &[
+                    ("port", "80"),
+                    ("container", "abc123def456"),
+                    ("pod", "ns/web")
+                ],
+                0.0
+            ),
+            "on port 80 in container abc123def456 (pod ns/web)"
+        );
+        let t = "{{ with $labels.nope }}got {{ . }}{{ else }}none{{ end }}";
+        assert_eq!(expand(t, 0.0), "none");
+        assert_eq!(
+            expand("{{ with $value }}{{ . | humanize }}{{ end }}", 2e3),
+            "2k"
+        );
+        assert_eq!(expand("{{ with $value }}x{{ end }}", 0.0), "");
+        assert_eq!(
+            expand("{{ with $labels }}{{ .port }}/{{ .nope }}{{ end }}", 0.0),
+            "8000/"
+        );
+        assert_eq!(
+            expand("{{ with $labels }}{{ . }}{{ end }}", 0.0),
+            "map[__name__:x port:8000]"
+        );
+        // Nested `with`: the inner `.` is the inner value; `$labels` is still there.
+        let t =
+            "{{ with $labels.port }}{{ with $labels.__name__ }}{{ . }}{{ end }}:{{ . }}{{ end }}";
+        assert_eq!(expand(t, 0.0), "x:8000");
+        // In `else`, `.` is the outer one.
+        let t =
+            "{{ with $labels.port }}{{ with $labels.nope }}in{{ else }}{{ . }}{{ end }}{{ end }}";
+        assert_eq!(expand(t, 0.0), "8000");
+        assert_eq!(
+            expand(
+                "{{ with $labels.port | printf \"p%s\" }}{{ . }}{{ end }}",
+                0.0
+            ),
+            "p8000"
+        );
+        // A field of a value that is not a map is Go's run-time error.
+        assert_eq!(
+            expand("{{ with $value }}{{ .x }}{{ end }}", 1.0),
+            "<error expanding template: can't evaluate field x in type float64>"
+        );
+        assert_eq!(
+            expand("{{ if $value }}{{ humanize \"x\" }}{{ end }}", 0.0),
+            "",
+            "a branch not taken is not run"
+        );
+    }
+
+    #[test]
+    fn trimming_around_control_actions() {
+        assert_eq!(expand("x {{- if true -}} y {{- end -}} z", 0.0), "xyz");
+        let t = "a\n{{- with $labels.port }}\n  port {{ . }}\n{{- end }}\nb";
+        assert_eq!(expand(t, 0.0), "a\n  port 8000\nb");
+        assert_eq!(expand_for(t, &[], 0.0), "a\nb");
+        assert_eq!(
+            expand("{{ if false }}no{{- else -}}\n\t yes \n{{- end }}", 0.0),
+            "yes"
+        );
+        // `{{-3}}` is the number -3, not a trim marker.
+        assert_eq!(expand("a {{-3}}", 0.0), "a -3");
+    }
+
+    #[test]
+    fn unbalanced_and_unknown_actions_are_refused_with_their_place() {
+        let deep_if = "{{ if true }}".repeat(101);
+        let deep_parens = format!("{{{{ {}1 }}}}", "(".repeat(101));
+        for (t, what, at) in [
+            ("x {{ end }}", "`{{ end }}` without an `if` or `with`", 5),
+            ("{{ else }}", "`{{ else }}` outside an `if` or `with`", 3),
+            ("ab{{ if true }}x", "`{{ if }}` is never closed", 5),
+            (
+                "{{ if true }}{{ with $value }}x{{ end }}",
+                "`{{ if }}` is never closed",
+                3,
+            ),
+            (
+                "{{ if true }}a{{ else if true }}b",
+                "`{{ if }}` is never closed",
+                3,
+            ),
+            (
+                "{{ with $value }}x{{ else }}",
+                "`{{ with }}` is never closed",
+                3,
+            ),
+            (
+                "{{ if true }}a{{ else }}b{{ else }}c{{ end }}",
+                "a second `{{ else }}` in one `if`",
+                28,
+            ),
+            (
+                "{{ if true }}a{{ else }}b{{ else if true }}c{{ end }}",
+                "a second `{{ else }}`",
+                28,
+            ),
+            ("{{ if }}x{{ end }}", "missing value for `if`", 3),
+            ("{{ with }}x{{ end }}", "missing value for `with`", 3),
+            (
+                "{{ if true }}{{ else if }}{{ end }}",
+                "missing value for `else if`",
+                16,
+            ),
+            (
+                "{{ with $value }}a{{ else if true }}b{{ end }}",
+                "`{{ else if }}` inside `with` is not supported",
+                21,
+            ),
+            (
+                "{{ with $value }}a{{ else with $value }}b{{ end }}",
+                "`{{ else with }}` is not supported",
+                21,
+            ),
+            (
+                "{{ if true }}{{ else foo }}{{ end }}",
+                "unexpected `foo` after `else`",
+                21,
+            ),
+            (
+                "{{ if true }}{{ end foo }}",
+                "unexpected `foo` after `end`",
+                20,
+            ),
+            (
+                "{{ range $labels }}x{{ end }}",
+                "unsupported template action `range`",
+                3,
+            ),
+            ("{{ if true }}{{ break }}{{ end }}", "action `break`", 16),
+            ("{{ define \"x\" }}{{ end }}", "action `define`", 3),
+            ("{{ $value | if }}", "unexpected `if` inside an action", 12),
+            (
+                deep_if.as_str(),
+                "`if` and `with` nested more than 100 deep",
+                1303,
+            ),
+            (
+                deep_parens.as_str(),
+                "parentheses nested more than 100 deep",
+                103,
+            ),
+            (
+                "{{ . }}",
+                "`.` on its own is supported only inside `with`",
+                3,
+            ),
+            (
+                "{{ with $labels }}{{ .a.b }}{{ end }}",
+                "unsupported field access `.a.b`",
+                21,
+            ),
+        ] {
+            let e = Template::parse(t).unwrap_err();
+            assert!(e.message.contains(what), "{t}: {e:?}");
+            assert_eq!(e.offset, at, "{t}: {e:?}");
+        }
+        let deep = format!(
+            "{}x{}",
+            "{{ with $value }}{{ if . }}".repeat(50),
+            "{{ end }}".repeat(100)
+        );
+        assert_eq!(expand(&deep, 1.0), "x", "100 deep is allowed");
+    }
+
     #[test]
     fn unsupported_constructs_are_named() {
         for (t, what, at) in [
-            ("a {{ if $value }}x{{ end }}", "action `if`", 5),
+            ("a {{ range $labels }}x{{ end }}", "action `range`", 5),
             ("{{ $x := 1 }}", "variable `$x`", 3),
             ("{{ query \"up\" }}", "function `query`", 3),
             ("{{ $labels.a.b }}", "field access", 3),

@@ -33,9 +33,23 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
 pub(super) enum Val<'a> {
     Str(String),
     Float(f64),
+    Bool(bool),
     Map(&'a Labels),
     /// What an empty pipeline gives.
     Missing,
+}
+
+impl Val<'_> {
+    /// The Go type the value has in Prometheus, for error messages.
+    pub(super) fn type_name(&self) -> &'static str {
+        match self {
+            Val::Str(_) => "string",
+            Val::Float(_) => "float64",
+            Val::Bool(_) => "bool",
+            Val::Map(_) => "map[string]string",
+            Val::Missing => "<nil>",
+        }
+    }
 }
 
 /// A missing label reads as the empty string, as in Prometheus.
@@ -47,6 +61,7 @@ pub(super) fn print(v: &Val<'_>) -> String {
     match v {
         Val::Str(s) => s.clone(),
         Val::Float(f) => gofmt::format_g(*f, None),
+        Val::Bool(b) => b.to_string(),
         Val::Missing => "<no value>".into(),
         Val::Map(m) => {
             let pairs: Vec<String> = m.iter().map(|(k, v)| format!("{k}:{v}")).collect();
