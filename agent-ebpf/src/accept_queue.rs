@@ -23,8 +23,8 @@
 
 use aya_ebpf::{
     bindings::{
-        __sk_buff, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+        __sk_buff, BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
         bpf_probe_read_kernel, bpf_sk_cgroup_id, bpf_sk_fullsock, bpf_sk_release,
@@ -169,7 +169,9 @@ fn note_listener(tp: *const u8, off: &AcceptqOffsets, port: u16, cgroup: u64, ma
                 return Err(-1);
             }
             Ok(bpf_probe_read_kernel(
-                (socket as *const u8).wrapping_add(off.socket_ino as usize).cast(),
+                (socket as *const u8)
+                    .wrapping_add(off.socket_ino as usize)
+                    .cast(),
             )?)
         }
     };

@@ -15,9 +15,9 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::bpf_probe_read_kernel,
     macros::{map, raw_tracepoint},
-    bindings::BPF_NOEXIST,
     maps::HashMap,
     programs::RawTracePointContext,
 };
