@@ -2,6 +2,7 @@
 //! without `_total`; the encoder appends it (`nodewatch_tcp_retransmits_total`).
 
 pub const TCP_RETRANSMITS: &str = "tcp_retransmits";
+pub const TCP_SEGMENTS_SENT: &str = "tcp_segments_sent";
 pub const TCP_LISTEN_OVERFLOWS: &str = "tcp_listen_overflows";
 pub const TCP_LISTEN_QUEUE_LENGTH: &str = "tcp_listen_queue_length";
 pub const TCP_LISTEN_QUEUE_MAX: &str = "tcp_listen_queue_max";
