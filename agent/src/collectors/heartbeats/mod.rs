@@ -140,7 +140,7 @@ impl Target {
             .set(i64::from(up));
         match (changed, up, result) {
             (true, false, Err(f)) => {
-                tracing::warn!(target_name = %self.cfg.name, reason = f.reason(), error = %f, "heartbeat down")
+                tracing::warn!(target_name = %self.cfg.name, reason = f.reason(), error = %f, retries = self.cfg.retries, "heartbeat down")
             }
             (true, true, _) => tracing::info!(target_name = %self.cfg.name, "heartbeat up"),
             _ => {}
