@@ -15,6 +15,7 @@ pub const LOAD1: &str = "load1";
 pub const DISK_USED: &str = "disk_used_ratio";
 pub const PRESSURE: &str = "pressure_ratio";
 pub const NODE_HEALTHY: &str = "node_healthy";
+pub const NODE_DEGRADED: &str = "node_degraded";
 pub const HEALTH_TRANSITIONS: &str = "health_transitions";
 pub const UNHEALTHY_SECONDS: &str = "unhealthy_seconds";
 pub const NOTIFICATIONS: &str = "notifications";
