@@ -1,13 +1,18 @@
 //! Node health through every door: `/healthz`, the HAProxy agent-check port read by a real
 //! HAProxy, and the `drain` / `undrain` / `status` commands; manual drain survives `kill -9`;
-//! only loopback callers or token holders may change it.
+//! only loopback callers or token holders may change it; a degraded node stays in HAProxy at
+//! half its weight.
 
 mod common;
 
 use std::{
-    io::Read,
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -48,7 +53,7 @@ fn drain_reaches_healthz_haproxy_and_survives_kill_9() {
     let agent = Agent::start(&dir, &cfg);
     let addr = agent.addr.to_string();
     assert_eq!(http_get(agent.addr, "/healthz").unwrap().0, 200);
-    assert_eq!(agent_check(agent_port), "up ready\n");
+    assert_eq!(agent_check(agent_port), "up ready 100%\n");
     assert_eq!(
         common::sample(&agent.metrics(), "nodewatch_node_healthy"),
         Some(1.0)
@@ -90,7 +95,7 @@ fn drain_reaches_healthz_haproxy_and_survives_kill_9() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("node: healthy"), "{out}");
     assert_eq!(http_get(agent.addr, "/healthz").unwrap().0, 200);
-    assert_eq!(agent_check(agent_port), "up ready\n");
+    assert_eq!(agent_check(agent_port), "up ready 100%\n");
 
     // Bad requests are refused with a reason, not a crash.
     let (code, _, err) = cli(&[
@@ -133,6 +138,141 @@ fn haproxy_drains_the_server_and_puts_it_back() {
     assert_eq!(cli(&["undrain", "--addr", &addr]).0, 0);
     state("UP");
     eprintln!("undrain to HAProxy UP: {:?}", t.elapsed());
+}
+
+/// `/healthz`: status, the response head (lowercase) and the body.
+fn healthz(addr: SocketAddr) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// A `health: degrade` alert keeps the node in HAProxy at half its configured weight, still
+/// UP, with `/healthz` 200 and `x-envoy-degraded`; it is back at full weight when the alert
+/// resolves. The fault is a push heartbeat that stops beating, which a rule of the test's own
+/// turns into the degrade alert. A manual drain on top wins, and leaving it goes back to the
+/// degraded weight, not to DRAIN.
+#[test]
+fn haproxy_weighs_a_degraded_node_down_and_back_up() {
+    let dir = TempDir::new("health-degraded");
+    let agent_port = free_port();
+    dir.write(
+        "rules.yaml",
+        "groups:\n  - name: t\n    rules:\n      - alert: ServiceSlow\n        expr: nodewatch_heartbeat_up{target=\"svc\"} == 0\n        labels: { health: degrade }\n        annotations: { summary: \"svc missed its beat\" }\n",
+    );
+    let cfg = format!(
+        "{QUIET}spool_dir: {}\ndefault_rules: false\nrule_files: [rules.yaml]\nheartbeats:\n  - {{ name: svc, push_ttl: 1s }}\n\
+         health:\n  haproxy_agent_listen: 127.0.0.1:{agent_port}\n  recover_after: 0s\n",
+        dir.0.join("spool").display()
+    );
+    let agent = Agent::start(&dir, &cfg);
+    let beat = || {
+        let r = common::http_request(agent.addr, "POST", "/api/v1/heartbeat/svc", b"");
+        assert_eq!(r.map(|r| r.0), Some(204));
+    };
+    // The service beats every 200 ms until told to stop.
+    let beating = Arc::new(AtomicBool::new(true));
+    let beater = {
+        let (beating, addr) = (Arc::clone(&beating), agent.addr);
+        std::thread::spawn(move || {
+            while beating.load(Ordering::SeqCst) {
+                common::http_request(addr, "POST", "/api/v1/heartbeat/svc", b"");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    beat();
+    let haproxy = Haproxy::start(&dir, agent_port);
+    let state = |want: (&str, u32, u32), within: Duration| {
+        wait_for(within, || {
+            let s = haproxy.state();
+            (s.0 == want.0 && (s.1, s.2) == (want.1, want.2)).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "HAProxy never showed {want:?}: {:?}\n{}",
+                haproxy.state(),
+                agent.log_text()
+            )
+        })
+    };
+    state(("UP", 100, 100), Duration::from_secs(10));
+    assert_eq!(agent_check(agent_port), "up ready 100%\n");
+
+    // The service stops beating: degraded once its 1 s TTL has passed.
+    beating.store(false, Ordering::SeqCst);
+    beater.join().unwrap();
+    let t = Instant::now();
+    beat();
+    state(("UP", 50, 50), Duration::from_secs(5));
+    eprintln!(
+        "last beat to HAProxy weight 50 of 100: {:?} (1 s TTL, 200 ms ticks, agent-inter 100ms)",
+        t.elapsed()
+    );
+    assert_eq!(
+        agent_check(agent_port),
+        "up ready 50% #alert ServiceSlow (degraded): svc missed its beat\n"
+    );
+    let (code, head, body) = healthz(agent.addr);
+    assert_eq!(code, 200, "degraded still serves: {body}");
+    assert!(head.contains("\r\nx-envoy-degraded:"), "{head}");
+    assert!(body.contains("\"status\":\"degraded\""), "{body}");
+    assert!(body.contains("\"weight\":50"), "{body}");
+    assert!(body.contains("ServiceSlow"), "{body}");
+    let addr = agent.addr.to_string();
+    let (code, out, err) = cli(&["status", "--addr", &addr]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("node: degraded (load-balancer weight 50%)\n"),
+        "{out}"
+    );
+    let text = agent.metrics();
+    for (series, want) in [
+        ("nodewatch_node_healthy", 1.0),
+        ("nodewatch_node_degraded", 1.0),
+        (
+            "nodewatch_health_transitions_total{state=\"degraded\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(
+            common::sample(&text, series),
+            Some(want),
+            "{series}\n{text}"
+        );
+    }
+
+    // A manual drain wins; leaving it goes back to the degraded weight.
+    assert_eq!(cli(&["drain", "--reason", "swap", "--addr", &addr]).0, 0);
+    wait_for(Duration::from_secs(5), || {
+        (haproxy.status() == "DRAIN (agent)").then_some(())
+    })
+    .unwrap_or_else(|| panic!("no DRAIN: {:?}", haproxy.state()));
+    assert_eq!(healthz(agent.addr).0, 503);
+    assert_eq!(cli(&["undrain", "--addr", &addr]).0, 0);
+    state(("UP", 50, 50), Duration::from_secs(5));
+
+    // The service beats again: the alert resolves, the node is back at full weight.
+    let t = Instant::now();
+    beat();
+    state(("UP", 100, 100), Duration::from_secs(5));
+    eprintln!("beat to HAProxy weight 100: {:?}", t.elapsed());
+    let (code, head, body) = healthz(agent.addr);
+    assert_eq!(code, 200);
+    assert!(!head.contains("x-envoy-degraded"), "{head}");
+    assert!(body.contains("\"status\":\"healthy\""), "{body}");
+    assert_eq!(
+        common::sample(&agent.metrics(), "nodewatch_node_degraded"),
+        Some(0.0)
+    );
 }
 
 /// From an address that is not loopback, drain needs the token.

@@ -1,121 +1,20 @@
 //! Heartbeats against a real local HTTP server that the test starts, slows down, breaks,
-//! hangs and stops; push heartbeats through the agent's own endpoint.
+//! hangs, glitches, stops and restarts; push heartbeats through the agent's own endpoint.
+//! A failure is confirmed by retries: how fast a refused or hung target is down, and that a
+//! lost check or a short restart is not an outage.
 
 mod common;
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
-use common::{Agent, TempDir, http_request, sample, wait_for};
-
-/// How the test server answers.
-#[derive(Clone, Debug)]
-enum Mode {
-    Ok {
-        delay: Duration,
-        body: &'static str,
-    },
-    Status(u16),
-    /// Accept, read the request, never answer.
-    Hang,
-}
-
-/// An HTTP server on loopback whose behaviour the test switches.
-struct Server {
-    addr: SocketAddr,
-    mode: Arc<Mutex<Mode>>,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mode = Arc::new(Mutex::new(Mode::Ok {
-            delay: Duration::ZERO,
-            body: "ok",
-        }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let (mode, stop) = (Arc::clone(&mode), Arc::clone(&stop));
-            thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        return; // drops the listener: connections are refused from now on
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let (mode, stop) = (Arc::clone(&mode), Arc::clone(&stop));
-                    thread::spawn(move || serve(conn, &mode, &stop));
-                }
-            })
-        };
-        Self {
-            addr,
-            mode,
-            stop,
-            acceptor: Some(acceptor),
-        }
-    }
-
-    fn set(&self, mode: Mode) {
-        *self.mode.lock().unwrap() = mode;
-    }
-
-    /// Stops accepting: the port refuses connections afterwards.
-    fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(a) = self.acceptor.take() {
-            a.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn serve(mut conn: TcpStream, mode: &Mutex<Mode>, stop: &AtomicBool) {
-    let mut req = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => req.extend_from_slice(&buf[..n]),
-        }
-    }
-    let mode = mode.lock().unwrap().clone();
-    let (status, body) = match mode {
-        Mode::Ok { delay, body } => {
-            thread::sleep(delay);
-            (200, body)
-        }
-        Mode::Status(s) => (s, "broken"),
-        Mode::Hang => {
-            let until = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                thread::sleep(Duration::from_millis(50));
-            }
-            return;
-        }
-    };
-    let _ = write!(
-        conn,
-        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
+use common::{
+    Agent, TempDir,
+    health_server::{Mode, Server},
+    http_request, sample, wait_for,
+};
 
 const QUIET: &str = "interval: 200ms\nprobes:\n  tcp_retransmits: { enabled: false }\n  accept_queue: { enabled: false }\nresources: { enabled: false }\n";
 
@@ -144,6 +43,181 @@ fn failures(text: &str, target: &str, reason: &str) -> f64 {
         &format!("target=\"{target}\",reason=\"{reason}\""),
     )
     .unwrap_or(0.0)
+}
+
+/// `nodewatch_heartbeat_up` of `target`.
+fn up_of(agent: &Agent, target: &str) -> Option<f64> {
+    series(
+        &agent.metrics(),
+        "nodewatch_heartbeat_up",
+        &format!("target=\"{target}\""),
+    )
+}
+
+/// Scrapes every 10 ms until `target` is down; when the scrape saw it, and what it read.
+fn down_at(agent: &Agent, target: &str, within: Duration) -> (Instant, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = agent.metrics();
+        let t = Instant::now();
+        if series(
+            &text,
+            "nodewatch_heartbeat_up",
+            &format!("target=\"{target}\""),
+        ) == Some(0.0)
+        {
+            return (t, text);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{target} never went down:\n{}",
+            agent.metrics()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Scrapes every 10 ms for `how_long`; panics if `target` is ever down.
+fn stays_up(agent: &Agent, target: &str, how_long: Duration, what: &str) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        assert_eq!(
+            up_of(agent, target),
+            Some(1.0),
+            "{what}: {target} went down"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One check a second, the defaults otherwise (500 ms timeout, 3 retries 100 ms apart).
+fn one_target(dir: &TempDir, entry: &str) -> Agent {
+    Agent::start(
+        dir,
+        &format!("{QUIET}default_rules: false\nheartbeats:\n  - {{ {entry}, interval: 1s }}\n"),
+    )
+}
+
+/// A port that refuses is down about 300 ms (3 retries 100 ms apart) after its first failed
+/// check, not at the first one; a server that accepts and never answers at the 500 ms timeout
+/// plus those 300 ms.
+#[test]
+fn refused_and_hung_targets_are_confirmed_down_quickly() {
+    let mut server = Server::start();
+    let dir = TempDir::new("hb-confirm");
+    let agent = one_target(&dir, &format!("name: sock, tcp: \"{}\"", server.addr));
+    wait_state(&agent, "sock", 1.0, Duration::from_secs(3));
+    // Stop right after a check: the next one, an interval later, is the first to fail.
+    let last = server.next_accept(Instant::now(), Duration::from_secs(3));
+    server.stop();
+    let first_failed = last + Duration::from_secs(1);
+    let (down, text) = down_at(&agent, "sock", Duration::from_secs(3));
+    let took = down.saturating_duration_since(first_failed);
+    eprintln!("refused port: down {took:?} after its first failed check (3 retries 100 ms apart)");
+    assert!(
+        down > first_failed + Duration::from_millis(280),
+        "down before its retries: {took:?} after the first failed check"
+    );
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert_eq!(
+        failures(&text, "sock", "refused"),
+        1.0,
+        "a check and its retries count once: {text}"
+    );
+
+    let server = Server::start();
+    let dir = TempDir::new("hb-confirm-hang");
+    let agent = one_target(
+        &dir,
+        &format!("name: web, url: \"http://{}/health\"", server.addr),
+    );
+    wait_state(&agent, "web", 1.0, Duration::from_secs(3));
+    server.set(Mode::Hang);
+    let hung = Instant::now();
+    let first = wait_for(Duration::from_secs(3), || {
+        server.requests().into_iter().find(|t| *t > hung)
+    })
+    .expect("no check came");
+    let (down, text) = down_at(&agent, "web", Duration::from_secs(3));
+    let took = down.saturating_duration_since(first);
+    eprintln!(
+        "hung server: down {took:?} after its first unanswered check (500 ms timeout + 3 retries)"
+    );
+    assert!(took > Duration::from_millis(780), "{took:?}");
+    assert!(took < Duration::from_millis(950), "{took:?}");
+    assert_eq!(failures(&text, "web", "timeout"), 1.0, "{text}");
+}
+
+/// A check that fails and a retry that passes is a lost check, counted but not an outage, up
+/// to the last retry; one more failure is down.
+#[test]
+fn a_lost_check_is_not_an_outage() {
+    let server = Server::start();
+    let dir = TempDir::new("hb-lost");
+    let agent = one_target(
+        &dir,
+        &format!("name: web, url: \"http://{}/health\"", server.addr),
+    );
+    wait_state(&agent, "web", 1.0, Duration::from_secs(3));
+    let glitch = |modes: Vec<Mode>, reason: &str, before: f64| {
+        let n = modes.len();
+        server.glitch(modes);
+        wait_for(Duration::from_secs(3), || {
+            (failures(&agent.metrics(), "web", reason) > before).then_some(())
+        })
+        .unwrap_or_else(|| panic!("the glitch was never seen:\n{}", agent.metrics()));
+        stays_up(
+            &agent,
+            "web",
+            Duration::from_millis(1200),
+            &format!("{n} × {reason}"),
+        );
+    };
+    glitch(vec![Mode::Status(500)], "status", 0.0);
+    glitch(vec![Mode::Hang], "timeout", 0.0);
+    // The check and its first two retries fail, the third passes.
+    glitch(vec![Mode::Status(503); 3], "status", 1.0);
+    let text = agent.metrics();
+    assert_eq!(failures(&text, "web", "status"), 2.0, "{text}");
+    assert_eq!(failures(&text, "web", "timeout"), 1.0, "{text}");
+    // The check and all three retries fail: down.
+    server.glitch(vec![Mode::Status(500); 4]);
+    down_at(&agent, "web", Duration::from_secs(3));
+    wait_state(&agent, "web", 1.0, Duration::from_secs(3));
+}
+
+/// A service that restarts within 300 ms (its port refuses meanwhile) is not down, even when
+/// the first check falls just after it stopped.
+#[test]
+fn a_restart_of_300_ms_is_not_an_outage() {
+    let mut server = Server::start();
+    let addr = server.addr;
+    let dir = TempDir::new("hb-restart");
+    let agent = one_target(&dir, &format!("name: sock, tcp: \"{addr}\""));
+    wait_state(&agent, "sock", 1.0, Duration::from_secs(3));
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        assert!(tried <= 5, "no check ever fell into the restart");
+        let before = failures(&agent.metrics(), "sock", "refused");
+        // Stop 20 ms before the next check is due, start again 300 ms later.
+        let last = server.next_accept(Instant::now(), Duration::from_secs(3));
+        thread::sleep(
+            (last + Duration::from_millis(980)).saturating_duration_since(Instant::now()),
+        );
+        server.stop();
+        let stopped = Instant::now();
+        thread::sleep(Duration::from_millis(300));
+        server = Server::start_on(addr);
+        let outage = stopped.elapsed();
+        stays_up(&agent, "sock", Duration::from_millis(1500), "restart");
+        if failures(&agent.metrics(), "sock", "refused") > before {
+            eprintln!(
+                "restart with the port closed for {outage:?}: a check failed, the target stayed up"
+            );
+            break;
+        }
+    }
 }
 
 #[test]
@@ -211,7 +285,7 @@ fn http_and_tcp_heartbeats_follow_a_real_server() {
     let hung = Instant::now();
     let text = wait_state(&agent, "web", 0.0, Duration::from_secs(3));
     eprintln!(
-        "hanging server reported down after {:?} (2 × 150 ms timeouts, 200 ms interval)",
+        "hanging server reported down after {:?} (down_after 2: twice a 150 ms timeout and 3 retries, 200 ms interval)",
         hung.elapsed()
     );
     assert!(failures(&text, "web", "timeout") >= 2.0, "{text}");
@@ -339,6 +413,16 @@ fn bad_heartbeat_configs_are_located() {
             "heartbeats:\n  - { name: a, push_ttl: 1s, body_contains: ok }\n",
             2,
             "apply to `url` checks only",
+        ),
+        (
+            "heartbeats:\n  - { name: a, tcp: \"x:1\", retries: 11 }\n",
+            2,
+            "at most 10",
+        ),
+        (
+            "heartbeats:\n  - { name: a, push_ttl: 1s, retries: 2 }\n",
+            2,
+            "apply to `url` and `tcp` checks only",
         ),
         (
             "heartbeats:\n  - { name: a, push_ttl: 1s, colour: red }\n",

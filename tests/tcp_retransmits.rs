@@ -272,3 +272,65 @@ fn counts_retransmits_that_fail_locally_like_the_kernel() {
         agent.log_text()
     );
 }
+
+/// A `Tcp:` counter of the calling thread's network namespace.
+fn snmp_tcp(field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (head, vals) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = head.split_whitespace().position(|h| h == field).unwrap();
+    vals.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// The ratio's two halves against the kernel's own counters: in a namespace whose only
+/// traffic is on the watched port (loss on input, which the sender still sends), the agent's
+/// segments sent equal the namespace's `OutSegs` and its retransmits `RetransSegs`, so the
+/// default rules' ratio is the kernel's.
+#[test]
+fn segments_sent_equal_the_namespaces_out_segs() {
+    if !have_root("tcp_retransmits segments sent") {
+        return;
+    }
+    let ns = common::Netns::create("segs");
+    let l = ns.run(mss_listener);
+    let port = l.local_addr().unwrap().port();
+    let dir = TempDir::new("retrans-segs");
+    // The agent on the host: its programs see every namespace.
+    let agent = Agent::start(
+        &dir,
+        &format!("interval: 200ms\nprobes:\n  tcp_retransmits:\n    ports: [{port}]\n  accept_queue: {{ enabled: false }}\n"),
+    );
+    let sent = format!("nodewatch_tcp_segments_sent_total{{port=\"{port}\"}}");
+    let retrans = format!("nodewatch_tcp_retransmits_total{{port=\"{port}\"}}");
+    assert_eq!(agent.sample(&sent), Some(0.0), "{}", agent.metrics());
+    let (out_segs, retrans_segs) = ns.run(|| {
+        let lossy = NftTable::create(
+            "nodewatch_test_segs",
+            &format!(
+                "chain in {{\n type filter hook input priority 0;\n tcp dport {port} numgen random mod 100 < 5 drop\n tcp sport {port} numgen random mod 100 < 5 drop\n}}"
+            ),
+        );
+        let (out0, re0) = (snmp_tcp("OutSegs"), snmp_tcp("RetransSegs"));
+        let socks = exchange(&l, 4);
+        drop(lossy);
+        settle(&socks);
+        drop(socks);
+        // The closing handshakes, unlost.
+        thread::sleep(Duration::from_millis(500));
+        (snmp_tcp("OutSegs") - out0, snmp_tcp("RetransSegs") - re0)
+    });
+    eprintln!("namespace: OutSegs +{out_segs}, RetransSegs +{retrans_segs}");
+    assert!(retrans_segs > 0, "the lossy path caused no retransmit");
+    let agreed = common::wait_for(Duration::from_secs(5), || {
+        (agent.sample(&sent) == Some(out_segs as f64)
+            && agent.sample(&retrans) == Some(retrans_segs as f64))
+        .then_some(())
+    });
+    assert!(
+        agreed.is_some(),
+        "want {sent} {out_segs} and {retrans} {retrans_segs}:\n{}",
+        agent.metrics()
+    );
+    drop(l);
+    assert!(agent.stop().success());
+}

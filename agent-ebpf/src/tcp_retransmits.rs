@@ -11,15 +11,21 @@
 //! against re-entering itself, while every perf-based tracing program on a CPU shares one
 //! guard, so another tracing program running when a retransmit fires in softirq would make
 //! the kernel skip this one (a "recursion miss") and the count fall short.
+//!
+//! Hook: `cgroup_skb` egress on the cgroup v2 root, for every packet the host sends: the TCP
+//! segments it carries (`max(1, gso_segs)`, the kernel's `tcp_skb_pcount`), counted per
+//! watched port and cgroup like the retransmits — the denominator of the retransmit ratio.
+//! The kernel's `OutSegs` counts the same (retransmits included), except segments a local
+//! firewall drops on output, which never reach this hook.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::bpf_probe_read_kernel,
-    macros::{map, raw_tracepoint},
+    bindings::{__sk_buff, BPF_NOEXIST},
+    helpers::{bpf_probe_read_kernel, bpf_skb_cgroup_id},
+    macros::{cgroup_skb, map, raw_tracepoint},
     maps::HashMap,
-    programs::RawTracePointContext,
+    programs::{RawTracePointContext, SkBuffContext},
 };
 use nodewatch_common::{
     FULL_CGROUP, PortCgroup, RetransOffsets,
@@ -52,6 +58,17 @@ static RETRANS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0)
 #[map]
 static RETRANS_SEGS: HashMap<PortCgroup, u64> =
     HashMap::with_max_entries(MAX_KEYS + MAX_PORTS + 1, 0);
+
+/// (port, cgroup) → segments sent, keyed as [`RETRANS_SEGS`].
+#[map]
+static TCP_SEGS_SENT: HashMap<PortCgroup, u64> =
+    HashMap::with_max_entries(MAX_KEYS + MAX_PORTS + 1, 0);
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+/// Lets every packet through: the program only observes.
+const PASS: i32 = 1;
 
 // Errors that __tcp_retransmit_skb returns *before* it counts the retransmit: busy in the host
 // queue, nothing left to send, no memory, no route, no window. Any other error comes from the
@@ -119,7 +136,7 @@ fn try_retransmit_skb(ctx: &RawTracePointContext) -> Result<(), i64> {
     };
     let (local, remote) = ports(sk, &off)?;
     // tcp_skb_pcount() is at least one for anything on the retransmit queue.
-    count(local, remote, cgroup(sk, &off), u64::from(segs.max(1)));
+    count(&RETRANS_SEGS, local, remote, cgroup(sk, &off), u64::from(segs.max(1)));
     Ok(())
 }
 
@@ -134,7 +151,7 @@ fn try_retransmit_synack(ctx: &RawTracePointContext) -> Result<(), i64> {
     let req: u64 = ctx.arg(1);
     let (local, remote) = ports(req + u64::from(off.req_common), &off)?;
     // The tracepoint fires only for a SYN-ACK that was sent; the kernel counts it as one.
-    count(local, remote, cgroup(sk, &off), 1);
+    count(&RETRANS_SEGS, local, remote, cgroup(sk, &off), 1);
     Ok(())
 }
 
@@ -153,10 +170,55 @@ fn cgroup(sk: u64, off: &RetransOffsets) -> u64 {
     id().unwrap_or(0)
 }
 
-/// Adds to the (port, cgroup) slot of the local port if watched, else the remote port if
+#[cgroup_skb(egress)]
+pub fn tcp_segments_sent(ctx: SkBuffContext) -> i32 {
+    match try_sent(&ctx) {
+        Ok(()) | Err(_) => PASS,
+    }
+}
+
+/// Counts the TCP segments of an outgoing packet. In cgroup_skb the data starts at the IP
+/// header; the ports come from the TCP header, so the kernel's own replies (a RST, a
+/// TIME-WAIT ACK, sent from its control socket) count under the port they are for.
+fn try_sent(ctx: &SkBuffContext) -> Result<(), i64> {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: context field reads, checked by the verifier.
+    let (proto, gso_segs) = unsafe { (u16::from_be((*skb).protocol as u16), (*skb).gso_segs) };
+    let l4 = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0)?;
+        let next: u8 = ctx.load(9)?;
+        if next != IPPROTO_TCP {
+            return Ok(());
+        }
+        usize::from(vihl & 0x0f) * 4
+    } else if proto == ETH_P_IPV6 {
+        let next: u8 = ctx.load(6)?;
+        if next != IPPROTO_TCP {
+            return Ok(());
+        }
+        40
+    } else {
+        return Ok(());
+    };
+    let sport: u16 = ctx.load(l4)?;
+    let dport: u16 = ctx.load(l4 + 2)?;
+    // SAFETY: takes the context; the cgroup of the packet's socket (the listener's for a
+    // request socket), 0 without one.
+    let cgroup = unsafe { bpf_skb_cgroup_id(skb) };
+    count(
+        &TCP_SEGS_SENT,
+        u16::from_be(sport),
+        u16::from_be(dport),
+        cgroup,
+        u64::from(gso_segs.max(1)),
+    );
+    Ok(())
+}
+
+/// Adds to `map`'s (port, cgroup) slot of the local port if watched, else the remote port if
 /// watched, else `other`.
 #[inline(always)]
-fn count(sport: u16, dport: u16, cgroup: u64, segs: u64) {
+fn count(map: &HashMap<PortCgroup, u64>, sport: u16, dport: u16, cgroup: u64, segs: u64) {
     // SAFETY: plain u8 values that userspace writes once.
     let port = if unsafe { RETRANS_PORTS.get(&sport) }.is_some() {
         sport
@@ -166,15 +228,14 @@ fn count(sport: u16, dport: u16, cgroup: u64, segs: u64) {
         OTHER_PORT
     };
     let key = PortCgroup::new(port, cgroup);
-    let slot = match RETRANS_SEGS.get_ptr_mut(&key) {
+    let slot = match map.get_ptr_mut(&key) {
         Some(slot) => Some(slot),
         None => {
             // Another CPU may insert the same key first (EEXIST): either way it now exists,
             // unless the map is full, when the count goes to the port's FULL_CGROUP slot.
-            let _ = RETRANS_SEGS.insert(&key, &0, BPF_NOEXIST as u64);
-            RETRANS_SEGS
-                .get_ptr_mut(&key)
-                .or_else(|| RETRANS_SEGS.get_ptr_mut(&PortCgroup::new(port, FULL_CGROUP)))
+            let _ = map.insert(&key, &0, BPF_NOEXIST as u64);
+            map.get_ptr_mut(&key)
+                .or_else(|| map.get_ptr_mut(&PortCgroup::new(port, FULL_CGROUP)))
         }
     };
     if let Some(slot) = slot {

@@ -105,7 +105,11 @@ pub fn request(
 /// Human-readable text of an agent's `/api/v1/status` answer.
 pub fn describe_status(v: &serde_json::Value) -> String {
     let health = &v["health"];
-    let mut out = format!("node: {}\n", health["status"].as_str().unwrap_or("unknown"));
+    let status = health["status"].as_str().unwrap_or("unknown");
+    let mut out = match health["weight"].as_u64() {
+        Some(w) if status == "degraded" => format!("node: degraded (load-balancer weight {w}%)\n"),
+        _ => format!("node: {status}\n"),
+    };
     for r in health["reasons"].as_array().into_iter().flatten() {
         out.push_str(&format!("  reason: {}\n", r.as_str().unwrap_or_default()));
     }
@@ -155,6 +159,19 @@ mod tests {
             "alerts": alerts,
             "probes": [{ "probe": "accept_queue", "mode": "ebpf" }],
         })
+    }
+
+    #[test]
+    fn a_degraded_node_shows_its_weight() {
+        let v = json!({
+            "health": { "status": "degraded", "weight": 50, "reasons": ["alert GpuHot (degraded)"] },
+            "alerts": [],
+            "probes": [],
+        });
+        assert_eq!(
+            describe_status(&v),
+            "node: degraded (load-balancer weight 50%)\n  reason: alert GpuHot (degraded)\nfiring alerts: 0\nprobes:\n"
+        );
     }
 
     #[test]

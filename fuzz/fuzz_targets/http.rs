@@ -29,11 +29,7 @@ fn app() -> Router {
         std::fs::create_dir_all(&spool).expect("temporary spool folder");
         let mut store = Store::new();
         let heartbeats = Heartbeats::new(&cfg.heartbeats.0, &mut store);
-        let health = Arc::new(Health::new(
-            std::time::Duration::from_secs(30),
-            &spool,
-            &mut store,
-        ));
+        let health = Arc::new(Health::new(&cfg.health, &spool, &mut store));
         router(Arc::new(AppState {
             store: Arc::new(store),
             heartbeats,

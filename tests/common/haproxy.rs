@@ -20,7 +20,9 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    /// Starts HAProxy with server `node` checked every 100 ms, its agent at `agent_port`.
+    /// Starts HAProxy with server `node` (weight 100) checked every 100 ms, its agent at
+    /// `agent_port`. The weight is explicit because an agent's `N%` scales the configured
+    /// weight, rounded down: the default weight 1 at 50 % would be 0.
     pub fn start(dir: &TempDir, agent_port: u16) -> Self {
         let backend = TcpListener::bind("127.0.0.1:0").unwrap();
         let backend_port = backend.local_addr().unwrap().port();
@@ -29,7 +31,7 @@ impl Haproxy {
             "global\n  stats socket {} mode 600 level admin\n\
              defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
              frontend fe\n  bind 127.0.0.1:{}\n  default_backend be\n\
-             backend be\n  server node 127.0.0.1:{backend_port} check inter 100ms rise 1 fall 1 \
+             backend be\n  server node 127.0.0.1:{backend_port} weight 100 check inter 100ms rise 1 fall 1 \
              agent-check agent-addr 127.0.0.1 agent-port {agent_port} agent-inter 100ms\n",
             socket.display(),
             free_port(),
@@ -53,7 +55,8 @@ impl Haproxy {
         h
     }
 
-    fn try_status(&self) -> Option<String> {
+    /// Columns of the server's row in `show stat`.
+    fn try_columns(&self, names: &[&str]) -> Option<Vec<String>> {
         let mut s = UnixStream::connect(&self.socket).ok()?;
         s.write_all(b"show stat\n").ok()?;
         let mut out = String::new();
@@ -64,14 +67,34 @@ impl Haproxy {
             .trim_start_matches("# ")
             .split(',')
             .collect();
-        let col = header.iter().position(|h| *h == "status")?;
-        let row = out.lines().find(|l| l.starts_with("be,node,"))?;
-        Some(row.split(',').nth(col)?.to_string())
+        let row: Vec<&str> = out
+            .lines()
+            .find(|l| l.starts_with("be,node,"))?
+            .split(',')
+            .collect();
+        names
+            .iter()
+            .map(|n| Some(row.get(header.iter().position(|h| h == n)?)?.to_string()))
+            .collect()
+    }
+
+    fn try_status(&self) -> Option<String> {
+        Some(self.try_columns(&["status"])?.remove(0))
     }
 
     /// The server's status column: `UP`, `DRAIN (agent)`, `DOWN (agent)`, ...
     pub fn status(&self) -> String {
         self.try_status().expect("show stat")
+    }
+
+    /// The server's status, effective weight and user weight (`show stat`'s `status`,
+    /// `weight` and `uweight`), e.g. `("UP", 50, 50)`.
+    pub fn state(&self) -> (String, u32, u32) {
+        let c = self
+            .try_columns(&["status", "weight", "uweight"])
+            .expect("show stat: status, weight, uweight");
+        let n = |v: &str| v.parse().unwrap_or_else(|_| panic!("weight {v:?}"));
+        (c[0].clone(), n(&c[1]), n(&c[2]))
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod containers;
 pub mod fuse;
 pub mod haproxy;
+pub mod health_server;
 pub mod receiver;
 pub mod scoreboard;
 

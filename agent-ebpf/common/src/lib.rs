@@ -19,6 +19,12 @@ pub mod tcp_retransmits {
     /// Raw tracepoint programs, named after their tracepoints.
     pub const PROG_SKB: &str = "tcp_retransmit_skb";
     pub const PROG_SYNACK: &str = "tcp_retransmit_synack";
+    /// The `cgroup_skb` egress program that counts segments sent.
+    pub const PROG_SENT: &str = "tcp_segments_sent";
+    /// Counter map [`crate::PortCgroup`] → TCP segments sent (retransmits included, as the
+    /// kernel's `OutSegs`), keyed like [`COUNTS_MAP`]: the denominator of the retransmit
+    /// ratio.
+    pub const SENT_MAP: &str = "TCP_SEGS_SENT";
 }
 
 /// The accept-queue probe's names and limits.

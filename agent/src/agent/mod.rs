@@ -70,11 +70,7 @@ pub fn run(
     };
     let alerts = rules_tick.live.view();
     let reloads = Arc::clone(&rules_tick.reloads);
-    let health = Arc::new(Health::new(
-        cfg.health.recover_after.0,
-        &cfg.spool_dir,
-        &mut store,
-    ));
+    let health = Arc::new(Health::new(&cfg.health, &cfg.spool_dir, &mut store));
     let token = cfg
         .health
         .token_file

@@ -1,7 +1,11 @@
 //! HAProxy agent-check listener: each connection gets one line in HAProxy's agent-check
-//! grammar and is closed. `up ready` puts the server back in rotation, `up drain` stops new
-//! traffic but lets sessions finish, `down` takes it out; a `#` starts the reason shown in
-//! HAProxy's stats.
+//! grammar and is closed. `up ready <N>%` puts the server in rotation at N % of its configured
+//! weight (100 % healthy, `health.degraded_weight` degraded), `up drain` stops new traffic but
+//! lets sessions finish, `down` takes it out; a `#` starts the reason shown in HAProxy's stats.
+//!
+//! The weight is always sent: HAProxy keeps the last weight an agent set, so a node back from
+//! degraded must say 100 %, and a weight without `ready` would leave a drained server in
+//! DRAIN (both measured with HAProxy 2.6).
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,9 +16,10 @@ use super::{Health, Snapshot, Status};
 /// The reply for a health snapshot.
 pub fn reply(s: &Snapshot) -> String {
     let words = match s.status {
-        Status::Healthy => return "up ready\n".into(),
-        Status::Draining => "up drain",
-        Status::Down => "down",
+        Status::Healthy => return "up ready 100%\n".into(),
+        Status::Degraded => format!("up ready {}%", s.weight),
+        Status::Draining => "up drain".into(),
+        Status::Down => "down".into(),
     };
     let reason: String = s
         .reasons
@@ -66,6 +71,7 @@ mod tests {
     fn snap(status: Status, reasons: &[&str]) -> Snapshot {
         Snapshot {
             status,
+            weight: if status == Status::Degraded { 30 } else { 0 },
             reasons: reasons.iter().map(|r| r.to_string()).collect(),
             since: 0,
             maintenance: None,
@@ -74,7 +80,11 @@ mod tests {
 
     #[test]
     fn replies_in_agent_check_grammar() {
-        assert_eq!(reply(&snap(Status::Healthy, &[])), "up ready\n");
+        assert_eq!(reply(&snap(Status::Healthy, &[])), "up ready 100%\n");
+        assert_eq!(
+            reply(&snap(Status::Degraded, &["alert GpuHot (degraded): 91 C"])),
+            "up ready 30% #alert GpuHot (degraded): 91 C\n"
+        );
         assert_eq!(
             reply(&snap(Status::Draining, &["maintenance: kernel upgrade"])),
             "up drain #maintenance: kernel upgrade\n"

@@ -1,7 +1,8 @@
-//! Node health for the load balancer: healthy, draining or down, from the `health` labels of
-//! firing alerts (the worst wins) and from manual maintenance. Getting worse is immediate;
-//! recovering from an alert waits `recover_after`, so a flapping signal does not flap the
-//! node. Manual maintenance is kept in `spool_dir` and survives a restart.
+//! Node health for the load balancer: healthy, degraded (in rotation at a lower weight),
+//! draining or down, from the `health` labels of firing alerts (the worst wins) and from
+//! manual maintenance. Getting worse is immediate; recovering from an alert waits
+//! `recover_after`, so a flapping signal does not flap the node. Manual maintenance is kept
+//! in `spool_dir` and survives a restart.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,6 +13,7 @@ use std::{
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use serde::{Deserialize, Serialize};
 
+use self::config::HealthConfig;
 use crate::{
     alerts::Alert,
     files::write_atomic,
@@ -26,6 +28,8 @@ pub mod haproxy;
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Healthy,
+    /// Still serving, at `health.degraded_weight` of its weight.
+    Degraded,
     Draining,
     Down,
 }
@@ -34,14 +38,17 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Healthy => "healthy",
+            Status::Degraded => "degraded",
             Status::Draining => "draining",
             Status::Down => "down",
         }
     }
 
-    /// The level a `health` label asks for: `drain` or `down`; anything else is ignored.
+    /// The level a `health` label asks for: `degrade`, `drain` or `down`; anything else is
+    /// ignored.
     pub fn from_label(v: &str) -> Option<Self> {
         match v {
+            "degrade" | "degraded" => Some(Status::Degraded),
             "drain" | "draining" => Some(Status::Draining),
             "down" => Some(Status::Down),
             _ => None,
@@ -58,7 +65,7 @@ struct AlertHealth {
 }
 
 impl AlertHealth {
-    /// The firing alerts that ask for a health state (`health: drain` or `health: down`).
+    /// The firing alerts that ask for a health state (`health: degrade`, `drain` or `down`).
     fn of(firing: &[Alert]) -> Vec<Self> {
         firing
             .iter()
@@ -86,6 +93,9 @@ pub struct Maintenance {
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub status: Status,
+    /// The share of its configured weight the load balancer should give the node, in percent:
+    /// 100 healthy, `health.degraded_weight` degraded, 0 draining or down.
+    pub weight: u8,
     pub reasons: Vec<String>,
     /// Seconds since the Unix epoch when the node entered this state.
     pub since: u64,
@@ -114,8 +124,10 @@ struct Inner {
 pub struct Health {
     inner: Mutex<Inner>,
     recover_after: Duration,
+    degraded_weight: u8,
     maintenance_file: PathBuf,
     healthy: Gauge,
+    degraded: Gauge,
     transitions: Family<StateLabels, Counter>,
     unhealthy_seconds: Counter<f64, AtomicU64>,
 }
@@ -128,7 +140,7 @@ fn unix_now() -> u64 {
 
 impl Health {
     /// Registers the health metrics and loads any persisted maintenance from `spool_dir`.
-    pub fn new(recover_after: Duration, spool_dir: &Path, store: &mut Store) -> Self {
+    pub fn new(cfg: &HealthConfig, spool_dir: &Path, store: &mut Store) -> Self {
         let maintenance_file = spool_dir.join("maintenance.json");
         let maintenance = std::fs::read(&maintenance_file)
             .ok()
@@ -148,16 +160,23 @@ impl Health {
                 last_eval: None,
                 last_firing: Vec::new(),
             }),
-            recover_after,
+            recover_after: cfg.recover_after.0,
+            degraded_weight: cfg.degraded_weight.0,
             maintenance_file,
             healthy: Gauge::default(),
+            degraded: Gauge::default(),
             transitions: Family::default(),
             unhealthy_seconds: Counter::default(),
         };
         store.register(
             names::NODE_HEALTHY,
-            "Whether the node is healthy (1) or draining or down (0)",
+            "Whether the node is in the load balancer (1: healthy or degraded) or out (0: draining or down)",
             h.healthy.clone(),
+        );
+        store.register(
+            names::NODE_DEGRADED,
+            "Whether the node is degraded (1): in the load balancer at a lower weight",
+            h.degraded.clone(),
         );
         store.register(
             names::HEALTH_TRANSITIONS,
@@ -182,7 +201,7 @@ impl Health {
     fn evaluate_levels(&self, firing: &[AlertHealth], now: Instant) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(last) = g.last_eval
-            && g.state != Status::Healthy
+            && g.state > Status::Degraded
         {
             self.unhealthy_seconds
                 .inc_by(now.saturating_duration_since(last).as_secs_f64());
@@ -265,7 +284,8 @@ impl Health {
                 })
                 .inc();
         }
-        self.healthy.set(i64::from(g.state == Status::Healthy));
+        self.healthy.set(i64::from(g.state <= Status::Degraded));
+        self.degraded.set(i64::from(g.state == Status::Degraded));
     }
 
     /// The current state and why.
@@ -273,6 +293,11 @@ impl Health {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         Snapshot {
             status: g.state,
+            weight: match g.state {
+                Status::Healthy => 100,
+                Status::Degraded => self.degraded_weight,
+                Status::Draining | Status::Down => 0,
+            },
             reasons: g.reasons.clone(),
             since: g.since,
             maintenance: g.maintenance.clone(),

@@ -7,10 +7,10 @@ use crate::{alerts::State, store::Labels};
 
 /// A firing alert whose `health` label asks for `level`.
 fn alert(name: &str, level: Status) -> Alert {
-    let health = if level == Status::Down {
-        "down"
-    } else {
-        "drain"
+    let health = match level {
+        Status::Down => "down",
+        Status::Degraded => "degrade",
+        _ => "drain",
     };
     Alert {
         labels: Labels::from_pairs([("alertname", name), ("health", health)]),
@@ -24,6 +24,14 @@ fn alert(name: &str, level: Status) -> Alert {
     }
 }
 
+/// The health config with this `recover_after` and the default degraded weight.
+fn cfg(recover_after: Duration) -> HealthConfig {
+    HealthConfig {
+        recover_after: crate::yaml::HumanDuration(recover_after),
+        ..HealthConfig::default()
+    }
+}
+
 fn temp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("nw-health-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -33,7 +41,7 @@ fn temp(tag: &str) -> PathBuf {
 #[test]
 fn worst_alert_wins_at_once_and_recovery_waits() {
     let dir = temp("hyst");
-    let h = Health::new(Duration::from_secs(10), &dir, &mut Store::new());
+    let h = Health::new(&cfg(Duration::from_secs(10)), &dir, &mut Store::new());
     let t0 = Instant::now();
     assert_eq!(h.snapshot().status, Status::Healthy);
     h.evaluate(
@@ -78,7 +86,7 @@ fn worst_alert_wins_at_once_and_recovery_waits() {
 #[test]
 fn unhealthy_time_and_transitions_are_counted() {
     let dir = temp("count");
-    let h = Health::new(Duration::ZERO, &dir, &mut Store::new());
+    let h = Health::new(&cfg(Duration::ZERO), &dir, &mut Store::new());
     let t0 = Instant::now();
     h.evaluate(&[], t0);
     h.evaluate(&[alert("A", Status::Down)], t0 + Duration::from_secs(1));
@@ -98,13 +106,13 @@ fn unhealthy_time_and_transitions_are_counted() {
 #[test]
 fn manual_drain_is_immediate_and_survives_a_restart() {
     let dir = temp("manual");
-    let h = Health::new(Duration::from_secs(60), &dir, &mut Store::new());
+    let h = Health::new(&cfg(Duration::from_secs(60)), &dir, &mut Store::new());
     h.drain("kernel upgrade").unwrap();
     let s = h.snapshot();
     assert_eq!(s.status, Status::Draining);
     assert_eq!(s.reasons, vec!["maintenance: kernel upgrade".to_string()]);
     drop(h);
-    let h = Health::new(Duration::from_secs(60), &dir, &mut Store::new());
+    let h = Health::new(&cfg(Duration::from_secs(60)), &dir, &mut Store::new());
     assert_eq!(
         h.snapshot().status,
         Status::Draining,
@@ -126,5 +134,90 @@ fn manual_drain_is_immediate_and_survives_a_restart() {
 fn labels_map_to_states() {
     assert_eq!(Status::from_label("drain"), Some(Status::Draining));
     assert_eq!(Status::from_label("down"), Some(Status::Down));
+    assert_eq!(Status::from_label("degrade"), Some(Status::Degraded));
+    assert!(Status::Healthy < Status::Degraded && Status::Degraded < Status::Draining);
     assert_eq!(Status::from_label("page"), None);
+}
+
+#[test]
+fn degraded_sits_between_healthy_and_draining() {
+    let dir = temp("degraded");
+    let mut store = Store::new();
+    let h = Health::new(&cfg(Duration::from_secs(10)), &dir, &mut store);
+    let t0 = Instant::now();
+    h.evaluate(&[alert("Hot", Status::Degraded)], t0);
+    let s = h.snapshot();
+    assert_eq!(
+        (s.status, s.weight),
+        (Status::Degraded, 50),
+        "worse is immediate"
+    );
+    assert_eq!(
+        s.reasons,
+        vec!["alert Hot (degraded): Hot fired".to_string()]
+    );
+    assert_eq!((h.healthy.get(), h.degraded.get()), (1, 1), "still serving");
+    // A drain alert on top wins; when it resolves the node is degraded again after the wait.
+    h.evaluate(
+        &[alert("Hot", Status::Degraded), alert("Q", Status::Draining)],
+        t0 + Duration::from_secs(1),
+    );
+    assert_eq!(h.snapshot().status, Status::Draining);
+    assert_eq!(h.snapshot().weight, 0);
+    assert_eq!((h.healthy.get(), h.degraded.get()), (0, 0));
+    h.evaluate(
+        &[alert("Hot", Status::Degraded)],
+        t0 + Duration::from_secs(2),
+    );
+    assert_eq!(h.snapshot().status, Status::Draining, "recovery waits");
+    h.evaluate(
+        &[alert("Hot", Status::Degraded)],
+        t0 + Duration::from_secs(12),
+    );
+    assert_eq!(h.snapshot().status, Status::Degraded);
+    // Recovering from degraded waits recover_after too.
+    h.evaluate(&[], t0 + Duration::from_secs(13));
+    let s = h.snapshot();
+    assert_eq!(s.status, Status::Degraded);
+    assert!(
+        s.reasons
+            .iter()
+            .any(|r| r.starts_with("recovering: 10s more")),
+        "{:?}",
+        s.reasons
+    );
+    h.evaluate(&[], t0 + Duration::from_secs(23));
+    let s = h.snapshot();
+    assert_eq!((s.status, s.weight), (Status::Healthy, 100));
+    assert_eq!((h.healthy.get(), h.degraded.get()), (1, 0));
+    // Degraded time is not time out of the load balancer.
+    assert_eq!(h.unhealthy_seconds.get(), 11.0);
+    let entered = |s: &str| {
+        h.transitions
+            .get_or_create(&StateLabels { state: s.into() })
+            .get()
+    };
+    assert_eq!(
+        (entered("degraded"), entered("draining"), entered("healthy")),
+        (2, 1, 1)
+    );
+    let text = store.encode_prometheus();
+    assert!(text.contains("nodewatch_node_degraded 0"), "{text}");
+}
+
+#[test]
+fn manual_drain_wins_over_degraded() {
+    let dir = temp("degraded-manual");
+    let h = Health::new(&cfg(Duration::from_secs(60)), &dir, &mut Store::new());
+    h.evaluate(&[alert("Hot", Status::Degraded)], Instant::now());
+    h.drain("swap GPU").unwrap();
+    assert_eq!(h.snapshot().status, Status::Draining);
+    h.undrain().unwrap();
+    let s = h.snapshot();
+    assert_eq!(
+        (s.status, s.weight),
+        (Status::Degraded, 50),
+        "the alert still fires"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

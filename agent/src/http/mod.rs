@@ -103,15 +103,24 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         .into_response()
 }
 
-/// Node health: 200 when healthy, 503 when draining or down, with the reasons.
+/// Node health: 200 when healthy or degraded, 503 when draining or down, with the reasons.
+/// Degraded also carries `x-envoy-degraded`, which Envoy's HTTP health checker reads as
+/// "serving, but prefer others".
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     let snap = state.health.snapshot();
-    let code = if snap.status == Status::Healthy {
+    let degraded = snap.status == Status::Degraded;
+    let code = if snap.status <= Status::Degraded {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(snap)).into_response()
+    let mut response = (code, Json(snap)).into_response();
+    if degraded {
+        response
+            .headers_mut()
+            .insert("x-envoy-degraded", HeaderValue::from_static("true"));
+    }
+    response
 }
 
 /// The agent's state for `nodewatch status`: health, firing alerts and probe modes.

@@ -2,6 +2,7 @@
 //! without `_total`; the encoder appends it (`nodewatch_tcp_retransmits_total`).
 
 pub const TCP_RETRANSMITS: &str = "tcp_retransmits";
+pub const TCP_SEGMENTS_SENT: &str = "tcp_segments_sent";
 pub const TCP_LISTEN_OVERFLOWS: &str = "tcp_listen_overflows";
 pub const TCP_LISTEN_QUEUE_LENGTH: &str = "tcp_listen_queue_length";
 pub const TCP_LISTEN_QUEUE_MAX: &str = "tcp_listen_queue_max";
@@ -14,6 +15,7 @@ pub const LOAD1: &str = "load1";
 pub const DISK_USED: &str = "disk_used_ratio";
 pub const PRESSURE: &str = "pressure_ratio";
 pub const NODE_HEALTHY: &str = "node_healthy";
+pub const NODE_DEGRADED: &str = "node_degraded";
 pub const HEALTH_TRANSITIONS: &str = "health_transitions";
 pub const UNHEALTHY_SECONDS: &str = "unhealthy_seconds";
 pub const NOTIFICATIONS: &str = "notifications";

@@ -33,7 +33,14 @@ struct RawHeartbeat {
     body_contains: Option<String>,
     /// HTTP: the body must match this regular expression (Rust `regex` syntax).
     body_regex: Option<Spanned<String>>,
-    /// Consecutive failed checks before the target is reported down. Default 1.
+    /// HTTP and TCP: how many times a failed check is tried again, `retry_interval` apart,
+    /// before the failure counts (a check and its retries are one result). Default 3; 0-10.
+    retries: Option<Spanned<u32>>,
+    /// HTTP and TCP: the time between the starts of a failed check and its retries, and how
+    /// long each retry may take. Default `100ms`; at least `10ms`, at most `interval`.
+    retry_interval: Option<Spanned<String>>,
+    /// Consecutive failed checks (each with its retries) before the target is reported down.
+    /// Default 1.
     down_after: Option<Spanned<u32>>,
     /// Consecutive successful checks before a down target is reported up again. Default 1.
     up_after: Option<Spanned<u32>>,
@@ -46,6 +53,9 @@ pub struct HeartbeatConfig {
     pub check: Check,
     pub interval: Duration,
     pub timeout: Duration,
+    /// Retries of a failed check before it counts; 0 for push targets.
+    pub retries: u32,
+    pub retry_interval: Duration,
     pub down_after: u32,
     pub up_after: u32,
 }
@@ -77,6 +87,9 @@ impl PartialEq for HeartbeatConfig {
 
 /// Most heartbeat targets: each is a task and a few series (`target` label values).
 pub const MAX_HEARTBEATS: usize = 256;
+
+/// Most retries of one failed check.
+pub const MAX_RETRIES: u32 = 10;
 
 /// The `heartbeats:` list: names are unique, at most [`MAX_HEARTBEATS`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -163,6 +176,44 @@ fn validate<E: de::Error>(r: RawHeartbeat) -> Result<HeartbeatConfig, E> {
             ),
         ));
     }
+    let push = r.push_ttl.is_some();
+    if push && (r.retries.is_some() || r.retry_interval.is_some()) {
+        return Err(located(
+            name,
+            format!(
+                "heartbeat `{}`: retries and retry_interval apply to `url` and `tcp` checks only",
+                name.value
+            ),
+        ));
+    }
+    let retries = match &r.retries {
+        None if push => 0,
+        None => 3,
+        Some(v) if v.value > MAX_RETRIES => {
+            return Err(located(
+                v,
+                format!("retries {} is too many: at most {MAX_RETRIES}", v.value),
+            ));
+        }
+        Some(v) => v.value,
+    };
+    let retry_interval = duration(
+        &r.retry_interval,
+        Duration::from_millis(100),
+        Duration::from_millis(10),
+    )?;
+    if let Some(ri) = &r.retry_interval
+        && retry_interval > interval
+    {
+        return Err(located(
+            ri,
+            format!(
+                "retry_interval {} is longer than the interval {}",
+                humantime::format_duration(retry_interval),
+                humantime::format_duration(interval)
+            ),
+        ));
+    }
     let damping = |f: &Option<Spanned<u32>>, key: &str| -> Result<u32, E> {
         match f {
             None => Ok(1),
@@ -220,6 +271,8 @@ fn validate<E: de::Error>(r: RawHeartbeat) -> Result<HeartbeatConfig, E> {
         check,
         interval,
         timeout,
+        retries,
+        retry_interval,
         down_after: damping(&r.down_after, "down_after")?,
         up_after: damping(&r.up_after, "up_after")?,
     })
@@ -227,8 +280,51 @@ fn validate<E: de::Error>(r: RawHeartbeat) -> Result<HeartbeatConfig, E> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::MAX_HEARTBEATS;
     use crate::config::Config;
+
+    #[test]
+    fn retries_default_and_are_validated() {
+        let one = |entry: &str| {
+            Config::parse("c.yaml", &format!("heartbeats:\n  - {entry}\n"))
+                .map(|c| c.heartbeats.0[0].clone())
+                .map_err(|e| e.to_string())
+        };
+        let t = one("{ name: a, tcp: \"x:1\" }").unwrap();
+        assert_eq!(
+            (t.retries, t.retry_interval),
+            (3, Duration::from_millis(100))
+        );
+        let t = one("{ name: a, tcp: \"x:1\", retries: 0, retry_interval: 50ms }").unwrap();
+        assert_eq!(
+            (t.retries, t.retry_interval),
+            (0, Duration::from_millis(50))
+        );
+        assert_eq!(one("{ name: a, push_ttl: 1s }").unwrap().retries, 0);
+        for (entry, want) in [
+            (
+                "{ name: a, tcp: \"x:1\", retries: 11 }",
+                "c.yaml:2:37: heartbeats: retries 11 is too many: at most 10",
+            ),
+            (
+                "{ name: a, tcp: \"x:1\", retry_interval: 5ms }",
+                "c.yaml:2:44: heartbeats: 5ms is too short: the minimum is 10ms",
+            ),
+            (
+                "{ name: a, tcp: \"x:1\", interval: 200ms, retry_interval: 300ms }",
+                "c.yaml:2:61: heartbeats: retry_interval 300ms is longer than the interval 200ms",
+            ),
+            (
+                "{ name: a, push_ttl: 1s, retries: 2 }",
+                "c.yaml:2:13: heartbeats: heartbeat `a`: retries and retry_interval apply to `url` and `tcp` checks only",
+            ),
+        ] {
+            let e = one(entry).unwrap_err();
+            assert!(e.starts_with(want), "{entry}: {e}");
+        }
+    }
 
     #[test]
     fn heartbeat_targets_are_capped() {

@@ -2,8 +2,16 @@
 //! heartbeats that local services send to `POST /api/v1/heartbeat/{name}`.
 //!
 //! Each target is one task on the async runtime, so a slow target never holds back another
-//! one or the tick. Flap damping: `down_after` failures in a row before the target is down,
-//! `up_after` successes in a row before it is up again; the first result sets the state.
+//! one or the tick.
+//!
+//! A failed HTTP or TCP check is confirmed before it counts: it is tried again up to
+//! `retries` times, `retry_interval` apart (start to start, measured from the failed check's
+//! start), each retry bounded by `retry_interval`. One retry that passes makes the check a
+//! success, so a lost check or a restart shorter than `retries × retry_interval` is not an
+//! outage, while a refused port is down about `retries × retry_interval` after its first
+//! failed check and a hung one `timeout` plus that. So the target's state needs no damping
+//! in time on top: `down_after` confirmed failures in a row (default 1) make it down,
+//! `up_after` successes in a row make it up again; the first result sets the state.
 
 mod check;
 pub mod config;
@@ -94,16 +102,26 @@ impl Target {
         }
     }
 
+    /// Counts one failed check under its reason.
+    fn count(&self, f: &Failure) {
+        self.metrics
+            .failures
+            .get_or_create(&FailureLabels {
+                target: self.cfg.name.clone(),
+                reason: f.reason().into(),
+            })
+            .inc();
+    }
+
+    /// Whether the target is down now (a failure of a down target needs no confirming).
+    fn is_down(&self) -> bool {
+        self.damper.lock().unwrap_or_else(|e| e.into_inner()).up == Some(false)
+    }
+
     /// Applies one result to the damper, the metrics and the log.
     fn record(&self, result: &Result<Duration, Failure>) {
         if let Err(f) = result {
-            self.metrics
-                .failures
-                .get_or_create(&FailureLabels {
-                    target: self.cfg.name.clone(),
-                    reason: f.reason().into(),
-                })
-                .inc();
+            self.count(f);
         }
         if let Ok(latency) = result {
             self.metrics
@@ -122,7 +140,7 @@ impl Target {
             .set(i64::from(up));
         match (changed, up, result) {
             (true, false, Err(f)) => {
-                tracing::warn!(target_name = %self.cfg.name, reason = f.reason(), error = %f, "heartbeat down")
+                tracing::warn!(target_name = %self.cfg.name, reason = f.reason(), error = %f, retries = self.cfg.retries, "heartbeat down")
             }
             (true, true, _) => tracing::info!(target_name = %self.cfg.name, "heartbeat up"),
             _ => {}
@@ -144,7 +162,7 @@ impl Heartbeats {
         let metrics = Metrics::default();
         store.register(
             names::HEARTBEAT_UP,
-            "Whether a heartbeat target is up (1) or down (0), after flap damping",
+            "Whether a heartbeat target is up (1) or down (0), a failure confirmed by its retries",
             metrics.up.clone(),
         );
         store.register(
@@ -220,15 +238,49 @@ impl Collector for Heartbeats {
     }
 }
 
-/// HTTP and TCP targets: one check per interval, the first right away.
+/// HTTP and TCP targets: one check per interval, the first right away; a failure is
+/// confirmed by [`retry`] before it counts.
 async fn poll(t: Arc<Target>) {
     let mut ticks = tokio::time::interval(t.cfg.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = check::run(&t.cfg.check, t.cfg.timeout).await;
+        let started = Instant::now();
+        let result = match check::run(&t.cfg.check, t.cfg.timeout).await {
+            Err(f) if !t.is_down() => match retry(&t, started).await {
+                Ok(latency) => {
+                    // A lost check, not an outage: counted, and the target stays up.
+                    tracing::debug!(target_name = %t.cfg.name, reason = f.reason(), error = %f, "heartbeat check failed once; a retry passed");
+                    t.count(&f);
+                    Ok(latency)
+                }
+                Err(_) => Err(f),
+            },
+            result => result,
+        };
         t.record(&result);
     }
+}
+
+/// Tries a check that failed (it started at `started`) again, up to `retries` times: retry
+/// `k` starts `k × retry_interval` after `started`, or at once when the previous attempt ran
+/// past that, and may take `retry_interval` (at most `timeout`). The first retry that passes
+/// gives its latency; when none does, the last failure.
+async fn retry(t: &Target, started: Instant) -> Result<Duration, Failure> {
+    let gap = t.cfg.retry_interval;
+    let bound = gap.min(t.cfg.timeout);
+    let mut last = Err(Failure::Error("no retries".into()));
+    let mut next = started;
+    for _ in 0..t.cfg.retries {
+        next += gap;
+        tokio::time::sleep_until(next).await;
+        next = next.max(Instant::now());
+        last = check::run(&t.cfg.check, bound).await;
+        if last.is_ok() {
+            break;
+        }
+    }
+    last
 }
 
 /// Push targets: down when the TTL passes without a beat. The first TTL after start is a

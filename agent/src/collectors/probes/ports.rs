@@ -60,8 +60,9 @@ pub fn set_counter(family: &PortFamily, labels: PortLabels, total: u64) {
 /// watched-port set it consults.
 pub struct PortCounts {
     map: HashMap<MapData, PortCgroup, u64>,
-    /// The watched-port set; held, since the programs load after this takes it.
-    _ports: HashMap<MapData, u16, u8>,
+    /// The watched-port set, held (the programs load after this takes it) by the counts
+    /// that filled it.
+    _ports: Option<HashMap<MapData, u16, u8>>,
     name: &'static str,
     owners: Owners,
     totals: Totals<PortLabels, u64>,
@@ -70,23 +71,30 @@ pub struct PortCounts {
 }
 
 impl PortCounts {
-    /// Takes counter map `counts` and port set `ports_map` from `ebpf`, writes the watched
-    /// `ports` into the set, and creates the zeroed `(port, FULL_CGROUP)` key of each of
-    /// `ports` and `extra` (slots the programs use but nobody configures, like `other`).
+    /// Takes counter map `counts` and, unless another counter map took it already, port
+    /// set `ports_map` from `ebpf`, writes the watched `ports` into the set, and creates the
+    /// zeroed `(port, FULL_CGROUP)` key of each of `ports` and `extra` (slots the programs
+    /// use but nobody configures, like `other`).
     pub fn take(
         ebpf: &mut aya::Ebpf,
-        (counts, ports_map): (&'static str, &'static str),
+        (counts, ports_map): (&'static str, Option<&'static str>),
         ports: &[u16],
         extra: &[u16],
         containers: &SharedContainers,
     ) -> Result<Self, AttachError> {
-        let mut set: HashMap<_, u16, u8> = ebpf
-            .take_map(ports_map)
-            .ok_or(AttachError::Missing(ports_map))?
-            .try_into()?;
-        for &port in ports {
-            set.insert(port, 1, 0)?;
-        }
+        let set = match ports_map {
+            Some(name) => {
+                let mut set: HashMap<_, u16, u8> = ebpf
+                    .take_map(name)
+                    .ok_or(AttachError::Missing(name))?
+                    .try_into()?;
+                for &port in ports {
+                    set.insert(port, 1, 0)?;
+                }
+                Some(set)
+            }
+            None => None,
+        };
         let mut map: HashMap<_, PortCgroup, u64> = ebpf
             .take_map(counts)
             .ok_or(AttachError::Missing(counts))?

@@ -2,16 +2,22 @@
 //!
 //! eBPF: raw tracepoints `tcp_retransmit_skb` and `tcp_retransmit_synack` add to a map keyed
 //! by port and the socket's cgroup (told apart as containers); the kernel's count of times it
-//! had to skip them is exported too.
+//! had to skip them is exported too. A `cgroup_skb` egress program counts the segments sent
+//! the same way, so rules can use the kernel's own ratio (retransmitted / sent).
 //! Fallback: the host-wide `Tcp: RetransSegs` of `/proc/net/snmp`, exported under
 //! `port="all"`.
 
 use std::path::PathBuf;
 
-use aya::{Ebpf, EbpfLoader, programs::RawTracePoint};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupSkbAttachType, RawTracePoint},
+};
 use nodewatch_common::{
     RetransOffsets,
-    tcp_retransmits::{COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_MAP, PROG_SKB, PROG_SYNACK},
+    tcp_retransmits::{
+        COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_MAP, PROG_SENT, PROG_SKB, PROG_SYNACK, SENT_MAP,
+    },
 };
 use serde::Deserialize;
 
@@ -63,7 +69,13 @@ pub fn start(cfg: &TcpRetransmitsConfig, env: Env<'_>, store: &mut Store) -> Box
         "TCP segments retransmitted, by watched port at either end of the connection (other: the rest; all: host-wide, procfs mode) and the socket's container",
         segments.clone(),
     );
-    match Kernel::attach(&cfg.ports.0, segments.clone(), env.containers) {
+    let sent = PortFamily::default();
+    store.register(
+        names::TCP_SEGMENTS_SENT,
+        "TCP segments sent, retransmits included (the kernel's OutSegs), by port and container as the retransmits: the denominator of the retransmit ratio",
+        sent.clone(),
+    );
+    match Kernel::attach(&cfg.ports.0, (segments.clone(), sent), env) {
         Ok(k) => Box::new(k),
         Err(e) => {
             tracing::warn!(
@@ -79,30 +91,34 @@ pub fn start(cfg: &TcpRetransmitsConfig, env: Env<'_>, store: &mut Store) -> Box
     }
 }
 
-/// The eBPF mode: owns the loaded object, so dropping it detaches both programs.
+/// The eBPF mode: owns the loaded object, so dropping it detaches the programs.
 struct Kernel {
     ebpf: Ebpf,
     counts: PortCounts,
     segments: PortFamily,
+    /// Segments sent, where the egress program attached.
+    sent: Option<(PortCounts, PortFamily, String)>,
 }
 
 impl Kernel {
     fn attach(
         ports: &[u16],
-        segments: PortFamily,
-        containers: &SharedContainers,
+        (segments, sent_family): (PortFamily, PortFamily),
+        env: Env<'_>,
     ) -> Result<Self, AttachError> {
         let offsets = offsets()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("RETRANS_OFFSETS", &offsets, true)
             .load(OBJECT)?;
+        let containers: &SharedContainers = env.containers;
         let mut counts = PortCounts::take(
             &mut ebpf,
-            (COUNTS_MAP, PORTS_MAP),
+            (COUNTS_MAP, Some(PORTS_MAP)),
             ports,
             &[OTHER_PORT],
             containers,
         )?;
+        let sent = PortCounts::take(&mut ebpf, (SENT_MAP, None), ports, &[OTHER_PORT], containers)?;
         for prog in [PROG_SKB, PROG_SYNACK] {
             let err = |source| AttachError::Program { name: prog, source };
             let tp: &mut RawTracePoint = ebpf
@@ -114,15 +130,29 @@ impl Kernel {
             // The program is named after its tracepoint.
             tp.attach(prog).map_err(err)?;
         }
-        // Every watched port (and `other`) has a series from the start.
-        counts
-            .export(&segments)
-            .map_err(|e| AttachError::FirstRead(e.to_string()))?;
-        Ok(Self {
+        // Segments sent, for the ratio: without them the retransmits still count.
+        let sent = match ebpf::attach_cgroup_skb(
+            &mut ebpf,
+            PROG_SENT,
+            env.proc_root,
+            CgroupSkbAttachType::Egress,
+        ) {
+            Ok(how) => Some((sent, sent_family, how)),
+            Err(e) => {
+                tracing::warn!(probe = NAME, error = %e, "cannot count segments sent; retransmits are counted, their ratio is not");
+                None
+            }
+        };
+        let mut k = Self {
             ebpf,
             counts,
             segments,
-        })
+            sent,
+        };
+        // Every watched port (and `other`) has a series from the start.
+        k.collect()
+            .map_err(|e| AttachError::FirstRead(e.to_string()))?;
+        Ok(k)
     }
 }
 
@@ -157,13 +187,21 @@ impl Collector for Kernel {
         Some(Mode::Ebpf)
     }
     fn attach_method(&self) -> String {
-        "raw tracepoint tcp_retransmit_skb, tcp_retransmit_synack".into()
+        let tp = "raw tracepoint tcp_retransmit_skb, tcp_retransmit_synack";
+        match &self.sent {
+            Some((_, _, how)) => format!("{tp}; segments sent: {how}"),
+            None => format!("{tp}; segments sent: not counted"),
+        }
     }
     fn missed_events(&self) -> u64 {
         ebpf::programs_missed(&self.ebpf, &[PROG_SKB, PROG_SYNACK])
     }
     fn collect(&mut self) -> Result<(), CollectError> {
-        self.counts.export(&self.segments)
+        self.counts.export(&self.segments)?;
+        if let Some((counts, family, _)) = &mut self.sent {
+            counts.export(family)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,15 +1,9 @@
 //! The eBPF mode of `accept_queue`: a `cgroup_skb` ingress program on the cgroup v2 root that
 //! counts, per watched listening port, the handshake packets that find the accept queue full.
 
-use std::{
-    fs::File,
-    path::{Path, PathBuf},
-};
+use std::path::Path;
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
-};
+use aya::{Ebpf, EbpfLoader, programs::CgroupSkbAttachType};
 use nodewatch_common::{
     AcceptqOffsets,
     accept_queue::{LISTENERS_MAP, OVERFLOWS_MAP, PORTS_MAP, PROG},
@@ -17,8 +11,12 @@ use nodewatch_common::{
 
 use super::netns::Listeners;
 use crate::collectors::{
-    containers::{SharedContainers, cgroup2_mount},
-    probes::{ebpf::AttachError, kernel, ports::PortCounts},
+    containers::SharedContainers,
+    probes::{
+        ebpf::{self, AttachError},
+        kernel,
+        ports::PortCounts,
+    },
 };
 
 /// The kernel object, built by `agent/build.rs`.
@@ -55,56 +53,17 @@ impl Kernel {
                 .try_into()?,
             proc_root,
         );
-        let root = cgroup2_root(proc_root)?;
-        let path = root.display().to_string();
-        let program = |source| AttachError::Program { name: PROG, source };
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(PROG)
-            .ok_or(AttachError::Missing(PROG))?
-            .try_into()
-            .map_err(program)?;
-        prog.load().map_err(program)?;
-        // Other cgroup programs (systemd's IP accounting and firewalling, ...) must keep
-        // working below the root, so the program is attached in multi mode. From 5.7 aya
-        // attaches through a bpf_link, which takes no flags and which the kernel always
-        // attaches as multi; before that, prog_attach with BPF_F_ALLOW_MULTI, and exclusive
-        // mode only where the kernel refuses multi.
-        let links = aya::util::KernelVersion::current()
-            .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 7, 0));
-        let modes: &[(CgroupAttachMode, &str)] = if links {
-            &[(CgroupAttachMode::Single, "bpf_link, multi")]
-        } else {
-            &[
-                (CgroupAttachMode::AllowMultiple, "prog_attach, multi"),
-                (CgroupAttachMode::Single, "prog_attach, exclusive"),
-            ]
-        };
-        let mut errors = Vec::new();
-        let mut how = None;
-        for &(mode, label) in modes {
-            let cgroup = File::open(&root).map_err(|source| AttachError::Open {
-                path: path.clone(),
-                source,
-            })?;
-            match prog.attach(cgroup, CgroupSkbAttachType::Ingress, mode) {
-                Ok(_) => {
-                    how = Some(label);
-                    break;
-                }
-                Err(e) => errors.push(format!("{label}: {e}")),
-            }
-        }
-        let Some(how) = how else {
-            return Err(AttachError::Attach {
-                path,
-                errors: errors.join("; "),
-            });
-        };
+        let attach = ebpf::attach_cgroup_skb(
+            &mut ebpf,
+            PROG,
+            proc_root,
+            CgroupSkbAttachType::Ingress,
+        )?;
         Ok(Self {
             _ebpf: ebpf,
             counts,
             listeners,
-            attach: format!("cgroup_skb ingress on {path} ({how})"),
+            attach,
         })
     }
 }
@@ -128,12 +87,3 @@ fn offsets() -> Result<AcceptqOffsets, kernel::KernelError> {
     })
 }
 
-/// The first cgroup v2 mount in `<proc>/self/mountinfo`.
-fn cgroup2_root(proc_root: &Path) -> Result<PathBuf, AttachError> {
-    let path = proc_root.join("self/mountinfo");
-    let text = std::fs::read_to_string(&path).map_err(|source| AttachError::Open {
-        path: path.display().to_string(),
-        source,
-    })?;
-    cgroup2_mount(&text).ok_or_else(|| AttachError::NoCgroup2(path.display().to_string()))
-}

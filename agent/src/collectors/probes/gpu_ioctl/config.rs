@@ -29,7 +29,8 @@ pub struct GpuIoctlConfig {
     /// Default: NVIDIA, AMD KFD and DRM render nodes; at most 64 globs.
     pub devices: DeviceGlobs,
     /// Calls that take at least this long are stalls: counted, logged, and reported in
-    /// flight while they last. Default `1s`; at least `1ms`.
+    /// flight while they last, and the wait of the default hung-call alert. Default `5s`; at
+    /// least `1ms`.
     pub stall_threshold: StallThreshold,
 }
 
@@ -47,7 +48,7 @@ impl Default for GpuIoctlConfig {
                 .map(String::from)
                 .to_vec(),
             ),
-            stall_threshold: StallThreshold(Duration::from_secs(1)),
+            stall_threshold: StallThreshold(Duration::from_secs(5)),
         }
     }
 }
