@@ -189,18 +189,34 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
         &dir,
         &format!(
             "interval: 200ms\nprobes:\n  tcp_retransmits: {{ ports: [{retrans_port}] }}\n  accept_queue: {{ ports: [{aq_port}] }}\n  gpu_ioctl: {{ devices: [\"/dev/null\"] }}\n\
-             heartbeats:\n  - {{ name: tcp, tcp: \"127.0.0.1:{hb_port}\", interval: 200ms, timeout: 100ms }}\n  - {{ name: push, push_ttl: 5s }}\n\
+             heartbeats:\n  - {{ name: tcp, tcp: \"127.0.0.1:{hb_port}\", interval: 200ms, timeout: 100ms }}\n  - {{ name: push, push_ttl: 60s }}\n\
              spool_dir: {}\nhealth:\n  recover_after: 0s\n",
             dir.0.join("spool").display()
         ),
     );
+    // The push target beats before Prometheus starts (which can take longer than its TTL on
+    // a busy machine) and after.
+    let beat = || {
+        assert_eq!(
+            http_request(agent.addr, "POST", "/api/v1/heartbeat/push", b"")
+                .unwrap()
+                .0,
+            204
+        )
+    };
+    beat();
     let prom = prometheus(&dir, agent.addr);
-    assert_eq!(
-        http_request(agent.addr, "POST", "/api/v1/heartbeat/push", b"")
-            .unwrap()
-            .0,
-        204
-    );
+    // Prometheus has scraped the agent before anything happens: a busy machine can delay the
+    // first scrape by seconds, and what happened before it is not in Prometheus.
+    let scraped = wait_for(Duration::from_secs(30), || {
+        let (_, b) = http_get(
+            prom.addr,
+            &format!("/api/v1/query?query={}", urlencode("up == 1")),
+        )?;
+        b.contains("nodewatch").then_some(())
+    });
+    assert!(scraped.is_some(), "Prometheus never scraped the agent");
+    beat();
     // Exercise the signals while Prometheus scrapes every second. First a maintenance window
     // (drain, then undrain), so the node has been down and recovered once: MTTR and MTBF.
     for path in ["/api/v1/drain", "/api/v1/undrain"] {
@@ -212,6 +228,8 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
         assert_eq!(http_request(agent.addr, "POST", path, body).unwrap().0, 200);
         thread::sleep(Duration::from_millis(1200));
     }
+    // Then the TCP heartbeat's service goes away: failures by reason, the node down.
+    drop(hb);
     let (_listener, _conns) = overflow(aq_port);
     retransmit(retrans_port);
     gpu_ioctls();
@@ -222,7 +240,6 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
         .and_then(|mut f| f.write_all(b"<4>NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=test, GPU has fallen off the bus.\n"))
         .expect("write /dev/kmsg");
     thread::sleep(Duration::from_secs(4));
-    drop(hb);
 
     let mut has_data: BTreeMap<String, bool> = BTreeMap::new();
     for (title, expr) in queries(&agent.addr.to_string()) {

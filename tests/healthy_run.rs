@@ -166,8 +166,7 @@ fn default_rules_fire_nothing_on_a_healthy_host() {
 
 #[test]
 fn a_noisy_healthy_host_fires_nothing() {
-    if !have_root("noisy healthy run") || !have_tool_by("noisy healthy run", FUSEPY, FUSEPY_CHECK)
-    {
+    if !have_root("noisy healthy run") || !have_tool_by("noisy healthy run", FUSEPY, FUSEPY_CHECK) {
         return;
     }
     let secs: u64 = std::env::var("NODEWATCH_NOISY_SECS")
@@ -267,11 +266,20 @@ fn a_noisy_healthy_host_fires_nothing() {
     threads.into_iter().for_each(|t| t.join().unwrap());
     busy.into_iter().for_each(|t| t.join().unwrap());
     let metrics = agent.metrics();
-    let retrans = sample(&metrics, &format!("nodewatch_tcp_retransmits_total{{port=\"{port}\"}}"));
-    let sent = sample(&metrics, &format!("nodewatch_tcp_segments_sent_total{{port=\"{port}\"}}"));
+    let retrans = sample(
+        &metrics,
+        &format!("nodewatch_tcp_retransmits_total{{port=\"{port}\"}}"),
+    );
+    let sent = sample(
+        &metrics,
+        &format!("nodewatch_tcp_segments_sent_total{{port=\"{port}\"}}"),
+    );
     let calls = sample(
         &metrics,
-        &format!("nodewatch_gpu_ioctl_duration_seconds_count{{device=\"{}\"}}", gpu.display()),
+        &format!(
+            "nodewatch_gpu_ioctl_duration_seconds_count{{device=\"{}\"}}",
+            gpu.display()
+        ),
     );
     let (_, alerts) = http_get(agent.addr, "/api/v1/alerts").expect("alerts");
     let fired = hooks.all_firing();

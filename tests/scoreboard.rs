@@ -79,11 +79,13 @@ fn retransmit_storm_on_a_watched_port() {
     thread::sleep(Duration::from_millis(2500));
     let series = format!("nodewatch_tcp_retransmits_total{{port=\"{port}\"}}");
     let before = rig.agent.sample(&series).unwrap_or(0.0);
-    // 10 % of the packets toward the port are lost from now on.
+    // 10 % of the packets toward the port are lost on the way from now on (dropped on
+    // arrival: a drop on output is a local send failure, which TCP sends again as new data,
+    // not a retransmit).
     let loss = NftTable::create(
         "nodewatch_sb_retrans",
         &format!(
-            "chain out {{\n type filter hook output priority 0;\n tcp dport {port} numgen random mod 100 < 10 drop\n}}"
+            "chain in {{\n type filter hook input priority 0;\n tcp dport {port} numgen random mod 100 < 10 drop\n}}"
         ),
     );
     let injected = Instant::now();

@@ -15,7 +15,7 @@
 //! Hook: `cgroup_skb` egress on the cgroup v2 root, for every packet the host sends: the TCP
 //! segments it carries (`max(1, gso_segs)`, the kernel's `tcp_skb_pcount`), counted per
 //! watched port and cgroup like the retransmits — the denominator of the retransmit ratio.
-//! The kernel's `OutSegs` counts the same (retransmits included), except segments a local
+//! That is the kernel's `OutSegs` (new segments) plus `RetransSegs`, except segments a local
 //! firewall drops on output, which never reach this hook.
 #![no_std]
 #![no_main]
@@ -136,7 +136,13 @@ fn try_retransmit_skb(ctx: &RawTracePointContext) -> Result<(), i64> {
     };
     let (local, remote) = ports(sk, &off)?;
     // tcp_skb_pcount() is at least one for anything on the retransmit queue.
-    count(&RETRANS_SEGS, local, remote, cgroup(sk, &off), u64::from(segs.max(1)));
+    count(
+        &RETRANS_SEGS,
+        local,
+        remote,
+        cgroup(sk, &off),
+        u64::from(segs.max(1)),
+    );
     Ok(())
 }
 

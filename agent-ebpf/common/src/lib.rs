@@ -21,8 +21,8 @@ pub mod tcp_retransmits {
     pub const PROG_SYNACK: &str = "tcp_retransmit_synack";
     /// The `cgroup_skb` egress program that counts segments sent.
     pub const PROG_SENT: &str = "tcp_segments_sent";
-    /// Counter map [`crate::PortCgroup`] → TCP segments sent (retransmits included, as the
-    /// kernel's `OutSegs`), keyed like [`COUNTS_MAP`]: the denominator of the retransmit
+    /// Counter map [`crate::PortCgroup`] → TCP segments sent (new ones, the kernel's `OutSegs`,
+    /// and retransmits, `RetransSegs`), keyed like [`COUNTS_MAP`]: the denominator of the retransmit
     /// ratio.
     pub const SENT_MAP: &str = "TCP_SEGS_SENT";
 }

@@ -72,7 +72,7 @@ pub fn start(cfg: &TcpRetransmitsConfig, env: Env<'_>, store: &mut Store) -> Box
     let sent = PortFamily::default();
     store.register(
         names::TCP_SEGMENTS_SENT,
-        "TCP segments sent, retransmits included (the kernel's OutSegs), by port and container as the retransmits: the denominator of the retransmit ratio",
+        "TCP segments sent, retransmits included (the kernel's OutSegs + RetransSegs), by port and container as the retransmits: the denominator of the retransmit ratio",
         sent.clone(),
     );
     match Kernel::attach(&cfg.ports.0, (segments.clone(), sent), env) {
@@ -111,14 +111,20 @@ impl Kernel {
             .override_global("RETRANS_OFFSETS", &offsets, true)
             .load(OBJECT)?;
         let containers: &SharedContainers = env.containers;
-        let mut counts = PortCounts::take(
+        let counts = PortCounts::take(
             &mut ebpf,
             (COUNTS_MAP, Some(PORTS_MAP)),
             ports,
             &[OTHER_PORT],
             containers,
         )?;
-        let sent = PortCounts::take(&mut ebpf, (SENT_MAP, None), ports, &[OTHER_PORT], containers)?;
+        let sent = PortCounts::take(
+            &mut ebpf,
+            (SENT_MAP, None),
+            ports,
+            &[OTHER_PORT],
+            containers,
+        )?;
         for prog in [PROG_SKB, PROG_SYNACK] {
             let err = |source| AttachError::Program { name: prog, source };
             let tp: &mut RawTracePoint = ebpf

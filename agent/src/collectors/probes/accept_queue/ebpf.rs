@@ -42,7 +42,7 @@ impl Kernel {
             .load(OBJECT)?;
         let counts = PortCounts::take(
             &mut ebpf,
-            (OVERFLOWS_MAP, PORTS_MAP),
+            (OVERFLOWS_MAP, Some(PORTS_MAP)),
             ports,
             &[],
             containers,
@@ -53,12 +53,8 @@ impl Kernel {
                 .try_into()?,
             proc_root,
         );
-        let attach = ebpf::attach_cgroup_skb(
-            &mut ebpf,
-            PROG,
-            proc_root,
-            CgroupSkbAttachType::Ingress,
-        )?;
+        let attach =
+            ebpf::attach_cgroup_skb(&mut ebpf, PROG, proc_root, CgroupSkbAttachType::Ingress)?;
         Ok(Self {
             _ebpf: ebpf,
             counts,
@@ -86,4 +82,3 @@ fn offsets() -> Result<AcceptqOffsets, kernel::KernelError> {
         valid: 1,
     })
 }
-
