@@ -1,0 +1,326 @@
+//! The probe's metric families, and one NVML reading written into them. Every value is set
+//! from what NVML answered this time (counters to NVML's own totals), and the series of a GPU
+//! or a value NVML no longer answers for are removed, so nothing stale stays exported.
+
+use std::collections::HashSet;
+
+use prometheus_client::{
+    encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
+    metrics::{counter::Counter, gauge::Gauge},
+};
+
+use super::nvml::{Reading, Snapshot};
+use crate::store::{Family, GaugeF64, LabelSet, Labels, Store, label_set, names, set_total};
+
+label_set! {
+    /// Labels `{gpu, uuid}`: NVML's index and the GPU's UUID.
+    pub struct GpuLabels { pub gpu, pub uuid }
+}
+
+label_set! {
+    /// Labels of `nodewatch_gpu_info`.
+    pub struct InfoLabels { pub gpu, pub uuid, pub name, pub driver }
+}
+
+label_set! {
+    /// Labels `{gpu, uuid, reason}` of a clock event.
+    pub struct ReasonLabels { pub gpu, pub uuid, pub reason }
+}
+
+label_set! {
+    /// Labels `{gpu, uuid, kind}` of remapped rows.
+    pub struct KindLabels { pub gpu, pub uuid, pub kind }
+}
+
+label_set! {
+    /// Labels `{gpu, call}` of a failed NVML call.
+    pub struct CallErrorLabels { pub gpu, pub call }
+}
+
+label_set! {
+    /// Labels `{call}`: an NVML function.
+    pub struct CallLabels { pub call }
+}
+
+/// Labels `{gpu, uuid, type}` of ECC error counts (`type` is a Rust keyword, so this set is
+/// written out rather than declared with `label_set!`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct EccLabels {
+    pub gpu: String,
+    pub uuid: String,
+    pub kind: &'static str,
+}
+
+impl EncodeLabelSet for EccLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("gpu", self.gpu.as_str()).encode(encoder.encode_label())?;
+        ("uuid", self.uuid.as_str()).encode(encoder.encode_label())?;
+        ("type", self.kind).encode(encoder.encode_label())
+    }
+}
+
+impl LabelSet for EccLabels {
+    fn write(&self, into: &mut Labels) {
+        into.set("gpu".into(), self.gpu.clone());
+        into.set("uuid".into(), self.uuid.clone());
+        into.set("type".into(), self.kind.into());
+    }
+}
+
+/// NVML's clock-event reason bits (`nvmlClocksEventReason*`) and their `reason` labels.
+pub const CLOCK_EVENT_REASONS: &[(u64, &str)] = &[
+    (0x1, "gpu_idle"),
+    (0x2, "applications_clocks_setting"),
+    (0x4, "sw_power_cap"),
+    (0x8, "hw_slowdown"),
+    (0x10, "sync_boost"),
+    (0x20, "sw_thermal"),
+    (0x40, "hw_thermal"),
+    (0x80, "hw_power_brake"),
+    (0x100, "display_clock_setting"),
+];
+
+/// Every family of the probe.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub info: Family<InfoLabels, Gauge>,
+    pub devices: Gauge,
+    pub expected: Gauge,
+    pub temperature: Family<GpuLabels, Gauge>,
+    pub power: Family<GpuLabels, GaugeF64>,
+    pub utilization: Family<GpuLabels, GaugeF64>,
+    pub memory_used: Family<GpuLabels, Gauge>,
+    pub memory_total: Family<GpuLabels, Gauge>,
+    pub ecc: Family<EccLabels, Counter>,
+    pub clock_event: Family<ReasonLabels, Gauge>,
+    pub remapped: Family<KindLabels, Gauge>,
+    pub remap_pending: Family<GpuLabels, Gauge>,
+    pub remap_failed: Family<GpuLabels, Gauge>,
+    pub pcie_replays: Family<GpuLabels, Counter>,
+    pub errors: Family<CallErrorLabels, Counter>,
+    pub timeouts: Family<CallLabels, Counter>,
+    pub hung: Gauge,
+}
+
+impl Metrics {
+    /// Registers every family in `store`.
+    pub fn register(store: &mut Store) -> Self {
+        let m = Self::default();
+        store.register(
+            names::GPU_INFO,
+            "Always 1 for each GPU NVML reaches, labelled by its name and the driver version",
+            m.info.clone(),
+        );
+        store.register(
+            names::GPU_DEVICES,
+            "GPUs NVML counts and reaches (a GPU that fell off the bus is not counted)",
+            m.devices.clone(),
+        );
+        store.register(
+            names::GPU_DEVICES_EXPECTED,
+            "GPUs this node should have: probes.gpu_state.expected_gpus, else the NVIDIA display and 3D controllers on the PCI bus at start",
+            m.expected.clone(),
+        );
+        store.register(
+            names::GPU_TEMPERATURE,
+            "GPU die temperature in degrees Celsius",
+            m.temperature.clone(),
+        );
+        store.register(
+            names::GPU_POWER,
+            "Power the GPU draws, in watts",
+            m.power.clone(),
+        );
+        store.register(
+            names::GPU_UTILIZATION,
+            "Share of the last sample period in which a kernel ran on the GPU",
+            m.utilization.clone(),
+        );
+        store.register(
+            names::GPU_MEMORY_USED,
+            "GPU memory allocated, in bytes",
+            m.memory_used.clone(),
+        );
+        store.register(
+            names::GPU_MEMORY_TOTAL,
+            "GPU memory installed, in bytes",
+            m.memory_total.clone(),
+        );
+        store.register(
+            names::GPU_ECC_ERRORS,
+            "ECC memory errors since the driver loaded (NVML's volatile counts), by type (corrected, uncorrected)",
+            m.ecc.clone(),
+        );
+        store.register(
+            names::GPU_CLOCK_EVENT,
+            "1 while this reason holds the GPU's clocks down (throttling), else 0",
+            m.clock_event.clone(),
+        );
+        store.register(
+            names::GPU_REMAPPED_ROWS,
+            "Memory rows remapped to spare rows, by the kind of error that caused it (correctable, uncorrectable)",
+            m.remapped.clone(),
+        );
+        store.register(
+            names::GPU_ROW_REMAP_PENDING,
+            "1 while a row remap waits for the GPU's next reset",
+            m.remap_pending.clone(),
+        );
+        store.register(
+            names::GPU_ROW_REMAP_FAILED,
+            "1 when a row remap failed (no spare row left)",
+            m.remap_failed.clone(),
+        );
+        store.register(
+            names::GPU_PCIE_REPLAYS,
+            "PCIe replays (link-level retransmissions) of the GPU",
+            m.pcie_replays.clone(),
+        );
+        store.register(
+            names::GPU_NVML_ERRORS,
+            "NVML calls that failed, by GPU and NVML function",
+            m.errors.clone(),
+        );
+        store.register(
+            names::GPU_NVML_TIMEOUTS,
+            "NVML calls that had not returned by their deadline, by NVML function",
+            m.timeouts.clone(),
+        );
+        store.register(
+            names::GPU_NVML_HUNG,
+            "1 while an NVML call is blocked past its deadline (no other NVML call starts meanwhile)",
+            m.hung.clone(),
+        );
+        m
+    }
+
+    /// Writes `snapshot` into the families; `driver` labels `nodewatch_gpu_info`. Returns the
+    /// number of GPUs present (counted by NVML and reachable).
+    pub fn export(&self, snapshot: &Snapshot, driver: &str) -> i64 {
+        let mut seen = Seen::default();
+        let mut present = 0;
+        for r in snapshot.gpus.iter().filter(|r| !r.lost) {
+            present += 1;
+            self.export_gpu(r, driver, &mut seen);
+        }
+        self.devices.set(present);
+        self.info.retain(|l| seen.info.contains(l));
+        for (family, keep) in [
+            (&self.memory_used, &seen.memory),
+            (&self.memory_total, &seen.memory),
+            (&self.remap_pending, &seen.remap),
+            (&self.remap_failed, &seen.remap),
+            (&self.temperature, &seen.temperature),
+        ] {
+            family.retain(|l| keep.contains(l));
+        }
+        self.power.retain(|l| seen.power.contains(l));
+        self.utilization.retain(|l| seen.utilization.contains(l));
+        self.pcie_replays.retain(|l| seen.pcie.contains(l));
+        self.ecc.retain(|l| seen.ecc.contains(l));
+        self.clock_event.retain(|l| seen.clock.contains(l));
+        self.remapped.retain(|l| seen.remapped.contains(l));
+        present
+    }
+
+    fn export_gpu(&self, r: &Reading, driver: &str, seen: &mut Seen) {
+        let gpu = GpuLabels {
+            gpu: r.index.to_string(),
+            uuid: r.uuid.clone(),
+        };
+        let info = InfoLabels {
+            gpu: gpu.gpu.clone(),
+            uuid: gpu.uuid.clone(),
+            name: r.name.clone(),
+            driver: driver.to_string(),
+        };
+        self.info.get_or_create(&info).set(1);
+        seen.info.insert(info);
+        if let Some(t) = r.temperature {
+            self.temperature.get_or_create(&gpu).set(i64::from(t));
+            seen.temperature.insert(gpu.clone());
+        }
+        if let Some(mw) = r.power_mw {
+            self.power.get_or_create(&gpu).set(f64::from(mw) / 1000.0);
+            seen.power.insert(gpu.clone());
+        }
+        if let Some(u) = r.utilization {
+            self.utilization
+                .get_or_create(&gpu)
+                .set(f64::from(u) / 100.0);
+            seen.utilization.insert(gpu.clone());
+        }
+        if let Some(m) = r.memory {
+            let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+            self.memory_used.get_or_create(&gpu).set(bytes(m.used));
+            self.memory_total.get_or_create(&gpu).set(bytes(m.total));
+            seen.memory.insert(gpu.clone());
+        }
+        for (kind, count) in [
+            ("corrected", r.ecc_corrected),
+            ("uncorrected", r.ecc_uncorrected),
+        ] {
+            let Some(count) = count else { continue };
+            let l = EccLabels {
+                gpu: gpu.gpu.clone(),
+                uuid: gpu.uuid.clone(),
+                kind,
+            };
+            set_total(&self.ecc.get_or_create(&l), count);
+            seen.ecc.insert(l);
+        }
+        if let Some(bits) = r.clock_events {
+            for (bit, reason) in CLOCK_EVENT_REASONS {
+                let l = ReasonLabels {
+                    gpu: gpu.gpu.clone(),
+                    uuid: gpu.uuid.clone(),
+                    reason: (*reason).into(),
+                };
+                self.clock_event
+                    .get_or_create(&l)
+                    .set(i64::from(bits & bit != 0));
+                seen.clock.insert(l);
+            }
+        }
+        if let Some(rm) = r.remapped {
+            for (kind, rows) in [
+                ("correctable", rm.correctable),
+                ("uncorrectable", rm.uncorrectable),
+            ] {
+                let l = KindLabels {
+                    gpu: gpu.gpu.clone(),
+                    uuid: gpu.uuid.clone(),
+                    kind: kind.into(),
+                };
+                self.remapped.get_or_create(&l).set(i64::from(rows));
+                seen.remapped.insert(l);
+            }
+            self.remap_pending
+                .get_or_create(&gpu)
+                .set(i64::from(rm.pending));
+            self.remap_failed
+                .get_or_create(&gpu)
+                .set(i64::from(rm.failed));
+            seen.remap.insert(gpu.clone());
+        }
+        if let Some(n) = r.pcie_replays {
+            set_total(&self.pcie_replays.get_or_create(&gpu), u64::from(n));
+            seen.pcie.insert(gpu);
+        }
+    }
+}
+
+/// The series written by one export, per family; the others are removed.
+#[derive(Default)]
+struct Seen {
+    info: HashSet<InfoLabels>,
+    temperature: HashSet<GpuLabels>,
+    power: HashSet<GpuLabels>,
+    utilization: HashSet<GpuLabels>,
+    memory: HashSet<GpuLabels>,
+    ecc: HashSet<EccLabels>,
+    clock: HashSet<ReasonLabels>,
+    remapped: HashSet<KindLabels>,
+    remap: HashSet<GpuLabels>,
+    pcie: HashSet<GpuLabels>,
+}
