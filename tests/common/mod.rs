@@ -4,6 +4,7 @@
 pub mod containers;
 pub mod fuse;
 pub mod haproxy;
+pub mod nvml;
 pub mod receiver;
 pub mod scoreboard;
 

@@ -91,7 +91,11 @@ impl State {
         let mut s = String::new();
         let count = self.count.unwrap_or(self.gpus.len() as u32);
         let _ = writeln!(s, "driver {}\ncount {count}", self.driver);
-        let _ = writeln!(s, "init_block_ms {}\ninit_error {}", self.init_block_ms, self.init_error);
+        let _ = writeln!(
+            s,
+            "init_block_ms {}\ninit_error {}",
+            self.init_block_ms, self.init_error
+        );
         let _ = writeln!(s, "call_log {}", u8::from(self.call_log));
         for (i, g) in self.gpus.iter().enumerate() {
             let mut kv = |k: &str, v: String| {
@@ -186,8 +190,8 @@ impl FakeNvml {
 
     /// The call log (`<CLOCK_MONOTONIC ns> start|end <call> <gpu>` lines), when enabled.
     pub fn calls(&self) -> Vec<(u64, String, String, i32)> {
-        let text = std::fs::read_to_string(format!("{}.calls", self.state.display()))
-            .unwrap_or_default();
+        let text =
+            std::fs::read_to_string(format!("{}.calls", self.state.display())).unwrap_or_default();
         text.lines()
             .filter_map(|l| {
                 let mut w = l.split_whitespace();

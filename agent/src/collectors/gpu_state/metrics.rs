@@ -2,15 +2,23 @@
 //! from what NVML answered this time (counters to NVML's own totals), and the series of a GPU
 //! or a value NVML no longer answers for are removed, so nothing stale stays exported.
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use prometheus_client::{
-    encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
-    metrics::{counter::Counter, gauge::Gauge},
+    encoding::{EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder, MetricEncoder},
+    metrics::{MetricType, TypedMetric, counter::Counter, gauge::Gauge},
 };
 
 use super::nvml::{Reading, Snapshot};
-use crate::store::{Family, GaugeF64, LabelSet, Labels, Store, label_set, names, set_total};
+use crate::store::{
+    Family, GaugeF64, LabelSet, Labels, Names, Sampled, Store, label_set, names, set_total,
+};
 
 label_set! {
     /// Labels `{gpu, uuid}`: NVML's index and the GPU's UUID.
@@ -67,6 +75,45 @@ impl LabelSet for EccLabels {
     }
 }
 
+/// A gauge without labels that is exported only once it has been set: before the first
+/// reading (an init that hangs) the GPU count is unknown, not 0.
+#[derive(Clone, Debug, Default)]
+pub struct LateGauge {
+    gauge: Gauge,
+    set: Arc<AtomicBool>,
+}
+
+impl LateGauge {
+    pub fn set(&self, v: i64) {
+        self.gauge.set(v);
+        self.set.store(true, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LateGauge {
+    const TYPE: MetricType = MetricType::Gauge;
+}
+
+impl EncodeMetric for LateGauge {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.gauge.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
+    }
+    fn is_empty(&self) -> bool {
+        !self.set.load(Ordering::Relaxed)
+    }
+}
+
+impl Sampled for LateGauge {
+    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
+        if !self.is_empty() {
+            self.gauge.samples(names, labels, out);
+        }
+    }
+}
+
 /// NVML's clock-event reason bits (`nvmlClocksEventReason*`) and their `reason` labels.
 pub const CLOCK_EVENT_REASONS: &[(u64, &str)] = &[
     (0x1, "gpu_idle"),
@@ -84,7 +131,8 @@ pub const CLOCK_EVENT_REASONS: &[(u64, &str)] = &[
 #[derive(Clone, Default)]
 pub struct Metrics {
     pub info: Family<InfoLabels, Gauge>,
-    pub devices: Gauge,
+    /// Set by the first reading: before it (an init that hangs) the count is unknown.
+    pub devices: LateGauge,
     pub expected: Gauge,
     pub temperature: Family<GpuLabels, Gauge>,
     pub power: Family<GpuLabels, GaugeF64>,
