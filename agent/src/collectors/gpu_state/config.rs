@@ -74,16 +74,80 @@ pub struct ExpectedGpus(pub u32);
 
 impl<'de> Deserialize<'de> for ExpectedGpus {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let at = Spanned::<u32>::deserialize(d)?;
-        if at.value > MAX_EXPECTED_GPUS {
-            return Err(located(
+        let at = Spanned::<i64>::deserialize(d)?;
+        match u32::try_from(at.value) {
+            Ok(n) if n <= MAX_EXPECTED_GPUS => Ok(Self(n)),
+            _ => Err(located(
                 &at,
                 format!(
-                    "{} GPUs expected; at most {MAX_EXPECTED_GPUS} are allowed",
+                    "{} GPUs expected: give a number from 0 to {MAX_EXPECTED_GPUS}, or null to count the NVIDIA GPUs on the PCI bus",
                     at.value
                 ),
-            ));
+            )),
         }
-        Ok(Self(at.value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<GpuStateConfig, String> {
+        Config::parse("c.yaml", text)
+            .map(|c| c.probes.gpu_state)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_every_key() {
+        assert_eq!(parse("").unwrap(), GpuStateConfig::default());
+        let c = GpuStateConfig::default();
+        assert!(c.enabled);
+        assert_eq!(c.library.0, "libnvidia-ml.so.1");
+        assert_eq!(c.expected_gpus, None);
+        let c = parse(
+            "probes:\n  gpu_state: { enabled: false, library: /usr/lib64/libnvidia-ml.so.1, expected_gpus: 8 }\n",
+        )
+        .unwrap();
+        assert!(!c.enabled);
+        assert_eq!(c.library.0, "/usr/lib64/libnvidia-ml.so.1");
+        assert_eq!(c.expected_gpus, Some(ExpectedGpus(8)));
+        let c = parse("probes:\n  gpu_state: { expected_gpus: null, library: libnvidia-ml.so }\n")
+            .unwrap();
+        assert_eq!(c.expected_gpus, None);
+        assert_eq!(c.library.0, "libnvidia-ml.so");
+        assert_eq!(
+            parse("probes:\n  gpu_state: { expected_gpus: 0 }\n")
+                .unwrap()
+                .expected_gpus,
+            Some(ExpectedGpus(0)),
+            "a node that should have no GPU"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        for (text, starts) in [
+            (
+                "probes:\n  gpu_state: { library: ./libnvidia-ml.so }\n",
+                "c.yaml:2:25: probes.gpu_state.library: `./libnvidia-ml.so` is a relative path",
+            ),
+            (
+                "probes:\n  gpu_state:\n    expected_gpus: 1025\n",
+                "c.yaml:3:20: probes.gpu_state.expected_gpus: 1025 GPUs expected",
+            ),
+            (
+                "probes:\n  gpu_state:\n    expected_gpus: eight\n",
+                "c.yaml:3:20: probes.gpu_state.expected_gpus: ",
+            ),
+            (
+                "probes:\n  gpu_state:\n    enabled: perhaps\n",
+                "c.yaml:3:14: probes.gpu_state.enabled: ",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.starts_with(starts), "{text}: {e}");
+        }
     }
 }

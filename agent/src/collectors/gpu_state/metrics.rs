@@ -372,3 +372,124 @@ struct Seen {
     remap: HashSet<GpuLabels>,
     pcie: HashSet<GpuLabels>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collectors::gpu_state::nvml::{Memory, Remapped};
+
+    fn reading(index: u32) -> Reading {
+        Reading {
+            index,
+            uuid: format!("GPU-{index}"),
+            name: "NVIDIA H100".into(),
+            temperature: Some(40 + index),
+            power_mw: Some(300_500),
+            utilization: Some(25),
+            memory: Some(Memory {
+                used: 1 << 30,
+                total: 80 << 30,
+            }),
+            ecc_corrected: Some(7),
+            ecc_uncorrected: Some(1),
+            clock_events: Some(0x8 | 0x40),
+            remapped: Some(Remapped {
+                correctable: 2,
+                uncorrectable: 1,
+                pending: true,
+                failed: false,
+            }),
+            pcie_replays: Some(9),
+            failed: Vec::new(),
+            lost: false,
+        }
+    }
+
+    fn values(store: &Store) -> Vec<String> {
+        let mut v: Vec<String> = store
+            .samples()
+            .into_iter()
+            .filter(|(l, _)| {
+                l.get("__name__")
+                    .is_some_and(|n| n.starts_with("nodewatch_gpu_"))
+            })
+            .map(|(l, v)| format!("{l:?} {v}"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_reading_becomes_its_series_and_a_gone_gpu_takes_them_along() {
+        let mut store = Store::new();
+        let m = Metrics::register(&mut store);
+        assert!(
+            !values(&store).iter().any(|s| s.contains("gpu_devices\"")),
+            "no GPU count before a reading"
+        );
+        let two = Snapshot {
+            count: Ok(2),
+            gpus: vec![reading(0), reading(1)],
+        };
+        assert_eq!(m.export(&two, "550.1"), 2);
+        let text = store.encode_prometheus();
+        for line in [
+            "nodewatch_gpu_devices 2",
+            "nodewatch_gpu_temperature_celsius{gpu=\"1\",uuid=\"GPU-1\"} 41",
+            "nodewatch_gpu_power_watts{gpu=\"0\",uuid=\"GPU-0\"} 300.5",
+            "nodewatch_gpu_utilization_ratio{gpu=\"0\",uuid=\"GPU-0\"} 0.25",
+            "nodewatch_gpu_memory_total_bytes{gpu=\"0\",uuid=\"GPU-0\"} 85899345920",
+            "nodewatch_gpu_ecc_errors_total{gpu=\"0\",uuid=\"GPU-0\",type=\"uncorrected\"} 1",
+            "nodewatch_gpu_clock_event{gpu=\"0\",uuid=\"GPU-0\",reason=\"hw_slowdown\"} 1",
+            "nodewatch_gpu_clock_event{gpu=\"0\",uuid=\"GPU-0\",reason=\"hw_thermal\"} 1",
+            "nodewatch_gpu_clock_event{gpu=\"0\",uuid=\"GPU-0\",reason=\"gpu_idle\"} 0",
+            "nodewatch_gpu_remapped_rows{gpu=\"0\",uuid=\"GPU-0\",kind=\"uncorrectable\"} 1",
+            "nodewatch_gpu_row_remap_pending{gpu=\"0\",uuid=\"GPU-0\"} 1",
+            "nodewatch_gpu_pcie_replays_total{gpu=\"1\",uuid=\"GPU-1\"} 9",
+            "nodewatch_gpu_info{gpu=\"1\",uuid=\"GPU-1\",name=\"NVIDIA H100\",driver=\"550.1\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        let per_gpu = values(&store).len();
+
+        // GPU 1 lost, GPU 0 stops answering some queries: their series go.
+        let mut lost = reading(1);
+        lost.lost = true;
+        let mut partial = reading(0);
+        partial.temperature = None;
+        partial.remapped = None;
+        partial.clock_events = None;
+        let one = Snapshot {
+            count: Ok(2),
+            gpus: vec![partial, lost],
+        };
+        assert_eq!(m.export(&one, "550.1"), 1);
+        let text = store.encode_prometheus();
+        assert!(text.contains("nodewatch_gpu_devices 1"), "{text}");
+        assert!(
+            !text.contains("gpu=\"1\""),
+            "lost GPU's series stay:\n{text}"
+        );
+        assert!(
+            !text.contains("nodewatch_gpu_temperature_celsius"),
+            "{text}"
+        );
+        assert!(!text.contains("nodewatch_gpu_clock_event"), "{text}");
+        assert!(!text.contains("nodewatch_gpu_row_remap_pending"), "{text}");
+        assert!(
+            text.contains("nodewatch_gpu_power_watts{gpu=\"0\""),
+            "{text}"
+        );
+        assert!(values(&store).len() < per_gpu / 2);
+
+        // A count NVML could not give: no GPU is present.
+        let none = Snapshot {
+            count: Err("nvmlDeviceGetCount_v2: Unknown".into()),
+            gpus: vec![],
+        };
+        assert_eq!(m.export(&none, "550.1"), 0);
+        let text = store.encode_prometheus();
+        assert!(text.contains("nodewatch_gpu_devices 0"), "{text}");
+        assert!(!text.contains("nodewatch_gpu_info"), "{text}");
+    }
+}
