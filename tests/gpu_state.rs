@@ -9,15 +9,14 @@ mod common;
 use std::{
     collections::BTreeSet,
     os::unix::fs::FileExt,
-    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use common::{
-    Agent, BIN, TempDir, have_tool, http_get,
-    nvml::{FakeNvml, Gpu, State, monotonic_ns, time_until},
-    wait_for,
+    Agent, BIN, TempDir, firing, have_tool, healthz, http_get, loadavg,
+    nvml::{FakeNvml, Gpu, State, expected_lines, gpu_lines, monotonic_ns, parse_line, time_until},
+    proc_with_own_loadavg, wait_for,
 };
 
 /// The other probes off: this test is about NVML alone.
@@ -30,106 +29,6 @@ fn config(dir: &TempDir, fake: &FakeNvml, expected: Option<u32>, extra: &str) ->
         fake.config(expected),
         dir.0.join("spool").display()
     )
-}
-
-/// The `nodewatch_gpu_*` series of `text` (not the ioctl and Xid ones, nor the per-call error
-/// counts) with their values, compared as numbers (the exporter writes `1.0` where Rust
-/// writes `1`).
-fn gpu_lines(text: &str) -> BTreeSet<(String, u64)> {
-    text.lines()
-        .filter(|l| l.starts_with("nodewatch_gpu_"))
-        .filter(|l| {
-            !["ioctl", "xid", "nvml_errors", "nvml_timeouts"]
-                .iter()
-                .any(|x| l.starts_with(&format!("nodewatch_gpu_{x}")))
-        })
-        .map(parse_line)
-        .collect()
-}
-
-/// A sample line as (series, the bits of its value).
-fn parse_line(l: &str) -> (String, u64) {
-    let (series, value) = l.rsplit_once(' ').unwrap();
-    let v: f64 = value.parse().unwrap_or_else(|_| panic!("{l}"));
-    (series.to_string(), v.to_bits())
-}
-
-/// Every line the agent must export for `g` as GPU `i`.
-fn expected_lines(i: usize, g: &Gpu, driver: &str) -> Vec<String> {
-    let l = format!("gpu=\"{i}\",uuid=\"{}\"", g.uuid);
-    let mut out = vec![format!(
-        "nodewatch_gpu_info{{{l},name=\"{}\",driver=\"{driver}\"}} 1",
-        g.name
-    )];
-    let mut one = |metric: &str, extra: &str, v: String| {
-        out.push(format!("nodewatch_gpu_{metric}{{{l}{extra}}} {v}"));
-    };
-    if let Some(t) = g.temp {
-        one("temperature_celsius", "", t.to_string());
-    }
-    if let Some(p) = g.power_mw {
-        one("power_watts", "", (f64::from(p) / 1000.0).to_string());
-    }
-    if let Some(u) = g.util_gpu {
-        one("utilization_ratio", "", (f64::from(u) / 100.0).to_string());
-    }
-    if let (Some(t), Some(u)) = (g.mem_total, g.mem_used) {
-        one("memory_used_bytes", "", u.to_string());
-        one("memory_total_bytes", "", t.to_string());
-    }
-    if let Some(c) = g.ecc_corrected {
-        one("ecc_errors_total", ",type=\"corrected\"", c.to_string());
-    }
-    if let Some(u) = g.ecc_uncorrected {
-        one("ecc_errors_total", ",type=\"uncorrected\"", u.to_string());
-    }
-    if let Some(bits) = g.clocks_event {
-        for (bit, reason) in [
-            (0x1, "gpu_idle"),
-            (0x2, "applications_clocks_setting"),
-            (0x4, "sw_power_cap"),
-            (0x8, "hw_slowdown"),
-            (0x10, "sync_boost"),
-            (0x20, "sw_thermal"),
-            (0x40, "hw_thermal"),
-            (0x80, "hw_power_brake"),
-            (0x100, "display_clock_setting"),
-        ] {
-            let on = u8::from(bits & bit != 0);
-            one(
-                "clock_event",
-                &format!(",reason=\"{reason}\""),
-                on.to_string(),
-            );
-        }
-    }
-    if let Some((c, u, p, f)) = g.remapped {
-        one("remapped_rows", ",kind=\"correctable\"", c.to_string());
-        one("remapped_rows", ",kind=\"uncorrectable\"", u.to_string());
-        one("row_remap_pending", "", u8::from(p).to_string());
-        one("row_remap_failed", "", u8::from(f).to_string());
-    }
-    if let Some(n) = g.pcie_replays {
-        one("pcie_replays_total", "", n.to_string());
-    }
-    out
-}
-
-/// Whether `/api/v1/alerts` shows `name` firing, with `labels` among its labels.
-fn firing(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> bool {
-    let Some((200, body)) = http_get(agent.addr, "/api/v1/alerts") else {
-        return false;
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["data"]["alerts"].as_array().unwrap().iter().any(|a| {
-        a["state"] == "firing"
-            && a["labels"]["alertname"] == name
-            && labels.iter().all(|(k, want)| a["labels"][*k] == *want)
-    })
-}
-
-fn healthz(agent: &Agent) -> u16 {
-    http_get(agent.addr, "/healthz").map_or(0, |(s, _)| s)
 }
 
 #[test]
@@ -381,30 +280,6 @@ fn a_missing_or_lost_gpu_takes_the_node_down() {
             .log_text()
             .contains("GPU reachable through NVML again")
     );
-}
-
-/// A proc root with the real /proc's files but a `loadavg` of the test's own, so the
-/// resources collector's `nodewatch_load1` shows whether the tick still runs.
-fn proc_with_own_loadavg(dir: &TempDir) -> (PathBuf, std::fs::File) {
-    let root = dir.0.join("proc");
-    std::fs::create_dir_all(&root).unwrap();
-    for e in std::fs::read_dir("/proc").unwrap() {
-        let name = e.unwrap().file_name();
-        let s = name.to_string_lossy();
-        if s == "loadavg" || s.chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        std::os::unix::fs::symlink(Path::new("/proc").join(&name), root.join(&name)).unwrap();
-    }
-    let path = root.join("loadavg");
-    std::fs::write(&path, loadavg(0)).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    (root, f)
-}
-
-/// A loadavg line of fixed width whose load1 is `n`/100 (rewritten in place, one write).
-fn loadavg(n: u32) -> String {
-    format!("{}.{:02} 0.40 0.30 1/123 4567\n", n / 100 % 10, n % 100)
 }
 
 #[test]

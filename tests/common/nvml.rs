@@ -3,6 +3,7 @@
 //! as the FUSE slow device). A test that uses it first checks `have_tool(test, "cc")`.
 
 use std::{
+    collections::BTreeSet,
     fmt::Write,
     path::PathBuf,
     process::Command,
@@ -227,4 +228,87 @@ pub fn time_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Durati
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// The `nodewatch_gpu_*` series of `text` (not the ioctl and Xid ones, nor the per-call error
+/// counts) with their values, compared as numbers (the exporter writes `1.0` where Rust
+/// writes `1`).
+pub fn gpu_lines(text: &str) -> BTreeSet<(String, u64)> {
+    text.lines()
+        .filter(|l| l.starts_with("nodewatch_gpu_"))
+        .filter(|l| {
+            !["ioctl", "xid", "nvml_errors", "nvml_timeouts"]
+                .iter()
+                .any(|x| l.starts_with(&format!("nodewatch_gpu_{x}")))
+        })
+        .map(parse_line)
+        .collect()
+}
+
+/// A sample line as (series, the bits of its value).
+pub fn parse_line(l: &str) -> (String, u64) {
+    let (series, value) = l.rsplit_once(' ').unwrap();
+    let v: f64 = value.parse().unwrap_or_else(|_| panic!("{l}"));
+    (series.to_string(), v.to_bits())
+}
+
+/// Every line the agent must export for `g` as GPU `i`.
+pub fn expected_lines(i: usize, g: &Gpu, driver: &str) -> Vec<String> {
+    let l = format!("gpu=\"{i}\",uuid=\"{}\"", g.uuid);
+    let mut out = vec![format!(
+        "nodewatch_gpu_info{{{l},name=\"{}\",driver=\"{driver}\"}} 1",
+        g.name
+    )];
+    let mut one = |metric: &str, extra: &str, v: String| {
+        out.push(format!("nodewatch_gpu_{metric}{{{l}{extra}}} {v}"));
+    };
+    if let Some(t) = g.temp {
+        one("temperature_celsius", "", t.to_string());
+    }
+    if let Some(p) = g.power_mw {
+        one("power_watts", "", (f64::from(p) / 1000.0).to_string());
+    }
+    if let Some(u) = g.util_gpu {
+        one("utilization_ratio", "", (f64::from(u) / 100.0).to_string());
+    }
+    if let (Some(t), Some(u)) = (g.mem_total, g.mem_used) {
+        one("memory_used_bytes", "", u.to_string());
+        one("memory_total_bytes", "", t.to_string());
+    }
+    if let Some(c) = g.ecc_corrected {
+        one("ecc_errors_total", ",type=\"corrected\"", c.to_string());
+    }
+    if let Some(u) = g.ecc_uncorrected {
+        one("ecc_errors_total", ",type=\"uncorrected\"", u.to_string());
+    }
+    if let Some(bits) = g.clocks_event {
+        for (bit, reason) in [
+            (0x1, "gpu_idle"),
+            (0x2, "applications_clocks_setting"),
+            (0x4, "sw_power_cap"),
+            (0x8, "hw_slowdown"),
+            (0x10, "sync_boost"),
+            (0x20, "sw_thermal"),
+            (0x40, "hw_thermal"),
+            (0x80, "hw_power_brake"),
+            (0x100, "display_clock_setting"),
+        ] {
+            let on = u8::from(bits & bit != 0);
+            one(
+                "clock_event",
+                &format!(",reason=\"{reason}\""),
+                on.to_string(),
+            );
+        }
+    }
+    if let Some((c, u, p, f)) = g.remapped {
+        one("remapped_rows", ",kind=\"correctable\"", c.to_string());
+        one("remapped_rows", ",kind=\"uncorrectable\"", u.to_string());
+        one("row_remap_pending", "", u8::from(p).to_string());
+        one("row_remap_failed", "", u8::from(f).to_string());
+    }
+    if let Some(n) = g.pcie_replays {
+        one("pcie_replays_total", "", n.to_string());
+    }
+    out
 }

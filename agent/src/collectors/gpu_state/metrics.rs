@@ -1,13 +1,8 @@
-//! The probe's metric families, and one NVML reading written into them. Every value is set
-//! from what NVML answered this time (counters to NVML's own totals), and the series of a GPU
-//! or a value NVML no longer answers for are removed, so nothing stale stays exported.
+//! The probe's metric families and their label sets.
 
-use std::{
-    collections::HashSet,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
 };
 
 use prometheus_client::{
@@ -15,10 +10,7 @@ use prometheus_client::{
     metrics::{MetricType, TypedMetric, counter::Counter, gauge::Gauge},
 };
 
-use super::nvml::{Reading, Snapshot};
-use crate::store::{
-    Family, GaugeF64, LabelSet, Labels, Names, Sampled, Store, label_set, names, set_total,
-};
+use crate::store::{Family, GaugeF64, LabelSet, Labels, Names, Sampled, Store, label_set, names};
 
 label_set! {
     /// Labels `{gpu, uuid}`: NVML's index and the GPU's UUID.
@@ -128,7 +120,7 @@ pub const CLOCK_EVENT_REASONS: &[(u64, &str)] = &[
 ];
 
 /// Every family of the probe.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Metrics {
     pub info: Family<InfoLabels, Gauge>,
     /// Set by the first reading: before it (an init that hangs) the count is unknown.
@@ -241,142 +233,15 @@ impl Metrics {
         );
         m
     }
-
-    /// Writes `snapshot` into the families; `driver` labels `nodewatch_gpu_info`. Returns the
-    /// number of GPUs present (counted by NVML and reachable).
-    pub fn export(&self, snapshot: &Snapshot, driver: &str) -> i64 {
-        let mut seen = Seen::default();
-        let mut present = 0;
-        for r in snapshot.gpus.iter().filter(|r| !r.lost) {
-            present += 1;
-            self.export_gpu(r, driver, &mut seen);
-        }
-        self.devices.set(present);
-        self.info.retain(|l| seen.info.contains(l));
-        for (family, keep) in [
-            (&self.memory_used, &seen.memory),
-            (&self.memory_total, &seen.memory),
-            (&self.remap_pending, &seen.remap),
-            (&self.remap_failed, &seen.remap),
-            (&self.temperature, &seen.temperature),
-        ] {
-            family.retain(|l| keep.contains(l));
-        }
-        self.power.retain(|l| seen.power.contains(l));
-        self.utilization.retain(|l| seen.utilization.contains(l));
-        self.pcie_replays.retain(|l| seen.pcie.contains(l));
-        self.ecc.retain(|l| seen.ecc.contains(l));
-        self.clock_event.retain(|l| seen.clock.contains(l));
-        self.remapped.retain(|l| seen.remapped.contains(l));
-        present
-    }
-
-    fn export_gpu(&self, r: &Reading, driver: &str, seen: &mut Seen) {
-        let gpu = GpuLabels {
-            gpu: r.index.to_string(),
-            uuid: r.uuid.clone(),
-        };
-        let info = InfoLabels {
-            gpu: gpu.gpu.clone(),
-            uuid: gpu.uuid.clone(),
-            name: r.name.clone(),
-            driver: driver.to_string(),
-        };
-        self.info.get_or_create(&info).set(1);
-        seen.info.insert(info);
-        if let Some(t) = r.temperature {
-            self.temperature.get_or_create(&gpu).set(i64::from(t));
-            seen.temperature.insert(gpu.clone());
-        }
-        if let Some(mw) = r.power_mw {
-            self.power.get_or_create(&gpu).set(f64::from(mw) / 1000.0);
-            seen.power.insert(gpu.clone());
-        }
-        if let Some(u) = r.utilization {
-            self.utilization
-                .get_or_create(&gpu)
-                .set(f64::from(u) / 100.0);
-            seen.utilization.insert(gpu.clone());
-        }
-        if let Some(m) = r.memory {
-            let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
-            self.memory_used.get_or_create(&gpu).set(bytes(m.used));
-            self.memory_total.get_or_create(&gpu).set(bytes(m.total));
-            seen.memory.insert(gpu.clone());
-        }
-        for (kind, count) in [
-            ("corrected", r.ecc_corrected),
-            ("uncorrected", r.ecc_uncorrected),
-        ] {
-            let Some(count) = count else { continue };
-            let l = EccLabels {
-                gpu: gpu.gpu.clone(),
-                uuid: gpu.uuid.clone(),
-                kind,
-            };
-            set_total(&self.ecc.get_or_create(&l), count);
-            seen.ecc.insert(l);
-        }
-        if let Some(bits) = r.clock_events {
-            for (bit, reason) in CLOCK_EVENT_REASONS {
-                let l = ReasonLabels {
-                    gpu: gpu.gpu.clone(),
-                    uuid: gpu.uuid.clone(),
-                    reason: (*reason).into(),
-                };
-                self.clock_event
-                    .get_or_create(&l)
-                    .set(i64::from(bits & bit != 0));
-                seen.clock.insert(l);
-            }
-        }
-        if let Some(rm) = r.remapped {
-            for (kind, rows) in [
-                ("correctable", rm.correctable),
-                ("uncorrectable", rm.uncorrectable),
-            ] {
-                let l = KindLabels {
-                    gpu: gpu.gpu.clone(),
-                    uuid: gpu.uuid.clone(),
-                    kind: kind.into(),
-                };
-                self.remapped.get_or_create(&l).set(i64::from(rows));
-                seen.remapped.insert(l);
-            }
-            self.remap_pending
-                .get_or_create(&gpu)
-                .set(i64::from(rm.pending));
-            self.remap_failed
-                .get_or_create(&gpu)
-                .set(i64::from(rm.failed));
-            seen.remap.insert(gpu.clone());
-        }
-        if let Some(n) = r.pcie_replays {
-            set_total(&self.pcie_replays.get_or_create(&gpu), u64::from(n));
-            seen.pcie.insert(gpu);
-        }
-    }
-}
-
-/// The series written by one export, per family; the others are removed.
-#[derive(Default)]
-struct Seen {
-    info: HashSet<InfoLabels>,
-    temperature: HashSet<GpuLabels>,
-    power: HashSet<GpuLabels>,
-    utilization: HashSet<GpuLabels>,
-    memory: HashSet<GpuLabels>,
-    ecc: HashSet<EccLabels>,
-    clock: HashSet<ReasonLabels>,
-    remapped: HashSet<KindLabels>,
-    remap: HashSet<GpuLabels>,
-    pcie: HashSet<GpuLabels>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::gpu_state::nvml::{Memory, Remapped};
+    use crate::collectors::gpu_state::{
+        nvml::{Memory, Reading, Remapped, Snapshot},
+        series::Exported,
+    };
 
     fn reading(index: u32) -> Reading {
         Reading {
@@ -423,6 +288,7 @@ mod tests {
     fn a_reading_becomes_its_series_and_a_gone_gpu_takes_them_along() {
         let mut store = Store::new();
         let m = Metrics::register(&mut store);
+        let mut exported = Exported::default();
         assert!(
             !values(&store).iter().any(|s| s.contains("gpu_devices\"")),
             "no GPU count before a reading"
@@ -431,7 +297,7 @@ mod tests {
             count: Ok(2),
             gpus: vec![reading(0), reading(1)],
         };
-        assert_eq!(m.export(&two, "550.1"), 2);
+        assert_eq!(exported.export(&m, &two, "550.1"), 2);
         let text = store.encode_prometheus();
         for line in [
             "nodewatch_gpu_devices 2",
@@ -463,7 +329,7 @@ mod tests {
             count: Ok(2),
             gpus: vec![partial, lost],
         };
-        assert_eq!(m.export(&one, "550.1"), 1);
+        assert_eq!(exported.export(&m, &one, "550.1"), 1);
         let text = store.encode_prometheus();
         assert!(text.contains("nodewatch_gpu_devices 1"), "{text}");
         assert!(
@@ -487,7 +353,7 @@ mod tests {
             count: Err("nvmlDeviceGetCount_v2: Unknown".into()),
             gpus: vec![],
         };
-        assert_eq!(m.export(&none, "550.1"), 0);
+        assert_eq!(exported.export(&m, &none, "550.1"), 0);
         let text = store.encode_prometheus();
         assert!(text.contains("nodewatch_gpu_devices 0"), "{text}");
         assert!(!text.contains("nodewatch_gpu_info"), "{text}");

@@ -13,6 +13,7 @@ pub mod config;
 pub mod metrics;
 pub mod nvml;
 pub mod pci;
+pub mod series;
 
 use std::{
     collections::HashSet,
@@ -25,6 +26,7 @@ pub use self::config::{GpuStateConfig, NAME};
 use self::{
     metrics::Metrics,
     nvml::{Call, Reply, Snapshot, Worker},
+    series::Exported,
 };
 use super::collector::{CollectError, Collector, Env, Mode, Off};
 use crate::store::Store;
@@ -82,6 +84,7 @@ pub fn start(cfg: &GpuStateConfig, _env: Env<'_>, store: &mut Store) -> Box<dyn 
     let mut probe = GpuState {
         worker,
         metrics,
+        exported: Exported::default(),
         library: library.to_string(),
         expected,
         expected_from,
@@ -108,6 +111,7 @@ pub fn start(cfg: &GpuStateConfig, _env: Env<'_>, store: &mut Store) -> Box<dyn 
 struct GpuState {
     worker: Worker,
     metrics: Metrics,
+    exported: Exported,
     library: String,
     expected: u32,
     /// Where `expected` comes from: `config` or `PCI`.
@@ -119,7 +123,8 @@ struct GpuState {
     busy: bool,
     /// NVML initialised (it may still be initialising when the start gave up waiting).
     started: bool,
-    /// Why NVML cannot be asked any more (its thread ended, or its late init failed).
+    /// Why NVML cannot be asked any more (its thread ended, or its late init failed): each
+    /// collection fails from then on.
     gone: Option<String>,
     /// The call counted as past its deadline, until it returns.
     hung: Option<Call>,
@@ -197,7 +202,7 @@ impl GpuState {
 
     /// Writes a reading into the families, logging what changed for the worse or better.
     fn export(&mut self, s: &Snapshot) -> Result<(), CollectError> {
-        self.metrics.export(s, &self.driver);
+        self.exported.export(&self.metrics, s, &self.driver);
         let mut failing = HashSet::new();
         let mut lost = HashSet::new();
         for r in &s.gpus {
@@ -258,8 +263,12 @@ impl Collector for GpuState {
         )
     }
     fn collect(&mut self) -> Result<(), CollectError> {
-        if self.gone.is_some() {
-            return Ok(());
+        if let Some(why) = &self.gone {
+            // Nothing can be asked any more: every collection fails, so it shows.
+            return Err(CollectError::Library {
+                call: nvml::INIT,
+                message: why.clone(),
+            });
         }
         let mut result = Ok(());
         if self.busy {
