@@ -93,6 +93,48 @@ fn mistakes_in_three_sections_are_all_reported_each_located() {
 }
 
 #[test]
+fn gpu_state_mistakes_are_located() {
+    for (text, at, message) in [
+        (
+            "probes:\n  gpu_state:\n    library: lib/libnvidia-ml.so\n",
+            "FILE:3:14: probes.gpu_state.library: ",
+            "`lib/libnvidia-ml.so` is a relative path",
+        ),
+        (
+            "probes:\n  gpu_state: { library: \"\" }\n",
+            "FILE:2:25: probes.gpu_state.library: ",
+            "the library must be a file name",
+        ),
+        (
+            "probes:\n  gpu_state:\n    expected_gpus: 5000\n",
+            "FILE:3:20: probes.gpu_state.expected_gpus: ",
+            "5000 GPUs expected: give a number from 0 to 1024, or null",
+        ),
+        (
+            "probes:\n  gpu_state:\n    expected_gpus: -1\n",
+            "FILE:3:20: probes.gpu_state.expected_gpus: ",
+            "-1 GPUs expected",
+        ),
+        (
+            "probes:\n  gpu_state:\n    libary: x\n",
+            "FILE:3:5: probes.gpu_state.libary: ",
+            "unknown field `libary`, expected one of enabled, library, expected_gpus",
+        ),
+    ] {
+        let (code, _, err) = check(text);
+        assert_eq!(code, 1, "{text}: {err}");
+        assert!(
+            err.starts_with(at) && err.contains(message),
+            "{text}: {err}"
+        );
+    }
+    let (code, _, err) = check(
+        "probes:\n  gpu_state: { library: /opt/nvidia/lib64/libnvidia-ml.so.1, expected_gpus: 8 }\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
 fn garbage_never_panics() {
     for text in [
         "\u{0}\u{1}",

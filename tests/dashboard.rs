@@ -15,7 +15,11 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, NftTable, TempDir, free_port, have_root, http_get, http_request, wait_for};
+use common::{
+    Agent, NftTable, TempDir, free_port, have_root, have_tool, http_get, http_request,
+    nvml::{FakeNvml, Gpu, State},
+    wait_for,
+};
 
 const DASHBOARD: &str = include_str!("../packaging/grafana/nodewatch.json");
 const SCRAPE_CONFIG: &str = include_str!("../packaging/prometheus/prometheus.yml");
@@ -35,6 +39,17 @@ const MUST_HAVE_DATA: &[&str] = &[
     "Stalled ioctls/s by device and container",
     "ioctls hung right now",
     "NVIDIA Xid errors by code",
+    "GPUs present and expected",
+    "GPU temperature",
+    "GPU power",
+    "GPU utilization",
+    "GPU memory used",
+    "ECC errors by GPU and type",
+    "Clock events (throttle reasons) holding clocks down",
+    "Remapped rows, pending and failed remaps",
+    "PCIe replays/s",
+    "NVML calls hung and timed out",
+    "NVML call errors by GPU and call",
     "Targets up",
     "Check latency",
     "Failures/s by reason",
@@ -179,18 +194,23 @@ fn gpu_ioctls() {
 
 #[test]
 fn every_dashboard_query_runs_and_exercised_signals_have_data() {
-    if !have_root("dashboard") {
+    if !have_root("dashboard") || !have_tool("dashboard", "cc") {
         return;
     }
     let (retrans_port, aq_port, hb_port) = (free_port(), free_port(), free_port());
     let hb = TcpListener::bind(("127.0.0.1", hb_port)).unwrap();
     let dir = TempDir::new("dashboard");
+    // Two GPUs through the fake NVML, one of them failing a call every time.
+    let mut gpu1 = Gpu::h100(1);
+    gpu1.error = vec![("power", 999)];
+    let nvml = FakeNvml::build(&dir, &State::new(vec![Gpu::h100(0), gpu1]));
     let agent = Agent::start(
         &dir,
         &format!(
-            "interval: 200ms\nprobes:\n  tcp_retransmits: {{ ports: [{retrans_port}] }}\n  accept_queue: {{ ports: [{aq_port}] }}\n  gpu_ioctl: {{ devices: [\"/dev/null\"] }}\n\
+            "interval: 200ms\nprobes:\n  tcp_retransmits: {{ ports: [{retrans_port}] }}\n  accept_queue: {{ ports: [{aq_port}] }}\n  gpu_ioctl: {{ devices: [\"/dev/null\"] }}\n{}\
              heartbeats:\n  - {{ name: tcp, tcp: \"127.0.0.1:{hb_port}\", interval: 200ms, timeout: 100ms }}\n  - {{ name: push, push_ttl: 60s }}\n\
              spool_dir: {}\nhealth:\n  recover_after: 0s\n",
+            nvml.config(Some(2)),
             dir.0.join("spool").display()
         ),
     );

@@ -14,7 +14,11 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, TempDir, have_root, wait_for};
+use common::{
+    Agent, TempDir, have_root, have_tool,
+    nvml::{FakeNvml, Gpu, State},
+    wait_for,
+};
 
 const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -176,7 +180,7 @@ const RULES: &str = "groups:
 
 #[test]
 fn exported_families_match_the_golden_list() {
-    if !have_root("metric_families") {
+    if !have_root("metric_families") || !have_tool("metric_families", "cc") {
         return;
     }
     let golden = golden();
@@ -195,6 +199,12 @@ fn exported_families_match_the_golden_list() {
         full.local_addr().unwrap().port(),
     );
     let closed = common::free_port();
+    // A fake NVML with two GPUs: one call of GPU 1 fails every time, another takes 2 s (past
+    // the deadline), so the per-call error and timeout counts have samples too.
+    let mut gpu1 = Gpu::h100(1);
+    gpu1.error = vec![("power", 999)];
+    gpu1.block = vec![("pcie_replays", 2000)];
+    let nvml = FakeNvml::build(&dir, &State::new(vec![Gpu::h100(0), gpu1]));
     let agent = Agent::start(
         &dir,
         &format!(
@@ -204,7 +214,7 @@ probes:
   tcp_retransmits: {{ ports: [{port}] }}
   accept_queue: {{ ports: [{port}] }}
   gpu_ioctl: {{ devices: [\"/dev/full\"] }}
-heartbeats:
+{gpu_state}heartbeats:
   - {{ name: up, tcp: \"127.0.0.1:{up_port}\", interval: 500ms, timeout: 200ms }}
   - {{ name: closed, tcp: \"127.0.0.1:{closed}\", interval: 500ms, timeout: 200ms }}
   - {{ name: push, push_ttl: 5s }}
@@ -215,6 +225,7 @@ spool_dir: {spool}
 ",
             proc = proc.display(),
             spool = dir.0.join("spool").display(),
+            gpu_state = nvml.config(Some(2)),
         ),
     );
     // One Xid line, and connections past the listener's queue.

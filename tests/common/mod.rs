@@ -5,6 +5,7 @@ pub mod containers;
 pub mod fuse;
 pub mod haproxy;
 pub mod health_server;
+pub mod nvml;
 pub mod receiver;
 pub mod scoreboard;
 
@@ -418,4 +419,47 @@ pub fn http_request(
         .map(|b| b.1.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// Whether the agent's `/api/v1/alerts` shows `name` firing, with `labels` among its labels.
+pub fn firing(agent: &Agent, name: &str, labels: &[(&str, &str)]) -> bool {
+    let Some((200, body)) = http_get(agent.addr, "/api/v1/alerts") else {
+        return false;
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["data"]["alerts"].as_array().unwrap().iter().any(|a| {
+        a["state"] == "firing"
+            && a["labels"]["alertname"] == name
+            && labels.iter().all(|(k, want)| a["labels"][*k] == *want)
+    })
+}
+
+/// The status code of the agent's `/healthz` (0 when nothing answers).
+pub fn healthz(agent: &Agent) -> u16 {
+    http_get(agent.addr, "/healthz").map_or(0, |(s, _)| s)
+}
+
+/// A proc root with the real /proc's files but a `loadavg` of the test's own, so the
+/// resources collector's `nodewatch_load1` shows whether the tick still runs.
+pub fn proc_with_own_loadavg(dir: &TempDir) -> (PathBuf, std::fs::File) {
+    let root = dir.0.join("proc");
+    std::fs::create_dir_all(&root).unwrap();
+    for e in std::fs::read_dir("/proc").unwrap() {
+        let name = e.unwrap().file_name();
+        let s = name.to_string_lossy();
+        if s == "loadavg" || s.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        std::os::unix::fs::symlink(std::path::Path::new("/proc").join(&name), root.join(&name))
+            .unwrap();
+    }
+    let path = root.join("loadavg");
+    std::fs::write(&path, loadavg(0)).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    (root, f)
+}
+
+/// A loadavg line of fixed width whose load1 is `n`/100 (rewritten in place, one write).
+pub fn loadavg(n: u32) -> String {
+    format!("{}.{:02} 0.40 0.30 1/123 4567\n", n / 100 % 10, n % 100)
 }

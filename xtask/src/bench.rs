@@ -29,6 +29,7 @@ use anyhow::{Context, Result, bail};
 use crate::{root_dir, sh, step};
 
 mod footprint;
+mod gpu_state;
 mod report;
 mod scoreboard;
 mod scrape;
@@ -197,6 +198,11 @@ pub fn bench() -> Result<()> {
     }
     if want("tick") {
         md.push_str(&section("tick", || tick::section(&nodewatch, &dir)));
+    }
+    if want("gpu_state") {
+        md.push_str(&section("gpu_state", || {
+            gpu_state::section(&nodewatch, &dir)
+        }));
     }
     if want("scrape") {
         md.push_str(&section("scrape", || scrape::section(&nodewatch, &dir)));

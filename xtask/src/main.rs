@@ -21,7 +21,8 @@ mod package;
 /// for `ss` and namespaces, fuse3 and python3-fusepy for the fake slow GPU driver, bpftrace
 /// for the benchmark's comparison, util-linux for `setpriv`, curl for humans,
 /// prometheus-node-exporter for the footprint benchmark, e2fsprogs for the scoreboard's
-/// filling disk (mkfs.ext4).
+/// filling disk (mkfs.ext4), gcc and libc6-dev for `cc`, which builds the benchmark's ioctl
+/// loop and the tests' fake NVML library.
 const DEB_PACKAGES: &[&str] = &[
     "nftables",
     "iproute2",
@@ -40,6 +41,8 @@ const DEB_PACKAGES: &[&str] = &[
     "systemd",
     "prometheus-node-exporter",
     "e2fsprogs",
+    "gcc",
+    "libc6-dev",
 ];
 /// Seconds each fuzz target runs in `cargo xtask test`.
 const FUZZ_SECONDS_IN_TEST: u64 = 5;

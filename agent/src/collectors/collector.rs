@@ -50,6 +50,8 @@ pub enum Mode {
     Procfs,
     /// Lines of the kernel log, `/dev/kmsg`.
     Kmsg,
+    /// NVIDIA's management library, `libnvidia-ml.so`.
+    Nvml,
     /// Nothing this host allows; the probe reports itself and measures nothing.
     Off,
 }
@@ -61,6 +63,7 @@ impl Mode {
             Mode::SockDiag => "sock_diag",
             Mode::Procfs => "procfs",
             Mode::Kmsg => "kmsg",
+            Mode::Nvml => "nvml",
             Mode::Off => "off",
         }
     }
@@ -68,7 +71,7 @@ impl Mode {
     /// What `nodewatch probes` says about support: full, degraded, or none.
     pub fn support(self) -> &'static str {
         match self {
-            Mode::Ebpf | Mode::Kmsg => "yes",
+            Mode::Ebpf | Mode::Kmsg | Mode::Nvml => "yes",
             Mode::SockDiag | Mode::Procfs => "degraded",
             Mode::Off => "no",
         }
@@ -81,7 +84,7 @@ impl fmt::Display for Mode {
     }
 }
 
-/// A probe this host cannot run (no eBPF, no access to the kernel log): it reports mode
+/// A probe this host cannot run (no eBPF, no access to the kernel log, no NVML): it reports mode
 /// `off` and why, and measures nothing.
 pub struct Off {
     pub name: &'static str,
@@ -120,6 +123,8 @@ pub enum CollectError {
     },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    #[error("{call}: {message}")]
+    Library { call: &'static str, message: String },
     #[error("attaching {program}: {source}")]
     Attach {
         program: &'static str,

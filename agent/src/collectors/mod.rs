@@ -7,6 +7,7 @@
 
 pub mod collector;
 pub mod containers;
+pub mod gpu_state;
 pub mod gpu_xid;
 pub mod heartbeats;
 pub mod probes;
@@ -17,6 +18,7 @@ use std::{any::Any, path::Path, time::Instant};
 pub use self::collector::{CollectError, Collector, Env, Mode};
 use self::{
     containers::{Containers, ContainersConfig, SharedContainers},
+    gpu_state::GpuStateConfig,
     gpu_xid::GpuXidConfig,
     heartbeats::config::HeartbeatsConfig,
     probes::{
@@ -42,10 +44,18 @@ pub struct ProbesConfig {
     pub gpu_ioctl: GpuIoctlConfig,
     /// NVIDIA Xid errors counted from the kernel log.
     pub gpu_xid: GpuXidConfig,
+    /// Each GPU's state from NVML, and how many GPUs are present against expected.
+    pub gpu_state: GpuStateConfig,
 }
 
 /// The keys of `probes:`, in the order of [`ProbesConfig`].
-const PROBE_KEYS: &[&str] = &["tcp_retransmits", "accept_queue", "gpu_ioctl", "gpu_xid"];
+const PROBE_KEYS: &[&str] = &[
+    "tcp_retransmits",
+    "accept_queue",
+    "gpu_ioctl",
+    "gpu_xid",
+    "gpu_state",
+];
 
 /// Reads `probes:` at `path`, each probe's section on its own (every mistake is recorded in
 /// `doc`); what is absent or invalid keeps its default.
@@ -66,6 +76,9 @@ pub fn probes_config(doc: &mut Document<'_>, path: &[&str]) -> ProbesConfig {
     }
     if let Some(v) = doc.section(&at("gpu_xid")) {
         c.gpu_xid = v;
+    }
+    if let Some(v) = doc.section(&at("gpu_state")) {
+        c.gpu_state = v;
     }
     c
 }
@@ -126,6 +139,11 @@ pub const ALL: &[Def] = &[
         name: gpu_xid::NAME,
         enabled: |s| s.probes.gpu_xid.enabled,
         start: |s, env, store| gpu_xid::start(&s.probes.gpu_xid, env, store),
+    },
+    Def {
+        name: gpu_state::NAME,
+        enabled: |s| s.probes.gpu_state.enabled,
+        start: |s, env, store| gpu_state::start(&s.probes.gpu_state, env, store),
     },
     Def {
         name: resources::NAME,

@@ -59,7 +59,7 @@ fn build_baseline(rev: &str, dir: &Path) -> Result<PathBuf> {
 /// Nanoseconds on a CPU of every thread of `pid` so far (`/proc/<pid>/task/*/schedstat`):
 /// exact, unlike the 10 ms ticks of `utime`/`stime`, which a 1 ms burst per second only
 /// samples.
-fn run_ns(pid: u32) -> Result<f64> {
+pub(super) fn run_ns(pid: u32) -> Result<f64> {
     let mut total = 0.0;
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let text = std::fs::read_to_string(t?.path().join("schedstat"))?;
