@@ -91,8 +91,8 @@ fn serves_metrics_promtool_accepts_and_detaches_on_sigterm() {
     let progs = attached_prog_ids(agent.child.id());
     assert_eq!(
         progs.len(),
-        6,
-        "expected both retransmit tracepoints, the cgroup_skb program and the three GPU ioctl ones attached: {progs:?}"
+        7,
+        "expected both retransmit tracepoints, the segments-sent and accept-queue cgroup_skb programs and the three GPU ioctl ones attached: {progs:?}"
     );
     let log = agent.log.clone();
     let status = agent.stop();
