@@ -118,15 +118,7 @@ pub fn section(dir: &Path) -> Result<String> {
     }
     let _ = writeln!(
         out,
-        "\nWhere a row misses 2 s the metric still moves within a tick or two; the wait is the \
-         default rule's own damping, kept on purpose against flapping: `NodewatchTcpRetransmitStorm` \
-         needs `rate(...[30s]) > 200` (the 30 s window must fill) for `for: 10s`; \
-         `NodewatchGpuIoctlHung` waits `for: 15s` after the 1 s stall threshold; \
-         `NodewatchHeartbeatDown` waits `for: 3s` (plus the 500 ms check timeout for a hung \
-         target); `NodewatchDiskFull` waits `for: 1m`. What would fix it: shorter `for` / windows \
-         in a rule file of one's own (`default_rules: false` plus `rule_files`), accepting more \
-         false positives; the scoreboard then follows the rule, since the detection itself is \
-         within the first tick or two.\n"
+        "\nNo default rule waits on a `for:` for these faults any more: a detector that is specific is the damping. What is left is the detection itself: `NodewatchTcpRetransmitStorm` needs its 2 s window of the retransmit ratio to fill with the storm (two or three ticks); `NodewatchHeartbeatDown` is the check's own confirmation (three retries 100 ms apart, plus the 500 ms timeout for a hung target) on a 1 s check interval; `NodewatchGpuIoctlHung` is the stall threshold (1 s here) and a tick. The noisy but healthy run (`tests/healthy_run.rs`) checks that these detectors stay quiet on 0.2 % loss, 250 ms GPU calls, a restarted heartbeat target and busy cores.\n"
     );
     Ok(out)
 }
