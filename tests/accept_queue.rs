@@ -14,50 +14,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, Netns, NftTable, TempDir, have_root, netstat, wait_for};
-
-/// A loopback listener with backlog `backlog` whose connections are never accepted.
-fn listener(port: u16, backlog: i32) -> TcpListener {
-    let l = TcpListener::bind(("127.0.0.1", port)).expect("bind listener");
-    // SAFETY: listen() again on a listening socket only changes its backlog.
-    let rc = unsafe { libc::listen(l.as_raw_fd(), backlog) };
-    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
-    l
-}
+use common::{
+    Agent, Netns, NftTable, TempDir, have_root,
+    listeners::{knock, listener, ss_queue},
+    netstat, wait_for,
+};
 
 fn port_of(l: &TcpListener) -> u16 {
     l.local_addr().unwrap().port()
-}
-
-/// `attempts` connection attempts in a row, each given up after 100 ms (before the client
-/// would resend its SYN). Returns the connections that got through, still open, and how many
-/// were refused — each refused attempt is one SYN the full queue dropped.
-fn knock(port: u16, attempts: usize) -> (Vec<TcpStream>, u64) {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut open = Vec::new();
-    let mut refused = 0;
-    for _ in 0..attempts {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
-            Ok(s) => open.push(s),
-            Err(_) => refused += 1,
-        }
-    }
-    (open, refused)
-}
-
-/// Recv-Q and Send-Q of the listener on `port`, as `ss -ltn` shows them.
-fn ss_queue(port: u16) -> (f64, f64) {
-    let out = Command::new("ss")
-        .args(["-ltnH", &format!("sport = :{port}")])
-        .output()
-        .expect("run ss (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .next()
-        .unwrap_or_else(|| panic!("ss shows no listener on {port}"));
-    let f: Vec<&str> = line.split_whitespace().collect();
-    (f[1].parse().unwrap(), f[2].parse().unwrap())
 }
 
 fn overflows(agent: &Agent, port: &str) -> f64 {

@@ -8,9 +8,7 @@ mod common;
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
-    process::Command,
+    net::TcpStream,
     thread,
     time::Duration,
 };
@@ -19,53 +17,10 @@ use common::{
     Agent, NftTable, TempDir,
     containers::{FakeContainer, serial},
     fuse::{FUSEPY, FUSEPY_CHECK, SlowFs, slow_ioctl},
-    have_root, have_tool_by, netstat, wait_for,
+    have_root, have_tool_by,
+    listeners::{knock, listener, ss_queue},
+    netstat, snmp_tcp, wait_for,
 };
-
-/// A loopback listener with backlog `backlog` whose connections are never accepted.
-fn listener(port: u16, backlog: i32) -> TcpListener {
-    let l = TcpListener::bind(("127.0.0.1", port)).expect("bind listener");
-    // SAFETY: listen() again on a listening socket only changes its backlog.
-    let rc = unsafe { libc::listen(l.as_raw_fd(), backlog) };
-    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
-    l
-}
-
-/// `attempts` connection attempts in a row, each given up after 100 ms; returns the
-/// connections that got through and how many were refused.
-fn knock(port: u16, attempts: usize) -> (Vec<TcpStream>, u64) {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut open = Vec::new();
-    let mut refused = 0;
-    for _ in 0..attempts {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
-            Ok(s) => open.push(s),
-            Err(_) => refused += 1,
-        }
-    }
-    (open, refused)
-}
-
-/// Recv-Q and Send-Q of the listener on `port` in the calling thread's namespace (`ss`).
-fn ss_queue(port: u16) -> (f64, f64) {
-    let out = Command::new("ss")
-        .args(["-ltnH", &format!("sport = :{port}")])
-        .output()
-        .expect("run ss (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let f: Vec<&str> = text.split_whitespace().collect();
-    assert!(f.len() > 2, "ss shows no listener on {port}: {text:?}");
-    (f[1].parse().unwrap(), f[2].parse().unwrap())
-}
-
-/// A `Tcp:` counter of the calling thread's namespace.
-fn snmp_tcp(field: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
-    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (head, vals) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = head.split_whitespace().position(|h| h == field).unwrap();
-    vals.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
 
 fn labels(port: u16, c: &FakeContainer, pod: Option<&str>) -> String {
     match pod {

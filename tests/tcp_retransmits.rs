@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, NftTable, TempDir, have_root, mss_listener, netstat};
+use common::{Agent, NftTable, TempDir, have_root, mss_listener, netstat, snmp_tcp};
 
 const PAYLOAD: usize = 256 * 1024;
 /// Events the kernel did not run the probe for; printed when a count falls short.
@@ -271,15 +271,6 @@ fn counts_retransmits_that_fail_locally_like_the_kernel() {
         per_socket(&socks),
         agent.log_text()
     );
-}
-
-/// A `Tcp:` counter of the calling thread's network namespace.
-fn snmp_tcp(field: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
-    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (head, vals) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = head.split_whitespace().position(|h| h == field).unwrap();
-    vals.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
 /// The ratio's two halves against the kernel's own counters: in a namespace whose only

@@ -5,6 +5,7 @@ pub mod containers;
 pub mod fuse;
 pub mod haproxy;
 pub mod health_server;
+pub mod listeners;
 pub mod nvml;
 pub mod receiver;
 pub mod scoreboard;
@@ -376,6 +377,18 @@ pub fn netstat(field: &str) -> u64 {
         .split_whitespace()
         .position(|h| h == field)
         .unwrap_or_else(|| panic!("no TcpExt {field}"));
+    vals.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// A `Tcp:` counter (`/proc/net/snmp`) of the calling thread's network namespace.
+pub fn snmp_tcp(field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
+    let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (head, vals) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = head
+        .split_whitespace()
+        .position(|h| h == field)
+        .unwrap_or_else(|| panic!("no Tcp {field}"));
     vals.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
