@@ -275,6 +275,48 @@ fn hung_call_shows_in_flight_until_it_returns() {
     );
 }
 
+/// A call seen in flight at a tick is reported the moment it passes its threshold, not at the
+/// next scheduled tick: with ticks 2 s apart and a 3 s threshold, the gauge reads 1 within a
+/// few hundred ms of the threshold (a scheduled tick would land anywhere in the 2 s after it).
+#[test]
+fn a_call_passing_its_threshold_is_reported_between_ticks() {
+    if !have_root("gpu_ioctl early") || !have_tool_by("gpu_ioctl early", FUSEPY, FUSEPY_CHECK) {
+        return;
+    }
+    let dir = TempDir::new("gpu-early");
+    let fs = SlowFs::new(&dir, "mnt");
+    let gpu = label(&fs.mnt.join("gpu0"));
+    let threshold = Duration::from_secs(3);
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 2s\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  gpu_xid: {{ enabled: false }}\n  gpu_ioctl:\n    devices: [{gpu}]\n    stall_threshold: 3s\n"
+        ),
+    );
+    let gauge = format!("nodewatch_gpu_ioctl_inflight_stalled{{device=\"{gpu}\"}}");
+    wait_for(Duration::from_secs(6), || {
+        (agent.sample(&gauge) == Some(0.0)).then_some(())
+    })
+    .expect("timed out: device watched");
+    let file = fs.open("gpu0");
+    let started = Instant::now();
+    let caller = thread::spawn(move || slow_ioctl(&file, 5_000));
+    wait_for(Duration::from_secs(6), || {
+        (agent.sample(&gauge) == Some(1.0)).then_some(())
+    })
+    .expect("timed out: inflight_stalled 1");
+    let seen_after = started.elapsed();
+    eprintln!(
+        "inflight_stalled=1 seen {seen_after:?} after the call started (threshold 3 s, ticks 2 s apart)"
+    );
+    assert!(seen_after >= threshold, "reported before the threshold");
+    assert!(
+        seen_after < threshold + Duration::from_millis(500),
+        "{seen_after:?}: not reported when it passed the threshold"
+    );
+    caller.join().unwrap();
+}
+
 #[test]
 fn devices_that_appear_after_start_are_picked_up() {
     if !have_root("gpu_ioctl late device")

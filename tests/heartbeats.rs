@@ -11,9 +11,9 @@ use std::{
 };
 
 use common::{
-    Agent, TempDir,
+    Agent, TempDir, firing,
     health_server::{Mode, Server},
-    http_request, sample, wait_for,
+    healthz, http_request, sample, wait_for,
 };
 
 const QUIET: &str = "interval: 200ms\nprobes:\n  tcp_retransmits: { enabled: false }\n  accept_queue: { enabled: false }\nresources: { enabled: false }\n";
@@ -146,6 +146,43 @@ fn refused_and_hung_targets_are_confirmed_down_quickly() {
     assert!(took > Duration::from_millis(780), "{took:?}");
     assert!(took < Duration::from_millis(950), "{took:?}");
     assert_eq!(failures(&text, "web", "timeout"), 1.0, "{text}");
+}
+
+/// A target that goes down asks for a tick at once: with a 30 s tick interval, the default
+/// rule fires and `/healthz` turns 503 a moment after the confirmation, long before the next
+/// scheduled tick.
+#[test]
+fn a_change_of_state_is_evaluated_without_waiting_for_the_tick() {
+    let mut server = Server::start();
+    let addr = server.addr;
+    let dir = TempDir::new("hb-early");
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 30s
+probes:
+  tcp_retransmits: {{ enabled: false }}
+  accept_queue: {{ enabled: false }}
+  gpu_xid: {{ enabled: false }}
+resources: {{ enabled: false }}
+heartbeats:
+  - {{ name: web, url: \"http://{addr}/health\", interval: 500ms }}
+"
+        ),
+    );
+    // The first tick ran at start (the target's first result may have come after it).
+    wait_state(&agent, "web", 1.0, Duration::from_secs(3));
+    assert_eq!(healthz(&agent), 200);
+    thread::sleep(Duration::from_secs(1));
+    server.stop();
+    let stopped = Instant::now();
+    let fired = wait_for(Duration::from_secs(10), || {
+        firing(&agent, "NodewatchHeartbeatDown", &[("target", "web")]).then(Instant::now)
+    })
+    .unwrap_or_else(|| panic!("not alerted within 10 s:\n{}", agent.log_text()));
+    let took = fired - stopped;
+    eprintln!("heartbeat down alerted {took:?} after the target stopped (tick interval 30 s)");
+    assert_eq!(healthz(&agent), 503, "the node drains with the alert");
 }
 
 /// A check that fails and a retry that passes is a lost check, counted but not an outage, up

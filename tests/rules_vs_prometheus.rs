@@ -67,6 +67,11 @@ const EXPRS: &[&str] = &[
     "rate(c[2m])",
     "rate(c[5m])",
     "rate(c[37s])",
+    "irate(c[1m])",
+    "irate(c[37s])",
+    "irate(g[1m])",
+    "idelta(g[1m])",
+    "idelta(c[2m])",
     "increase(c[1m])",
     "increase(c[3m])",
     "increase(c[10m])",
@@ -521,7 +526,7 @@ fn outside_the_subset_is_refused_but_valid_for_prometheus() {
     let dir = TempDir::new("vs-prom-subset");
     for (expr, construct) in [
         ("topk(3, c)", "unsupported aggregation `topk`"),
-        ("irate(c[5m])", "unsupported function `irate`"),
+        ("deriv(g[5m])", "unsupported function `deriv`"),
         ("c offset 5m", "unsupported `offset` modifier"),
         ("max_over_time(c[5m:1m])", "unsupported subquery"),
         ("c * on(job) group_left(port) g", "unsupported `group_left`"),

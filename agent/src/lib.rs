@@ -12,7 +12,8 @@
 //! alerts           the one alert type the rules produce
 //! collectors       the Collector trait, the one list, probes/ (eBPF), plain collectors
 //! store            metric families, the tick's samples, the per-series history
-//! yaml  files  httpc   located YAML and shared validators, atomic writes, outbound HTTP
+//! yaml  files  httpc  wake   located YAML and shared validators, atomic writes, outbound
+//!                  HTTP, the tick thread's wake-up
 //! ```
 
 pub mod agent;
@@ -27,4 +28,5 @@ pub mod httpc;
 pub mod notify;
 pub mod rules;
 pub mod store;
+pub mod wake;
 pub mod yaml;

@@ -1,13 +1,7 @@
 //! `nodewatch run`: start the collectors, then one tick loop and the HTTP server until a
 //! signal.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, mpsc},
-    thread,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, thread, time::Duration};
 
 pub mod privileges;
 pub mod systemd;
@@ -102,7 +96,7 @@ pub fn run(
     };
 
     let tick_keeps = collectors.awaiting_attach();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let stop = collectors.wake().clone();
     let ticker = {
         let store = Arc::clone(&store);
         let health = Arc::clone(&health);
@@ -115,7 +109,7 @@ pub fn run(
                     health: &health,
                     notifiers: &notifiers,
                 };
-                tick_loop(collectors, &store, rules_tick, outputs, interval, &stop_rx)
+                tick_loop(collectors, &store, rules_tick, outputs, interval)
             })
             .map_err(RunError::Runtime)?
     };
@@ -157,7 +151,7 @@ pub fn run(
         server::serve(listener, app, shutdown_signal()).await
     });
     systemd::notify("STOPPING=1");
-    let _ = stop_tx.send(());
+    stop.stop();
     // Joining drops the probes, which detaches every program.
     if ticker.join().is_err() {
         tracing::error!("tick thread panicked");

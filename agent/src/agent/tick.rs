@@ -4,7 +4,8 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, mpsc},
+    sync::Arc,
+    thread,
     time::{Duration, Instant},
 };
 
@@ -20,7 +21,12 @@ use crate::{
         reload::Reloads,
     },
     store::Store,
+    wake::Woken,
 };
+
+/// The least time between two ticks when one runs early, so that a burst of requests costs
+/// at most ten ticks a second.
+const MIN_GAP: Duration = Duration::from_millis(100);
 
 /// The rules as the tick thread runs them, and how it learns of a reload.
 pub struct RulesTick {
@@ -75,15 +81,18 @@ pub struct Outputs<'a> {
 }
 
 /// One tick: every collector collects, then the rules evaluate what they wrote. Blocking reads
-/// stay on this thread, off the async workers.
+/// stay on this thread, off the async workers. Ticks run every `interval`, and also early
+/// (out of schedule, which stays as it was) when a collector asks: a heartbeat that has
+/// just confirmed a change, a GPU call that has just passed its stall threshold. Ends when
+/// the collectors' wake-up is told to stop.
 pub fn tick_loop(
     mut collectors: Collectors,
     store: &Store,
     mut rules: RulesTick,
     outputs: Outputs<'_>,
     interval: Duration,
-    stop: &mpsc::Receiver<()>,
 ) {
+    let wake = collectors.wake().clone();
     let mut next = Instant::now();
     // The capabilities this thread holds: all it started with, until set once below.
     let mut holds: Option<&[u32]> = None;
@@ -117,15 +126,34 @@ pub fn tick_loop(
         outputs
             .notifiers
             .observe(&alerts, std::time::SystemTime::now());
-        next += interval;
-        let now = Instant::now();
-        if next < now {
-            // Fell behind (a stalled read): skip the missed ticks rather than burst.
-            next = now + interval;
+        let ran = Instant::now();
+        if next <= ran {
+            next += interval;
+            if next < ran {
+                // Fell behind (a stalled read): skip the missed ticks rather than burst.
+                next = ran + interval;
+            }
         }
-        match stop.recv_timeout(next - now) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        loop {
+            let until = collectors.deadline().map_or(next, |d| d.min(next));
+            match wake.wait_until(until.max(ran + MIN_GAP)) {
+                Woken::Stop => return,
+                Woken::Asked => {
+                    thread::sleep((ran + MIN_GAP).saturating_duration_since(Instant::now()));
+                    tracing::debug!("early tick: asked by a collector");
+                    break;
+                }
+                Woken::Deadline => {
+                    let now = Instant::now();
+                    if now >= next {
+                        break;
+                    }
+                    if collectors.due(now) {
+                        tracing::debug!("early tick: a collector's deadline");
+                        break;
+                    }
+                }
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
 //! What every collector is: the [`Collector`] trait the tick runs, the modes a probe can run
 //! in, and why a collection fails.
 
-use std::{any::Any, fmt, path::Path};
+use std::{any::Any, fmt, path::Path, time::Instant};
 
 use super::containers::SharedContainers;
+use crate::wake::Wake;
 
 /// A running collector: an eBPF probe, or a plain one (the kernel log, `/proc`, heartbeats).
 /// It owns its kernel objects: dropping it detaches them.
@@ -28,6 +29,18 @@ pub trait Collector: Send + Any {
     fn missed_events(&self) -> u64 {
         0
     }
+    /// The next moment something it watches may cross a line between two ticks (a GPU call
+    /// still in flight reaching the stall threshold): the tick thread then asks [`due`].
+    ///
+    /// [`due`]: Collector::due
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// At its [`deadline`](Collector::deadline): whether the line was crossed, so the tick
+    /// should run now rather than at its schedule. Forgets the deadlines that have passed.
+    fn due(&mut self, _now: Instant) -> bool {
+        false
+    }
 }
 
 /// What a collector may read of the agent's settings besides its own section.
@@ -37,6 +50,9 @@ pub struct Env<'a> {
     pub proc_root: &'a Path,
     /// The agent's one cgroup id → container lookup, refreshed each tick before collection.
     pub containers: &'a SharedContainers,
+    /// Asks the tick thread for a tick now, from a collector's own tasks (a heartbeat that
+    /// has just confirmed a change).
+    pub wake: &'a Wake,
 }
 
 /// How a probe gets its data; the `mode` label of `nodewatch_probe_up`.

@@ -30,6 +30,7 @@ use self::{
 };
 use crate::{
     store::{CollectorLabels, ProbeLabels, SelfMetrics, Store},
+    wake::Wake,
     yaml::Document,
 };
 
@@ -100,10 +101,11 @@ impl Settings<'_> {
     }
 
     /// What every collector gets besides its section.
-    fn env<'a>(&'a self, containers: &'a SharedContainers) -> Env<'a> {
+    fn env<'a>(&'a self, containers: &'a SharedContainers, wake: &'a Wake) -> Env<'a> {
         Env {
             proc_root: self.proc_root,
             containers,
+            wake,
         }
     }
 }
@@ -169,6 +171,7 @@ struct Running {
 pub struct Collectors {
     running: Vec<Running>,
     containers: SharedContainers,
+    wake: Wake,
 }
 
 impl Collectors {
@@ -176,13 +179,14 @@ impl Collectors {
     /// mode in `nodewatch_probe_up`; all of them share one container lookup.
     pub fn start(settings: &Settings<'_>, store: &mut Store) -> Self {
         let containers = settings.containers();
+        let wake = Wake::default();
         let mut running = Vec::new();
         for def in ALL {
             if !(def.enabled)(settings) {
                 tracing::info!(collector = def.name, "disabled in config");
                 continue;
             }
-            let collector = (def.start)(settings, settings.env(&containers), store);
+            let collector = (def.start)(settings, settings.env(&containers, &wake), store);
             if let Some(mode) = collector.mode() {
                 store
                     .own
@@ -206,7 +210,32 @@ impl Collectors {
         Self {
             running,
             containers,
+            wake,
         }
+    }
+
+    /// The tick thread's wake-up, which the collectors' own tasks hold too.
+    pub fn wake(&self) -> &Wake {
+        &self.wake
+    }
+
+    /// The earliest [`Collector::deadline`] of any collector.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.running
+            .iter()
+            .filter_map(|r| r.collector.deadline())
+            .min()
+    }
+
+    /// Asks every collector whose deadline has come whether the tick should run now.
+    pub fn due(&mut self, now: Instant) -> bool {
+        let mut due = false;
+        for r in &mut self.running {
+            if r.collector.deadline().is_some_and(|d| d <= now) {
+                due |= r.collector.due(now);
+            }
+        }
+        due
     }
 
     /// The container lookup the collectors share.
@@ -284,6 +313,7 @@ impl Collectors {
 pub fn describe(settings: &Settings<'_>) -> Vec<[String; 4]> {
     let mut store = Store::new();
     let containers = settings.containers();
+    let wake = Wake::default();
     ALL.iter()
         .map(|def| {
             if !(def.enabled)(settings) {
@@ -294,7 +324,7 @@ pub fn describe(settings: &Settings<'_>) -> Vec<[String; 4]> {
                     "disabled in config".into(),
                 ];
             }
-            let c = (def.start)(settings, settings.env(&containers), &mut store);
+            let c = (def.start)(settings, settings.env(&containers, &wake), &mut store);
             let (support, mode) = match c.mode() {
                 Some(m) => (m.support(), m.as_str()),
                 None => ("yes", "-"),

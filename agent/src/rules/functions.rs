@@ -18,7 +18,9 @@ use crate::store::labels::{Labels, METRIC_NAME};
 /// The functions nodewatch evaluates, with the argument types Prometheus gives them.
 pub const SUPPORTED: &[&str] = &[
     "rate",
+    "irate",
     "increase",
+    "idelta",
     "delta",
     "avg_over_time",
     "max_over_time",
@@ -39,7 +41,7 @@ pub fn call(ev: &dyn Source, c: &Call) -> Result<Vec<Sample>, EvalError> {
     };
     match c.func.name {
         "rate" | "increase" | "delta" | "avg_over_time" | "max_over_time" | "min_over_time"
-        | "count_over_time" => {
+        | "count_over_time" | "irate" | "idelta" => {
             let Expr::MatrixSelector(ms) = arg(0)? else {
                 return Err(EvalError(format!("{} needs a range selector", c.func.name)));
             };
@@ -50,6 +52,8 @@ pub fn call(ev: &dyn Source, c: &Call) -> Result<Vec<Sample>, EvalError> {
                     "rate" => extrapolated_rate(&points, ev.ts(), range_ms, true, true),
                     "increase" => extrapolated_rate(&points, ev.ts(), range_ms, true, false),
                     "delta" => extrapolated_rate(&points, ev.ts(), range_ms, false, false),
+                    "irate" => instant_value(&points, true),
+                    "idelta" => instant_value(&points, false),
                     "avg_over_time" => Some(avg_over_time(&points)),
                     "max_over_time" => Some(fold_over_time(&points, |m, v| v > m)),
                     "min_over_time" => Some(fold_over_time(&points, |m, v| v < m)),
@@ -148,6 +152,27 @@ pub fn extrapolated_rate(
         factor /= range_ms as f64 / 1000.0;
     }
     Some(result * factor)
+}
+
+/// Prometheus 2.42's `instantValue`: the last two points only, per second for `irate` (where
+/// a drop is a counter reset), as the plain difference for `idelta`.
+fn instant_value(points: &[(i64, f64)], is_rate: bool) -> Option<f64> {
+    let [.., (prev_t, prev_v), (last_t, last_v)] = *points else {
+        return None;
+    };
+    let mut value = if is_rate && last_v < prev_v {
+        last_v
+    } else {
+        last_v - prev_v
+    };
+    let interval = last_t - prev_t;
+    if interval == 0 {
+        return None;
+    }
+    if is_rate {
+        value /= interval as f64 / 1000.0;
+    }
+    Some(value)
 }
 
 /// Prometheus 2.42's running mean, Kahan-compensated, with its care for infinities.

@@ -46,7 +46,7 @@ fn unsupported(message: String, needle: &str, word: bool) -> Unsupported {
     }
 }
 
-const HELP: &str = "nodewatch evaluates selectors, rate, increase, delta, avg/max/min/count_over_time, histogram_quantile, absent, sum/max/min/avg/count with by/without, + - * / %, comparisons (with bool), and/or/unless";
+const HELP: &str = "nodewatch evaluates selectors, rate, irate, increase, delta, idelta, avg/max/min/count_over_time, histogram_quantile, absent, sum/max/min/avg/count with by/without, + - * / %, comparisons (with bool), and/or/unless";
 
 /// Checks that `e` stays inside the subset and evaluates to a vector or a scalar.
 pub fn check(e: &Expr) -> Result<Info, Unsupported> {
@@ -318,7 +318,11 @@ mod tests {
     fn outside_the_subset_is_named() {
         for (q, what, needle) in [
             ("topk(3, x)", "aggregation `topk`", "topk"),
-            ("irate(x[5m])", "function `irate`", "irate"),
+            (
+                "predict_linear(x[5m], 60)",
+                "function `predict_linear`",
+                "predict_linear",
+            ),
             ("x offset 5m", "`offset`", "offset"),
             ("x @ 100", "`@`", "@"),
             ("max_over_time(x[5m:1m])", "subquery", ":"),

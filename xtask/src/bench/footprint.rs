@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use super::{
     BpfStats,
     util::{
-        Flows, Loss, Nodewatch, Usage, env_num, node_exporter, prog_stats, sum, wait_log, watch,
+        ANY_TYPE, Flows, Loss, Nodewatch, Usage, env_num, node_exporter, prog_stats, sum, wait_log,
+        watch,
     },
 };
 
@@ -83,7 +84,7 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
             "bench footprint: {rate} ioctl/s on /dev/null (watched), {load_secs} s"
         ));
         let before = nw.metrics()?;
-        let (k0, _) = prog_stats(nw.proc.pid(), 5);
+        let (k0, _) = prog_stats(nw.proc.pid(), ANY_TYPE);
         let load = (rate > 0)
             .then(|| {
                 Command::new(looper)
@@ -111,7 +112,7 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
             None => 0.0,
         };
         let wall = t0.elapsed().as_secs_f64();
-        let (k1, _) = prog_stats(nw.proc.pid(), 5);
+        let (k1, _) = prog_stats(nw.proc.pid(), ANY_TYPE);
         std::thread::sleep(std::time::Duration::from_millis(1500));
         let after = nw.metrics()?;
         let drops = sum(&after, "nodewatch_gpu_ioctl_events_dropped_total")
@@ -156,13 +157,13 @@ pub fn section(nodewatch: &Path, looper: &Path, dir: &Path) -> Result<String> {
     )?;
     std::thread::sleep(std::time::Duration::from_secs(2));
     let before = nw.metrics()?;
-    let (k0, _) = prog_stats(nw.proc.pid(), 5);
+    let (k0, _) = prog_stats(nw.proc.pid(), ANY_TYPE);
     let loss = Loss::start(flows.port, 10)?;
     let t0 = std::time::Instant::now();
     let u = watch(&[nw.proc.pid(), ne.pid()], load_secs, &[nw.addr, ne_addr])?;
     let wall = t0.elapsed().as_secs_f64();
     drop(loss);
-    let (k1, _) = prog_stats(nw.proc.pid(), 5);
+    let (k1, _) = prog_stats(nw.proc.pid(), ANY_TYPE);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let after = nw.metrics()?;
     let retrans = sum(&after, "nodewatch_tcp_retransmits_total")

@@ -209,9 +209,16 @@ pub fn watch(pids: &[u32], secs: u64, scrape: &[SocketAddr]) -> Result<Vec<Usage
         .collect()
 }
 
-/// (run_time_ns, run_cnt) summed over the BPF programs of type `prog_type` (the kernel's
-/// number: 5 tracepoint, 8 cgroup_skb) that process `pid` holds.
-pub fn prog_stats(pid: u32, prog_type: u32) -> (f64, f64) {
+/// The kernel's numbers of the BPF program types nodewatch loads.
+pub const TRACEPOINT: u32 = 5;
+pub const CGROUP_SKB: u32 = 8;
+pub const RAW_TRACEPOINT: u32 = 17;
+/// Every type: [`prog_stats`] with this sums all the programs.
+pub const ANY_TYPE: &[u32] = &[];
+
+/// (run_time_ns, run_cnt) summed over the BPF programs of the types in `prog_types` (all of
+/// them when empty) that process `pid` holds.
+pub fn prog_stats(pid: u32, prog_types: &[u32]) -> (f64, f64) {
     let (mut ns, mut cnt) = (0.0, 0.0);
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return (0.0, 0.0);
@@ -221,7 +228,8 @@ pub fn prog_stats(pid: u32, prog_type: u32) -> (f64, f64) {
             .lines()
             .find_map(|l| l.strip_prefix("prog_type:"))
             .and_then(|v| v.trim().parse::<u32>().ok());
-        if ty != Some(prog_type) {
+        let Some(ty) = ty else { continue };
+        if !prog_types.is_empty() && !prog_types.contains(&ty) {
             continue;
         }
         for l in info.lines() {

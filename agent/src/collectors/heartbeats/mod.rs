@@ -11,7 +11,9 @@
 //! outage, while a refused port is down about `retries × retry_interval` after its first
 //! failed check and a hung one `timeout` plus that. So the target's state needs no damping
 //! in time on top: `down_after` confirmed failures in a row (default 1) make it down,
-//! `up_after` successes in a row make it up again; the first result sets the state.
+//! `up_after` successes in a row make it up again; the first result sets the state. A change
+//! of state asks the tick thread for a tick at once, so it reaches the rules without waiting
+//! for the next tick.
 
 mod check;
 pub mod config;
@@ -28,7 +30,10 @@ use tokio::{sync::Notify, time::Instant};
 pub use self::check::Failure;
 use self::config::{Check, HeartbeatConfig, HeartbeatsConfig};
 use super::collector::{CollectError, Collector, Env};
-use crate::store::{Family, GaugeF64, Store, label_set, names};
+use crate::{
+    store::{Family, GaugeF64, Store, label_set, names},
+    wake::Wake,
+};
 
 pub const NAME: &str = "heartbeats";
 
@@ -44,8 +49,8 @@ label_set! {
 
 /// Registers the heartbeat metrics and prepares each target; the checks run on their own
 /// tasks once the runtime starts them ([`Heartbeats::spawn`]).
-pub fn start(cfg: &HeartbeatsConfig, _env: Env<'_>, store: &mut Store) -> Box<dyn Collector> {
-    Box::new(Heartbeats::new(&cfg.0, store))
+pub fn start(cfg: &HeartbeatsConfig, env: Env<'_>, store: &mut Store) -> Box<dyn Collector> {
+    Box::new(Heartbeats::new(&cfg.0, env.wake, store))
 }
 
 #[derive(Clone, Default)]
@@ -93,6 +98,8 @@ struct Target {
     beat: Notify,
     last_beat: Mutex<Option<Instant>>,
     metrics: Metrics,
+    /// The tick thread's: a change of state is evaluated at once.
+    wake: Wake,
 }
 
 impl Target {
@@ -138,6 +145,9 @@ impl Target {
             .up
             .get_or_create(&self.labels())
             .set(i64::from(up));
+        if changed {
+            self.wake.now();
+        }
         match (changed, up, result) {
             (true, false, Err(f)) => {
                 tracing::warn!(target_name = %self.cfg.name, reason = f.reason(), error = %f, retries = self.cfg.retries, "heartbeat down")
@@ -158,7 +168,7 @@ pub struct Heartbeats {
 impl Heartbeats {
     /// Registers the heartbeat metrics and prepares each target; nothing runs until
     /// [`Heartbeats::spawn`].
-    pub fn new(cfg: &[HeartbeatConfig], store: &mut Store) -> Self {
+    pub fn new(cfg: &[HeartbeatConfig], wake: &Wake, store: &mut Store) -> Self {
         let metrics = Metrics::default();
         store.register(
             names::HEARTBEAT_UP,
@@ -184,6 +194,7 @@ impl Heartbeats {
                     beat: Notify::new(),
                     last_beat: Mutex::default(),
                     metrics: metrics.clone(),
+                    wake: wake.clone(),
                 })
             })
             .collect();

@@ -8,7 +8,10 @@
 //! picked up), copies the histograms, logs stalls, and walks the in-flight calls to find those
 //! hung past the threshold. Without eBPF the probe is off (one WARN); the agent runs on.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -98,6 +101,9 @@ struct Kernel {
     threshold: Duration,
     /// Hung calls already logged: (thread, start).
     hung_logged: HashSet<(u64, u64)>,
+    /// Calls in flight at the last walk, not yet past the threshold: (thread, start, when
+    /// they pass it), so the tick can run the moment one does.
+    pending: Vec<(u64, u64, Instant)>,
     /// Events lost so far, per reason in [`DROP_REASONS`] order: a WARN when one first moves.
     dropped: [u64; DROP_REASONS.len()],
     metrics: Metrics,
@@ -183,6 +189,7 @@ impl Kernel {
             drops,
             threshold: c.stall_threshold.0,
             hung_logged: HashSet::new(),
+            pending: Vec::new(),
             dropped: [0; DROP_REASONS.len()],
             metrics,
         })
@@ -249,7 +256,7 @@ impl Kernel {
             .collect();
         let (watched, hist) = (&self.watched, &mut self.hist);
         let update = self.totals.update(
-            std::time::Instant::now(),
+            Instant::now(),
             &mut self.owners,
             entries,
             &fixed,
@@ -338,6 +345,8 @@ impl Kernel {
         let mut seen = HashSet::new();
         let mut budget = LineBudget::new();
         let calls: Vec<(u64, Call)> = self.inflight.iter().filter_map(Result::ok).collect();
+        let at = Instant::now();
+        self.pending.clear();
         for (id, call) in calls {
             // An entry can vanish between listing its key and reading it: the call returned.
             if call.start_ns == 0 {
@@ -345,6 +354,8 @@ impl Kernel {
             }
             let age = now.saturating_sub(call.start_ns);
             if age < threshold {
+                let left = Duration::from_nanos(threshold - age);
+                self.pending.push((id, call.start_ns, at + left));
                 continue;
             }
             *stalled.entry((call.dev_idx, call.cgroup)).or_default() += 1;
@@ -427,6 +438,22 @@ impl Collector for Kernel {
     }
     fn missed_events(&self) -> u64 {
         ebpf::programs_missed(&self.ebpf, &[self.enter, PROG_EXIT, PROG_THREAD_EXIT])
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.pending.iter().map(|&(_, _, due)| due).min()
+    }
+    /// A call whose threshold has come is hung if its thread is still in that same call.
+    fn due(&mut self, now: Instant) -> bool {
+        let mut hung = false;
+        let inflight = &self.inflight;
+        self.pending.retain(|&(id, start, due)| {
+            if due > now {
+                return true;
+            }
+            hung |= inflight.get(&id, 0).is_ok_and(|c| c.start_ns == start);
+            false
+        });
+        hung
     }
     fn collect(&mut self) -> Result<(), CollectError> {
         let devices = self.refresh_devices();
