@@ -118,7 +118,7 @@ pub fn section(dir: &Path) -> Result<String> {
     }
     let _ = writeln!(
         out,
-        "\nNo default rule waits on a `for:` for these faults any more: a detector that is specific is the damping. What is left is the detection itself: `NodewatchTcpRetransmitStorm` needs its 2 s window of the retransmit ratio to fill with the storm (two or three ticks); `NodewatchHeartbeatDown` is the check's own confirmation (three retries 100 ms apart, plus the 500 ms timeout for a hung target) on a 1 s check interval; `NodewatchGpuIoctlHung` is the stall threshold (1 s here) and a tick. The noisy but healthy run (`tests/healthy_run.rs`) checks that these detectors stay quiet on 0.2 % loss, 250 ms GPU calls, a restarted heartbeat target and busy cores.\n"
+        "\nNo default rule waits on a `for:` for these faults: a detector that is specific is the damping. What is left is the detection itself. `NodewatchTcpRetransmitStorm` compares the retransmits with the segments sent between the last two samples (one tick, in a sample of at least 100 segments), so the first full tick of the storm fires it; `NodewatchHeartbeatDown` is the check's own confirmation (three retries 100 ms apart, plus the 500 ms timeout for a hung target) on a 1 s check interval, and the confirmed change asks for a tick at once; `NodewatchGpuIoctlHung` is the stall threshold (1 s here): the probe asks for a tick when a call it saw in flight reaches it. The noisy but healthy run (`tests/healthy_run.rs`) checks that these detectors stay quiet on 0.2 % loss, 250 ms GPU calls, a restarted heartbeat target and busy cores.\n"
     );
     Ok(out)
 }
