@@ -11,6 +11,10 @@ use serde::Serialize;
 
 use crate::store::labels::Labels;
 
+/// The external label that names the node an alert is about: Alertmanager keeps the same
+/// alert of two nodes apart by it, and the drain budget groups the fleet's alerts by it.
+pub const NODE_LABEL: &str = "node";
+
 /// How long a resolved alert is kept (and reported as resolved), as in Prometheus.
 pub const RESOLVED_RETENTION_MS: i64 = 15 * 60 * 1000;
 

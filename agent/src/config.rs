@@ -17,7 +17,7 @@ use crate::{
         resources::ResourcesConfig,
     },
     health::config::HealthConfig,
-    notify::config::NotifiersConfig,
+    notify::config::{ExternalLabels, Kind, NODE_LABEL, NotifiersConfig},
     yaml::{self, Document, Spanned},
 };
 
@@ -44,6 +44,10 @@ pub struct Config {
     pub resources: ResourcesConfig,
     /// The `container` and `pod` labels: how a cgroup is traced to its container.
     pub containers: ContainersConfig,
+    /// Labels added to every alert sent to Alertmanager and webhooks (a rule's own label of
+    /// the same name wins), so that the same alert of two nodes stays two alerts. Label names
+    /// as in Prometheus. Default `{node: <hostname>}`; `{}` adds none.
+    pub external_labels: ExternalLabels,
     /// Where alerts are sent: Alertmanager and webhooks. Default: none.
     pub notifiers: NotifiersConfig,
     /// Node health for the load balancer.
@@ -70,6 +74,7 @@ impl Default for Config {
             heartbeats: HeartbeatsConfig::default(),
             resources: ResourcesConfig::default(),
             containers: ContainersConfig::default(),
+            external_labels: ExternalLabels::default(),
             notifiers: NotifiersConfig::default(),
             health: HealthConfig::default(),
             spool_dir: PathBuf::from("/var/lib/nodewatch"),
@@ -88,6 +93,7 @@ const KEYS: &[&str] = &[
     "heartbeats",
     "resources",
     "containers",
+    "external_labels",
     "notifiers",
     "health",
     "spool_dir",
@@ -129,13 +135,56 @@ impl Config {
         set(&mut doc, "heartbeats", &mut c.heartbeats);
         set(&mut doc, "resources", &mut c.resources);
         set(&mut doc, "containers", &mut c.containers);
+        set(&mut doc, "external_labels", &mut c.external_labels);
         set(&mut doc, "notifiers", &mut c.notifiers);
         set(&mut doc, "health", &mut c.health);
         set(&mut doc, "spool_dir", &mut c.spool_dir);
         set(&mut doc, "default_rules", &mut c.default_rules);
         set(&mut doc, "rule_files", &mut c.rule_files);
+        c.check_drain_budget(&mut doc);
         doc.finish()?;
         Ok(c)
+    }
+
+    /// The drain budget reads the Alertmanagers the agent notifies and groups by the `node`
+    /// external label: both must be there.
+    fn check_drain_budget(&self, doc: &mut Document<'_>) {
+        if self.health.drain_budget.is_none() {
+            return;
+        }
+        if !self
+            .notifiers
+            .0
+            .iter()
+            .any(|n| n.kind == Kind::Alertmanager)
+        {
+            doc.invalid(
+                "health.drain_budget",
+                "the drain budget reads the other nodes' alerts from Alertmanager: add a notifier of kind alertmanager",
+            );
+        }
+        if !self.external_labels.resolved().contains_key(NODE_LABEL) {
+            doc.invalid(
+                "external_labels",
+                "the drain budget tells nodes apart by the external label `node`: keep it",
+            );
+        }
+    }
+
+    /// The Alertmanagers notified, with the shortest delivery timeout among them.
+    pub fn alertmanagers(&self) -> (Vec<http::Uri>, Duration) {
+        let ams: Vec<_> = self
+            .notifiers
+            .0
+            .iter()
+            .filter(|n| n.kind == Kind::Alertmanager)
+            .collect();
+        let timeout = ams
+            .iter()
+            .map(|n| n.timeout)
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        (ams.iter().flat_map(|n| n.urls.clone()).collect(), timeout)
     }
 
     /// What the collectors read of it.
@@ -383,6 +432,42 @@ mod tests {
         );
         assert!(
             lines[4].starts_with("c.yaml:8:11: health.colour: unknown field `colour`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn external_labels_default_to_the_hostname_and_are_validated() {
+        let c = Config::parse("c", "").unwrap();
+        let l = c.external_labels.resolved();
+        assert_eq!(l.keys().collect::<Vec<_>>(), ["node"]);
+        assert!(!l["node"].is_empty());
+        let c = Config::parse("c", "external_labels: { node: gpu-17, rack: r4 }\n").unwrap();
+        assert_eq!(c.external_labels.resolved()["rack"], "r4");
+        let c = Config::parse("c", "external_labels: {}\n").unwrap();
+        assert!(c.external_labels.resolved().is_empty());
+        let e = err("external_labels:\n  9lives: x\n");
+        assert!(
+            e.starts_with("c.yaml:2:11: external_labels: `9lives` is not a label name"),
+            "{e}"
+        );
+        assert!(err("external_labels: { __x: y }").contains("not a label name"));
+        assert!(err("external_labels: { node: \"\" }").contains("is empty"));
+    }
+
+    #[test]
+    fn a_drain_budget_needs_alertmanager_and_the_node_label() {
+        let am = "notifiers: [{ name: am, kind: alertmanager, url: \"http://a:9093\" }]\n";
+        let budget = "health:\n  drain_budget: { max_unhealthy: 1 }\n";
+        assert!(Config::parse("c", &format!("{am}{budget}")).is_ok());
+        let e = err(budget);
+        assert!(
+            e.starts_with("c.yaml:2:3: health.drain_budget: ") && e.contains("kind alertmanager"),
+            "{e}"
+        );
+        let e = err(&format!("{am}external_labels: {{ host: a }}\n{budget}"));
+        assert!(
+            e.starts_with("c.yaml:2:1: external_labels: ") && e.contains("`node`"),
             "{e}"
         );
     }

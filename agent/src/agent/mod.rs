@@ -9,9 +9,10 @@ mod tick;
 
 use self::tick::{Outputs, RulesTick, tick_loop};
 use crate::{
+    alerts::NODE_LABEL,
     collectors::{Collectors, heartbeats::Heartbeats},
     config::Config,
-    health::{Health, haproxy},
+    health::{Health, fleet::FleetSetup, haproxy},
     http::{self, server},
     notify::Notifiers,
     rules::{
@@ -56,15 +57,35 @@ pub fn run(
     let heartbeats = collectors.find::<Heartbeats>().cloned().unwrap_or_default();
     let rule_metrics = RuleMetrics::register(&mut store);
     let interval_ms = cfg.interval.0.as_millis() as i64;
+    let external_labels = cfg.external_labels.resolved();
+    let mut live = LiveRules::new(groups, rule_metrics, interval_ms);
+    live.set_external_labels(crate::store::Labels::from_pairs(external_labels.clone()));
     let rules_tick = RulesTick {
-        live: LiveRules::new(groups, rule_metrics, interval_ms),
+        live,
         reloads: Arc::new(Reloads::default()),
         config_path,
         config: cfg.clone(),
     };
     let alerts = rules_tick.live.view();
     let reloads = Arc::clone(&rules_tick.reloads);
-    let health = Arc::new(Health::new(&cfg.health, &cfg.spool_dir, &mut store));
+    let mut health = Health::new(&cfg.health, &cfg.spool_dir, &mut store);
+    if let Some(budget) = &cfg.health.drain_budget {
+        let (alertmanagers, timeout) = cfg.alertmanagers();
+        let setup = FleetSetup {
+            node: external_labels.get(NODE_LABEL).cloned().unwrap_or_default(),
+            scope: external_labels
+                .iter()
+                .filter(|(k, _)| *k != NODE_LABEL)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            alertmanagers,
+            // Short: a query that waits holds a drain back.
+            timeout: timeout.min(Duration::from_secs(1)),
+        };
+        tracing::info!(node = %setup.node, max_unhealthy = %budget.max_unhealthy.0, alertmanagers = setup.alertmanagers.len(), "drain budget: drains wait for the fleet's view from Alertmanager");
+        health.set_drain_budget(budget, setup);
+    }
+    let health = Arc::new(health);
     let token = cfg
         .health
         .token_file
@@ -75,6 +96,7 @@ pub fn run(
         &cfg.notifiers.0,
         &cfg.spool_dir,
         external_url(cfg.listen),
+        external_labels,
         &mut store,
     )?);
     let store = Arc::new(store);
@@ -132,6 +154,7 @@ pub fn run(
         systemd::notify("READY=1");
         heartbeats.spawn();
         notifiers.spawn();
+        health.spawn_fleet();
         if let Some(l) = agent_check {
             let l = tokio::net::TcpListener::from_std(l)?;
             tracing::info!(listen = %l.local_addr()?, "HAProxy agent-check listening");

@@ -123,9 +123,10 @@ pub fn tick_loop(
         rules.live.tick(now_ms(), store);
         let alerts = rules.live.alerts();
         outputs.health.evaluate(&alerts, Instant::now());
+        let fleet = outputs.health.fleet_alerts();
         outputs
             .notifiers
-            .observe(&alerts, std::time::SystemTime::now());
+            .observe(&alerts, &fleet, std::time::SystemTime::now());
         let ran = Instant::now();
         if next <= ran {
             next += interval;

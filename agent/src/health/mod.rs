@@ -13,14 +13,20 @@ use std::{
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use serde::{Deserialize, Serialize};
 
-use self::config::HealthConfig;
+use self::{
+    config::HealthConfig,
+    gate::{Budget, DrainState},
+};
 use crate::{
     alerts::Alert,
     files::write_atomic,
     store::{Family, Store, label_set, names},
 };
 
+pub mod budget;
 pub mod config;
+pub mod fleet;
+mod gate;
 pub mod haproxy;
 
 /// The node's health, ordered from best to worst.
@@ -62,6 +68,8 @@ struct AlertHealth {
     alertname: String,
     level: Status,
     summary: String,
+    /// When it started firing, in milliseconds since the epoch.
+    since_ms: i64,
 }
 
 impl AlertHealth {
@@ -75,7 +83,25 @@ impl AlertHealth {
                     alertname: a.name().to_string(),
                     level: Status::from_label(a.label("health")?)?,
                     summary: a.annotation("summary").unwrap_or_default().to_string(),
+                    since_ms: a.fired_at.unwrap_or(a.active_at),
                 })
+            })
+            .collect()
+    }
+
+    /// Why these alerts make the node worse than healthy, one line each.
+    fn reasons(firing: &[Self]) -> Vec<String> {
+        firing
+            .iter()
+            .filter(|a| a.level > Status::Healthy)
+            .map(|a| match a.summary.is_empty() {
+                true => format!("alert {} ({})", a.alertname, a.level.as_str()),
+                false => format!(
+                    "alert {} ({}): {}",
+                    a.alertname,
+                    a.level.as_str(),
+                    a.summary
+                ),
             })
             .collect()
     }
@@ -118,6 +144,8 @@ struct Inner {
     maintenance: Option<Maintenance>,
     last_eval: Option<Instant>,
     last_firing: Vec<AlertHealth>,
+    /// The drain budget's part (idle without a budget).
+    drain: DrainState,
 }
 
 /// The node's health, shared by the tick, the HTTP API and the HAProxy listener.
@@ -130,6 +158,9 @@ pub struct Health {
     degraded: Gauge,
     transitions: Family<StateLabels, Counter>,
     unhealthy_seconds: Counter<f64, AtomicU64>,
+    deferred: Gauge,
+    /// `health.drain_budget` and the fleet's view, when configured.
+    budget: Option<Budget>,
 }
 
 fn unix_now() -> u64 {
@@ -159,6 +190,7 @@ impl Health {
                 maintenance,
                 last_eval: None,
                 last_firing: Vec::new(),
+                drain: DrainState::default(),
             }),
             recover_after: cfg.recover_after.0,
             degraded_weight: cfg.degraded_weight.0,
@@ -167,6 +199,8 @@ impl Health {
             degraded: Gauge::default(),
             transitions: Family::default(),
             unhealthy_seconds: Counter::default(),
+            deferred: Gauge::default(),
+            budget: None,
         };
         store.register(
             names::NODE_HEALTHY,
@@ -188,17 +222,23 @@ impl Health {
             "Seconds the node spent draining or down",
             h.unhealthy_seconds.clone(),
         );
-        h.evaluate_levels(&[], Instant::now());
+        store.register(
+            names::DRAIN_DEFERRED,
+            "Whether the node waits to drain (1) because the drain budget is spent: it stays in the load balancer, degraded",
+            h.deferred.clone(),
+        );
+        h.evaluate_levels(&[], Instant::now(), false);
         h
     }
 
     /// Recomputes the state from the alerts now (those firing with a `health` label count);
-    /// called every tick.
+    /// called every tick. With a drain budget, a drain that is pending or held asks for the
+    /// fleet's view (answered off this path).
     pub fn evaluate(&self, alerts: &[Alert], now: Instant) {
-        self.evaluate_levels(&AlertHealth::of(alerts), now);
+        self.evaluate_levels(&AlertHealth::of(alerts), now, true);
     }
 
-    fn evaluate_levels(&self, firing: &[AlertHealth], now: Instant) {
+    fn evaluate_levels(&self, firing: &[AlertHealth], now: Instant, from_tick: bool) {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(last) = g.last_eval
             && g.state > Status::Degraded
@@ -214,19 +254,7 @@ impl Health {
             .map(|a| a.level)
             .max()
             .unwrap_or(Status::Healthy);
-        let reasons: Vec<String> = firing
-            .iter()
-            .filter(|a| a.level > Status::Healthy)
-            .map(|a| match a.summary.is_empty() {
-                true => format!("alert {} ({})", a.alertname, a.level.as_str()),
-                false => format!(
-                    "alert {} ({}): {}",
-                    a.alertname,
-                    a.level.as_str(),
-                    a.summary
-                ),
-            })
-            .collect();
+        let reasons = AlertHealth::reasons(firing);
         let mut recovering = None;
         if level >= g.alert_level {
             g.alert_level = level;
@@ -244,16 +272,18 @@ impl Health {
             }
         }
 
+        let (gated, notes) = self.gate(&mut g, firing, from_tick, now);
         let manual = g
             .maintenance
             .as_ref()
             .map(|m| format!("maintenance: {}", m.reason));
-        let desired = g.alert_level.max(if manual.is_some() {
+        let desired = gated.max(if manual.is_some() {
             Status::Draining
         } else {
             Status::Healthy
         });
         let mut all = g.alert_reasons.clone();
+        all.extend(notes);
         if let Some(left) = recovering {
             all.push(format!(
                 "recovering: {} more without alerts before {}",
@@ -343,7 +373,7 @@ impl Health {
             .unwrap_or_else(|e| e.into_inner())
             .last_firing
             .clone();
-        self.evaluate_levels(&firing, Instant::now());
+        self.evaluate_levels(&firing, Instant::now(), false);
     }
 }
 

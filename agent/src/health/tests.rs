@@ -221,3 +221,138 @@ fn manual_drain_wins_over_degraded() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A health with `drain_budget: { max_unhealthy: 1 }` as node `n2`.
+fn budgeted(tag: &str, when_unreachable: &str) -> Health {
+    let mut h = Health::new(&cfg(Duration::ZERO), &temp(tag), &mut Store::new());
+    let budget: config::DrainBudget = serde_saphyr::from_str(&format!(
+        "{{ max_unhealthy: 1, when_unreachable: {when_unreachable} }}"
+    ))
+    .unwrap();
+    h.set_drain_budget(
+        &budget,
+        fleet::FleetSetup {
+            node: "n2".into(),
+            scope: Vec::new(),
+            alertmanagers: Vec::new(),
+            timeout: Duration::from_secs(1),
+        },
+    );
+    h
+}
+
+/// Answers the fleet query: these nodes want out (`(node, down, since_ms)`).
+fn view(h: &Health, answered: usize, wanting: &[(&str, bool, i64)]) {
+    h.budget.as_ref().unwrap().fleet.store(fleet::View {
+        started: Instant::now(),
+        asked: 2,
+        answered,
+        wanting: wanting
+            .iter()
+            .map(|(n, down, since_ms)| budget::Candidate {
+                node: n.to_string(),
+                down: *down,
+                since_ms: *since_ms,
+            })
+            .collect(),
+        members: Default::default(),
+        errors: Vec::new(),
+    });
+}
+
+#[test]
+fn a_drain_waits_for_the_budget_and_a_down_node_does_not() {
+    let h = budgeted("budget", "drain");
+    let mut a = alert("Lost", Status::Draining);
+    a.fired_at = Some(2_000);
+    let s = h.snapshot();
+    assert_eq!(s.status, Status::Healthy);
+    // Until the fleet answers, nothing changes.
+    h.evaluate(std::slice::from_ref(&a), Instant::now());
+    let s = h.snapshot();
+    assert_eq!(s.status, Status::Healthy);
+    assert!(
+        s.reasons.iter().any(|r| r.starts_with("drain pending")),
+        "{s:?}"
+    );
+    // n1 wants out since earlier: the budget of one is spent, n2 stays in, degraded.
+    view(&h, 2, &[("n1", false, 1_000), ("n2", false, 2_000)]);
+    h.evaluate_again();
+    let s = h.snapshot();
+    assert_eq!((s.status, h.deferred.get()), (Status::Degraded, 1), "{s:?}");
+    assert!(
+        s.reasons.iter().any(|r| r.starts_with(
+            "drain deferred: max_unhealthy 1 lets 1 of 2 nodes out; 2 want out and this node is number 2 after n1"
+        )),
+        "{:?}",
+        s.reasons
+    );
+    // Its want to leave is told to Alertmanager: the member alert and the unhealthy one.
+    let own = h.fleet_alerts();
+    assert_eq!(own.len(), 2);
+    assert_eq!(own[1].label("alertname"), Some(fleet::UNHEALTHY_ALERT));
+    assert_eq!(
+        (own[1].label("health"), own[1].fired_at),
+        (Some("drain"), Some(2_000))
+    );
+    // n1 is back: n2 drains.
+    view(&h, 2, &[("n2", false, 2_000)]);
+    h.evaluate(std::slice::from_ref(&a), Instant::now());
+    assert_eq!(
+        (h.snapshot().status, h.deferred.get()),
+        (Status::Draining, 0)
+    );
+    // A down node ranks first and takes the one place: n2 goes back in.
+    view(&h, 2, &[("n2", false, 2_000), ("n9", true, 5_000)]);
+    h.evaluate_again();
+    assert_eq!(h.snapshot().status, Status::Degraded);
+    // A down alert of its own is never held back.
+    h.evaluate(&[a.clone(), alert("Gone", Status::Down)], Instant::now());
+    assert_eq!((h.snapshot().status, h.deferred.get()), (Status::Down, 0));
+    assert_eq!(h.fleet_alerts()[1].label("health"), Some("down"));
+    // Nothing fires: back in at once (recover_after 0s), nothing told but membership.
+    h.evaluate(&[], Instant::now());
+    assert_eq!(h.snapshot().status, Status::Healthy);
+    assert_eq!(h.fleet_alerts().len(), 1);
+}
+
+#[test]
+fn a_waiting_node_whose_alert_resolves_has_nothing_to_recover_from() {
+    let mut h = budgeted("budget-resolve", "drain");
+    h.recover_after = Duration::from_secs(60);
+    let a = alert("Lost", Status::Draining);
+    h.evaluate(std::slice::from_ref(&a), Instant::now());
+    view(&h, 2, &[("n1", false, -5)]);
+    h.evaluate_again();
+    assert_eq!(h.snapshot().status, Status::Degraded);
+    h.evaluate(&[], Instant::now());
+    assert_eq!(h.deferred.get(), 0);
+    assert_eq!(
+        h.fleet_alerts().len(),
+        1,
+        "the others stop counting it at once"
+    );
+    assert_eq!(
+        h.snapshot().status,
+        Status::Degraded,
+        "degraded recovers as usual"
+    );
+}
+
+#[test]
+fn without_an_answer_the_node_decides_as_configured() {
+    for (when, want) in [("drain", Status::Draining), ("stay", Status::Degraded)] {
+        let h = budgeted(&format!("budget-{when}"), when);
+        h.evaluate(&[alert("Lost", Status::Draining)], Instant::now());
+        view(&h, 0, &[]);
+        h.evaluate_again();
+        let s = h.snapshot();
+        assert_eq!(s.status, want, "{when}: {s:?}");
+        assert!(
+            s.reasons
+                .iter()
+                .any(|r| r.contains("no Alertmanager answered (2 asked)")),
+            "{when}: {s:?}"
+        );
+    }
+}

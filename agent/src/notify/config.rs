@@ -1,10 +1,15 @@
 //! `notifiers:` in the configuration.
 
-use std::{collections::HashSet, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::{Deserialize, Deserializer, de};
 use serde_saphyr::Spanned;
 
+pub use crate::alerts::NODE_LABEL;
 use crate::yaml::{self, duration_at_least, located};
 
 /// What a notifier entry looks like in the file.
@@ -132,4 +137,60 @@ fn validate<E: de::Error>(r: RawNotifier) -> Result<NotifierConfig, E> {
         resend_interval: duration(&r.resend_interval, Duration::from_secs(60))?,
         queue_max: r.queue_max.unwrap_or(10_000).max(1),
     })
+}
+
+/// `external_labels:` added to every alert sent, as Prometheus's `global.external_labels` are,
+/// so that Alertmanager keeps the same alert of two nodes apart. `None` (the key absent):
+/// `{node: <hostname>}`; an empty map: none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalLabels(pub Option<BTreeMap<String, String>>);
+
+impl ExternalLabels {
+    /// The labels in force: the configured ones, or `{node: <hostname>}`.
+    pub fn resolved(&self) -> BTreeMap<String, String> {
+        match &self.0 {
+            Some(m) => m.clone(),
+            None => BTreeMap::from([(NODE_LABEL.to_string(), hostname())]),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExternalLabels {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Option::<BTreeMap<String, Spanned<String>>>::deserialize(d)?.unwrap_or_default();
+        for (k, v) in &raw {
+            let name_ok = k
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with("__");
+            if !name_ok {
+                return Err(located(
+                    v,
+                    format!(
+                        "`{k}` is not a label name: letters, digits and `_`, not starting with a digit or `__`"
+                    ),
+                ));
+            }
+            if v.value.is_empty() {
+                return Err(located(v, format!("external label `{k}` is empty")));
+            }
+        }
+        Ok(Self(Some(
+            raw.into_iter().map(|(k, v)| (k, v.value)).collect(),
+        )))
+    }
+}
+
+/// This host's name (`uname -n`), or `localhost` when it has none.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates what fits.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(h) if rc == 0 && !h.is_empty() => h.to_string(),
+        _ => "localhost".into(),
+    }
 }

@@ -113,6 +113,8 @@ pub struct Notifiers {
     firing: Mutex<HashMap<String, Tracked>>,
     announced: Mutex<Announced>,
     external_url: String,
+    /// Added to every alert's labels where the rule did not set the label.
+    external_labels: BTreeMap<String, String>,
     metrics: Metrics,
 }
 
@@ -122,11 +124,13 @@ fn rfc3339(t: SystemTime) -> String {
 
 impl Notifiers {
     /// Reads secrets, opens each receiver's spool (loading what an earlier run left), and
-    /// registers the metrics. Nothing is sent until [`Notifiers::spawn`].
+    /// registers the metrics. Nothing is sent until [`Notifiers::spawn`]. `external_labels`
+    /// are added to every alert sent.
     pub fn new(
         cfg: &[NotifierConfig],
         spool_dir: &Path,
         external_url: String,
+        external_labels: BTreeMap<String, String>,
         store: &mut Store,
     ) -> Result<Self, NotifyError> {
         let metrics = Metrics::default();
@@ -217,6 +221,7 @@ impl Notifiers {
             firing: Mutex::new(firing),
             announced: Mutex::new(announced),
             external_url,
+            external_labels,
             metrics,
         })
     }
@@ -228,13 +233,23 @@ impl Notifiers {
         }
     }
 
+    /// The labels as sent: the alert's, and the external labels it does not set itself.
+    fn labels_of(&self, a: &Alert) -> BTreeMap<String, String> {
+        let mut labels = a.label_map();
+        for (k, v) in &self.external_labels {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        labels
+    }
+
     /// Compares the firing alerts with the last call's and queues what changed. An alert
     /// announced before a restart stays announced while it is pending (waiting out its `for`)
-    /// again.
-    pub fn observe(&self, alerts: &[Alert], now: SystemTime) {
+    /// again. `alertmanager_only` are the agent's own fleet alerts, for Alertmanager alone.
+    pub fn observe(&self, alerts: &[Alert], alertmanager_only: &[Alert], now: SystemTime) {
         if self.receivers.is_empty() {
             return;
         }
+        let to_am = self.receivers.iter().any(|r| r.kind == Kind::Alertmanager);
         let mono = Instant::now();
         let mut firing = self.firing.lock().unwrap_or_else(|e| e.into_inner());
         let mut changed = false;
@@ -242,10 +257,19 @@ impl Notifiers {
         let pending: std::collections::HashSet<String> = alerts
             .iter()
             .filter(|a| a.state == State::Pending)
-            .map(|a| payload::fingerprint(&a.label_map()))
+            .map(|a| payload::fingerprint(&self.labels_of(a)))
             .collect();
-        for a in alerts.iter().filter(|a| a.state == State::Firing) {
-            let labels = a.label_map();
+        let own = alertmanager_only
+            .iter()
+            .filter(|_| to_am)
+            .map(|a| (a, true));
+        for (a, am_only) in alerts
+            .iter()
+            .map(|a| (a, false))
+            .chain(own)
+            .filter(|(a, _)| a.state == State::Firing)
+        {
+            let labels = self.labels_of(a);
             let fp = payload::fingerprint(&labels);
             current.insert(fp.clone(), a);
             if let Some(t) = firing.get_mut(&fp) {
@@ -262,6 +286,7 @@ impl Notifiers {
                     generator_url: format!("{}/api/v1/alerts", self.external_url),
                     fingerprint: fp,
                     status: "firing".into(),
+                    alertmanager_only: am_only,
                 };
                 self.enqueue(&out, now, None);
                 slot.insert(Tracked {
@@ -313,8 +338,10 @@ impl Notifiers {
         }
     }
 
-    /// Queues `alert` for every receiver (of `only` kind, when given).
+    /// Queues `alert` for every receiver (of `only` kind, when given; Alertmanager's alone
+    /// for the agent's own fleet alerts).
     fn enqueue(&self, alert: &OutAlert, now: SystemTime, only: Option<Kind>) {
+        let only = only.or(alert.alertmanager_only.then_some(Kind::Alertmanager));
         for r in self
             .receivers
             .iter()

@@ -21,6 +21,10 @@ pub struct OutAlert {
     pub fingerprint: String,
     /// `firing` or `resolved`.
     pub status: String,
+    /// For Alertmanager only: the agent's own fleet alerts (the drain budget's), which
+    /// webhooks are not told about.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub alertmanager_only: bool,
 }
 
 /// Alertmanager's `endsAt` for an alert that has not ended (Go's zero time).

@@ -118,6 +118,11 @@ impl LiveRules {
         r
     }
 
+    /// What templates see as `$externalLabels`: the labels the notifiers add to every alert.
+    pub fn set_external_labels(&mut self, labels: Labels) {
+        self.engine.external_labels = labels;
+    }
+
     /// The alerts as published after each tick.
     pub fn view(&self) -> Published {
         Arc::clone(&self.view)

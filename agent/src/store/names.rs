@@ -18,6 +18,7 @@ pub const NODE_HEALTHY: &str = "node_healthy";
 pub const NODE_DEGRADED: &str = "node_degraded";
 pub const HEALTH_TRANSITIONS: &str = "health_transitions";
 pub const UNHEALTHY_SECONDS: &str = "unhealthy_seconds";
+pub const DRAIN_DEFERRED: &str = "drain_deferred";
 pub const NOTIFICATIONS: &str = "notifications";
 pub const NOTIFICATION_QUEUE: &str = "notification_queue_length";
 pub const GPU_IOCTL_DURATION: &str = "gpu_ioctl_duration_seconds";

@@ -192,6 +192,18 @@ impl<'a> Document<'a> {
         }
     }
 
+    /// Records a problem that spans sections, placed at the key `path` (dotted, as written in
+    /// the file) or at the top of the file when it is not written there.
+    pub fn invalid(&mut self, path: &str, message: impl fmt::Display) {
+        let (line, column) = locate(self.text, path).unwrap_or((1, 1));
+        self.errors.push(Error::Invalid {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: format!("{path}: {message}"),
+        });
+    }
+
     /// Every problem found, in file order; none means the file is valid.
     pub fn finish(self) -> Result<(), Errors> {
         let mut errors = self.errors;
