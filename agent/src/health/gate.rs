@@ -273,13 +273,17 @@ fn gate_drain(
     if v.ahead.len() > 5 {
         ahead.push(format!("{} more", v.ahead.len() - 5));
     }
+    let limit = match b.limit {
+        Limit::Nodes(_) => format!("max_unhealthy {}", b.limit),
+        Limit::Percent(_) => format!(
+            "max_unhealthy {} lets {} of {} nodes out",
+            b.limit, v.allowed, v.size
+        ),
+    };
     defer(
         d,
         format!(
-            "drain deferred: max_unhealthy {} lets {} of {} nodes out; {} want out and this node is number {} after {}",
-            b.limit,
-            v.allowed,
-            v.size,
+            "drain deferred: {limit}; {} want out and this node is number {} after {}",
             v.wanting,
             v.rank + 1,
             ahead.join(", ")
