@@ -224,16 +224,19 @@ fn health(agent: &Agent) -> (u16, String, Vec<String>) {
     )
 }
 
+/// When each sample was taken, and the nodes out then.
+type Samples = Arc<Mutex<Vec<(Instant, BTreeSet<String>)>>>;
+
 /// Samples of which nodes are out of `/healthz` (503), every [`POLL`].
 struct Monitor {
-    samples: Arc<Mutex<Vec<(Instant, BTreeSet<String>)>>>,
+    samples: Samples,
     stop: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<()>>,
 }
 
 impl Monitor {
     fn start(nodes: Vec<(String, SocketAddr)>) -> Self {
-        let samples: Arc<Mutex<Vec<(Instant, BTreeSet<String>)>>> = Arc::default();
+        let samples: Samples = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (Arc::clone(&samples), Arc::clone(&stop));
         let handle = thread::spawn(move || {

@@ -117,6 +117,9 @@ fn both_alertmanagers_see_the_alert_fire_and_resolve() {
         .unwrap_or_else(|| panic!("{} never got the alert:\n{}", am.addr, agent.log_text()));
         assert_eq!(got[0]["annotations"]["summary"], "svc stopped beating");
         assert_eq!(got[0]["labels"]["severity"], "critical");
+        // The default external label: the node's name, so two nodes' alerts stay two.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(got[0]["labels"]["node"], host.trim());
         assert_eq!(got[0]["status"]["state"], "active");
     }
     eprintln!(
@@ -304,6 +307,7 @@ fn handle(
     if payload["version"] != "4"
         || payload["receiver"] != "ops"
         || payload["alerts"][0]["labels"]["alertname"] != "TestServiceDown"
+        || !payload["alerts"][0]["labels"]["node"].is_string()
     {
         p.push(format!("unexpected payload: {payload}"));
     }

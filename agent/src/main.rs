@@ -53,7 +53,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Ask a running agent: node health and why, firing alerts, probe modes.
+    /// Ask a running agent: node health and why (a drain the drain budget defers, too),
+    /// firing alerts, probe modes.
     Status {
         #[command(flatten)]
         target: Target,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    AlertHealth, Health, Inner, Status,
+    AlertHealth, Budget, DrainState, Health, Inner, Status,
     budget::{self, Candidate, Limit},
     config::{DrainBudget, WhenUnreachable},
     fleet::{self, Fleet, FleetSetup},
@@ -20,31 +20,6 @@ use crate::{
     alerts::{Alert, State},
     store::Labels,
 };
-
-/// `health.drain_budget` with the fleet's view.
-pub(super) struct Budget {
-    limit: Limit,
-    when_unreachable: WhenUnreachable,
-    pub(super) fleet: Fleet,
-    /// When the agent started: its member alert's `startsAt`.
-    started_ms: i64,
-}
-
-/// Where a drain stands.
-#[derive(Debug, Default)]
-pub(super) struct DrainState {
-    /// When the node began to want out (its earliest drain or down alert), in milliseconds
-    /// since the epoch: its place in the fleet's ranking, kept until it is back in.
-    out_since_ms: Option<i64>,
-    /// When its current wish to drain began: views older than this do not decide it.
-    pending_since: Option<Instant>,
-    /// Let out (by the budget, or deciding alone): it stays out until a view says otherwise.
-    allowed: bool,
-    /// Why it waits, while it does.
-    deferred: Option<String>,
-    /// No Alertmanager answered the last query looked at (said once).
-    unreachable: bool,
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()

@@ -13,10 +13,7 @@ use std::{
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use serde::{Deserialize, Serialize};
 
-use self::{
-    config::HealthConfig,
-    gate::{Budget, DrainState},
-};
+use self::config::HealthConfig;
 use crate::{
     alerts::Alert,
     files::write_atomic,
@@ -105,6 +102,31 @@ impl AlertHealth {
             })
             .collect()
     }
+}
+
+/// `health.drain_budget` with the fleet's view.
+struct Budget {
+    limit: budget::Limit,
+    when_unreachable: config::WhenUnreachable,
+    fleet: fleet::Fleet,
+    /// When the agent started: its member alert's `startsAt`.
+    started_ms: i64,
+}
+
+/// Where a drain stands.
+#[derive(Debug, Default)]
+struct DrainState {
+    /// When the node began to want out (its earliest drain or down alert), in milliseconds
+    /// since the epoch: its place in the fleet's ranking, kept until it is back in.
+    out_since_ms: Option<i64>,
+    /// When its current wish to drain began: views older than this do not decide it.
+    pending_since: Option<Instant>,
+    /// Let out (by the budget, or deciding alone): it stays out until a view says otherwise.
+    allowed: bool,
+    /// Why it waits, while it does.
+    deferred: Option<String>,
+    /// No Alertmanager answered the last query looked at (said once).
+    unreachable: bool,
 }
 
 /// Manual maintenance, as persisted.

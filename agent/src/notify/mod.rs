@@ -235,11 +235,7 @@ impl Notifiers {
 
     /// The labels as sent: the alert's, and the external labels it does not set itself.
     fn labels_of(&self, a: &Alert) -> BTreeMap<String, String> {
-        let mut labels = a.label_map();
-        for (k, v) in &self.external_labels {
-            labels.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-        labels
+        with_external(a.label_map(), &self.external_labels)
     }
 
     /// Compares the firing alerts with the last call's and queues what changed. An alert
@@ -393,6 +389,18 @@ impl Notifiers {
     }
 }
 
+/// `labels` with each external label the alert does not set itself (as Prometheus adds
+/// `global.external_labels`: the rule's own label wins).
+fn with_external(
+    mut labels: BTreeMap<String, String>,
+    external: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    for (k, v) in external {
+        labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    labels
+}
+
 /// A failed delivery attempt.
 struct Failure {
     retry: bool,
@@ -529,6 +537,25 @@ async fn deliver(r: Arc<Receiver>, metrics: Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_labels_are_added_unless_the_rule_sets_them() {
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ext = m(&[("node", "gpu-1"), ("cluster", "a")]);
+        assert_eq!(
+            with_external(m(&[("alertname", "X")]), &ext),
+            m(&[("alertname", "X"), ("cluster", "a"), ("node", "gpu-1")])
+        );
+        assert_eq!(
+            with_external(m(&[("alertname", "X"), ("node", "switch-4")]), &ext)["node"],
+            "switch-4"
+        );
+    }
 
     #[test]
     fn backoff_grows_to_a_minute_with_jitter() {
