@@ -191,7 +191,9 @@ fn gate_drain(
         if !d.unreachable {
             d.unreachable = true;
             let errors = view.errors.join("; ");
-            if decide_alone {
+            if d.allowed {
+                tracing::warn!(asked = view.asked, %errors, "drain budget: no Alertmanager answered; this node, already out, stays out");
+            } else if decide_alone {
                 tracing::warn!(asked = view.asked, %errors, "drain budget: no Alertmanager answered; this node decides alone (when_unreachable: drain)");
             } else {
                 tracing::warn!(asked = view.asked, %errors, "drain budget: no Alertmanager answered; this node stays in the load balancer (when_unreachable: stay)");
