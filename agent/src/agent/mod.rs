@@ -99,6 +99,7 @@ pub fn run(
         external_labels,
         &mut store,
     )?);
+    notifiers.set_tick_interval(cfg.interval.0);
     let store = Arc::new(store);
 
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| RunError::Bind {

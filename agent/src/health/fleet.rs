@@ -122,22 +122,26 @@ impl Fleet {
             members: BTreeSet::new(),
             errors: Vec::new(),
         };
-        let mut ok = vec![true; view.asked];
+        // An Alertmanager has answered when every one of its requests did (a task that
+        // panicked did not).
+        let mut got = vec![0usize; view.asked];
         while let Some(done) = tasks.join_next().await {
             let Ok((i, is_members, answer)) = done else {
                 continue;
             };
             match answer {
                 Err(e) => {
-                    ok[i] = false;
                     view.errors
                         .push(format!("{}: {e}", self.setup.alertmanagers[i]));
+                    continue;
                 }
                 Ok(alerts) if is_members => view.members.extend(alerts.into_iter().map(|c| c.node)),
                 Ok(alerts) => view.wanting.extend(alerts),
             }
+            got[i] += 1;
         }
-        view.answered = ok.iter().filter(|o| **o).count();
+        let requests = 1 + usize::from(self.sizes);
+        view.answered = got.iter().filter(|&&n| n == requests).count();
         view.errors.sort();
         self.store(view);
     }

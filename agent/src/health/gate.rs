@@ -7,7 +7,7 @@
 
 use std::{
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::{
@@ -26,6 +26,10 @@ fn now_ms() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// How long a pending drain waits for its own alert to show in Alertmanager's answers before
+/// it decides from the answers as they are.
+const OWN_ALERT_WAIT: Duration = Duration::from_secs(2);
 
 /// A firing alert of the agent's own making.
 fn synthetic(name: &str, labels: &[(&str, &str)], summary: String, since_ms: i64) -> Alert {
@@ -174,6 +178,7 @@ fn gate_drain(
     }
     let since = *d.pending_since.get_or_insert(now);
     if from_tick {
+        d.asked_again = false;
         b.fleet.request();
     }
     let Some(view) = b.fleet.latest().filter(|v| v.started >= since) else {
@@ -231,6 +236,22 @@ fn gate_drain(
         down: false,
         since_ms: d.out_since_ms.unwrap_or_default(),
     };
+    // Written before read: a new drain is let out only by a view that already holds this
+    // node's own alert, so of two nodes deciding at once the later reader sees both. (An
+    // Alertmanager that keeps refusing the alert delays the decision by OWN_ALERT_WAIT.)
+    if !d.allowed
+        && !view.wanting.iter().any(|c| c.node == me.node)
+        && now.saturating_duration_since(since) < OWN_ALERT_WAIT
+    {
+        if !from_tick && !d.asked_again {
+            d.asked_again = true;
+            b.fleet.request();
+        }
+        return (
+            hold,
+            vec!["drain pending: waiting for Alertmanager to hold this node's alert".into()],
+        );
+    }
     let v = budget::verdict(&view.wanting, &view.members, &me, b.limit);
     if v.within() {
         d.allowed = true;

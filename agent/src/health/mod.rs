@@ -127,6 +127,8 @@ struct DrainState {
     deferred: Option<String>,
     /// No Alertmanager answered the last query looked at (said once).
     unreachable: bool,
+    /// This tick's one extra query, asked when a view did not hold this node's own alert yet.
+    asked_again: bool,
 }
 
 /// Manual maintenance, as persisted.

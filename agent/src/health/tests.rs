@@ -322,7 +322,7 @@ fn a_waiting_node_whose_alert_resolves_has_nothing_to_recover_from() {
     h.recover_after = Duration::from_secs(60);
     let a = alert("Lost", Status::Draining);
     h.evaluate(std::slice::from_ref(&a), Instant::now());
-    view(&h, 2, &[("n1", false, -5)]);
+    view(&h, 2, &[("n1", false, -5), ("n2", false, 0)]);
     h.evaluate_again();
     assert_eq!(h.snapshot().status, Status::Degraded);
     h.evaluate(&[], Instant::now());
@@ -337,6 +337,43 @@ fn a_waiting_node_whose_alert_resolves_has_nothing_to_recover_from() {
         Status::Degraded,
         "degraded recovers as usual"
     );
+}
+
+#[test]
+fn a_drain_is_let_out_only_by_a_view_that_holds_its_own_alert() {
+    let h = budgeted("budget-own", "drain");
+    let start = Instant::now();
+    let a = alert("Lost", Status::Draining);
+    h.evaluate(std::slice::from_ref(&a), start);
+    // Read before this node's alert reached Alertmanager: it could not see the others that
+    // posted at the same moment either, so it does not decide yet.
+    view(&h, 2, &[]);
+    h.evaluate_again();
+    let s = h.snapshot();
+    assert_eq!(s.status, Status::Healthy, "{s:?}");
+    assert!(
+        s.reasons
+            .iter()
+            .any(|r| r.contains("waiting for Alertmanager to hold this node's alert")),
+        "{s:?}"
+    );
+    // The next answer holds it, and another node that posted at the same time, earlier.
+    view(&h, 2, &[("n1", false, -5), ("n2", false, 0)]);
+    h.evaluate_again();
+    assert_eq!(
+        (h.snapshot().status, h.deferred.get()),
+        (Status::Degraded, 1)
+    );
+
+    // An Alertmanager that never shows the node's alert delays the decision by 2 s, no more.
+    let h = budgeted("budget-own-late", "drain");
+    h.evaluate(std::slice::from_ref(&a), start);
+    view(&h, 2, &[]);
+    h.evaluate(std::slice::from_ref(&a), start + Duration::from_secs(1));
+    assert_eq!(h.snapshot().status, Status::Healthy);
+    view(&h, 2, &[]);
+    h.evaluate(std::slice::from_ref(&a), start + Duration::from_secs(3));
+    assert_eq!(h.snapshot().status, Status::Draining);
 }
 
 #[test]

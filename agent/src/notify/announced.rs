@@ -10,9 +10,10 @@ use std::{
 use super::payload::OutAlert;
 use crate::files::write_atomic;
 
-/// Ticks a restored alert may be neither pending nor firing before it counts as resolved:
-/// right after a restart, rules over a range (`rate`, `increase`) have no samples yet.
-pub const RESTORE_GRACE_TICKS: u32 = 3;
+/// Tick intervals after start during which a restored alert may be neither pending nor
+/// firing before it counts as resolved: right after a restart, rules over a range (`rate`,
+/// `increase`) have no samples yet. Counted in time, not ticks: ticks can come early.
+pub const RESTORE_GRACE_INTERVALS: u32 = 3;
 
 /// Where the announced alerts are kept.
 pub struct Announced {

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 pub use self::payload::OutAlert;
 use self::{
-    announced::{Announced, RESTORE_GRACE_TICKS},
+    announced::{Announced, RESTORE_GRACE_INTERVALS},
     config::{Kind, NotifierConfig},
     spool::{Notification, Spool},
 };
@@ -101,9 +101,8 @@ struct Receiver {
 struct Tracked {
     alert: OutAlert,
     last_resend: Instant,
-    /// Announced by a previous run and not seen firing by this one yet: ticks it was neither
-    /// pending nor firing.
-    restored: Option<u32>,
+    /// Announced by a previous run and not seen firing by this one yet.
+    restored: bool,
 }
 
 /// Every notifier, and the firing alerts they were told about.
@@ -116,6 +115,8 @@ pub struct Notifiers {
     /// Added to every alert's labels where the rule did not set the label.
     external_labels: BTreeMap<String, String>,
     metrics: Metrics,
+    /// Until when a restored alert that is neither pending nor firing is kept.
+    restore_until: Mutex<Instant>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -210,7 +211,7 @@ impl Notifiers {
                 let t = Tracked {
                     alert,
                     last_resend: now,
-                    restored: Some(0),
+                    restored: true,
                 };
                 (fp, t)
             })
@@ -223,7 +224,15 @@ impl Notifiers {
             external_url,
             external_labels,
             metrics,
+            restore_until: Mutex::new(now),
         })
+    }
+
+    /// Restored alerts wait [`RESTORE_GRACE_INTERVALS`] ticks of `interval` from now for
+    /// their rules to fire them again.
+    pub fn set_tick_interval(&self, interval: Duration) {
+        *self.restore_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Instant::now() + interval * RESTORE_GRACE_INTERVALS;
     }
 
     /// Starts one delivery task per receiver on the current runtime.
@@ -269,7 +278,7 @@ impl Notifiers {
             let fp = payload::fingerprint(&labels);
             current.insert(fp.clone(), a);
             if let Some(t) = firing.get_mut(&fp) {
-                t.restored = None;
+                t.restored = false;
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = firing.entry(fp.clone()) {
@@ -288,19 +297,16 @@ impl Notifiers {
                 slot.insert(Tracked {
                     alert: out,
                     last_resend: mono,
-                    restored: None,
+                    restored: false,
                 });
             }
         }
         let mut gone = Vec::new();
-        for (fp, t) in firing.iter_mut() {
-            if current.contains_key(fp) {
-                continue;
-            }
-            match &mut t.restored {
-                Some(_) if pending.contains(fp) => {}
-                Some(absent) if *absent < RESTORE_GRACE_TICKS => *absent += 1,
-                _ => gone.push(fp.clone()),
+        let in_grace = mono < *self.restore_until.lock().unwrap_or_else(|e| e.into_inner());
+        for (fp, t) in firing.iter() {
+            let waits = t.restored && (pending.contains(fp) || in_grace);
+            if !current.contains_key(fp) && !waits {
+                gone.push(fp.clone());
             }
         }
         changed |= !gone.is_empty();
