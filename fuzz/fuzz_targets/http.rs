@@ -16,6 +16,7 @@ use nodewatch::{
     health::Health,
     http::{AppState, router, server::serve_connection},
     store::Store,
+    wake::Wake,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -28,7 +29,7 @@ fn app() -> Router {
         let spool = std::env::temp_dir().join("nodewatch-fuzz-http");
         std::fs::create_dir_all(&spool).expect("temporary spool folder");
         let mut store = Store::new();
-        let heartbeats = Heartbeats::new(&cfg.heartbeats.0, &mut store);
+        let heartbeats = Heartbeats::new(&cfg.heartbeats.0, &Wake::default(), &mut store);
         let health = Arc::new(Health::new(&cfg.health, &spool, &mut store));
         router(Arc::new(AppState {
             store: Arc::new(store),
