@@ -631,3 +631,94 @@ fn without_alertmanager_each_node_falls_back_as_configured() {
     stop.store(true, Ordering::Relaxed);
     beating.join().unwrap();
 }
+
+/// `max_unhealthy: "40%"`: the fleet's size is the nodes whose member alert Alertmanager
+/// holds (five), so 40 % lets two of them out when four lose their service.
+#[test]
+fn a_percentage_budget_takes_the_fleet_size_from_the_member_alerts() {
+    if !have_tool("fleet percent", "prometheus-alertmanager") {
+        return;
+    }
+    let dir = TempDir::new("fleet-pct");
+    let (am1, am2) = cluster(&dir);
+    let ams = [&am1, &am2];
+    let beats: Beats = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let beating = beater(Arc::clone(&beats), Arc::clone(&stop));
+    let names: Vec<String> = (1..=5).map(|i| format!("pct{i}")).collect();
+    let mut dirs = Vec::new();
+    let mut agents = Vec::new();
+    for name in &names {
+        let d = TempDir::new(&format!("fleet-{name}"));
+        let agent = Agent::start(
+            &d,
+            &node_config(&d, name, &ams, "{ max_unhealthy: \"40%\" }"),
+        );
+        beats.lock().unwrap().push((agent.addr, [true, true]));
+        let _ = http_request(agent.addr, "POST", "/api/v1/heartbeat/svc", b"");
+        let _ = http_request(agent.addr, "POST", "/api/v1/heartbeat/gpu", b"");
+        agents.push(agent);
+        dirs.push(d);
+    }
+    for am in ams {
+        wait_for(Duration::from_secs(15), || {
+            (am.nodes_of("NodewatchFleetMember") == names).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "members in {}: {:?}",
+                am.addr,
+                am.nodes_of("NodewatchFleetMember")
+            )
+        });
+    }
+    let monitor = Monitor::start(
+        names
+            .iter()
+            .cloned()
+            .zip(agents.iter().map(|a| a.addr))
+            .collect(),
+    );
+    for b in beats.lock().unwrap().iter_mut().take(4) {
+        b.1[0] = false;
+    }
+    let rank = wait_for(Duration::from_secs(15), || {
+        let rank = ranking(&ams);
+        (rank.len() == 4).then_some(())?;
+        monitor
+            .settle(&set(&[&rank[0], &rank[1]]), 2 * TICK, Duration::ZERO)
+            .then_some(rank)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "never exactly two out: {:?}, ranking {:?}",
+            monitor.out(),
+            ranking(&ams)
+        )
+    });
+    let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
+    for n in &rank[2..] {
+        let (code, status, reasons) = health(&agents[idx(n)]);
+        assert_eq!(
+            (code, status.as_str()),
+            (200, "degraded"),
+            "{n}: {reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.starts_with(
+                "drain deferred: max_unhealthy 40% lets 2 of 5 nodes out; 4 want out"
+            )),
+            "{n}: {reasons:?}"
+        );
+    }
+    let (longest, stretches, samples) = monitor.finish(2);
+    eprintln!(
+        "40 % of five: two out; more than two out {stretches} times in {samples} samples, at most {longest:?}"
+    );
+    assert!(
+        longest <= TICK + 2 * POLL,
+        "more than two out for {longest:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    beating.join().unwrap();
+}
