@@ -291,7 +291,9 @@ fn http_and_tcp_heartbeats_follow_a_real_server() {
         "server delay 100 ms, heartbeat latency {:.2} ms",
         latency * 1000.0
     );
-    assert!((0.1..0.110).contains(&latency), "latency {latency}");
+    // At least the delay, and under the check's 150 ms timeout (a loaded machine adds a few
+    // ms of its own).
+    assert!((0.1..0.150).contains(&latency), "latency {latency}");
 
     // 500: down only after two failures in a row.
     server.set(Mode::Status(500));
