@@ -343,34 +343,28 @@ fn count(text: &str, needle: &str) -> usize {
     text.matches(needle).count()
 }
 
-#[test]
-fn five_nodes_share_one_drain_budget_through_two_clustered_alertmanagers() {
-    if !have_tool("fleet", "prometheus-alertmanager") {
-        return;
-    }
-    let dir = TempDir::new("fleet-ams");
-    let (am1, am2) = cluster(&dir);
-    let ams = [&am1, &am2];
-    let beats: Beats = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let beating = beater(Arc::clone(&beats), Arc::clone(&stop));
-    let names: Vec<String> = (1..=5).map(|i| format!("node{i}")).collect();
-    let mut dirs = Vec::new();
-    let mut agents = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let d = TempDir::new(&format!("fleet-{name}"));
-        let cfg = node_config(&d, name, &ams, "{ max_unhealthy: 2 }");
-        let agent = Agent::start(&d, &cfg);
+/// Starts one agent per `(node, budget)`, each beating both of its targets from the start.
+fn start_nodes(
+    nodes: &[(&str, &str)],
+    ams: &[&Alertmanager],
+    beats: &Beats,
+) -> (Vec<Agent>, Vec<TempDir>) {
+    let (mut agents, mut dirs) = (Vec::new(), Vec::new());
+    for (node, budget) in nodes {
+        let d = TempDir::new(&format!("fleet-{node}"));
+        let agent = Agent::start(&d, &node_config(&d, node, ams, budget));
         beats.lock().unwrap().push((agent.addr, [true, true]));
         // The first beats go before a TTL runs out.
         let _ = http_request(agent.addr, "POST", "/api/v1/heartbeat/svc", b"");
         let _ = http_request(agent.addr, "POST", "/api/v1/heartbeat/gpu", b"");
-        assert_eq!(agents.len(), i);
         agents.push(agent);
         dirs.push(d);
     }
-    let logs = |i: usize| agents[i].log_text();
-    // Every node announces itself to both Alertmanagers; all are in.
+    (agents, dirs)
+}
+
+/// Waits until every Alertmanager holds the member alert of exactly `names`.
+fn wait_members(ams: &[&Alertmanager], names: &[String]) {
     for am in ams {
         wait_for(Duration::from_secs(15), || {
             (am.nodes_of("NodewatchFleetMember") == names).then_some(())
@@ -383,6 +377,28 @@ fn five_nodes_share_one_drain_budget_through_two_clustered_alertmanagers() {
             )
         });
     }
+}
+
+#[test]
+fn five_nodes_share_one_drain_budget_through_two_clustered_alertmanagers() {
+    if !have_tool("fleet", "prometheus-alertmanager") {
+        return;
+    }
+    let dir = TempDir::new("fleet-ams");
+    let (am1, am2) = cluster(&dir);
+    let ams = [&am1, &am2];
+    let beats: Beats = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let beating = beater(Arc::clone(&beats), Arc::clone(&stop));
+    let names: Vec<String> = (1..=5).map(|i| format!("node{i}")).collect();
+    let nodes: Vec<(&str, &str)> = names
+        .iter()
+        .map(|n| (n.as_str(), "{ max_unhealthy: 2 }"))
+        .collect();
+    let (agents, _dirs) = start_nodes(&nodes, &ams, &beats);
+    let logs = |i: usize| agents[i].log_text();
+    // Every node announces itself to both Alertmanagers; all are in.
+    wait_members(&ams, &names);
     assert!(agents.iter().all(|a| health(a).0 == 200));
     let monitor = Monitor::start(
         names
@@ -542,20 +558,14 @@ fn without_alertmanager_each_node_falls_back_as_configured() {
     let beats: Beats = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let beating = beater(Arc::clone(&beats), Arc::clone(&stop));
-    let mut agents = Vec::new();
-    let mut dirs = Vec::new();
-    for (node, budget) in [
-        ("alone", "{ max_unhealthy: 1 }"),
-        ("stays", "{ max_unhealthy: 1, when_unreachable: stay }"),
-    ] {
-        let d = TempDir::new(&format!("fleet-{node}"));
-        let agent = Agent::start(&d, &node_config(&d, node, &[&am1, &am2], budget));
-        beats.lock().unwrap().push((agent.addr, [true, true]));
-        let _ = http_request(agent.addr, "POST", "/api/v1/heartbeat/svc", b"");
-        let _ = http_request(agent.addr, "POST", "/api/v1/heartbeat/gpu", b"");
-        agents.push(agent);
-        dirs.push(d);
-    }
+    let (agents, _dirs) = start_nodes(
+        &[
+            ("alone", "{ max_unhealthy: 1 }"),
+            ("stays", "{ max_unhealthy: 1, when_unreachable: stay }"),
+        ],
+        &[&am1, &am2],
+        &beats,
+    );
     wait_for(Duration::from_secs(15), || {
         (am1.nodes_of("NodewatchFleetMember").len() == 2).then_some(())
     })
@@ -646,32 +656,12 @@ fn a_percentage_budget_takes_the_fleet_size_from_the_member_alerts() {
     let stop = Arc::new(AtomicBool::new(false));
     let beating = beater(Arc::clone(&beats), Arc::clone(&stop));
     let names: Vec<String> = (1..=5).map(|i| format!("pct{i}")).collect();
-    let mut dirs = Vec::new();
-    let mut agents = Vec::new();
-    for name in &names {
-        let d = TempDir::new(&format!("fleet-{name}"));
-        let agent = Agent::start(
-            &d,
-            &node_config(&d, name, &ams, "{ max_unhealthy: \"40%\" }"),
-        );
-        beats.lock().unwrap().push((agent.addr, [true, true]));
-        let _ = http_request(agent.addr, "POST", "/api/v1/heartbeat/svc", b"");
-        let _ = http_request(agent.addr, "POST", "/api/v1/heartbeat/gpu", b"");
-        agents.push(agent);
-        dirs.push(d);
-    }
-    for am in ams {
-        wait_for(Duration::from_secs(15), || {
-            (am.nodes_of("NodewatchFleetMember") == names).then_some(())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "members in {}: {:?}",
-                am.addr,
-                am.nodes_of("NodewatchFleetMember")
-            )
-        });
-    }
+    let nodes: Vec<(&str, &str)> = names
+        .iter()
+        .map(|n| (n.as_str(), "{ max_unhealthy: \"40%\" }"))
+        .collect();
+    let (agents, _dirs) = start_nodes(&nodes, &ams, &beats);
+    wait_members(&ams, &names);
     let monitor = Monitor::start(
         names
             .iter()
