@@ -92,14 +92,15 @@ pub fn run(
         .as_deref()
         .map(read_token)
         .transpose()?;
-    let notifiers = Arc::new(Notifiers::new(
+    let mut notifiers = Notifiers::new(
         &cfg.notifiers.0,
         &cfg.spool_dir,
         external_url(cfg.listen),
         external_labels,
         &mut store,
-    )?);
+    )?;
     notifiers.set_tick_interval(cfg.interval.0);
+    let notifiers = Arc::new(notifiers);
     let store = Arc::new(store);
 
     let listener = std::net::TcpListener::bind(cfg.listen).map_err(|source| RunError::Bind {

@@ -116,7 +116,7 @@ pub struct Notifiers {
     external_labels: BTreeMap<String, String>,
     metrics: Metrics,
     /// Until when a restored alert that is neither pending nor firing is kept.
-    restore_until: Mutex<Instant>,
+    restore_until: Instant,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -224,15 +224,14 @@ impl Notifiers {
             external_url,
             external_labels,
             metrics,
-            restore_until: Mutex::new(now),
+            restore_until: now,
         })
     }
 
     /// Restored alerts wait [`RESTORE_GRACE_INTERVALS`] ticks of `interval` from now for
     /// their rules to fire them again.
-    pub fn set_tick_interval(&self, interval: Duration) {
-        *self.restore_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Instant::now() + interval * RESTORE_GRACE_INTERVALS;
+    pub fn set_tick_interval(&mut self, interval: Duration) {
+        self.restore_until = Instant::now() + interval * RESTORE_GRACE_INTERVALS;
     }
 
     /// Starts one delivery task per receiver on the current runtime.
@@ -302,7 +301,7 @@ impl Notifiers {
             }
         }
         let mut gone = Vec::new();
-        let in_grace = mono < *self.restore_until.lock().unwrap_or_else(|e| e.into_inner());
+        let in_grace = mono < self.restore_until;
         for (fp, t) in firing.iter() {
             let waits = t.restored && (pending.contains(fp) || in_grace);
             if !current.contains_key(fp) && !waits {
