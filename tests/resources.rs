@@ -5,7 +5,7 @@ mod common;
 
 use std::{ffi::CString, time::Duration};
 
-use common::{Agent, TempDir, sample, wait_for};
+use common::{Agent, TempDir, have_root, have_tool, prometheus::Prometheus, sample, wait_for};
 
 const QUIET: &str = "interval: 200ms\nprobes:\n  tcp_retransmits: { enabled: false }\n  accept_queue: { enabled: false }\n";
 
@@ -64,6 +64,111 @@ fn disk_ratios_equal_statvfs_of_the_same_mounts() {
             "{m}: agent {agent_value}, statvfs {ours}"
         );
     }
+}
+
+/// A bind mount at a path of the test's choosing, unmounted when dropped.
+struct BindMount(CString);
+
+impl BindMount {
+    fn new(source: &std::path::Path, target: &std::path::Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        std::fs::create_dir_all(target).unwrap();
+        let src = CString::new(source.as_os_str().as_bytes()).unwrap();
+        let dst = CString::new(target.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated paths; a bind mount has no filesystem type or data.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "bind mount: {}", std::io::Error::last_os_error());
+        Self(dst)
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        // SAFETY: a NUL-terminated path this guard mounted.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A mount point whose path holds a quote, a backslash and a newline is exported escaped:
+/// promtool finds nothing wrong with the scrape, and a real Prometheus stores the series with
+/// the path as it is.
+#[test]
+fn a_mount_point_with_quote_backslash_and_newline_is_exported_safely() {
+    if !have_root("hostile mount point")
+        || !have_tool("hostile mount point", "promtool")
+        || !have_tool("hostile mount point", "prometheus")
+    {
+        return;
+    }
+    let dir = TempDir::new("res-hostile-mount");
+    let point = dir.0.join("disk \"q\" back\\slash\nline");
+    let _mount = BindMount::new(&dir.0, &point);
+    let point_str = point.to_str().unwrap().to_string();
+    // The scenario names the one mount; everything else is the defaults.
+    let yaml_path = serde_json::to_string(&point_str).unwrap();
+    let agent = Agent::start(
+        &dir,
+        &format!("resources:\n  disk:\n    include_mounts: [{yaml_path}]\n"),
+    );
+    let escaped = point_str
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    let series = format!("nodewatch_disk_used_ratio{{mount=\"{escaped}\"}}");
+    let text = wait_for(Duration::from_secs(5), || {
+        let t = agent.metrics();
+        t.contains(&series).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("no {series} in\n{}", agent.metrics()));
+
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
+
+    let prom_dir = TempDir::new("res-hostile-prom");
+    let prom = Prometheus::start(
+        &prom_dir,
+        &format!(
+            "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\nscrape_configs:\n  - job_name: nodewatch\n    static_configs: [{{ targets: [\"{}\"] }}]\n",
+            agent.addr
+        ),
+    );
+    prom.wait_up(Duration::from_secs(30));
+    let stored = wait_for(Duration::from_secs(10), || {
+        let r = prom.query("nodewatch_disk_used_ratio");
+        r.into_iter()
+            .find(|s| s["metric"]["mount"].as_str() == Some(point_str.as_str()))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "prometheus has no series for {point_str:?}: {:?}",
+            prom.query("nodewatch_disk_used_ratio")
+        )
+    });
+    eprintln!("prometheus stored {stored}");
 }
 
 #[test]

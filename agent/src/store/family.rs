@@ -9,7 +9,7 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder},
+    encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder},
     metrics::{MetricType, TypedMetric, counter::Counter, gauge::Gauge},
 };
 
@@ -33,9 +33,20 @@ pub trait LabelSet:
 macro_rules! label_set {
     ($(#[$m:meta])* $vis:vis struct $name:ident { $($(#[$fm:meta])* $fvis:vis $field:ident),* $(,)? }) => {
         $(#[$m])*
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+        #[derive(Clone, Debug, Hash, PartialEq, Eq)]
         $vis struct $name {
             $($(#[$fm])* $fvis $field: String),*
+        }
+
+        impl prometheus_client::encoding::EncodeLabelSet for $name {
+            fn encode(
+                &self,
+                encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+            ) -> Result<(), std::fmt::Error> {
+                use prometheus_client::encoding::EncodeLabel as _;
+                $((stringify!($field), $crate::store::Escaped(&self.$field)).encode(encoder.encode_label())?;)*
+                Ok(())
+            }
         }
 
         impl $crate::store::LabelSet for $name {
@@ -58,7 +69,7 @@ macro_rules! label_set {
                 encoder: &mut prometheus_client::encoding::LabelSetEncoder,
             ) -> Result<(), std::fmt::Error> {
                 use prometheus_client::encoding::EncodeLabel as _;
-                $((stringify!($field), self.$field.as_str()).encode(encoder.encode_label())?;)*
+                $((stringify!($field), $crate::store::Escaped(&self.$field)).encode(encoder.encode_label())?;)*
                 prometheus_client::encoding::EncodeLabelSet::encode(&self.$owner, encoder)
             }
         }
@@ -76,6 +87,29 @@ macro_rules! label_set {
             }
         }
     };
+}
+
+/// A label value written as the exposition formats require: `\\`, `\"` and `\n` escaped.
+/// prometheus-client 0.24 writes a `&str` value as it is, so a mount point holding a quote
+/// would break the whole scrape; every label set of the store encodes through this.
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        use fmt::Write as _;
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..i])?;
+            encoder.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        encoder.write_str(rest)
+    }
 }
 
 /// Who a series belongs to: a container (`container`, the first 12 hex digits of its id, or
@@ -117,10 +151,10 @@ impl EncodeLabelSet for OwnerLabels {
     ) -> Result<(), fmt::Error> {
         use prometheus_client::encoding::EncodeLabel;
         if let Some(c) = &self.container {
-            ("container", c.as_str()).encode(encoder.encode_label())?;
+            ("container", Escaped(c)).encode(encoder.encode_label())?;
         }
         if let Some(p) = &self.pod {
-            ("pod", p.as_str()).encode(encoder.encode_label())?;
+            ("pod", Escaped(p)).encode(encoder.encode_label())?;
         }
         Ok(())
     }

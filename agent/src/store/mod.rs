@@ -18,7 +18,7 @@ use prometheus_client::{
 };
 
 pub use self::{
-    family::{Family, GaugeF64, LabelSet, Names, Owned, OwnerLabels, Sampled, set_total},
+    family::{Escaped, Family, GaugeF64, LabelSet, Names, Owned, OwnerLabels, Sampled, set_total},
     histogram::{LOG2_FIRST, LOG2_LAST, Log2Histogram},
     history::History,
     labels::Labels,
@@ -235,9 +235,10 @@ mod tests {
             device: d.into(),
             port: p.into(),
         };
-        // (prometheus-client 0.24 writes `"` in a label value unescaped, which a scrape cannot
-        // read back; the typed samples keep it. Paths here have none.)
+        // A path may hold a quote, a backslash and a newline: escaped in the text, read back
+        // whole.
         c.get_or_create(&l("/dev/a b", "1")).inc_by(7);
+        c.get_or_create(&l("/mnt/q\"b\\s\nn\\", "1")).inc_by(2);
         c.get_or_create(&l("x", "")).inc();
         g.get_or_create(&l("y", "2")).set(0.1 + 0.2);
         g.get_or_create(&l("z", "3")).set(f64::NAN);
@@ -303,5 +304,24 @@ mod tests {
         );
         assert!(text.contains("nodewatch_build_info{version="), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_requires() {
+        label_set! {
+            struct L { mount }
+        }
+        let mut store = Store::new();
+        let g = Family::<L, GaugeF64>::default();
+        store.register("used_ratio", "U", g.clone());
+        g.get_or_create(&L {
+            mount: "/mnt/a\"b\\c\nd".into(),
+        })
+        .set(0.5);
+        let text = store.encode_prometheus();
+        assert!(
+            text.contains("nodewatch_used_ratio{mount=\"/mnt/a\\\"b\\\\c\\nd\"} 0.5\n"),
+            "{text}"
+        );
     }
 }

@@ -10,7 +10,9 @@ use prometheus_client::{
     metrics::{MetricType, TypedMetric, counter::Counter, gauge::Gauge},
 };
 
-use crate::store::{Family, GaugeF64, LabelSet, Labels, Names, Sampled, Store, label_set, names};
+use crate::store::{
+    Escaped, Family, GaugeF64, LabelSet, Labels, Names, Sampled, Store, label_set, names,
+};
 
 label_set! {
     /// Labels `{gpu, uuid}`: NVML's index and the GPU's UUID.
@@ -53,8 +55,8 @@ pub struct EccLabels {
 
 impl EncodeLabelSet for EccLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        ("gpu", self.gpu.as_str()).encode(encoder.encode_label())?;
-        ("uuid", self.uuid.as_str()).encode(encoder.encode_label())?;
+        ("gpu", Escaped(&self.gpu)).encode(encoder.encode_label())?;
+        ("uuid", Escaped(&self.uuid)).encode(encoder.encode_label())?;
         ("type", self.kind).encode(encoder.encode_label())
     }
 }
