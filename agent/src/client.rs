@@ -1,11 +1,16 @@
-//! `nodewatch drain`, `undrain` and `status`: requests to a running agent's HTTP API.
+//! `nodewatch drain`, `undrain`, `status` and `reload`: requests to a running agent's HTTP
+//! API, through the agent's one HTTP client ([`crate::httpc`]), so an agent behind TLS and
+//! basic auth is reached as amtool reaches Alertmanager (`--addr https://...`,
+//! `--http.config.file`).
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream, ToSocketAddrs},
-    path::Path,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
+
+use bytes::Bytes;
+
+use crate::httpc::{self, HttpConfig};
+
+/// How long one request to the agent may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request to the agent failed.
 #[derive(Debug, thiserror::Error)]
@@ -14,14 +19,10 @@ pub enum ClientError {
     Connect {
         addr: String,
         #[source]
-        source: std::io::Error,
+        source: httpc::HttpError,
     },
-    #[error("talking to the agent at {addr}: {source}")]
-    Io {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("talking to the agent at {addr}: {message}")]
+    Io { addr: String, message: String },
     #[error("the agent answered {status}: {body}")]
     Refused { status: u16, body: String },
     #[error("reading {path}: {source}")]
@@ -30,72 +31,93 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("unexpected answer: {0}")]
-    Malformed(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
-/// One request; returns the JSON body of a 2xx answer (503 too, for `/healthz`).
+/// The agent's base URL: `host:port` means `http://host:port`.
+pub fn base_url(addr: &str) -> Result<http::Uri, ClientError> {
+    let text = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| ClientError::Usage(format!("--addr {addr}: {e}")))?;
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        _ => Err(ClientError::Usage(format!(
+            "--addr {addr}: use host:port, http://host:port or https://host:port"
+        ))),
+    }
+}
+
+/// One request; returns the JSON body of a 2xx answer. `http_config` is the
+/// `--http.config.file` (TLS, basic auth); `token_file` the agent's drain token.
 pub fn request(
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
     token_file: Option<&Path>,
+    http_config: Option<&HttpConfig>,
 ) -> Result<serde_json::Value, ClientError> {
-    let io = |source| ClientError::Io {
-        addr: addr.to_string(),
-        source,
-    };
-    let target: SocketAddr = addr
-        .to_socket_addrs()
-        .and_then(|mut a| a.next().ok_or_else(|| std::io::Error::other("no address")))
-        .map_err(|source| ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).map_err(|source| {
-        ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        }
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io)?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let base = base_url(addr)?;
+    let uri: http::Uri = format!("{}{path}", base.to_string().trim_end_matches('/'))
+        .parse()
+        .map_err(|e| ClientError::Usage(format!("--addr {addr}: {e}")))?;
+    let config = http_config.cloned().unwrap_or_default();
+    let mut headers = vec![("content-type", "application/json".to_string())];
     if let Some(file) = token_file {
+        if config.basic_auth.is_some() || config.authorization.is_some() {
+            return Err(ClientError::Usage(
+                "--token-file and the credentials of --http.config.file both set the Authorization header: use one".into(),
+            ));
+        }
         let token = std::fs::read_to_string(file).map_err(|source| ClientError::Token {
             path: file.display().to_string(),
             source,
         })?;
-        head.push_str(&format!("Authorization: Bearer {}\r\n", token.trim()));
+        headers.push(("authorization", format!("Bearer {}", token.trim())));
     }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).map_err(io)?;
-    s.write_all(body.as_bytes()).map_err(io)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(io)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| ClientError::Malformed(raw.to_string()))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ClientError::Malformed(head.to_string()))?;
-    // axum answers with Content-Length, never chunked, for these small JSON bodies.
-    let json = serde_json::from_str(body.trim()).unwrap_or(serde_json::Value::Null);
-    if !(200..300).contains(&status) {
+    let client = httpc::Client::new(&config).map_err(|e| ClientError::Usage(e.to_string()))?;
+    let body = Bytes::from(body.map(|b| b.to_string()).unwrap_or_default());
+    let method: http::Method = method.parse().expect("the CLI's own methods");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Io {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })?;
+    let answer = runtime
+        .block_on(async {
+            tokio::time::timeout(TIMEOUT, client.request(method, &uri, &headers, body)).await
+        })
+        .map_err(|_| ClientError::Io {
+            addr: addr.to_string(),
+            message: format!("no answer within {TIMEOUT:?}"),
+        })?
+        .map_err(|e| match e {
+            httpc::HttpError::Body(m) | httpc::HttpError::Protocol(m) => ClientError::Io {
+                addr: addr.to_string(),
+                message: m,
+            },
+            source => ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            },
+        })?;
+    let text = String::from_utf8_lossy(&answer.body);
+    let json = serde_json::from_str(text.trim()).unwrap_or(serde_json::Value::Null);
+    if !(200..300).contains(&answer.status) {
         let message = json
             .get("error")
             .and_then(|e| e.as_str())
-            .map_or_else(|| body.trim().to_string(), str::to_string);
+            .map_or_else(|| text.trim().to_string(), str::to_string);
         return Err(ClientError::Refused {
-            status,
+            status: answer.status,
             body: message,
         });
     }

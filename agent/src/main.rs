@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use nodewatch::{agent, client, collectors, config::Config, rules};
+use nodewatch::{agent, client, collectors, config::Config, httpc::HttpConfig, rules};
 
 /// Per-host health agent for GPU and AI-serving nodes: eBPF probes, local alert rules,
 /// node health for the load balancer.
@@ -83,12 +83,16 @@ enum Command {
 /// Which running agent a command talks to.
 #[derive(clap::Args)]
 struct Target {
-    /// The agent's HTTP address.
+    /// The agent's address: `host:port`, `http://host:port` or `https://host:port`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9477")]
     addr: String,
     /// A file with the agent's token (`health.token_file`), for non-loopback addresses.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// An `http_config` in YAML (as amtool's `--http.config.file`): basic auth, TLS (CA,
+    /// client certificate), for an agent with a web config.
+    #[arg(long = "http.config.file", value_name = "FILE")]
+    http_config_file: Option<PathBuf>,
 }
 
 /// Exit codes: 0 ok, 1 invalid input or failed check, 2 runtime failure.
@@ -194,12 +198,23 @@ fn main() -> ExitCode {
 
 /// Sends one request to a running agent and prints what it says.
 fn talk(target: &Target, method: &str, path: &str, body: Option<serde_json::Value>) -> ExitCode {
+    let http_config = match &target.http_config_file {
+        None => None,
+        Some(file) => match load_http_config(file) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        },
+    };
     match client::request(
         &target.addr,
         method,
         path,
         body.as_ref(),
         target.token_file.as_deref(),
+        http_config.as_ref(),
     ) {
         Ok(v) if path == "/api/v1/status" => {
             print!("{}", client::describe_status(&v));
@@ -225,7 +240,7 @@ fn talk(target: &Target, method: &str, path: &str, body: Option<serde_json::Valu
             }
             ExitCode::SUCCESS
         }
-        Err(e @ client::ClientError::Refused { .. }) => {
+        Err(e @ (client::ClientError::Refused { .. } | client::ClientError::Usage(_))) => {
             eprintln!("nodewatch: {e}");
             ExitCode::from(EXIT_INVALID)
         }
@@ -234,6 +249,13 @@ fn talk(target: &Target, method: &str, path: &str, body: Option<serde_json::Valu
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// An `http_config` file, as `--http.config.file` names it.
+fn load_http_config(file: &std::path::Path) -> Result<HttpConfig, String> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{name}: {e}"))?;
+    nodewatch::yaml::parse::<HttpConfig>(&name, &text).map_err(|e| e.to_string())
 }
 
 fn load(path: Option<&std::path::Path>) -> Option<Config> {
