@@ -414,9 +414,9 @@ fn bad_heartbeat_configs_are_located() {
     for (text, line, want) in [
         ("heartbeats:\n  - { name: a }\n", 2, "needs exactly one of"),
         (
-            "heartbeats:\n  - { name: a, url: \"https://x/\" }\n",
+            "heartbeats:\n  - { name: a, url: \"ftp://x/\" }\n",
             2,
-            "https is not supported",
+            "must be http(s)://",
         ),
         (
             "heartbeats:\n  - { name: a, tcp: \"nohost\" }\n",

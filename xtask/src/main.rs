@@ -43,6 +43,8 @@ const DEB_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "gcc",
     "libc6-dev",
+    "openssl",
+    "tinyproxy",
 ];
 /// Seconds each fuzz target runs in `cargo xtask test`.
 const FUZZ_SECONDS_IN_TEST: u64 = 5;

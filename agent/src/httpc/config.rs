@@ -392,3 +392,60 @@ impl<'de> Deserialize<'de> for HttpConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<HttpConfig, String> {
+        crate::yaml::parse::<HttpConfig>("h.yaml", text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_missing_file_is_a_located_error() {
+        let e =
+            parse("basic_auth:\n  username: u\n  password_file: /nonexistent/pw\n").unwrap_err();
+        assert!(e.starts_with("h.yaml:3:18:"), "{e}");
+        assert!(e.contains("password_file /nonexistent/pw"), "{e}");
+        let e = parse("tls_config:\n  ca_file: /nonexistent/ca.pem\n").unwrap_err();
+        assert!(e.starts_with("h.yaml:2:12:"), "{e}");
+    }
+
+    #[test]
+    fn conflicting_keys_are_refused() {
+        let e =
+            parse("basic_auth: { username: u, password: p }\nauthorization: { credentials: t }\n")
+                .unwrap_err();
+        assert!(
+            e.contains("at most one of basic_auth and authorization"),
+            "{e}"
+        );
+        let e = parse("tls_config: { cert_file: /etc/hostname }\n").unwrap_err();
+        assert!(e.contains("cert_file needs key_file"), "{e}");
+        let e = parse("tls_config: { min_version: TLS10 }\n").unwrap_err();
+        assert!(e.contains("TLS12 or TLS13"), "{e}");
+        let e = parse("authorization: { type: Basic, credentials: x }\n").unwrap_err();
+        assert!(e.contains("use basic_auth"), "{e}");
+        let e = parse("no_proxy: localhost\n").unwrap_err();
+        assert!(e.contains("proxy_url"), "{e}");
+    }
+
+    #[test]
+    fn credentials_files_are_read_at_each_use() {
+        let dir = std::env::temp_dir().join(format!("nodewatch-httpc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("token");
+        std::fs::write(&f, "one\n").unwrap();
+        let c = parse(&format!(
+            "authorization:\n  credentials_file: {}\n",
+            f.display()
+        ))
+        .unwrap();
+        assert_eq!(c.authorization_header().unwrap().unwrap(), "Bearer one");
+        std::fs::write(&f, "two\n").unwrap();
+        assert_eq!(c.authorization_header().unwrap().unwrap(), "Bearer two");
+        let b = parse("basic_auth: { username: al, password: 'pw' }\n").unwrap();
+        assert_eq!(b.authorization_header().unwrap().unwrap(), "Basic YWw6cHc=");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

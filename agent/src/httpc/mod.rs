@@ -220,3 +220,46 @@ fn classify(e: &reqwest::Error, uri: &http::Uri) -> HttpError {
         HttpError::Protocol(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn uri(addr: std::net::SocketAddr) -> http::Uri {
+        format!("http://{addr}/x").parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = request(http::Method::GET, &uri(addr), &[], Bytes::new())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, HttpError::Refused), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_an_error() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let n = MAX_BODY + 1;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n");
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&vec![b'x'; n]).await;
+        });
+        let e = request(http::Method::GET, &uri(addr), &[], Bytes::new())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, HttpError::Body(_)), "{e:?}");
+    }
+}

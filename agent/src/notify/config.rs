@@ -10,7 +10,10 @@ use serde::{Deserialize, Deserializer, de};
 use serde_saphyr::Spanned;
 
 pub use crate::alerts::NODE_LABEL;
-use crate::yaml::{self, duration_at_least, located};
+use crate::{
+    httpc::HttpConfig,
+    yaml::{self, duration_at_least, located},
+};
 
 /// What a notifier entry looks like in the file.
 #[derive(Deserialize)]
@@ -35,6 +38,10 @@ struct RawNotifier {
     /// Most notifications kept for one receiver while it is unreachable; beyond that the
     /// oldest are dropped (and counted). Default 10000.
     queue_max: Option<usize>,
+    /// How the receiver is reached: basic auth, authorization, TLS (CA, client certificate),
+    /// proxy, redirects, with Prometheus's keys. Default: none of them.
+    #[serde(default)]
+    http_config: HttpConfig,
 }
 
 /// The kind of receiver.
@@ -54,6 +61,7 @@ pub struct NotifierConfig {
     pub timeout: Duration,
     pub resend_interval: Duration,
     pub queue_max: usize,
+    pub http_config: HttpConfig,
 }
 
 /// The `notifiers:` list: names are unique.
@@ -108,11 +116,7 @@ fn validate<E: de::Error>(r: RawNotifier) -> Result<NotifierConfig, E> {
     }
     let mut urls = Vec::new();
     for u in spans {
-        urls.push(yaml::http_url(
-            u,
-            "http://host[:port][/path]",
-            "https is not supported yet: use a local TLS proxy",
-        )?);
+        urls.push(yaml::http_url(u, "http(s)://host[:port][/path]")?);
     }
     if kind == Kind::Alertmanager && r.secret_file.is_some() {
         return Err(located(name, "secret_file applies to webhooks only"));
@@ -136,6 +140,7 @@ fn validate<E: de::Error>(r: RawNotifier) -> Result<NotifierConfig, E> {
         timeout: duration(&r.timeout, Duration::from_secs(10))?,
         resend_interval: duration(&r.resend_interval, Duration::from_secs(60))?,
         queue_max: r.queue_max.unwrap_or(10_000).max(1),
+        http_config: r.http_config,
     })
 }
 

@@ -4,8 +4,9 @@
 //! notification, a gone one a `resolved` notification (with `endsAt`); Alertmanager also gets
 //! firing alerts again every `resend_interval`, valid for four of them, as Prometheus does.
 //! Each receiver (each URL of an Alertmanager cluster) has its own durable spool and one
-//! delivery task, which retries timeouts, 5xx and 429 with exponential backoff and jitter, and
-//! gives up on other 4xx, logging the receiver's answer.
+//! delivery task, which retries timeouts, 5xx, 429, TLS failures and 401/403 (a configuration
+//! someone will fix) with exponential backoff and jitter, and gives up on other 4xx, logging
+//! the receiver's answer.
 
 mod announced;
 pub mod config;
@@ -71,6 +72,12 @@ pub enum NotifyError {
         path: String,
         message: String,
     },
+    #[error("notifier {name}: http_config: {source}")]
+    Http {
+        name: String,
+        #[source]
+        source: httpc::HttpError,
+    },
     #[error("notifier {name}: spool {path}: {source}")]
     Spool {
         name: String,
@@ -87,6 +94,8 @@ struct Receiver {
     config_name: String,
     kind: Kind,
     uri: http::Uri,
+    /// The client of the notifier's `http_config`.
+    client: Arc<httpc::Client>,
     key: Option<Vec<u8>>,
     timeout: Duration,
     spool: Mutex<Spool>,
@@ -137,7 +146,7 @@ impl Notifiers {
         let metrics = Metrics::default();
         store.register(
             names::NOTIFICATIONS,
-            "Notification deliveries by notifier and result: sent, retried (a failed attempt that is retried), failed (refused by the receiver, given up), dropped (spool full)",
+            "Notification deliveries by notifier and result: sent, retried (a failed attempt that is retried), tls_error and auth_error (a TLS handshake or a 401/403 failed; retried), failed (refused by the receiver, given up), dropped (spool full)",
             metrics.results.clone(),
         );
         store.register(
@@ -160,6 +169,12 @@ impl Notifiers {
                     Some(payload::signing_key(&text).map_err(err)?)
                 }
             };
+            let client = Arc::new(httpc::Client::new(&n.http_config).map_err(|source| {
+                NotifyError::Http {
+                    name: n.name.clone(),
+                    source,
+                }
+            })?);
             resend.insert(n.name.clone(), n.resend_interval);
             for (i, uri) in n.urls.iter().enumerate() {
                 let label = if n.urls.len() == 1 {
@@ -193,6 +208,7 @@ impl Notifiers {
                     config_name: n.name.clone(),
                     kind: n.kind,
                     uri: uri.clone(),
+                    client: Arc::clone(&client),
                     key: key.clone(),
                     timeout: n.timeout,
                     spool: Mutex::new(spool),
@@ -409,6 +425,9 @@ fn with_external(
 /// A failed delivery attempt.
 struct Failure {
     retry: bool,
+    /// The `result` it is counted under when retried: `retried`, or `tls_error` and
+    /// `auth_error` for the failures only a fixed configuration ends.
+    counted: &'static str,
     message: String,
 }
 
@@ -421,6 +440,7 @@ impl Receiver {
                 (
                     uri.parse::<http::Uri>().map_err(|e| Failure {
                         retry: false,
+                        counted: "failed",
                         message: e.to_string(),
                     })?,
                     payload::alertmanager(&n.alert),
@@ -444,28 +464,42 @@ impl Receiver {
                 payload::signature(key, &n.id, ts, &body),
             ));
         }
-        let attempt = httpc::request(http::Method::POST, &uri, &headers, body);
+        let attempt = self
+            .client
+            .request(http::Method::POST, &uri, &headers, body);
         match tokio::time::timeout(self.timeout, attempt).await {
             Err(_) => Err(Failure {
                 retry: true,
+                counted: "retried",
                 message: format!("no answer within {:?}", self.timeout),
+            }),
+            Ok(Err(e @ httpc::HttpError::Tls(_))) => Err(Failure {
+                retry: true,
+                counted: "tls_error",
+                message: e.to_string(),
             }),
             Ok(Err(e)) => Err(Failure {
                 retry: true,
+                counted: "retried",
                 message: e.to_string(),
             }),
             Ok(Ok(a)) if (200..300).contains(&a.status) => Ok(()),
-            Ok(Ok(a)) => Err(Failure {
-                retry: a.status >= 500 || a.status == 429,
-                message: format!(
-                    "HTTP {}: {}",
-                    a.status,
-                    String::from_utf8_lossy(&a.body)
-                        .chars()
-                        .take(500)
-                        .collect::<String>()
-                ),
-            }),
+            Ok(Ok(a)) => {
+                // 401, 403 and 407 are a configuration someone will fix: kept and retried.
+                let auth = matches!(a.status, 401 | 403 | 407);
+                Err(Failure {
+                    retry: auth || a.status >= 500 || a.status == 429,
+                    counted: if auth { "auth_error" } else { "retried" },
+                    message: format!(
+                        "HTTP {}: {}",
+                        a.status,
+                        String::from_utf8_lossy(&a.body)
+                            .chars()
+                            .take(500)
+                            .collect::<String>()
+                    ),
+                })
+            }
         }
     }
 }
@@ -513,8 +547,10 @@ async fn deliver(r: Arc<Receiver>, metrics: Metrics) {
             }
             Err(f) if f.retry => {
                 attempt += 1;
-                metrics.count(&r.label, "retried", 1);
-                if attempt == 1 {
+                metrics.count(&r.label, f.counted, 1);
+                if attempt == 1 && f.counted != "retried" {
+                    tracing::error!(notifier = %r.label, error = %f.message, "delivery refused for TLS or credentials; the notification stays queued and is retried with backoff until the configuration is fixed");
+                } else if attempt == 1 {
                     tracing::warn!(notifier = %r.label, error = %f.message, "delivery failed; retrying with backoff");
                 }
                 tokio::time::sleep(backoff(attempt, &mut seed)).await;

@@ -100,22 +100,15 @@ pub fn name<E: de::Error>(at: &Spanned<String>, what: &str, punct: &[char]) -> R
     ))
 }
 
-/// An `http://host[:port]...` URL; `form` shows the expected shape and `note` why (both in
-/// the message).
-pub fn http_url<E: de::Error>(
-    at: &Spanned<String>,
-    form: &str,
-    note: &str,
-) -> Result<http::Uri, E> {
+/// An `http://` or `https://` URL with a host; `form` shows the expected shape (in the
+/// message).
+pub fn http_url<E: de::Error>(at: &Spanned<String>, form: &str) -> Result<http::Uri, E> {
     let uri: http::Uri = at
         .value
         .parse()
         .map_err(|e| located(at, format!("invalid URL `{}`: {e}", at.value)))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(located(
-            at,
-            format!("URL `{}` must be {form} ({note})", at.value),
-        ));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(located(at, format!("URL `{}` must be {form}", at.value)));
     }
     Ok(uri)
 }
@@ -165,7 +158,8 @@ mod tests {
             .to_string();
         assert!(e.ends_with("`_` or `-`"), "{e}");
         assert!(name::<de::value::Error>(&s(&"x".repeat(65)), "n", &[]).is_err());
-        assert!(http_url::<de::value::Error>(&s("ftp://x"), "http://host", "why").is_err());
-        assert!(http_url::<de::value::Error>(&s("http://x:1/p"), "http://host", "why").is_ok());
+        assert!(http_url::<de::value::Error>(&s("ftp://x"), "http://host").is_err());
+        assert!(http_url::<de::value::Error>(&s("http://x:1/p"), "http://host").is_ok());
+        assert!(http_url::<de::value::Error>(&s("https://x/p"), "http://host").is_ok());
     }
 }

@@ -15,6 +15,8 @@ pub enum Failure {
     Timeout,
     /// The connection was refused: nothing listens.
     Refused,
+    /// The TLS handshake failed (unknown CA, expired certificate, hostname mismatch).
+    Tls(String),
     /// An unexpected HTTP status.
     Status(u16),
     /// The body did not match, or was too large.
@@ -30,6 +32,7 @@ impl Failure {
         match self {
             Failure::Timeout => "timeout",
             Failure::Refused => "refused",
+            Failure::Tls(_) => "tls",
             Failure::Status(_) => "status",
             Failure::Body(_) => "body",
             Failure::Error(_) => "error",
@@ -43,6 +46,7 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Timeout => f.write_str("no answer within the timeout"),
             Failure::Refused => f.write_str("connection refused"),
+            Failure::Tls(m) => write!(f, "TLS: {m}"),
             Failure::Status(s) => write!(f, "unexpected status {s}"),
             Failure::Body(m) => write!(f, "body: {m}"),
             Failure::Error(m) => f.write_str(m),
@@ -58,11 +62,13 @@ pub async fn run(check: &Check, timeout: Duration) -> Result<Duration, Failure> 
         match check {
             Check::Http {
                 uri,
+                client,
                 expect_status,
                 body_contains,
                 body_regex,
             } => {
                 http(
+                    client,
                     uri,
                     expect_status,
                     body_contains.as_deref(),
@@ -89,15 +95,18 @@ async fn connect(addr: &str) -> Result<TcpStream, Failure> {
 }
 
 async fn http(
+    client: &httpc::Client,
     uri: &http::Uri,
     expect_status: &[u16],
     body_contains: Option<&str>,
     body_regex: Option<&regex::Regex>,
 ) -> Result<(), Failure> {
-    let answer = httpc::request(http::Method::GET, uri, &[], Bytes::new())
+    let answer = client
+        .request(http::Method::GET, uri, &[], Bytes::new())
         .await
         .map_err(|e| match e {
             HttpError::Refused => Failure::Refused,
+            HttpError::Tls(m) => Failure::Tls(m),
             HttpError::Body(m) => Failure::Body(format!("reading the body: {m}")),
             other => Failure::Error(other.to_string()),
         })?;

@@ -5,7 +5,10 @@ use std::{collections::HashSet, time::Duration};
 use serde::{Deserialize, Deserializer, de};
 use serde_saphyr::Spanned;
 
-use crate::yaml::{self, duration_at_least, located};
+use crate::{
+    httpc,
+    yaml::{self, duration_at_least, located},
+};
 
 /// What a heartbeat entry looks like in the file. Exactly one of `url`, `tcp` and `push_ttl`
 /// says what kind of check it is.
@@ -15,7 +18,7 @@ struct RawHeartbeat {
     /// The target's name: the `target` label, and the path of a push heartbeat
     /// (`POST /api/v1/heartbeat/{name}`). Letters, digits, `_`, `-` and `.`; unique.
     name: Spanned<String>,
-    /// HTTP check: `GET` this `http://` URL; up when the status is expected and the body
+    /// HTTP check: `GET` this `http://` or `https://` URL; up when the status is expected and the body
     /// matches.
     url: Option<Spanned<String>>,
     /// TCP check: connect to this `host:port`.
@@ -44,6 +47,10 @@ struct RawHeartbeat {
     down_after: Option<Spanned<u32>>,
     /// Consecutive successful checks before a down target is reported up again. Default 1.
     up_after: Option<Spanned<u32>>,
+    /// HTTP: how the target is reached (basic auth, authorization, TLS with a private CA or a
+    /// client certificate, proxy, redirects), with Prometheus's keys. Default: none of them.
+    #[serde(default)]
+    http_config: httpc::HttpConfig,
 }
 
 /// One validated heartbeat target.
@@ -65,6 +72,8 @@ pub struct HeartbeatConfig {
 pub enum Check {
     Http {
         uri: http::Uri,
+        /// The client of this target's `http_config`.
+        client: std::sync::Arc<httpc::Client>,
         /// Empty: any 2xx.
         expect_status: Vec<u16>,
         body_contains: Option<String>,
@@ -146,13 +155,15 @@ fn validate<E: de::Error>(r: RawHeartbeat) -> Result<HeartbeatConfig, E> {
             ),
         ));
     }
-    let http_only =
-        r.expect_status.is_some() || r.body_contains.is_some() || r.body_regex.is_some();
+    let http_only = r.expect_status.is_some()
+        || r.body_contains.is_some()
+        || r.body_regex.is_some()
+        || r.http_config != httpc::HttpConfig::default();
     if http_only && r.url.is_none() {
         return Err(located(
             name,
             format!(
-                "heartbeat `{}`: expect_status, body_contains and body_regex apply to `url` checks only",
+                "heartbeat `{}`: expect_status, body_contains, body_regex and http_config apply to `url` checks only",
                 name.value
             ),
         ));
@@ -222,11 +233,9 @@ fn validate<E: de::Error>(r: RawHeartbeat) -> Result<HeartbeatConfig, E> {
         }
     };
     let check = if let Some(url) = &r.url {
-        let uri = yaml::http_url(
-            url,
-            "http://host[:port]/path",
-            "local health endpoints; https is not supported",
-        )?;
+        let uri = yaml::http_url(url, "http(s)://host[:port]/path")?;
+        let client = httpc::Client::new(&r.http_config)
+            .map_err(|e| located(url, format!("http_config: {e}")))?;
         let mut expect_status = Vec::new();
         for s in r.expect_status.iter().flatten() {
             if !(100..=599).contains(&s.value) {
@@ -244,6 +253,7 @@ fn validate<E: de::Error>(r: RawHeartbeat) -> Result<HeartbeatConfig, E> {
             .transpose()?;
         Check::Http {
             uri,
+            client: std::sync::Arc::new(client),
             expect_status,
             body_contains: r.body_contains.clone(),
             body_regex,
