@@ -32,6 +32,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../packaging/config.yaml");
 pub struct Config {
     /// Address of the HTTP server (`/metrics`, `/healthz`, the API). Default `0.0.0.0:9477`.
     pub listen: SocketAddr,
+    /// A web-config file in exporter-toolkit's format (as node_exporter's and Alertmanager's
+    /// `--web.config.file`): TLS for the HTTP server, client certificates, basic-auth users.
+    /// Default: none (plain HTTP, no authentication).
+    pub web_config_file: Option<PathBuf>,
     /// How often collectors run and rules are evaluated. Default `1s`; at least `100ms`.
     pub interval: Interval,
     /// Root of the proc filesystem, for the procfs fallbacks. Default `/proc`.
@@ -68,6 +72,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9477)),
+            web_config_file: None,
             interval: Interval(Duration::from_secs(1)),
             proc_root: PathBuf::from("/proc"),
             probes: ProbesConfig::default(),
@@ -87,6 +92,7 @@ impl Default for Config {
 /// The top-level keys, in the order the reference lists them.
 const KEYS: &[&str] = &[
     "listen",
+    "web_config_file",
     "interval",
     "proc_root",
     "probes",
@@ -129,6 +135,7 @@ impl Config {
             }
         }
         set(&mut doc, "listen", &mut c.listen);
+        set(&mut doc, "web_config_file", &mut c.web_config_file);
         set(&mut doc, "interval", &mut c.interval);
         set(&mut doc, "proc_root", &mut c.proc_root);
         c.probes = collectors::probes_config(&mut doc, &["probes"]);

@@ -26,6 +26,10 @@ enum Command {
         /// Listen address for HTTP; overrides `listen:` in the config.
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// A web-config file (exporter-toolkit's format: TLS, client certificates, basic-auth
+        /// users); overrides `web_config_file:` in the config.
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<PathBuf>,
     },
     /// Validate a configuration file: exit 0, or 1 with every problem, one `file:line:col:
     /// key: message` line each.
@@ -110,12 +114,25 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, listen } => {
+        Command::Run {
+            config,
+            listen,
+            web_config_file,
+        } => {
             let Some(mut cfg) = load(config.as_deref()) else {
                 return ExitCode::from(EXIT_INVALID);
             };
             if let Some(addr) = listen {
                 cfg.listen = addr;
+            }
+            if let Some(f) = web_config_file {
+                cfg.web_config_file = Some(f);
+            }
+            if let Some(f) = &cfg.web_config_file
+                && let Err(e) = nodewatch::http::web::WebConfig::load(f)
+            {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_INVALID);
             }
             let groups = match rules::load_for_config(&cfg, config.as_deref()) {
                 Ok(g) => g,
@@ -134,6 +151,15 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(cfg)
+                if let Some(Err(e)) = cfg
+                    .web_config_file
+                    .as_deref()
+                    .map(nodewatch::http::web::WebConfig::load) =>
+            {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_INVALID)
+            }
             Ok(cfg) => match rules::load_for_config(&cfg, Some(&file)) {
                 Ok(groups) => {
                     let n: usize = groups.iter().map(|g| g.rules.len()).sum();

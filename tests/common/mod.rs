@@ -10,6 +10,7 @@ pub mod nvml;
 pub mod prometheus;
 pub mod receiver;
 pub mod scoreboard;
+pub mod tls;
 
 use std::{
     io::{Read, Write},

@@ -13,7 +13,10 @@ use crate::{
     collectors::{Collectors, heartbeats::Heartbeats},
     config::Config,
     health::{Health, fleet::FleetSetup, haproxy},
-    http::{self, server},
+    http::{
+        self, server,
+        web::{self, TlsServer, WebConfig},
+    },
     notify::Notifiers,
     rules::{
         file::GroupDef,
@@ -40,6 +43,8 @@ pub enum RunError {
     Notify(#[from] crate::notify::NotifyError),
     #[error("health.token_file {path}: {message}")]
     Token { path: String, message: String },
+    #[error("web_config_file: {0}")]
+    WebConfig(String),
 }
 
 /// Runs the agent until SIGINT or SIGTERM; SIGHUP reloads the rules.
@@ -51,6 +56,16 @@ pub fn run(
     // Until the reload handler is in place, a SIGHUP must not end the agent (its default).
     // SAFETY: setting a signal's disposition to "ignore" has no preconditions.
     unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    let web = match &cfg.web_config_file {
+        None => WebConfig::default(),
+        Some(p) => WebConfig::load(p).map_err(|e| RunError::WebConfig(e.to_string()))?,
+    };
+    let tls = web
+        .tls
+        .clone()
+        .map(|t| TlsServer::new(t).map(Arc::new))
+        .transpose()
+        .map_err(RunError::WebConfig)?;
     let mut store = Store::new();
     let collectors = Collectors::start(&cfg.collectors(), &mut store);
     let probe_modes = collectors.modes();
@@ -95,7 +110,7 @@ pub fn run(
     let mut notifiers = Notifiers::new(
         &cfg.notifiers.0,
         &cfg.spool_dir,
-        external_url(cfg.listen),
+        external_url(cfg.listen, tls.is_some()),
         external_labels,
         &mut store,
     )?;
@@ -173,7 +188,19 @@ pub fn run(
             // Served by the tick thread between two ticks; within the server's 10 s per request.
             reload_wait: (cfg.interval.0 * 2 + Duration::from_secs(1)).min(Duration::from_secs(8)),
         }));
-        server::serve(listener, app, shutdown_signal()).await
+        let app = if web.users.is_empty() {
+            app
+        } else {
+            web::with_basic_auth(app, Arc::new(web::Users::new(web.users.clone())))
+        };
+        if cfg.web_config_file.is_some() {
+            tracing::info!(
+                tls = tls.is_some(),
+                basic_auth_users = web.users.len(),
+                "web config: TLS and basic auth of the HTTP server"
+            );
+        }
+        server::serve(listener, app, tls, shutdown_signal()).await
     });
     systemd::notify("STOPPING=1");
     stop.stop();
@@ -186,11 +213,12 @@ pub fn run(
 }
 
 /// The agent's own URL as receivers see it: this host's name and the HTTP port.
-fn external_url(listen: std::net::SocketAddr) -> String {
+fn external_url(listen: std::net::SocketAddr, tls: bool) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
-    format!("http://{host}:{}", listen.port())
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}:{}", listen.port())
 }
 
 /// Reads the drain/undrain token; an unreadable or empty file stops the start.

@@ -3,6 +3,7 @@
 
 pub mod server;
 mod view;
+pub mod web;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -78,7 +79,9 @@ async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
-    if !allowed(&state, peer, request.headers()) {
+    // A basic-auth user of the web config counts as the token does.
+    let user = request.extensions().get::<web::Authenticated>().is_some();
+    if !user && !allowed(&state, peer, request.headers()) {
         return forbidden();
     }
     next.run(request).await

@@ -23,6 +23,8 @@ use tokio::{
 };
 use tower::ServiceExt;
 
+use super::web::TlsServer;
+
 /// Connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to send a request's headers (also the keep-alive idle limit).
@@ -35,9 +37,11 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 64;
 
 /// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish.
+/// With `tls`, each connection is a TLS one (its handshake within `HEADER_TIMEOUT`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<Arc<TlsServer>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -68,8 +72,20 @@ pub async fn serve(
         };
         warned_full.store(false, Ordering::Relaxed);
         let app = app.clone();
+        let tls = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            serve_connection(stream, peer, app).await;
+            match tls {
+                None => serve_connection(stream, peer, app).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_connection(s, peer, app).await,
+                        // A scanner, a client that does not trust us, or plain HTTP: its own
+                        // side reports it.
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }

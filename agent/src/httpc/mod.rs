@@ -191,20 +191,29 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// The rustls error or the I/O error an error is, looking through the boxes that hide a
+/// cause's type (a `Box<dyn Error>`'s own `source()` skips the boxed error itself).
+fn cause_of(err: &(dyn std::error::Error + 'static)) -> Option<HttpError> {
+    if let Some(t) = err.downcast_ref::<rustls::Error>() {
+        return Some(HttpError::Tls(tls::describe(t)));
+    }
+    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::ConnectionRefused {
+            return Some(HttpError::Refused);
+        }
+        if let Some(inner) = io.get_ref() {
+            return cause_of(inner);
+        }
+    }
+    None
+}
+
 /// Sorts a failed request into refused, TLS, connect or protocol.
 fn classify(e: &reqwest::Error, uri: &http::Uri) -> HttpError {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            return HttpError::Tls(tls::describe(t));
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return HttpError::Refused;
-            }
-            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return HttpError::Tls(tls::describe(t));
-            }
+        if let Some(found) = cause_of(err) {
+            return found;
         }
         cur = err.source();
     }
