@@ -435,3 +435,95 @@ fn alertmanager_behind_tls_and_basic_auth_gets_alerts_once_a_wrong_ca_or_passwor
         "{text}"
     );
 }
+
+/// `CapabilityBoundingSet=` of the packaged unit, as setpriv arguments (`-all,+bpf,...`).
+fn unit_capabilities() -> String {
+    let unit = include_str!("../packaging/nodewatch.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds capabilities");
+    let caps: Vec<String> = line
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    format!("-all,{}", caps.join(","))
+}
+
+/// Replaces `to` with `from`'s content at once (write beside, then rename), mode 0600.
+fn install(from: &std::path::Path, to: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = to.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// Under exactly the unit's capability set (no CAP_DAC_OVERRIDE, and none at all once the
+/// probes are attached) the agent reads its root-owned 0600 key, and a rotated certificate
+/// is served without a restart.
+#[test]
+fn under_the_units_capabilities_a_rotated_server_certificate_is_served() {
+    if !common::have_root("tls rotation")
+        || !have_tool("tls rotation", "openssl")
+        || !have_tool("tls rotation", "setpriv")
+    {
+        return;
+    }
+    let dir = TempDir::new("tls-rotate");
+    let first = Pki::new(&dir, "first");
+    let second = Pki::new(&dir, "second");
+    let (c1, k1) = first.issue("agent-one");
+    let (c2, k2) = second.issue("agent-two");
+    let (cert, key) = (dir.0.join("tls.crt"), dir.0.join("tls.key"));
+    install(&c1, &cert);
+    install(&k1, &key);
+    let web = dir.write(
+        "web.yml",
+        &format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let caps = unit_capabilities();
+    let agent = TlsAgent::start_wrapped(
+        &dir,
+        QUIET,
+        &web,
+        &first.ca,
+        &[
+            "setpriv",
+            "--bounding-set",
+            &caps,
+            "--no-new-privs",
+            "--inh-caps=-all",
+        ],
+    );
+    wait_for(Duration::from_secs(10), || {
+        agent
+            .log_text()
+            .contains("dropped every capability")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", agent.log_text()));
+    assert!(curl(&agent.url("/healthz"), &second.ca, None).is_none());
+
+    install(&k2, &key);
+    install(&c2, &cert);
+    wait_for(Duration::from_secs(10), || {
+        curl(&agent.url("/healthz"), &second.ca, None).filter(|(s, _)| *s == 200)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the rotated certificate is not served:\n{}",
+            agent.log_text()
+        )
+    });
+    assert!(curl(&agent.url("/healthz"), &first.ca, None).is_none());
+    assert!(
+        agent.log_text().contains("TLS certificate reloaded"),
+        "{}",
+        agent.log_text()
+    );
+}

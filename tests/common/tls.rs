@@ -264,10 +264,30 @@ pub struct TlsAgent {
 
 impl TlsAgent {
     pub fn start(dir: &TempDir, config: &str, web_config: &Path, ca: &Path) -> Self {
+        Self::start_wrapped(dir, config, web_config, ca, &[])
+    }
+
+    /// As [`TlsAgent::start`], run through `wrapper` (e.g. `setpriv` with the unit's
+    /// capabilities).
+    pub fn start_wrapped(
+        dir: &TempDir,
+        config: &str,
+        web_config: &Path,
+        ca: &Path,
+        wrapper: &[&str],
+    ) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let cfg = dir.write("config.yaml", config);
         let log = dir.0.join("agent.log");
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&cfg)
             .args(["--listen", &addr.to_string()])
