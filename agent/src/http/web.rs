@@ -35,7 +35,7 @@ use sha2::Digest as _;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    httpc::{config::MinVersion, tls},
+    httpc::tls::{self, MinVersion},
     yaml::{self, Spanned, located},
 };
 

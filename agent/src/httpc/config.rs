@@ -3,14 +3,12 @@
 //! read while the configuration is checked, so a missing or unreadable one is reported with
 //! its location like any other mistake.
 
-use std::{
-    path::{Path, PathBuf},
-    time::SystemTime,
-};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, de};
 
-use super::{HttpError, tls};
+use super::tls;
+pub use super::tls::{MinVersion, TlsConfig};
 use crate::yaml::{Spanned, located};
 
 /// A secret given in the file itself or read from a file at each use.
@@ -56,48 +54,6 @@ pub struct Authorization {
     pub credentials: Secret,
 }
 
-/// The lowest TLS version offered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MinVersion {
-    #[default]
-    Tls12,
-    Tls13,
-}
-
-/// `tls_config:` of a client.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsConfig {
-    /// CA certificates (PEM) trusted besides the system's roots.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM, with its chain) and its key, for servers that ask for one.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// The name the server's certificate is checked against, instead of the URL's host.
-    pub server_name: Option<String>,
-    /// Accept any server certificate (testing only).
-    pub insecure_skip_verify: bool,
-    pub min_version: MinVersion,
-}
-
-impl TlsConfig {
-    /// The files this configuration reads.
-    pub fn files(&self) -> Vec<&Path> {
-        [&self.ca_file, &self.cert_file, &self.key_file]
-            .into_iter()
-            .flatten()
-            .map(PathBuf::as_path)
-            .collect()
-    }
-
-    /// The modification times of the files, to notice a rotation.
-    pub fn stamps(&self) -> Vec<Option<SystemTime>> {
-        self.files()
-            .into_iter()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .collect()
-    }
-}
-
 /// A validated `http_config`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
@@ -126,16 +82,16 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     /// The `Authorization` header value, with the secret read now.
-    pub fn authorization_header(&self) -> Result<Option<String>, HttpError> {
+    pub fn authorization_header(&self) -> Result<Option<String>, String> {
         use base64::Engine as _;
         if let Some(b) = &self.basic_auth {
-            let password = b.password.read().map_err(HttpError::Config)?;
+            let password = b.password.read()?;
             let token = base64::engine::general_purpose::STANDARD
                 .encode(format!("{}:{password}", b.username));
             return Ok(Some(format!("Basic {token}")));
         }
         if let Some(a) = &self.authorization {
-            let credentials = a.credentials.read().map_err(HttpError::Config)?;
+            let credentials = a.credentials.read()?;
             return Ok(Some(format!("{} {credentials}", a.kind)));
         }
         Ok(None)

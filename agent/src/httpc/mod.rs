@@ -115,7 +115,11 @@ impl Client {
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        if let Some(value) = self.config.authorization_header()? {
+        if let Some(value) = self
+            .config
+            .authorization_header()
+            .map_err(HttpError::Config)?
+        {
             req = req.header(http::header::AUTHORIZATION, value);
         }
         let resp = req.send().await.map_err(|e| classify(&e, uri))?;

@@ -3,8 +3,9 @@
 //! each way a handshake fails.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, OnceLock},
+    time::SystemTime,
 };
 
 use rustls::{
@@ -17,7 +18,47 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject as _};
 
-use super::config::{MinVersion, TlsConfig};
+/// The lowest TLS version offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MinVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// `tls_config:` of a client.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// CA certificates (PEM) trusted besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM, with its chain) and its key, for servers that ask for one.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The name the server's certificate is checked against, instead of the URL's host.
+    pub server_name: Option<String>,
+    /// Accept any server certificate (testing only).
+    pub insecure_skip_verify: bool,
+    pub min_version: MinVersion,
+}
+
+impl TlsConfig {
+    /// The files this configuration reads.
+    pub fn files(&self) -> Vec<&Path> {
+        [&self.ca_file, &self.cert_file, &self.key_file]
+            .into_iter()
+            .flatten()
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
+    /// The modification times of the files, to notice a rotation.
+    pub fn stamps(&self) -> Vec<Option<SystemTime>> {
+        self.files()
+            .into_iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+}
 
 /// The crypto provider of every TLS connection: ring (aws-lc-rs, with post-quantum key
 /// exchange, would need cmake and a long C build; ring's classical suites are what

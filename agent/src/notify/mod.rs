@@ -11,6 +11,7 @@
 mod announced;
 pub mod config;
 mod payload;
+mod send;
 mod spool;
 
 use std::{
@@ -20,7 +21,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use bytes::Bytes;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use tokio::sync::Notify;
 
@@ -420,88 +420,6 @@ fn with_external(
         labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
     labels
-}
-
-/// A failed delivery attempt.
-struct Failure {
-    retry: bool,
-    /// The `result` it is counted under when retried: `retried`, or `tls_error` and
-    /// `auth_error` for the failures only a fixed configuration ends.
-    counted: &'static str,
-    message: String,
-}
-
-impl Receiver {
-    async fn send(&self, n: &Notification) -> Result<(), Failure> {
-        let (uri, body) = match self.kind {
-            Kind::Alertmanager => {
-                let base = self.uri.to_string();
-                let uri = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
-                (
-                    uri.parse::<http::Uri>().map_err(|e| Failure {
-                        retry: false,
-                        counted: "failed",
-                        message: e.to_string(),
-                    })?,
-                    payload::alertmanager(&n.alert),
-                )
-            }
-            Kind::Webhook => (
-                self.uri.clone(),
-                payload::webhook(&n.alert, &self.config_name, &self.external_url),
-            ),
-        };
-        let body = Bytes::from(body.to_string());
-        let mut headers = vec![("content-type", "application/json".to_string())];
-        if let Some(key) = &self.key {
-            let ts = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            headers.push(("webhook-id", n.id.clone()));
-            headers.push(("webhook-timestamp", ts.to_string()));
-            headers.push((
-                "webhook-signature",
-                payload::signature(key, &n.id, ts, &body),
-            ));
-        }
-        let attempt = self
-            .client
-            .request(http::Method::POST, &uri, &headers, body);
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Err(_) => Err(Failure {
-                retry: true,
-                counted: "retried",
-                message: format!("no answer within {:?}", self.timeout),
-            }),
-            Ok(Err(e @ httpc::HttpError::Tls(_))) => Err(Failure {
-                retry: true,
-                counted: "tls_error",
-                message: e.to_string(),
-            }),
-            Ok(Err(e)) => Err(Failure {
-                retry: true,
-                counted: "retried",
-                message: e.to_string(),
-            }),
-            Ok(Ok(a)) if (200..300).contains(&a.status) => Ok(()),
-            Ok(Ok(a)) => {
-                // 401, 403 and 407 are a configuration someone will fix: kept and retried.
-                let auth = matches!(a.status, 401 | 403 | 407);
-                Err(Failure {
-                    retry: auth || a.status >= 500 || a.status == 429,
-                    counted: if auth { "auth_error" } else { "retried" },
-                    message: format!(
-                        "HTTP {}: {}",
-                        a.status,
-                        String::from_utf8_lossy(&a.body)
-                            .chars()
-                            .take(500)
-                            .collect::<String>()
-                    ),
-                })
-            }
-        }
-    }
 }
 
 /// Backoff before retry `attempt` (1, 2, ...): 500 ms doubling to 60 s, times 0.5..1.
