@@ -111,6 +111,7 @@ fn world_writable_config_or_rule_file_is_refused() {
 fn secrets_never_reach_the_logs() {
     const HOOK_SECRET: &str = "hook-SECRET-7f3a9c1e";
     const TOKEN: &str = "token-SECRET-51d0b2";
+    const PASSWORD: &str = "basic-SECRET-9e2c44";
     let dir = TempDir::new("security-secrets");
     let receiver = Receiver::start(Answer::Status(200));
     let secret = dir.write("hook.key", &format!("{HOOK_SECRET}\n"));
@@ -124,7 +125,7 @@ fn secrets_never_reach_the_logs() {
     let config = format!(
         "{QUIET}spool_dir: {spool}\ndefault_rules: false\nrule_files: [rules.yaml]
 notifiers:
-  - {{ name: ops, kind: webhook, url: \"{url}\", secret_file: {secret}, timeout: 2s }}
+  - {{ name: ops, kind: webhook, url: \"{url}\", secret_file: {secret}, timeout: 2s, http_config: {{ basic_auth: {{ username: ops, password: {PASSWORD} }} }} }}
 health: {{ token_file: {token} }}
 ",
         spool = dir.0.join("spool").display(),
@@ -146,6 +147,14 @@ health: {{ token_file: {token} }}
         "the secret is in use: {}",
         first.head
     );
+    assert!(
+        first
+            .head
+            .to_ascii_lowercase()
+            .contains("authorization: basic "),
+        "the password is in use: {}",
+        first.head
+    );
     let auth = format!("Bearer {TOKEN}");
     for path in ["/api/v1/drain", "/api/v1/undrain", "/api/v1/reload"] {
         let answer = post_with_token(agent.addr, path, &auth, r#"{"reason": "security test"}"#);
@@ -163,7 +172,16 @@ health: {{ token_file: {token} }}
         log.contains("TRACE") || log.contains("DEBUG"),
         "trace logging on:\n{log}"
     );
-    for (what, s) in [("webhook secret", HOOK_SECRET), ("drain token", TOKEN)] {
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("ops:{PASSWORD}"))
+    };
+    for (what, s) in [
+        ("webhook secret", HOOK_SECRET),
+        ("drain token", TOKEN),
+        ("basic-auth password", PASSWORD),
+        ("basic-auth header", &basic),
+    ] {
         assert!(!log.contains(s), "the {what} is in the log:\n{log}");
     }
 
