@@ -362,3 +362,51 @@ async fn require_user(State(users): State<Arc<Users>>, mut req: Request, next: N
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<WebConfig, String> {
+        yaml::parse::<WebConfig>("web.yml", text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        let e = parse("basic_auth_users:\n  al: plaintext\n").unwrap_err();
+        assert!(e.starts_with("web.yml:2:7:"), "{e}");
+        assert!(e.contains("not a bcrypt hash"), "{e}");
+        let e = parse(
+            "tls_server_config:\n  cert_file: /nonexistent/c.pem\n  key_file: /nonexistent/k.pem\n",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("web.yml:2:14:"), "{e}");
+        let e = parse("tls_server_configs: {}\n").unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn users_need_their_password() {
+        let hash = bcrypt::hash("right", 4).unwrap();
+        let users = Users::new(BTreeMap::from([("al".to_string(), hash)]));
+        let header = |s: &str| {
+            use base64::Engine as _;
+            HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            ))
+            .unwrap()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(users.check(Some(&header("al:right"))).await);
+            // Again, from the cache of checked credentials.
+            assert!(users.check(Some(&header("al:right"))).await);
+            assert!(!users.check(Some(&header("al:wrong"))).await);
+            assert!(!users.check(Some(&header("bob:right"))).await);
+            assert!(!users.check(None).await);
+        });
+    }
+}
