@@ -419,6 +419,16 @@ fn bad_heartbeat_configs_are_located() {
             "must be http(s)://",
         ),
         (
+            "heartbeats:\n  - name: a\n    url: \"https://x/\"\n    http_config: { tls_config: { ca_file: /nonexistent/ca.pem } }\n",
+            4,
+            "ca_file /nonexistent/ca.pem: No such file",
+        ),
+        (
+            "heartbeats:\n  - { name: a, tcp: \"x:1\", http_config: { follow_redirects: false } }\n",
+            2,
+            "apply to `url` checks only",
+        ),
+        (
             "heartbeats:\n  - { name: a, tcp: \"nohost\" }\n",
             2,
             "must be host:port",
