@@ -19,6 +19,7 @@ pub const NODE_DEGRADED: &str = "node_degraded";
 pub const HEALTH_TRANSITIONS: &str = "health_transitions";
 pub const UNHEALTHY_SECONDS: &str = "unhealthy_seconds";
 pub const DRAIN_DEFERRED: &str = "drain_deferred";
+pub const DRAIN_BUDGET_EXHAUSTED: &str = "drain_budget_exhausted";
 pub const NOTIFICATIONS: &str = "notifications";
 pub const NOTIFICATION_QUEUE: &str = "notification_queue_length";
 pub const GPU_IOCTL_DURATION: &str = "gpu_ioctl_duration_seconds";
