@@ -1,6 +1,6 @@
-//! The fleet as the drain budget sees it: the firing nodewatch alerts with a `health` of
-//! drain or down, read from every Alertmanager the agent notifies and merged (clustered
-//! Alertmanagers gossip silences, not alerts, so each holds only what was posted to it).
+//! The fleet as the drain budget sees it: the nodes' claims ([`UNHEALTHY_ALERT`]), read from
+//! every Alertmanager the agent notifies and merged (clustered Alertmanagers gossip silences,
+//! not alerts, so each holds only what was posted to it).
 //!
 //! A query runs on a task of its own, asked for by the tick while a drain is pending or held
 //! (at most once per tick; asks that come while one runs make one more); the tick only reads
@@ -132,7 +132,7 @@ impl Fleet {
     /// Asks every Alertmanager at once and keeps the merged answer as the latest view.
     pub async fn query(&self) {
         let started = Instant::now();
-        let wanting = matchers(&self.setup, &[("health", "=~", "drain|down")]);
+        let wanting = matchers(&self.setup, &[("alertname", "=", UNHEALTHY_ALERT)]);
         let members = matchers(&self.setup, &[("alertname", "=", MEMBER_ALERT)]);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, am) in self.setup.alertmanagers.iter().enumerate() {
@@ -274,16 +274,20 @@ mod tests {
     }
 
     #[test]
-    fn asks_for_drain_and_down_alerts_of_this_fleet() {
-        let m = matchers(&setup(), &[("health", "=~", "drain|down")]);
+    fn asks_for_the_claims_of_this_fleet() {
+        let m = matchers(&setup(), &[("alertname", "=", UNHEALTHY_ALERT)]);
         assert_eq!(
             m,
-            ["health=~\"drain|down\"", "node!=\"\"", "cluster=\"a\\\"b\""]
+            [
+                "alertname=\"NodewatchNodeUnhealthy\"",
+                "node!=\"\"",
+                "cluster=\"a\\\"b\""
+            ]
         );
         let u = url(&setup().alertmanagers[0], &m[..1]);
         assert_eq!(
             u,
-            "http://am1:9093/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true&filter=health%3D~%22drain%7Cdown%22"
+            "http://am1:9093/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true&filter=alertname%3D%22NodewatchNodeUnhealthy%22"
         );
     }
 
