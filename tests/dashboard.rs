@@ -31,7 +31,7 @@ const MUST_HAVE_DATA: &[&str] = &[
     "MTTR (mean time to recover)",
     "MTBF (mean time between failures)",
     "Firing alerts",
-    "Nodes out, and drains the budget defers",
+    "Nodes out, drains the budget defers, budget exhausted",
     "Retransmitted segments/s by port and container",
     "Accept-queue overflows/s by port and container",
     "Accept-queue fill by port and container",

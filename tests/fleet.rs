@@ -27,6 +27,14 @@ use common::{
     Agent, BIN, NftTable, TempDir, free_port, have_tool, http_get, http_request, wait_for,
 };
 
+/// The fleets run one at a time: each is a fleet of its own, and twenty agents are enough for
+/// two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// How often the test looks at every agent's `/healthz`.
 const POLL: Duration = Duration::from_millis(100);
 /// The agent's default tick.
@@ -422,6 +430,7 @@ fn assert_held(agent: &Agent, node: &str, reason_starts: &str) {
 
 #[test]
 fn five_nodes_losing_their_service_leave_no_more_than_the_budget() {
+    let _serial = serial();
     if !have_tool("fleet", "prometheus-alertmanager") {
         return;
     }
@@ -499,6 +508,7 @@ fn five_nodes_losing_their_service_leave_no_more_than_the_budget() {
 
 #[test]
 fn twenty_nodes_race_for_a_budget_of_twenty_percent() {
+    let _serial = serial();
     if !have_tool("fleet", "prometheus-alertmanager") || !have_tool("fleet", "nft") {
         return;
     }
@@ -640,6 +650,7 @@ fn twenty_nodes_race_for_a_budget_of_twenty_percent() {
 
 #[test]
 fn without_alertmanager_each_node_falls_back_as_configured() {
+    let _serial = serial();
     if !have_tool("fleet", "prometheus-alertmanager") {
         return;
     }

@@ -352,15 +352,16 @@ fn gate_drain(
     let view = b.fleet.latest();
     let decision = decide(&b.rules, &mine, view.as_deref(), now);
     let view = view.as_deref();
-    if !matches!(decision, Decision::Unreachable { .. }) && d.unreachable {
-        if let Some(v) = view.filter(|v| v.answered > 0) {
-            d.unreachable = false;
-            tracing::info!(
-                answered = v.answered,
-                asked = v.asked,
-                "drain budget: Alertmanager answers again"
-            );
-        }
+    if !matches!(decision, Decision::Unreachable { .. })
+        && d.unreachable
+        && let Some(v) = view.filter(|v| v.answered > 0)
+    {
+        d.unreachable = false;
+        tracing::info!(
+            answered = v.answered,
+            asked = v.asked,
+            "drain budget: Alertmanager answers again"
+        );
     }
     match decision {
         Decision::Out(verdict) => {
