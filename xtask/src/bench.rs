@@ -28,6 +28,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{root_dir, sh, step};
 
+mod floor;
 mod footprint;
 mod gpu_state;
 mod report;
@@ -186,6 +187,11 @@ pub fn bench() -> Result<()> {
         md.push_str(IOCTL_METHOD);
         md.push_str(&section("ioctl", || {
             ioctl(&nodewatch, &dir, &looper, null_kdev)
+        }));
+    }
+    if want("floor") {
+        md.push_str(&section("floor", || {
+            floor::section(&nodewatch, &dir, &looper, null_kdev)
         }));
     }
     if want("tcp") {

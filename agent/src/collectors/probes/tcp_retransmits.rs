@@ -14,9 +14,10 @@ use aya::{
     programs::{CgroupSkbAttachType, RawTracePoint},
 };
 use nodewatch_common::{
-    RetransOffsets,
+    PortBits, RetransOffsets,
     tcp_retransmits::{
-        COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_MAP, PROG_SENT, PROG_SKB, PROG_SYNACK, SENT_MAP,
+        COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_GLOBAL, PROG_SENT, PROG_SKB, PROG_SYNACK,
+        SENT_MAP, SENT_OTHER_MAP,
     },
 };
 use serde::Deserialize;
@@ -24,7 +25,7 @@ use serde::Deserialize;
 use super::{
     ebpf::{self, AttachError},
     kernel,
-    ports::{PortCounts, PortFamily, export_procfs},
+    ports::{CountMapName, PortCounts, PortFamily, export_procfs},
 };
 use crate::{
     collectors::{
@@ -107,20 +108,25 @@ impl Kernel {
         env: Env<'_>,
     ) -> Result<Self, AttachError> {
         let offsets = offsets()?;
+        let watched = PortBits::of(ports);
         let mut ebpf = EbpfLoader::new()
             .override_global("RETRANS_OFFSETS", &offsets, true)
+            .override_global(PORTS_GLOBAL, &watched, true)
             .load(OBJECT)?;
         let containers: &SharedContainers = env.containers;
         let counts = PortCounts::take(
             &mut ebpf,
-            (COUNTS_MAP, Some(PORTS_MAP)),
+            CountMapName::Shared(COUNTS_MAP),
             ports,
             &[OTHER_PORT],
             containers,
         )?;
         let sent = PortCounts::take(
             &mut ebpf,
-            (SENT_MAP, None),
+            CountMapName::PerCpu {
+                map: SENT_MAP,
+                other: SENT_OTHER_MAP,
+            },
             ports,
             &[OTHER_PORT],
             containers,

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use aya::{Ebpf, EbpfLoader, programs::CgroupSkbAttachType};
 use nodewatch_common::{
-    AcceptqOffsets,
-    accept_queue::{LISTENERS_MAP, OVERFLOWS_MAP, PORTS_MAP, PROG},
+    AcceptqOffsets, PortBits,
+    accept_queue::{LISTENERS_MAP, OVERFLOWS_MAP, PORTS_GLOBAL, PROG},
 };
 
 use super::netns::Listeners;
@@ -15,7 +15,7 @@ use crate::collectors::{
     probes::{
         ebpf::{self, AttachError},
         kernel,
-        ports::PortCounts,
+        ports::{CountMapName, PortCounts},
     },
 };
 
@@ -39,10 +39,11 @@ impl Kernel {
         let offsets = offsets()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("ACCEPTQ_OFFSETS", &offsets, true)
+            .override_global(PORTS_GLOBAL, &PortBits::of(ports), true)
             .load(OBJECT)?;
         let counts = PortCounts::take(
             &mut ebpf,
-            (OVERFLOWS_MAP, Some(PORTS_MAP)),
+            CountMapName::Shared(OVERFLOWS_MAP),
             ports,
             &[],
             containers,
