@@ -15,8 +15,8 @@
 //! `tcp_check_req()`, which answers with a SYN-ACK and counts nothing, so neither do we. The
 //! program never drops anything.
 //!
-//! It also notes every watched listener a packet reaches, by socket inode: its cgroup and its
-//! backlog limit. Userspace reads the queue length of listeners in other network namespaces
+//! It also notes every watched listener a packet reaches, by socket inode: its cgroup, its
+//! backlog limit and its network namespace's inode. Userspace reads the queue length of listeners in other network namespaces
 //! from `/proc/<pid>/net/tcp`, which shows the inode but not the limit or the cgroup.
 #![no_std]
 #![no_main]
@@ -49,6 +49,8 @@ static ACCEPTQ_OFFSETS: AcceptqOffsets = AcceptqOffsets {
     max_ack_backlog: 0,
     sk_socket: 0,
     socket_ino: 0,
+    sk_net: 0,
+    net_inum: 0,
     valid: 0,
 };
 
@@ -178,11 +180,27 @@ fn note_listener(tp: *const u8, off: &AcceptqOffsets, port: u16, cgroup: u64, ma
     let Ok(ino) = ino() else {
         return;
     };
+    let netns = || -> Result<u32, i64> {
+        if off.sk_net == 0 {
+            return Ok(0);
+        }
+        // SAFETY: checked kernel reads at offsets from this kernel's BTF.
+        unsafe {
+            let net: u64 = bpf_probe_read_kernel(tp.wrapping_add(off.sk_net as usize).cast())?;
+            Ok(bpf_probe_read_kernel(
+                (net as *const u8)
+                    .wrapping_add(off.net_inum as usize)
+                    .cast(),
+            )?)
+        }
+    };
     let seen = ListenerSeen {
         cgroup,
         max_backlog: max,
         port,
         _pad: 0,
+        netns: netns().unwrap_or(0),
+        _pad2: 0,
     };
     // SAFETY: a value userspace only reads; a stale read here only costs an extra write.
     if unsafe { LISTENERS.get(&ino) } != Some(&seen) {

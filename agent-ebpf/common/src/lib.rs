@@ -109,6 +109,10 @@ pub struct ListenerSeen {
     pub max_backlog: u32,
     pub port: u16,
     pub _pad: u16,
+    /// The inode number of the listener's network namespace (what `/proc/<pid>/ns/net`
+    /// names), 0 where it could not be read.
+    pub netns: u32,
+    pub _pad2: u32,
 }
 
 /// Where the accept-queue program finds a listener's queue length and limit: byte offsets of
@@ -123,6 +127,11 @@ pub struct AcceptqOffsets {
     /// The socket's inode number from its `struct socket`: `socket_alloc.vfs_inode` −
     /// `socket_alloc.socket` + `inode.i_ino`.
     pub socket_ino: u32,
+    /// `sock_common.skc_net` (a `struct net *`), from the start of `struct tcp_sock`, and
+    /// `net.ns` + `ns_common.inum`: the listener's network namespace. 0 where this kernel's
+    /// BTF lacks them (the namespace is then not noted).
+    pub sk_net: u32,
+    pub net_inum: u32,
     /// Set to 1 by userspace once the fields above are filled in.
     pub valid: u32,
 }

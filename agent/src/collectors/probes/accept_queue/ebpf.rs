@@ -75,11 +75,23 @@ fn offsets() -> Result<AcceptqOffsets, kernel::KernelError> {
     let socket_ino = kernel::member_offset("socket_alloc", "vfs_inode")?
         - kernel::member_offset("socket_alloc", "socket")?
         + kernel::member_offset("inode", "i_ino")?;
+    // Without these the queues of listeners in other namespaces are found through their
+    // cgroup's processes only.
+    let netns = || -> Result<(u32, u32), kernel::KernelError> {
+        Ok((
+            sock + kernel::member_offset("sock", "__sk_common")?
+                + kernel::member_offset("sock_common", "skc_net")?,
+            kernel::member_offset("net", "ns")? + kernel::member_offset("ns_common", "inum")?,
+        ))
+    };
+    let (sk_net, net_inum) = netns().unwrap_or((0, 0));
     Ok(AcceptqOffsets {
         ack_backlog: sock + kernel::member_offset("sock", "sk_ack_backlog")?,
         max_ack_backlog: sock + kernel::member_offset("sock", "sk_max_ack_backlog")?,
         sk_socket: sock + kernel::member_offset("sock", "sk_socket")?,
         socket_ino,
+        sk_net,
+        net_inum,
         valid: 1,
     })
 }
