@@ -18,8 +18,9 @@
 //! That is the kernel's `OutSegs` (new segments) plus `RetransSegs`, except segments a local
 //! firewall drops on output, which never reach this hook. The ports come straight from the
 //! headers (direct packet access) and are tested against a bitmap in `.rodata` first: a
-//! packet with no watched port costs a few loads and one per-CPU add, with no cgroup or hash
-//! work; a watched one adds to a per-CPU hash that userspace sums.
+//! packet with no watched port costs a few loads and is not counted; a watched one adds to a
+//! per-CPU hash that userspace sums (atomically: a softirq can send over a program running
+//! in process context on the same CPU).
 #![no_std]
 #![no_main]
 
@@ -27,7 +28,7 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST},
     helpers::{bpf_probe_read_kernel, bpf_skb_cgroup_id},
     macros::{cgroup_skb, map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuHashMap},
     programs::{RawTracePointContext, SkBuffContext},
 };
 use nodewatch_common::{
@@ -66,10 +67,6 @@ static RETRANS_SEGS: HashMap<PortCgroup, u64> =
 #[map]
 static TCP_SEGS_SENT: PerCpuHashMap<PortCgroup, u64> =
     PerCpuHashMap::with_max_entries(MAX_KEYS + MAX_PORTS, 0);
-
-/// Segments sent with no watched port at either end, per CPU.
-#[map]
-static TCP_SEGS_OTHER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -197,10 +194,9 @@ fn try_sent(ctx: &SkBuffContext) -> Result<(), i64> {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: context field reads, checked by the verifier (data and data_end become packet
     // pointers).
-    let (proto, gso_segs, data, end) = unsafe {
+    let (proto, data, end) = unsafe {
         (
             u16::from_be((*skb).protocol as u16),
-            (*skb).gso_segs,
             (*skb).data as usize,
             (*skb).data_end as usize,
         )
@@ -208,16 +204,17 @@ fn try_sent(ctx: &SkBuffContext) -> Result<(), i64> {
     let Some((sport, dport)) = tcp_ports(ctx, proto, data, end)? else {
         return Ok(());
     };
-    let segs = u64::from(gso_segs.max(1));
+    // `gso_segs` lives in the skb's shared info, past the packet data: a cache line of its
+    // own, read only once the packet is known to count.
+    // SAFETY: a context field read, checked by the verifier.
+    let segs = || u64::from(unsafe { core::ptr::read_volatile(&raw const (*skb).gso_segs) }.max(1));
     let port = if port_in(&RETRANS_PORT_BITS, sport) {
         sport
     } else if port_in(&RETRANS_PORT_BITS, dport) {
         dport
     } else {
-        if let Some(slot) = TCP_SEGS_OTHER.get_ptr_mut(0) {
-            // A softirq can send over a program running in process context on this CPU.
-            counter_add_nesting(slot, segs);
-        }
+        // Not counted: the ratio is for watched ports, and an unwatched packet's test ends
+        // here, before its cgroup, its segment count or any map.
         return Ok(());
     };
     // SAFETY: takes the context; the cgroup of the packet's socket (the listener's for a
@@ -236,7 +233,7 @@ fn try_sent(ctx: &SkBuffContext) -> Result<(), i64> {
         }
     };
     if let Some(slot) = slot {
-        counter_add_nesting(slot, segs);
+        counter_add_nesting(slot, segs());
     }
     Ok(())
 }

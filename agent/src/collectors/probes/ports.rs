@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues};
 use nodewatch_common::{FULL_CGROUP, PortCgroup, tcp_retransmits::OTHER_PORT};
 use prometheus_client::metrics::counter::Counter;
 
@@ -67,23 +67,16 @@ pub struct PortCounts {
 }
 
 /// How a program keeps its counts: one value shared by every CPU (rare events), or one per
-/// CPU (every packet), summed here, with the host-wide `other` slot in an array of its own.
+/// CPU (every packet), summed here.
 pub enum CountMap {
     Shared(HashMap<MapData, PortCgroup, u64>),
-    PerCpu {
-        map: PerCpuHashMap<MapData, PortCgroup, u64>,
-        other: PerCpuArray<MapData, u64>,
-    },
+    PerCpu(PerCpuHashMap<MapData, PortCgroup, u64>),
 }
 
-/// Which map a [`PortCounts`] takes: the counter map's name, and for per-CPU counts the
-/// name of the `other` array.
+/// Which map a [`PortCounts`] takes, by name.
 pub enum CountMapName {
     Shared(&'static str),
-    PerCpu {
-        map: &'static str,
-        other: &'static str,
-    },
+    PerCpu(&'static str),
 }
 
 impl PortCounts {
@@ -109,23 +102,19 @@ impl PortCounts {
                 }
                 (CountMap::Shared(map), name)
             }
-            CountMapName::PerCpu { map: name, other } => {
+            CountMapName::PerCpu(name) => {
                 let mut map: PerCpuHashMap<_, PortCgroup, u64> = ebpf
                     .take_map(name)
                     .ok_or(AttachError::Missing(name))?
                     .try_into()?;
                 let cpus = aya::util::nr_cpus()
                     .map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
-                for &port in ports {
+                for &port in &all {
                     let zeros = PerCpuValues::try_from(vec![0u64; cpus])
                         .map_err(|e| AttachError::Cpus(e.to_string()))?;
                     map.insert(PortCgroup::new(port, FULL_CGROUP), zeros, 0)?;
                 }
-                let other = ebpf
-                    .take_map(other)
-                    .ok_or(AttachError::Missing(other))?
-                    .try_into()?;
-                (CountMap::PerCpu { map, other }, name)
+                (CountMap::PerCpu(map), name)
             }
         };
         Ok(Self {
@@ -155,7 +144,6 @@ impl PortCounts {
                 value,
             });
         };
-        let mut other = None;
         match &self.map {
             CountMap::Shared(map) => {
                 for entry in map.iter() {
@@ -163,12 +151,11 @@ impl PortCounts {
                     push(key, value);
                 }
             }
-            CountMap::PerCpu { map, other: o } => {
+            CountMap::PerCpu(map) => {
                 for entry in map.iter() {
                     let (key, values) = entry.map_err(map_err)?;
                     push(key, values.iter().sum());
                 }
-                other = Some(o.get(&0, 0).map_err(map_err)?.iter().sum::<u64>());
             }
         }
         let map = &mut self.map;
@@ -181,7 +168,7 @@ impl PortCounts {
             |k| {
                 let _ = match map {
                     CountMap::Shared(m) => m.remove(k),
-                    CountMap::PerCpu { map, .. } => map.remove(k),
+                    CountMap::PerCpu(map) => map.remove(k),
                 };
             },
         );
@@ -190,9 +177,6 @@ impl PortCounts {
         }
         for (labels, total) in update.totals {
             set_counter(family, labels, total);
-        }
-        if let Some(total) = other {
-            set_counter(family, PortLabels::of(OTHER_PORT), total);
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use nodewatch_common::{
     PortBits, RetransOffsets,
     tcp_retransmits::{
         COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_GLOBAL, PROG_SENT, PROG_SKB, PROG_SYNACK,
-        SENT_MAP, SENT_OTHER_MAP,
+        SENT_MAP,
     },
 };
 use serde::Deserialize;
@@ -73,7 +73,7 @@ pub fn start(cfg: &TcpRetransmitsConfig, env: Env<'_>, store: &mut Store) -> Box
     let sent = PortFamily::default();
     store.register(
         names::TCP_SEGMENTS_SENT,
-        "TCP segments sent, retransmits included (the kernel's OutSegs + RetransSegs), by port and container as the retransmits: the denominator of the retransmit ratio",
+        "TCP segments sent on watched ports, retransmits included (the kernel's OutSegs + RetransSegs), by port and container as the retransmits: the denominator of the retransmit ratio",
         sent.clone(),
     );
     match Kernel::attach(&cfg.ports.0, (segments.clone(), sent), env) {
@@ -121,14 +121,13 @@ impl Kernel {
             &[OTHER_PORT],
             containers,
         )?;
+        // Segments sent are counted for watched ports only: an unwatched packet's test ends
+        // at its ports.
         let sent = PortCounts::take(
             &mut ebpf,
-            CountMapName::PerCpu {
-                map: SENT_MAP,
-                other: SENT_OTHER_MAP,
-            },
+            CountMapName::PerCpu(SENT_MAP),
             ports,
-            &[OTHER_PORT],
+            &[],
             containers,
         )?;
         for prog in [PROG_SKB, PROG_SYNACK] {
