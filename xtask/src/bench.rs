@@ -216,6 +216,9 @@ pub fn bench() -> Result<()> {
     if want("scoreboard") {
         md.push_str(&section("scoreboard", || scoreboard::section(&dir)));
     }
+    if want("storm") {
+        md.push_str(&section("storm", || scoreboard::storm(&dir)));
+    }
     if want("pipeline") {
         md.push_str(&section("pipeline", || {
             scoreboard::pipeline(&nodewatch, &dir)

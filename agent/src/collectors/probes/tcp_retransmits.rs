@@ -16,8 +16,7 @@ use aya::{
 use nodewatch_common::{
     PortBits, RetransOffsets,
     tcp_retransmits::{
-        COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_GLOBAL, PROG_SENT, PROG_SKB, PROG_SYNACK,
-        SENT_MAP,
+        COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_GLOBAL, PROG_SENT, PROG_SKB, PROG_SYNACK, SENT_MAP,
     },
 };
 use serde::Deserialize;
