@@ -436,7 +436,12 @@ impl Collector for Kernel {
             "fd walk: bpf_probe_read_kernel"
         };
         if self.attached {
-            format!("{ATTACH} ({walk})")
+            let types = self
+                .watched
+                .command_types_shown()
+                .map(|t| format!("; {t}"))
+                .unwrap_or_default();
+            format!("{ATTACH} ({walk}{types})")
         } else {
             format!("{ATTACH} ({walk}; attached once a watched device exists, none yet)")
         }

@@ -189,6 +189,26 @@ impl Watched {
         }
     }
 
+    /// The command types the entry program lets through now, for `nodewatch probes`: None
+    /// while nothing is watched.
+    pub fn command_types_shown(&self) -> Option<String> {
+        let on: Vec<usize> = (0..256).filter(|&t| self.applied_types[t] != 0).collect();
+        match on.len() {
+            0 => None,
+            256 => Some("every command type".into()),
+            _ => Some(format!(
+                "command types {}",
+                on.iter()
+                    .map(|&t| match u8::try_from(t) {
+                        Ok(c) if c.is_ascii_graphic() => format!("'{}'", char::from(c)),
+                        _ => format!("{t:#04x}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+        }
+    }
+
     /// Every label seen so far, by device index.
     pub fn labels(&self) -> &[String] {
         &self.labels
