@@ -150,12 +150,19 @@ pub fn bench() -> Result<()> {
     if !crate::is_root() {
         bail!("the benchmark loads eBPF programs: run `cargo xtask bench` as root");
     }
-    step("bench: cargo build --release -p nodewatch");
-    sh("cargo", ["build", "--release", "-p", "nodewatch"])?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root_dir().join("target"));
-    let nodewatch = target.join("release/nodewatch");
+    // NODEWATCH_BENCH_BIN=path runs a binary already built (for development: the in-kernel
+    // figures do not depend on the agent's build profile, its eBPF is always optimized).
+    let nodewatch = match std::env::var_os("NODEWATCH_BENCH_BIN") {
+        Some(bin) => PathBuf::from(bin).canonicalize()?,
+        None => {
+            step("bench: cargo build --release -p nodewatch");
+            sh("cargo", ["build", "--release", "-p", "nodewatch"])?;
+            target.join("release/nodewatch")
+        }
+    };
     let dir = target.join("bench");
     std::fs::create_dir_all(&dir)?;
     let src = dir.join("ioctl_loop.c");
