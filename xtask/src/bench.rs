@@ -326,7 +326,10 @@ fn header() -> String {
          are what carries over to other machines. Shorter runs for development: \
          `NODEWATCH_BENCH_HEALTHY_SECS` (default 600), `NODEWATCH_BENCH_IDLE_SECS` (60), \
          `NODEWATCH_BENCH_LOAD_SECS` (20), `NODEWATCH_BENCH_SCRAPES` (1000), \
-         `NODEWATCH_BENCH_CONNS` (20000), `NODEWATCH_BENCH_GPU_SECS` (300).\n\n\
+         `NODEWATCH_BENCH_CONNS` (20000), `NODEWATCH_BENCH_GPU_SECS` (300), \
+         `NODEWATCH_BENCH_PACKETS` (20000), `NODEWATCH_BENCH_FLOOR_CALLS` (500000), \
+         `NODEWATCH_BENCH_STORM_RUNS` (10); `NODEWATCH_BENCH_BIN` runs a binary already built \
+         instead of building the release one.\n\n\
          This run: commit {}{}, {}. {} Load average at the end: {}. {}; {}.\n",
         commit.trim(),
         if dirty {
