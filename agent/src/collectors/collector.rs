@@ -3,7 +3,7 @@
 
 use std::{any::Any, fmt, path::Path, time::Instant};
 
-use super::containers::SharedContainers;
+use super::{containers::SharedContainers, gpu_map::GpuMap};
 use crate::wake::Wake;
 
 /// A running collector: an eBPF probe, or a plain one (the kernel log, `/proc`, heartbeats).
@@ -53,6 +53,10 @@ pub struct Env<'a> {
     /// Asks the tick thread for a tick now, from a collector's own tasks (a heartbeat that
     /// has just confirmed a change).
     pub wake: &'a Wake,
+    /// PCI bus id → NVML GPU, kept by the NVML probe for the kernel-log readers.
+    pub gpus: &'a GpuMap,
+    /// Where state that outlives the agent is kept (`spool_dir`).
+    pub spool_dir: &'a Path,
 }
 
 /// How a probe gets its data; the `mode` label of `nodewatch_probe_up`.

@@ -7,6 +7,7 @@
 
 pub mod collector;
 pub mod containers;
+pub mod gpu_map;
 pub mod gpu_state;
 pub mod gpu_xid;
 pub mod heartbeats;
@@ -92,6 +93,7 @@ pub struct Settings<'a> {
     pub heartbeats: &'a HeartbeatsConfig,
     pub resources: &'a ResourcesConfig,
     pub containers: &'a ContainersConfig,
+    pub spool_dir: &'a Path,
 }
 
 impl Settings<'_> {
@@ -101,11 +103,18 @@ impl Settings<'_> {
     }
 
     /// What every collector gets besides its section.
-    fn env<'a>(&'a self, containers: &'a SharedContainers, wake: &'a Wake) -> Env<'a> {
+    fn env<'a>(
+        &'a self,
+        containers: &'a SharedContainers,
+        wake: &'a Wake,
+        gpus: &'a gpu_map::GpuMap,
+    ) -> Env<'a> {
         Env {
             proc_root: self.proc_root,
             containers,
             wake,
+            gpus,
+            spool_dir: self.spool_dir,
         }
     }
 }
@@ -180,13 +189,14 @@ impl Collectors {
     pub fn start(settings: &Settings<'_>, store: &mut Store) -> Self {
         let containers = settings.containers();
         let wake = Wake::default();
+        let gpus = gpu_map::GpuMap::default();
         let mut running = Vec::new();
         for def in ALL {
             if !(def.enabled)(settings) {
                 tracing::info!(collector = def.name, "disabled in config");
                 continue;
             }
-            let collector = (def.start)(settings, settings.env(&containers, &wake), store);
+            let collector = (def.start)(settings, settings.env(&containers, &wake, &gpus), store);
             if let Some(mode) = collector.mode() {
                 store
                     .own
@@ -314,6 +324,7 @@ pub fn describe(settings: &Settings<'_>) -> Vec<[String; 4]> {
     let mut store = Store::new();
     let containers = settings.containers();
     let wake = Wake::default();
+    let gpus = gpu_map::GpuMap::default();
     ALL.iter()
         .map(|def| {
             if !(def.enabled)(settings) {
@@ -324,7 +335,11 @@ pub fn describe(settings: &Settings<'_>) -> Vec<[String; 4]> {
                     "disabled in config".into(),
                 ];
             }
-            let c = (def.start)(settings, settings.env(&containers, &wake), &mut store);
+            let c = (def.start)(
+                settings,
+                settings.env(&containers, &wake, &gpus),
+                &mut store,
+            );
             let (support, mode) = match c.mode() {
                 Some(m) => (m.support(), m.as_str()),
                 None => ("yes", "-"),

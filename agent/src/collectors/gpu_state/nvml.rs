@@ -8,6 +8,7 @@
 //! so the tick can tell a call past its deadline, and name it.
 
 use std::{
+    collections::HashMap,
     ffi::OsStr,
     sync::{Arc, Mutex, mpsc},
     time::Instant,
@@ -15,9 +16,26 @@ use std::{
 
 use nvml_wrapper::{
     Device, Nvml,
-    enum_wrappers::device::{EccCounter, MemoryError, TemperatureSensor},
+    enum_wrappers::{
+        device::{EccCounter, MemoryError, TemperatureSensor},
+        nv_link::ErrorCounter,
+    },
     error::{NvmlError, nvml_try},
 };
+
+use crate::collectors::gpu_map::{GpuId, GpuMap, PciAddr};
+
+/// NVLinks NVML may number on one GPU (`NVML_NVLINK_MAX_LINKS`).
+pub const MAX_NVLINKS: u32 = 18;
+
+/// The NVLink error counters read, in the order of [`NvLink::errors`], with their `type`
+/// labels (NVML's `NVML_NVLINK_ERROR_DL_*`).
+pub const NVLINK_ERRORS: [(ErrorCounter, &str); 4] = [
+    (ErrorCounter::DlReplay, "replay"),
+    (ErrorCounter::DlRecovery, "recovery"),
+    (ErrorCounter::DlCrcFlit, "crc_flit"),
+    (ErrorCounter::DlCrcData, "crc_data"),
+];
 
 /// The call that initialises NVML (and loads the library), as the tick names it.
 pub const INIT: &str = "nvmlInit_v2";
@@ -53,6 +71,60 @@ pub struct Remapped {
     pub failed: bool,
 }
 
+/// One NVLink of a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NvLink {
+    pub link: u32,
+    pub up: bool,
+    /// The counters of [`NVLINK_ERRORS`], each `None` where not supported.
+    pub errors: [Option<u64>; 4],
+}
+
+/// `nvmlDeviceGetGpuFabricInfoV`: the GPU's registration with the NVLink fabric manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fabric {
+    /// `NVML_GPU_FABRIC_STATE_*`: 1 not started, 2 in progress, 3 completed.
+    pub state: u32,
+    /// The registration's result, an NVML return code (0 success).
+    pub status: u32,
+    /// `NVML_GPU_FABRIC_HEALTH_MASK_*` fields; `None` from the older call without one.
+    pub health_mask: Option<u32>,
+}
+
+/// The health-mask fields whose value 1 means a fault (degraded bandwidth, route recovery in
+/// progress, route unhealthy, access-timeout recovery), by shift; and the incorrect-
+/// configuration field (shift 8, 4 bits), where 2 and up name a misconfiguration.
+const FABRIC_FAULT_SHIFTS: [u32; 4] = [0, 2, 4, 6];
+
+impl Fabric {
+    /// Registration completed with success, and no health-mask field reports a fault.
+    pub fn healthy(&self) -> bool {
+        let mask_ok = self.health_mask.is_none_or(|m| {
+            FABRIC_FAULT_SHIFTS.iter().all(|s| (m >> s) & 0x3 != 1) && (m >> 8) & 0xf < 2
+        });
+        self.state == 3 && self.status == 0 && mask_ok
+    }
+
+    /// The `state` label: `not_started`, `in_progress`, `completed`.
+    pub fn state_label(&self) -> &'static str {
+        match self.state {
+            1 => "not_started",
+            2 => "in_progress",
+            3 => "completed",
+            _ => "not_supported",
+        }
+    }
+}
+
+/// The PCIe link of a GPU now, and the most it can do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PcieLink {
+    pub width: Option<u32>,
+    pub width_max: Option<u32>,
+    pub generation: Option<u32>,
+    pub generation_max: Option<u32>,
+}
+
 /// What NVML answered about one GPU in one reading. A value is `None` when the GPU does not
 /// support its query (or the call failed: then it is in `failed` too).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -72,6 +144,14 @@ pub struct Reading {
     pub clock_events: Option<u64>,
     pub remapped: Option<Remapped>,
     pub pcie_replays: Option<u32>,
+    /// Every NVLink NVML numbers for this GPU (none on a GPU without NVLink).
+    pub nvlinks: Vec<NvLink>,
+    pub fabric: Option<Fabric>,
+    pub persistence: Option<bool>,
+    pub pcie_link: PcieLink,
+    /// NVML answered `GPU_IS_LOST` or `RESET_REQUIRED`: the GPU must be reset (or the node
+    /// rebooted) before it works again.
+    pub needs_reset: bool,
     /// Calls that failed, with NVML's error.
     pub failed: Vec<(&'static str, String)>,
     /// NVML cannot reach this GPU (fallen off the bus, or no handle for it): none of its
@@ -115,7 +195,7 @@ pub struct Worker {
 impl Worker {
     /// Starts the thread, which loads `library` and initialises NVML, then answers
     /// [`Reply::Init`].
-    pub fn spawn(library: &str) -> std::io::Result<Self> {
+    pub fn spawn(library: &str, map: GpuMap) -> std::io::Result<Self> {
         let (ask, asked) = mpsc::channel();
         let (answer, answers) = mpsc::channel();
         let current = Current::default();
@@ -123,7 +203,7 @@ impl Worker {
         let library = library.to_string();
         std::thread::Builder::new()
             .name("nvml".into())
-            .spawn(move || serve(&library, &calls, &asked, &answer))?;
+            .spawn(move || serve(&library, &calls, &map, &asked, &answer))?;
         Ok(Self {
             ask,
             answers,
@@ -163,7 +243,13 @@ impl Calls {
 }
 
 /// The NVML thread: init, then one reading per request until the probe is dropped.
-fn serve(library: &str, calls: &Calls, asked: &mpsc::Receiver<()>, answer: &mpsc::Sender<Reply>) {
+fn serve(
+    library: &str,
+    calls: &Calls,
+    map: &GpuMap,
+    asked: &mpsc::Receiver<()>,
+    answer: &mpsc::Sender<Reply>,
+) {
     let init = calls.run(INIT, None, || {
         Nvml::builder().lib_path(OsStr::new(library)).init()
     });
@@ -183,7 +269,7 @@ fn serve(library: &str, calls: &Calls, asked: &mpsc::Receiver<()>, answer: &mpsc
         }
     };
     drop_capabilities();
-    answer_requests(&nvml, calls, asked, answer);
+    answer_requests(&nvml, calls, map, asked, answer);
     shut_down(nvml);
 }
 
@@ -191,11 +277,13 @@ fn serve(library: &str, calls: &Calls, asked: &mpsc::Receiver<()>, answer: &mpsc
 fn answer_requests(
     nvml: &Nvml,
     calls: &Calls,
+    map: &GpuMap,
     asked: &mpsc::Receiver<()>,
     answer: &mpsc::Sender<Reply>,
 ) {
     let mut gpus = Gpus {
         nvml,
+        map: map.clone(),
         known: Vec::new(),
     };
     let driver = calls
@@ -229,11 +317,15 @@ struct Known<'a> {
     device: Device<'a>,
     uuid: String,
     name: String,
+    /// Its PCI address, for the Xid readers.
+    pci: Option<PciAddr>,
 }
 
 /// The GPUs NVML counts, by index; `None` where no handle could be had yet.
 struct Gpus<'a> {
     nvml: &'a Nvml,
+    /// Where the known GPUs' PCI addresses are published.
+    map: GpuMap,
     known: Vec<Option<Known<'a>>>,
 }
 
@@ -260,8 +352,39 @@ impl<'a> Gpus<'a> {
             let name = calls
                 .run("nvmlDeviceGetName", Some(index), || device.name())
                 .unwrap_or_default();
-            *slot = Some(Known { device, uuid, name });
+            let pci = calls
+                .run("nvmlDeviceGetPciInfo_v3", Some(index), || device.pci_info())
+                .ok()
+                .and_then(|p| {
+                    Some(PciAddr {
+                        domain: p.domain,
+                        bus: u8::try_from(p.bus).ok()?,
+                        device: u8::try_from(p.device).ok()?,
+                    })
+                });
+            *slot = Some(Known {
+                device,
+                uuid,
+                name,
+                pci,
+            });
         }
+        let map: HashMap<PciAddr, GpuId> = self
+            .known
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| {
+                let k = k.as_ref()?;
+                Some((
+                    k.pci?,
+                    GpuId {
+                        index: i as u32,
+                        uuid: k.uuid.clone(),
+                    },
+                ))
+            })
+            .collect();
+        self.map.set(map);
         Ok(count)
     }
 
@@ -295,11 +418,14 @@ impl<'a> Gpus<'a> {
             .run("nvmlDeviceGetHandleByIndex_v2", Some(index), || {
                 self.nvml.device_by_index(index).map(|_| ())
             })
-            .err()
-            .map_or_else(|| "no handle".to_string(), |e| e.to_string());
+            .err();
         Reading {
             index,
-            failed: vec![("nvmlDeviceGetHandleByIndex_v2", error)],
+            needs_reset: matches!(error, Some(NvmlError::GpuLost | NvmlError::ResetRequired)),
+            failed: vec![(
+                "nvmlDeviceGetHandleByIndex_v2",
+                error.map_or_else(|| "no handle".to_string(), |e| e.to_string()),
+            )],
             lost: true,
             ..Reading::default()
         }
@@ -312,8 +438,9 @@ fn settle<T>(r: &mut Reading, call: &'static str, result: Result<T, NvmlError>) 
     match result {
         Ok(v) => Some(v),
         Err(NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_)) => None,
-        Err(e @ NvmlError::GpuLost) => {
+        Err(e @ (NvmlError::GpuLost | NvmlError::ResetRequired)) => {
             r.lost = true;
+            r.needs_reset = true;
             r.failed.push((call, e.to_string()));
             None
         }
@@ -401,7 +528,96 @@ fn read_gpu(nvml: &Nvml, calls: &Calls, index: u32, k: &Known<'_>) -> Reading {
         });
     }
     r.pcie_replays = ask!("nvmlDeviceGetPcieReplayCounter", d.pcie_replay_counter());
+    r.persistence = ask!("nvmlDeviceGetPersistenceMode", d.is_in_persistent_mode());
+    r.pcie_link = PcieLink {
+        width: ask!(
+            "nvmlDeviceGetCurrPcieLinkWidth",
+            d.current_pcie_link_width()
+        ),
+        width_max: ask!("nvmlDeviceGetMaxPcieLinkWidth", d.max_pcie_link_width()),
+        generation: ask!(
+            "nvmlDeviceGetCurrPcieLinkGeneration",
+            d.current_pcie_link_gen()
+        ),
+        generation_max: ask!("nvmlDeviceGetMaxPcieLinkGeneration", d.max_pcie_link_gen()),
+    };
+    // NVML numbers links from 0, without gaps; a GPU without NVLink answers NOT_SUPPORTED,
+    // and a link number past the GPU's last INVALID_ARGUMENT: either ends the list.
+    for link in 0..MAX_NVLINKS {
+        let wrapper = d.link_wrapper_for(link);
+        let state = calls.run("nvmlDeviceGetNvLinkState", Some(index), || {
+            wrapper.is_active()
+        });
+        if matches!(state, Err(NvmlError::InvalidArg | NvmlError::NotSupported)) {
+            break;
+        }
+        let up = settle(&mut r, "nvmlDeviceGetNvLinkState", state);
+        if r.lost {
+            return r;
+        }
+        let Some(up) = up else { continue };
+        let mut errors = [None; 4];
+        for (slot, (counter, _)) in errors.iter_mut().zip(NVLINK_ERRORS) {
+            *slot = ask!(
+                "nvmlDeviceGetNvLinkErrorCounter",
+                wrapper.error_counter(counter)
+            );
+        }
+        r.nvlinks.push(NvLink { link, up, errors });
+    }
+    if let Some((call, f)) = read_fabric(lib, d) {
+        r.fabric = ask!(call, f());
+    }
     r
+}
+
+/// The call for the GPU's fabric registration this driver has: `nvmlDeviceGetGpuFabricInfoV`
+/// (with the health mask, drivers from 550 on) or `nvmlDeviceGetGpuFabricInfo` (without).
+/// The safe wrapper has neither: their raw symbols, whose absence is `None`.
+#[allow(clippy::type_complexity)]
+fn read_fabric<'d>(
+    lib: &'d nvml_wrapper_sys::bindings::NvmlLib,
+    d: &'d Device<'_>,
+) -> Option<(
+    &'static str,
+    Box<dyn FnOnce() -> Result<Fabric, NvmlError> + 'd>,
+)> {
+    use nvml_wrapper_sys::bindings::{nvmlGpuFabricInfo_t, nvmlGpuFabricInfo_v2_t};
+    if let Ok(f) = lib.nvmlDeviceGetGpuFabricInfoV.as_ref() {
+        let f = *f;
+        return Some((
+            "nvmlDeviceGetGpuFabricInfoV",
+            Box::new(move || {
+                // SAFETY: a valid device handle and a zeroed v2 struct carrying its version
+                // (NVML_STRUCT_VERSION(GpuFabricInfo, 2)); v2 is a prefix of v3, and NVML
+                // fills what the version asks for.
+                unsafe {
+                    let mut info: nvmlGpuFabricInfo_v2_t = std::mem::zeroed();
+                    info.version = std::mem::size_of::<nvmlGpuFabricInfo_v2_t>() as u32 | (2 << 24);
+                    nvml_try(f(d.handle(), (&raw mut info).cast())).map(|()| Fabric {
+                        state: u32::from(info.state),
+                        status: info.status,
+                        health_mask: Some(info.healthMask),
+                    })
+                }
+            }),
+        ));
+    }
+    let f = *lib.nvmlDeviceGetGpuFabricInfo.as_ref().ok()?;
+    Some((
+        "nvmlDeviceGetGpuFabricInfo",
+        Box::new(move || {
+            // SAFETY: a valid device handle and a place for the v1 struct.
+            unsafe {
+                let mut info: nvmlGpuFabricInfo_t = std::mem::zeroed();
+                nvml_try(f(d.handle(), &raw mut info)).map(|()| Fabric {
+                    state: u32::from(info.state),
+                    status: info.status,
+                    health_mask: None,
+                })
+            }
+        }),
+    ))
 }
 
 /// This thread was started before the agent dropped its capabilities, and capabilities
