@@ -419,6 +419,7 @@ mod tests {
         // GPU 1 lost, GPU 0 stops answering some queries: their series go.
         let mut lost = reading(1);
         lost.lost = true;
+        lost.needs_reset = true;
         let mut partial = reading(0);
         partial.temperature = None;
         partial.remapped = None;
@@ -430,9 +431,11 @@ mod tests {
         assert_eq!(exported.export(&m, &one, "550.1"), 1);
         let text = store.encode_prometheus();
         assert!(text.contains("nodewatch_gpu_devices 1"), "{text}");
-        assert!(
-            !text.contains("gpu=\"1\""),
-            "lost GPU's series stay:\n{text}"
+        let lost_lines: Vec<&str> = text.lines().filter(|l| l.contains("gpu=\"1\"")).collect();
+        assert_eq!(
+            lost_lines,
+            ["nodewatch_gpu_needs_reset{gpu=\"1\",uuid=\"GPU-1\"} 1"],
+            "the lost GPU keeps only its needs-reset series:\n{text}"
         );
         assert!(
             !text.contains("nodewatch_gpu_temperature_celsius"),
