@@ -37,8 +37,9 @@ use common::{
 
 /// The rules that follow Xid lines in the kernel log.
 const XID_RULES: [&str; 3] = [
-    "NodewatchGpuFellOffTheBus",
-    "NodewatchGpuXidNeedsReset",
+    "NodewatchGpuXidReboot",
+    "NodewatchGpuXidResetGpu",
+    "NodewatchGpuXidInspectHardware",
     "NodewatchGpuXidApplication",
 ];
 
