@@ -72,6 +72,8 @@ pub enum Mode {
     Kmsg,
     /// NVIDIA's management library, `libnvidia-ml.so`.
     Nvml,
+    /// Device attributes the kernel exports in sysfs.
+    Sysfs,
     /// Nothing this host allows; the probe reports itself and measures nothing.
     Off,
 }
@@ -84,6 +86,7 @@ impl Mode {
             Mode::Procfs => "procfs",
             Mode::Kmsg => "kmsg",
             Mode::Nvml => "nvml",
+            Mode::Sysfs => "sysfs",
             Mode::Off => "off",
         }
     }
@@ -91,7 +94,7 @@ impl Mode {
     /// What `nodewatch probes` says about support: full, degraded, or none.
     pub fn support(self) -> &'static str {
         match self {
-            Mode::Ebpf | Mode::Kmsg | Mode::Nvml => "yes",
+            Mode::Ebpf | Mode::Kmsg | Mode::Nvml | Mode::Sysfs => "yes",
             Mode::SockDiag | Mode::Procfs => "degraded",
             Mode::Off => "no",
         }

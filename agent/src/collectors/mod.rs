@@ -11,6 +11,7 @@ pub mod gpu_map;
 pub mod gpu_state;
 pub mod gpu_xid;
 pub mod heartbeats;
+pub mod infiniband;
 pub mod probes;
 pub mod resources;
 
@@ -22,6 +23,7 @@ use self::{
     gpu_state::GpuStateConfig,
     gpu_xid::GpuXidConfig,
     heartbeats::config::HeartbeatsConfig,
+    infiniband::InfinibandConfig,
     probes::{
         accept_queue::{self, AcceptQueueConfig},
         gpu_ioctl::{self, config::GpuIoctlConfig},
@@ -48,6 +50,8 @@ pub struct ProbesConfig {
     pub gpu_xid: GpuXidConfig,
     /// Each GPU's state from NVML, and how many GPUs are present against expected.
     pub gpu_state: GpuStateConfig,
+    /// InfiniBand/RoCE ports from sysfs.
+    pub infiniband: InfinibandConfig,
 }
 
 /// The keys of `probes:`, in the order of [`ProbesConfig`].
@@ -57,6 +61,7 @@ const PROBE_KEYS: &[&str] = &[
     "gpu_ioctl",
     "gpu_xid",
     "gpu_state",
+    "infiniband",
 ];
 
 /// Reads `probes:` at `path`, each probe's section on its own (every mistake is recorded in
@@ -81,6 +86,9 @@ pub fn probes_config(doc: &mut Document<'_>, path: &[&str]) -> ProbesConfig {
     }
     if let Some(v) = doc.section(&at("gpu_state")) {
         c.gpu_state = v;
+    }
+    if let Some(v) = doc.section(&at("infiniband")) {
+        c.infiniband = v;
     }
     c
 }
@@ -155,6 +163,11 @@ pub const ALL: &[Def] = &[
         name: gpu_state::NAME,
         enabled: |s| s.probes.gpu_state.enabled,
         start: |s, env, store| gpu_state::start(&s.probes.gpu_state, env, store),
+    },
+    Def {
+        name: infiniband::NAME,
+        enabled: |s| s.probes.infiniband.enabled,
+        start: |s, env, store| infiniband::start(&s.probes.infiniband, env, store),
     },
     Def {
         name: resources::NAME,
