@@ -36,7 +36,7 @@ use common::{
 };
 
 /// The rules that follow Xid lines in the kernel log.
-const XID_RULES: [&str; 3] = [
+const XID_RULES: [&str; 4] = [
     "NodewatchGpuXidReboot",
     "NodewatchGpuXidResetGpu",
     "NodewatchGpuXidInspectHardware",
