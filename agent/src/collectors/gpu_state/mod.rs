@@ -12,6 +12,7 @@
 //! NVML until it returns. Without the library or a driver the probe is off.
 
 pub mod config;
+pub mod links;
 pub mod metrics;
 pub mod nvml;
 pub mod pci;
