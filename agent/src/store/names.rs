@@ -68,7 +68,6 @@ pub const GPU_PCIE_LINK_GENERATION: &str = "gpu_pcie_link_generation";
 pub const GPU_PCIE_LINK_GENERATION_MAX: &str = "gpu_pcie_link_generation_max";
 pub const GPU_NEEDS_RESET: &str = "gpu_needs_reset";
 pub const GPU_SXID_ERRORS: &str = "gpu_sxid_errors";
-pub const GPU_XID_UNKNOWN_DEVICE: &str = "gpu_xid_unknown_device_lines";
 pub const INFINIBAND_PORT_UP: &str = "infiniband_port_up";
 pub const INFINIBAND_PORT_RATE: &str = "infiniband_port_rate_gbps";
 pub const INFINIBAND_LINK_DOWNED: &str = "infiniband_link_downed";
