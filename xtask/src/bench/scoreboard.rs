@@ -324,7 +324,7 @@ pub fn pipeline(nodewatch: &Path, dir: &Path) -> Result<String> {
             b"<4>NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=bench, GPU has fallen off the bus.\n",
         )?;
     let limit = Duration::from_secs(env_num("NODEWATCH_BENCH_PIPELINE_LIMIT", 360));
-    let rule = "NodewatchGpuFellOffTheBus";
+    let rule = "NodewatchGpuXidReboot";
     while injected.elapsed() < limit
         && (first(&nw_hooks, rule).is_none() || first(&am_hooks, rule).is_none())
     {
