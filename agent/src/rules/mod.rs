@@ -6,21 +6,17 @@
 //! [`notation`]).
 
 pub mod alerting;
-pub mod duration;
 pub mod engine;
-pub mod eval;
 pub mod file;
-pub mod functions;
-pub mod gofmt;
 pub mod live;
-pub mod notation;
+pub mod promql;
 pub mod reload;
-pub mod subset;
 pub mod template;
-pub mod tmplfuncs;
-pub mod tmplparse;
 pub mod unittest;
-pub mod value;
+
+pub use promql::{duration, eval, functions, subset, value};
+pub use template::{gofmt, tmplfuncs, tmplparse};
+pub use unittest::notation;
 
 use std::path::{Path, PathBuf};
 

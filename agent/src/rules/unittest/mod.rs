@@ -3,6 +3,8 @@
 //! every `evaluation_interval`, firing alerts compared at each `eval_time`, and expressions
 //! evaluated afterwards. Reports read like promtool's.
 
+pub mod notation;
+
 use std::{
     collections::BTreeMap,
     io::Write,

@@ -2,15 +2,19 @@
 //! files use — `{{ $labels.port }}`, `{{ $value }}`, pipelines into `humanize*`, `printf`,
 //! `toUpper`, `toLower`, `title`, `index`, `{{ if }}`/`{{ else if }}`/`{{ else }}`,
 //! `{{ with }}` (which sets `.`), `{{ end }}`, and `{{/* comments */}}` with `{{-`/`-}}`
-//! trimming. Parsing is in [`super::tmplparse`]; anything else (`range`, variables of one's
+//! trimming. Parsing is in [`tmplparse`]; anything else (`range`, variables of one's
 //! own, queries) is refused at load, naming the construct.
 
-pub use super::tmplparse::TemplateError;
-use super::{
+pub mod gofmt;
+pub mod tmplfuncs;
+pub mod tmplparse;
+
+use self::{
     tmplfuncs::{Val, call, lookup, print},
-    tmplparse::{self, Command, Node, Operand, Var},
+    tmplparse::{Command, Node, Operand, Var},
 };
 use crate::store::labels::Labels;
+pub use tmplparse::TemplateError;
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq)]
