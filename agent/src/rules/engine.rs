@@ -174,8 +174,15 @@ impl Engine {
             for r in &mut g.rules {
                 let out = eval_rule(
                     r,
-                    history,
-                    ts,
+                    Evaluator {
+                        history,
+                        ts,
+                        step_ms: if respect_intervals {
+                            g.interval_ms.unwrap_or(tick_ms)
+                        } else {
+                            tick_ms
+                        },
+                    },
                     g.limit,
                     &self.external_labels,
                     &self.external_url,
@@ -210,13 +217,12 @@ impl Engine {
 
 fn eval_rule(
     r: &mut RuleState,
-    history: &History,
-    ts: i64,
+    ev: Evaluator<'_>,
     limit: usize,
     external_labels: &Labels,
     external_url: &str,
 ) -> Result<Vec<Sample>, String> {
-    let ev = Evaluator { history, ts };
+    let ts = ev.ts;
     let result = ev.eval(&r.def.expr).map_err(|e| e.0)?.into_vector();
     match r.def.kind {
         Kind::Recording => {
@@ -312,6 +318,7 @@ mod tests {
         let ev = Evaluator {
             history: &e.history,
             ts: t,
+            step_ms: 1000,
         };
         ev.eval(&q)
             .unwrap()
@@ -345,6 +352,7 @@ mod tests {
         let ev = Evaluator {
             history: &e.history,
             ts: 2000,
+            step_ms: 1000,
         };
         let a = ev.eval(&alerts).unwrap().into_vector();
         assert_eq!(a[0].labels.get("alertstate"), Some("firing"));

@@ -1,19 +1,25 @@
 //! Evaluates the supported PromQL subset at one instant over the [`History`], with
 //! Prometheus 2.x semantics: 5-minute lookback for instant selectors, closed `[t-range, t]`
-//! windows, staleness markers, metric names dropped where Prometheus drops them, and the same
-//! errors for ambiguous vector matching.
+//! windows, `offset`, subqueries stepped as Prometheus aligns them, staleness markers, metric
+//! names dropped where Prometheus drops them, vector matching with `on`/`ignoring` and
+//! `group_left`/`group_right`, and the same errors for ambiguous matching.
 
 use crate::store::hash::{HashMap, HashSet};
 
 use promql_parser::parser::{
-    BinaryExpr, Expr, LabelModifier, MatrixSelector, VectorSelector,
+    BinaryExpr, Expr, LabelModifier, MatrixSelector, Offset, SubqueryExpr, VectorMatchCardinality,
+    VectorSelector,
     token::{
-        T_ADD, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD, T_MUL,
-        T_NEQ, T_SUB,
+        T_ADD, T_ATAN2, T_COUNT_VALUES, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE,
+        T_LUNLESS, T_MOD, T_MUL, T_NEQ, T_POW, T_SUB,
     },
 };
 
-use super::{functions, value::Source};
+use super::{
+    aggregate::{self, Param},
+    functions,
+    value::{Range, Source},
+};
 use crate::store::{history::History, labels::Labels};
 
 pub use crate::store::history::LOOKBACK_MS;
@@ -24,6 +30,18 @@ pub use super::value::{EvalError, Matrix, Sample, Value};
 pub struct Evaluator<'a> {
     pub history: &'a History,
     pub ts: i64,
+    /// The step of a subquery that names none: the group's evaluation interval, as
+    /// Prometheus takes its global one.
+    pub step_ms: i64,
+}
+
+/// An `offset` in milliseconds (negative ones look ahead).
+pub fn offset_ms(o: Option<&Offset>) -> i64 {
+    match o {
+        Some(Offset::Pos(d)) => d.as_millis() as i64,
+        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        None => 0,
+    }
 }
 
 impl Evaluator<'_> {
@@ -47,18 +65,31 @@ impl Evaluator<'_> {
                 }
             },
             Expr::Binary(b) => self.binary(b),
-            Expr::Call(c) => functions::call(self as &dyn Source, c)
-                .and_then(no_duplicates)
-                .map(Value::Vector),
+            Expr::Call(c) => match functions::call(self as &dyn Source, c.func.name, &c.args.args)?
+            {
+                Value::Vector(v) => no_duplicates(v).map(Value::Vector),
+                scalar => Ok(scalar),
+            },
             Expr::Aggregate(a) => {
+                let param = match a.param.as_deref() {
+                    None => Param::None,
+                    Some(Expr::StringLiteral(s)) => Param::Label(s.val.clone()),
+                    Some(p) => match self.eval(p)? {
+                        Value::Scalar(v) => Param::Scalar(v),
+                        Value::Vector(_) => {
+                            return Err(EvalError("aggregation parameter must be a scalar".into()));
+                        }
+                    },
+                };
                 let Value::Vector(v) = self.eval(&a.expr)? else {
                     return Err(EvalError("aggregation over a scalar".into()));
                 };
-                Ok(Value::Vector(functions::aggregate(
-                    a.op.id(),
-                    a.modifier.as_ref(),
-                    v,
-                )))
+                let out = aggregate::aggregate(a.op.id(), a.modifier.as_ref(), param, v)?;
+                if a.op.id() == T_COUNT_VALUES {
+                    no_duplicates(out).map(Value::Vector)
+                } else {
+                    Ok(Value::Vector(out))
+                }
             }
             other => Err(EvalError(format!("unsupported expression: {other}"))),
         }
@@ -71,11 +102,12 @@ impl Evaluator<'_> {
     /// An instant vector selector: the newest sample of each series within the lookback.
     pub fn instant(&self, vs: &VectorSelector) -> Vec<Sample> {
         let (name, matchers) = Self::selector_matchers(vs);
+        let ts = self.ts - offset_ms(vs.offset.as_ref());
         self.history
             .select(name, matchers)
             .into_iter()
             .filter_map(|(labels, s)| {
-                s.instant(self.ts, LOOKBACK_MS).map(|value| Sample {
+                s.instant(ts, LOOKBACK_MS).map(|value| Sample {
                     labels: labels.clone(),
                     value,
                 })
@@ -85,17 +117,53 @@ impl Evaluator<'_> {
 
     /// A range selector: the samples of each series in `[ts - range, ts]`; series without any
     /// are left out.
-    pub fn matrix(&self, ms: &MatrixSelector) -> Matrix {
+    pub fn matrix(&self, ms: &MatrixSelector) -> Range {
         let (name, matchers) = Self::selector_matchers(&ms.vs);
-        let start = self.ts - ms.range.as_millis() as i64;
-        self.history
+        let end = self.ts - offset_ms(ms.vs.offset.as_ref());
+        let start = end - ms.range.as_millis() as i64;
+        let series = self
+            .history
             .select(name, matchers)
             .into_iter()
             .filter_map(|(labels, s)| {
-                let points = s.range(start, self.ts);
+                let points = s.range(start, end);
                 (!points.is_empty()).then(|| (labels.clone(), points))
             })
-            .collect()
+            .collect();
+        Range { series, start, end }
+    }
+
+    /// A subquery: its expression evaluated at every step in the window, the steps aligned to
+    /// multiples of the step as Prometheus aligns them.
+    pub fn subquery(&self, sq: &SubqueryExpr) -> Result<Range, EvalError> {
+        let step = sq
+            .step
+            .map_or(self.step_ms, |d| d.as_millis() as i64)
+            .max(1);
+        let end = self.ts - offset_ms(sq.offset.as_ref());
+        let start = end - sq.range.as_millis() as i64;
+        let mut t = step * start.div_euclid(step);
+        if t < start {
+            t += step;
+        }
+        let mut index: HashMap<Labels, usize> = HashMap::default();
+        let mut series: Matrix = Vec::new();
+        while t <= end {
+            let inner = Evaluator {
+                history: self.history,
+                ts: t,
+                step_ms: self.step_ms,
+            };
+            for s in inner.eval(&sq.expr)?.into_vector() {
+                let i = *index.entry(s.labels.clone()).or_insert_with(|| {
+                    series.push((s.labels, Vec::new()));
+                    series.len() - 1
+                });
+                series[i].1.push((t, s.value));
+            }
+            t += step;
+        }
+        Ok(Range { series, start, end })
     }
 
     fn binary(&self, b: &BinaryExpr) -> Result<Value, EvalError> {
@@ -107,6 +175,11 @@ impl Evaluator<'_> {
             Some(LabelModifier::Include(l)) => (true, l.labels.clone()),
             Some(LabelModifier::Exclude(l)) => (false, l.labels.clone()),
             None => (false, Vec::new()),
+        };
+        let card = match b.modifier.as_ref().map(|m| &m.card) {
+            Some(VectorMatchCardinality::ManyToOne(l)) => Card::ManyToOne(l.labels.clone()),
+            Some(VectorMatchCardinality::OneToMany(l)) => Card::OneToMany(l.labels.clone()),
+            _ => Card::OneToOne,
         };
         let out = match (lhs, rhs) {
             (Value::Scalar(l), Value::Scalar(r)) => {
@@ -123,7 +196,7 @@ impl Evaluator<'_> {
                 T_LAND => set_op(l, r, on, &names, SetOp::And),
                 T_LOR => set_op(l, r, on, &names, SetOp::Or),
                 T_LUNLESS => set_op(l, r, on, &names, SetOp::Unless),
-                _ => vector_vector(op, l, r, on, &names, return_bool)?,
+                _ => vector_vector(op, l, r, on, &names, &card, return_bool)?,
             },
         };
         no_duplicates(out).map(Value::Vector)
@@ -137,8 +210,13 @@ impl Source for Evaluator<'_> {
     fn eval(&self, e: &Expr) -> Result<Value, EvalError> {
         Evaluator::eval(self, e)
     }
-    fn matrix(&self, ms: &MatrixSelector) -> Matrix {
-        Evaluator::matrix(self, ms)
+    fn range(&self, e: &Expr) -> Result<Range, EvalError> {
+        match e {
+            Expr::MatrixSelector(ms) => Ok(self.matrix(ms)),
+            Expr::Subquery(sq) => self.subquery(sq),
+            Expr::Paren(p) => self.range(&p.expr),
+            other => Err(EvalError(format!("expected a range: {other}"))),
+        }
     }
 }
 
@@ -160,7 +238,14 @@ fn is_comparison(op: u16) -> bool {
 
 /// Arithmetic drops the metric name; comparisons (without `bool`) keep it.
 fn drops_name(op: u16) -> bool {
-    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_MOD)
+    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_MOD | T_POW)
+}
+
+/// The cardinality of a vector match, with the labels `group_x(...)` copies from the one side.
+enum Card {
+    OneToOne,
+    ManyToOne(Vec<String>),
+    OneToMany(Vec<String>),
 }
 
 /// Prometheus's `vectorElemBinop`: the value, and for comparisons whether it holds.
@@ -171,6 +256,8 @@ fn elem_binop(op: u16, l: f64, r: f64) -> (f64, bool) {
         T_MUL => (l * r, true),
         T_DIV => (l / r, true),
         T_MOD => (l % r, true),
+        T_POW => (l.powf(r), true),
+        T_ATAN2 => (l.atan2(r), true),
         T_EQLC => (l, l == r),
         T_NEQ => (l, l != r),
         T_GTR => (l, l > r),
@@ -209,33 +296,51 @@ fn vector_scalar(op: u16, v: Vec<Sample>, s: f64, swap: bool, return_bool: bool)
         .collect()
 }
 
+/// Prometheus's `VectorBinop` for arithmetic and comparisons: one-to-one, many-to-one
+/// (`group_left`) and one-to-many (`group_right`, computed as many-to-one with the sides
+/// swapped), with Prometheus's errors for matches that are not unique.
 fn vector_vector(
     op: u16,
     lhs: Vec<Sample>,
     rhs: Vec<Sample>,
     on: bool,
     names: &[String],
+    card: &Card,
     return_bool: bool,
 ) -> Result<Vec<Sample>, EvalError> {
+    if lhs.is_empty() || rhs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (many, one, swapped, include) = match card {
+        Card::OneToMany(inc) => (rhs, lhs, true, Some(inc)),
+        Card::ManyToOne(inc) => (lhs, rhs, false, Some(inc)),
+        Card::OneToOne => (lhs, rhs, false, None),
+    };
     let mut right: HashMap<Vec<(String, String)>, &Sample> =
-        HashMap::with_capacity_and_hasher(rhs.len(), Default::default());
-    for rs in &rhs {
+        HashMap::with_capacity_and_hasher(one.len(), Default::default());
+    for rs in &one {
         let sig = rs.labels.signature(on, names);
         if let Some(dup) = right.get(&sig) {
             let matched = Labels::from_pairs(sig.clone());
+            let side = if swapped { "left" } else { "right" };
             return Err(EvalError(format!(
-                "found duplicate series for the match group {matched} on the right hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
+                "found duplicate series for the match group {matched} on the {side} hand-side of the operation: [{}, {}];many-to-many matching not allowed: matching labels must be unique on one side",
                 rs.labels, dup.labels
             )));
         }
         right.insert(sig, rs);
     }
-    let mut matched = HashSet::default();
+    let mut matched: HashMap<Vec<(String, String)>, HashSet<Labels>> = HashMap::default();
     let mut out = Vec::new();
-    for ls in lhs {
+    for ls in many {
         let sig = ls.labels.signature(on, names);
         let Some(rs) = right.get(&sig) else { continue };
-        let (mut value, keep) = elem_binop(op, ls.value, rs.value);
+        let (vl, vr) = if swapped {
+            (rs.value, ls.value)
+        } else {
+            (ls.value, rs.value)
+        };
+        let (mut value, keep) = elem_binop(op, vl, vr);
         if return_bool {
             value = f64::from(u8::from(keep));
         } else if !keep {
@@ -245,15 +350,39 @@ fn vector_vector(
         if drops_name(op) || return_bool {
             labels = labels.without_name();
         }
-        if on {
-            labels.keep(names);
-        } else {
-            labels.drop_all(names);
+        match include {
+            None => {
+                if on {
+                    labels.keep(names);
+                } else {
+                    labels.drop_all(names);
+                }
+            }
+            Some(inc) => {
+                for l in inc {
+                    match rs.labels.get(l) {
+                        Some(v) => labels.set(l.clone(), v.to_string()),
+                        None => labels.remove(l),
+                    }
+                }
+            }
         }
-        if !matched.insert(sig) {
-            return Err(EvalError(
-                "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
-            ));
+        match include {
+            None => {
+                if matched.insert(sig, HashSet::default()).is_some() {
+                    return Err(EvalError(
+                        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+                    ));
+                }
+            }
+            Some(_) => {
+                if !matched.entry(sig).or_default().insert(labels.clone()) {
+                    return Err(EvalError(
+                        "multiple matches for labels: grouping labels must ensure unique matches"
+                            .into(),
+                    ));
+                }
+            }
         }
         out.push(Sample { labels, value });
     }

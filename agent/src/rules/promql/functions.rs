@@ -1,218 +1,551 @@
-//! The supported functions and aggregations, written after Prometheus 2.42's `promql/functions.go`
-//! and `engine.go` so that results are equal bit for bit (same extrapolation, same order of
-//! floating-point operations).
-
-use crate::store::hash::HashMap;
+//! Every PromQL function nodewatch evaluates, declared once in [`FUNCTIONS`]: its name, its
+//! argument kinds (as Prometheus types them) and its evaluation, after Prometheus 2.42's
+//! `promql/functions.go`. The load-time check ([`super::subset`]) and the evaluator both read
+//! this table; a function missing from it is refused at load, naming it.
 
 use promql_parser::{
     label::MatchOp,
-    parser::{
-        Call, Expr, LabelModifier,
-        token::{T_AVG, T_COUNT, T_MAX, T_MIN, T_SUM},
-    },
+    parser::{Expr, value::ValueType},
 };
 
-use super::value::{EvalError, Sample, Source, Value};
-use crate::store::labels::{Labels, METRIC_NAME};
+use super::{
+    over_time::{self, Points},
+    value::{EvalError, Range, Sample, Source, Value},
+};
+use crate::store::{
+    hash::HashMap,
+    labels::{Labels, METRIC_NAME, is_label_name},
+};
 
-/// The functions nodewatch evaluates, with the argument types Prometheus gives them.
-pub const SUPPORTED: &[&str] = &[
-    "rate",
-    "irate",
-    "increase",
-    "idelta",
-    "delta",
-    "avg_over_time",
-    "max_over_time",
-    "min_over_time",
-    "count_over_time",
-    "histogram_quantile",
-    "absent",
+/// A function evaluated from its evaluator and its unevaluated arguments.
+pub type Custom = fn(&dyn Source, &[Box<Expr>]) -> Result<Value, EvalError>;
+
+/// How a function is evaluated.
+#[derive(Clone, Copy)]
+pub enum Eval {
+    /// Over the samples of each series of its range argument (the first); the metric name is
+    /// dropped unless `keep_name`.
+    OverTime {
+        f: fn(&Points, &Range) -> Option<f64>,
+        keep_name: bool,
+    },
+    /// Each sample's value mapped; the metric name is dropped.
+    Map(fn(f64) -> f64),
+    /// Anything else: the evaluator and the arguments.
+    Other(Custom),
+}
+
+/// One function: its name, the kinds of its arguments (the last ones optional from
+/// `optional` on), and how it is evaluated.
+pub struct Function {
+    pub name: &'static str,
+    pub args: &'static [ValueType],
+    /// Index of the first optional argument (`args.len()` when none is).
+    pub optional: usize,
+    pub eval: Eval,
+}
+
+use ValueType::{Matrix as M, Scalar as S, String as Str, Vector as V};
+
+const fn over(name: &'static str, f: fn(&Points, &Range) -> Option<f64>) -> Function {
+    Function {
+        name,
+        args: &[M],
+        optional: 1,
+        eval: Eval::OverTime {
+            f,
+            keep_name: false,
+        },
+    }
+}
+
+const fn map(name: &'static str, f: fn(f64) -> f64) -> Function {
+    Function {
+        name,
+        args: &[V],
+        optional: 1,
+        eval: Eval::Map(f),
+    }
+}
+
+const fn other(
+    name: &'static str,
+    args: &'static [ValueType],
+    optional: usize,
+    f: Custom,
+) -> Function {
+    Function {
+        name,
+        args,
+        optional,
+        eval: Eval::Other(f),
+    }
+}
+
+/// Every function nodewatch evaluates.
+pub const FUNCTIONS: &[Function] = &[
+    over("rate", over_time::rate),
+    over("increase", over_time::increase),
+    over("delta", over_time::delta),
+    over("irate", over_time::irate),
+    over("idelta", over_time::idelta),
+    over("avg_over_time", over_time::avg),
+    over("max_over_time", over_time::max),
+    over("min_over_time", over_time::min),
+    over("sum_over_time", over_time::sum),
+    over("count_over_time", over_time::count),
+    over("stddev_over_time", over_time::stddev),
+    over("stdvar_over_time", over_time::stdvar),
+    over("present_over_time", over_time::present),
+    over("changes", over_time::changes),
+    over("resets", over_time::resets),
+    over("deriv", over_time::deriv),
+    Function {
+        name: "last_over_time",
+        args: &[M],
+        optional: 1,
+        eval: Eval::OverTime {
+            f: over_time::last,
+            keep_name: true,
+        },
+    },
+    other("quantile_over_time", &[S, M], 2, quantile_over_time),
+    other("predict_linear", &[M, S], 2, predict_linear),
+    other("absent_over_time", &[M], 1, absent_over_time),
+    other("histogram_quantile", &[S, V], 2, histogram_quantile),
+    other("absent", &[V], 1, absent),
+    other("time", &[], 0, |ev, _| {
+        Ok(Value::Scalar(ev.ts() as f64 / 1000.0))
+    }),
+    other("vector", &[S], 1, |ev, a| {
+        Ok(Value::Vector(vec![Sample {
+            labels: Labels::new(),
+            value: scalar(ev, &a[0])?,
+        }]))
+    }),
+    other("scalar", &[V], 1, |ev, a| {
+        let v = vector(ev, &a[0])?;
+        Ok(Value::Scalar(match v.as_slice() {
+            [one] => one.value,
+            _ => f64::NAN,
+        }))
+    }),
+    other("pi", &[], 0, |_, _| Ok(Value::Scalar(std::f64::consts::PI))),
+    map("abs", f64::abs),
+    map("ceil", f64::ceil),
+    map("floor", f64::floor),
+    map("exp", f64::exp),
+    map("sqrt", f64::sqrt),
+    map("ln", f64::ln),
+    map("log2", f64::log2),
+    map("log10", f64::log10),
+    map("sgn", |v| {
+        if v < 0.0 {
+            -1.0
+        } else if v > 0.0 {
+            1.0
+        } else {
+            v
+        }
+    }),
+    map("deg", f64::to_degrees),
+    map("rad", f64::to_radians),
+    map("sin", f64::sin),
+    map("cos", f64::cos),
+    map("tan", f64::tan),
+    map("asin", f64::asin),
+    map("acos", f64::acos),
+    map("atan", f64::atan),
+    map("sinh", f64::sinh),
+    map("cosh", f64::cosh),
+    map("tanh", f64::tanh),
+    map("asinh", f64::asinh),
+    map("acosh", f64::acosh),
+    map("atanh", f64::atanh),
+    other("round", &[V, S], 1, round),
+    other("clamp", &[V, S, S], 3, clamp),
+    other("clamp_min", &[V, S], 2, |ev, a| {
+        let m = scalar(ev, &a[1])?;
+        map_vector(ev, &a[0], |v| go_max(m, v))
+    }),
+    other("clamp_max", &[V, S], 2, |ev, a| {
+        let m = scalar(ev, &a[1])?;
+        map_vector(ev, &a[0], |v| go_min(m, v))
+    }),
+    other("label_replace", &[V, Str, Str, Str, Str], 5, label_replace),
+    other("label_join", &[V, Str, Str, Str], 3, label_join),
+    other("sort", &[V], 1, |ev, a| sorted(ev, a, false)),
+    other("sort_desc", &[V], 1, |ev, a| sorted(ev, a, true)),
+    other("day_of_month", &[V], 0, |ev, a| {
+        date(ev, a, |d| f64::from(d.day))
+    }),
+    other("day_of_week", &[V], 0, |ev, a| {
+        date(ev, a, |d| f64::from(d.weekday))
+    }),
+    other("day_of_year", &[V], 0, |ev, a| {
+        date(ev, a, |d| f64::from(d.yday))
+    }),
+    other("days_in_month", &[V], 0, |ev, a| {
+        date(ev, a, |d| f64::from(days_in_month(d.year, d.month)))
+    }),
+    other("hour", &[V], 0, |ev, a| date(ev, a, |d| f64::from(d.hour))),
+    other("minute", &[V], 0, |ev, a| {
+        date(ev, a, |d| f64::from(d.minute))
+    }),
+    other("month", &[V], 0, |ev, a| {
+        date(ev, a, |d| f64::from(d.month))
+    }),
+    other("year", &[V], 0, |ev, a| date(ev, a, |d| d.year as f64)),
 ];
 
+/// The function called `name`, if nodewatch evaluates it.
+pub fn lookup(name: &str) -> Option<&'static Function> {
+    FUNCTIONS.iter().find(|f| f.name == name)
+}
+
 /// Evaluates a function call.
-pub fn call(ev: &dyn Source, c: &Call) -> Result<Vec<Sample>, EvalError> {
-    let arg = |i: usize| -> Result<&Expr, EvalError> {
-        c.args
-            .args
-            .get(i)
-            .map(|b| b.as_ref())
-            .ok_or_else(|| EvalError(format!("{}: missing argument {i}", c.func.name)))
-    };
-    match c.func.name {
-        "rate" | "increase" | "delta" | "avg_over_time" | "max_over_time" | "min_over_time"
-        | "count_over_time" | "irate" | "idelta" => {
-            let Expr::MatrixSelector(ms) = arg(0)? else {
-                return Err(EvalError(format!("{} needs a range selector", c.func.name)));
-            };
-            let range_ms = ms.range.as_millis() as i64;
+pub fn call(ev: &dyn Source, name: &str, args: &[Box<Expr>]) -> Result<Value, EvalError> {
+    let f = lookup(name).ok_or_else(|| EvalError(format!("unsupported function {name}")))?;
+    match f.eval {
+        Eval::OverTime { f, keep_name } => {
+            let arg = args
+                .first()
+                .ok_or_else(|| EvalError(format!("{name}: missing argument")))?;
+            let r = ev.range(arg)?;
             let mut out = Vec::new();
-            for (labels, points) in ev.matrix(ms) {
-                let value = match c.func.name {
-                    "rate" => extrapolated_rate(&points, ev.ts(), range_ms, true, true),
-                    "increase" => extrapolated_rate(&points, ev.ts(), range_ms, true, false),
-                    "delta" => extrapolated_rate(&points, ev.ts(), range_ms, false, false),
-                    "irate" => instant_value(&points, true),
-                    "idelta" => instant_value(&points, false),
-                    "avg_over_time" => Some(avg_over_time(&points)),
-                    "max_over_time" => Some(fold_over_time(&points, |m, v| v > m)),
-                    "min_over_time" => Some(fold_over_time(&points, |m, v| v < m)),
-                    _ => Some(points.len() as f64),
-                };
-                if let Some(value) = value {
+            for (labels, points) in &r.series {
+                if let Some(value) = f(points, &r) {
                     out.push(Sample {
-                        labels: labels.without_name(),
+                        labels: if keep_name {
+                            labels.clone()
+                        } else {
+                            labels.without_name()
+                        },
                         value,
                     });
                 }
             }
-            Ok(out)
+            Ok(Value::Vector(out))
         }
-        "histogram_quantile" => {
-            let Value::Scalar(q) = ev.eval(arg(0)?)? else {
-                return Err(EvalError(
-                    "histogram_quantile: the quantile must be a scalar".into(),
-                ));
-            };
-            let Value::Vector(v) = ev.eval(arg(1)?)? else {
-                return Err(EvalError(
-                    "histogram_quantile: the buckets must be a vector".into(),
-                ));
-            };
-            Ok(histogram_quantile(q, v))
-        }
-        "absent" => {
-            let e = arg(0)?;
-            let Value::Vector(v) = ev.eval(e)? else {
-                return Err(EvalError("absent: expected a vector".into()));
-            };
-            if !v.is_empty() {
-                return Ok(Vec::new());
-            }
-            Ok(vec![Sample {
-                labels: absent_labels(e),
-                value: 1.0,
-            }])
-        }
-        other => Err(EvalError(format!("unsupported function {other}"))),
+        Eval::Map(m) => map_vector(ev, &args[0], m),
+        Eval::Other(o) => o(ev, args),
     }
 }
 
-/// `rate`, `increase` and `delta`: Prometheus's `extrapolatedRate`. None with fewer than two
-/// samples.
-pub fn extrapolated_rate(
-    points: &[(i64, f64)],
-    ts: i64,
-    range_ms: i64,
-    is_counter: bool,
-    is_rate: bool,
-) -> Option<f64> {
-    if points.len() < 2 {
-        return None;
+/// A scalar argument's value.
+fn scalar(ev: &dyn Source, e: &Expr) -> Result<f64, EvalError> {
+    match ev.eval(e)? {
+        Value::Scalar(v) => Ok(v),
+        Value::Vector(_) => Err(EvalError(format!("expected a scalar: {e}"))),
     }
-    let range_start = ts - range_ms;
-    let range_end = ts;
-    let (first_t, first_v) = points[0];
-    let (last_t, last_v) = points[points.len() - 1];
-    let mut result = last_v - first_v;
-    if is_counter {
-        let mut prev = first_v;
-        for &(_, v) in &points[1..] {
-            if v < prev {
-                result += prev;
-            }
-            prev = v;
-        }
+}
+
+/// A vector argument's samples.
+fn vector(ev: &dyn Source, e: &Expr) -> Result<Vec<Sample>, EvalError> {
+    match ev.eval(e)? {
+        Value::Vector(v) => Ok(v),
+        Value::Scalar(_) => Err(EvalError(format!("expected a vector: {e}"))),
     }
-    let mut duration_to_start = (first_t - range_start) as f64 / 1000.0;
-    let duration_to_end = (range_end - last_t) as f64 / 1000.0;
-    let sampled_interval = (last_t - first_t) as f64 / 1000.0;
-    let average_between = sampled_interval / (points.len() - 1) as f64;
-    if is_counter && result > 0.0 && first_v >= 0.0 {
-        // A counter cannot go below zero: extrapolate no further back than its zero point.
-        let duration_to_zero = sampled_interval * (first_v / result);
-        if duration_to_zero < duration_to_start {
-            duration_to_start = duration_to_zero;
-        }
+}
+
+/// A string argument (a literal, possibly in parentheses).
+fn string(e: &Expr) -> Result<String, EvalError> {
+    match e {
+        Expr::StringLiteral(s) => Ok(s.val.clone()),
+        Expr::Paren(p) => string(&p.expr),
+        other => Err(EvalError(format!("expected a string: {other}"))),
     }
-    let threshold = average_between * 1.1;
-    let mut extrapolate_to = sampled_interval;
-    extrapolate_to += if duration_to_start < threshold {
-        duration_to_start
+}
+
+fn map_vector(ev: &dyn Source, e: &Expr, f: impl Fn(f64) -> f64) -> Result<Value, EvalError> {
+    Ok(Value::Vector(
+        vector(ev, e)?
+            .into_iter()
+            .map(|s| Sample {
+                labels: s.labels.without_name(),
+                value: f(s.value),
+            })
+            .collect(),
+    ))
+}
+
+/// Go's `math.Max`: +Inf wins, then NaN, and +0 over -0.
+pub fn go_max(a: f64, b: f64) -> f64 {
+    if a == f64::INFINITY || b == f64::INFINITY {
+        f64::INFINITY
+    } else if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if a == 0.0 && b == 0.0 {
+        if a.is_sign_negative() { b } else { a }
+    } else if a > b {
+        a
     } else {
-        average_between / 2.0
-    };
-    extrapolate_to += if duration_to_end < threshold {
-        duration_to_end
-    } else {
-        average_between / 2.0
-    };
-    let mut factor = extrapolate_to / sampled_interval;
-    if is_rate {
-        factor /= range_ms as f64 / 1000.0;
+        b
     }
-    Some(result * factor)
 }
 
-/// Prometheus 2.42's `instantValue`: the last two points only, per second for `irate` (where
-/// a drop is a counter reset), as the plain difference for `idelta`.
-fn instant_value(points: &[(i64, f64)], is_rate: bool) -> Option<f64> {
-    let [.., (prev_t, prev_v), (last_t, last_v)] = *points else {
-        return None;
-    };
-    let mut value = if is_rate && last_v < prev_v {
-        last_v
+/// Go's `math.Min`: -Inf wins, then NaN, and -0 over +0.
+pub fn go_min(a: f64, b: f64) -> f64 {
+    if a == f64::NEG_INFINITY || b == f64::NEG_INFINITY {
+        f64::NEG_INFINITY
+    } else if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else if a == 0.0 && b == 0.0 {
+        if a.is_sign_negative() { a } else { b }
+    } else if a < b {
+        a
     } else {
-        last_v - prev_v
-    };
-    let interval = last_t - prev_t;
-    if interval == 0 {
-        return None;
+        b
     }
-    if is_rate {
-        value /= interval as f64 / 1000.0;
-    }
-    Some(value)
 }
 
-/// Prometheus 2.42's running mean, Kahan-compensated, with its care for infinities.
-fn avg_over_time(points: &[(i64, f64)]) -> f64 {
-    let (mut mean, mut c, mut count) = (0.0_f64, 0.0_f64, 0.0_f64);
-    for &(_, v) in points {
-        count += 1.0;
-        if mean.is_infinite() {
-            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
-                continue;
-            }
-            if !v.is_infinite() && !v.is_nan() {
-                continue;
+fn round(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
+    let to_nearest = match a.get(1) {
+        Some(e) => scalar(ev, e)?,
+        None => 1.0,
+    };
+    // Prometheus inverts first: it gives fewer floating-point surprises.
+    let inverse = 1.0 / to_nearest;
+    map_vector(ev, &a[0], |v| (v * inverse + 0.5).floor() / inverse)
+}
+
+fn clamp(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
+    let (min, max) = (scalar(ev, &a[1])?, scalar(ev, &a[2])?);
+    if max < min {
+        return Ok(Value::Vector(Vec::new()));
+    }
+    map_vector(ev, &a[0], |v| go_max(min, go_min(max, v)))
+}
+
+fn quantile_over_time(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
+    let q = scalar(ev, &a[0])?;
+    let r = ev.range(&a[1])?;
+    Ok(Value::Vector(
+        r.series
+            .into_iter()
+            .map(|(labels, points)| Sample {
+                labels: labels.without_name(),
+                value: over_time::quantile(q, points.iter().map(|p| p.1).collect()),
+            })
+            .collect(),
+    ))
+}
+
+fn predict_linear(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
+    let r = ev.range(&a[0])?;
+    let t = scalar(ev, &a[1])?;
+    Ok(Value::Vector(
+        r.series
+            .into_iter()
+            .filter_map(|(labels, points)| {
+                over_time::predict_linear(&points, ev.ts(), t).map(|value| Sample {
+                    labels: labels.without_name(),
+                    value,
+                })
+            })
+            .collect(),
+    ))
+}
+
+fn absent(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
+    if !vector(ev, &a[0])?.is_empty() {
+        return Ok(Value::Vector(Vec::new()));
+    }
+    Ok(Value::Vector(vec![Sample {
+        labels: absent_labels(&a[0]),
+        value: 1.0,
+    }]))
+}
+
+fn absent_over_time(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
+    if !ev.range(&a[0])?.series.is_empty() {
+        return Ok(Value::Vector(Vec::new()));
+    }
+    Ok(Value::Vector(vec![Sample {
+        labels: absent_labels(&a[0]),
+        value: 1.0,
+    }]))
+}
+
+fn histogram_quantile(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
+    let q = scalar(ev, &a[0])?;
+    Ok(Value::Vector(histogram_quantile_of(q, vector(ev, &a[1])?)))
+}
+
+fn sorted(ev: &dyn Source, a: &[Box<Expr>], desc: bool) -> Result<Value, EvalError> {
+    let mut v = vector(ev, &a[0])?;
+    // NaN last either way, as Prometheus sorts.
+    v.sort_by(|x, y| match (x.value.is_nan(), y.value.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        _ if desc => y.value.total_cmp(&x.value),
+        _ => x.value.total_cmp(&y.value),
+    });
+    Ok(Value::Vector(v))
+}
+
+fn label_replace(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
+    let (dst, repl, src, re) = (
+        string(&a[1])?,
+        string(&a[2])?,
+        string(&a[3])?,
+        string(&a[4])?,
+    );
+    let regex = regex::Regex::new(&format!("^(?:{re})$")).map_err(|_| {
+        EvalError(format!(
+            "invalid regular expression in label_replace(): {re}"
+        ))
+    })?;
+    if !is_label_name(&dst) {
+        return Err(EvalError(format!(
+            "invalid destination label name in label_replace(): {dst}"
+        )));
+    }
+    let mut out = Vec::new();
+    for mut s in vector(ev, &a[0])? {
+        let value = s.labels.get(&src).unwrap_or("").to_string();
+        if let Some(caps) = regex.captures(&value) {
+            let mut res = String::new();
+            caps.expand(&repl, &mut res);
+            s.labels.remove(&dst);
+            s.labels.set(dst.clone(), res);
+        }
+        out.push(s);
+    }
+    Ok(Value::Vector(out))
+}
+
+fn label_join(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
+    let (dst, sep) = (string(&a[1])?, string(&a[2])?);
+    let srcs = a[3..]
+        .iter()
+        .map(|e| string(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !is_label_name(&dst) {
+        return Err(EvalError(format!(
+            "invalid destination label name in label_join(): {dst}"
+        )));
+    }
+    let mut out = Vec::new();
+    for mut s in vector(ev, &a[0])? {
+        let joined = srcs
+            .iter()
+            .map(|l| s.labels.get(l).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(&sep);
+        s.labels.remove(&dst);
+        s.labels.set(dst.clone(), joined);
+        out.push(s);
+    }
+    Ok(Value::Vector(out))
+}
+
+/// A UTC calendar date and time.
+struct Civil {
+    year: i64,
+    month: u32,
+    day: u32,
+    weekday: u32,
+    yday: u32,
+    hour: u32,
+    minute: u32,
+}
+
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+/// Go's `time.Unix(secs, 0).UTC()` broken down, with Go's own arithmetic (`absDate`): the
+/// seconds are moved to Go's absolute epoch in wrapping 64-bit integers, so even the minimum
+/// that Go's float conversion gives NaN and huge values lands on the date Prometheus prints.
+fn civil(secs: i64) -> Civil {
+    const SECONDS_PER_DAY: u64 = 86_400;
+    const DAYS_PER_400_YEARS: u64 = 365 * 400 + 97;
+    const DAYS_PER_100_YEARS: u64 = 365 * 100 + 24;
+    const DAYS_PER_4_YEARS: u64 = 365 * 4 + 1;
+    const ABSOLUTE_ZERO_YEAR: i64 = -292_277_022_399;
+    // unixToInternal + internalToAbsolute.
+    let abs = secs.wrapping_add(9_223_372_028_715_321_600) as u64;
+    let mut d = abs / SECONDS_PER_DAY;
+    let mut n = d / DAYS_PER_400_YEARS;
+    let mut y = 400 * n;
+    d -= DAYS_PER_400_YEARS * n;
+    n = d / DAYS_PER_100_YEARS;
+    n -= n >> 2;
+    y += 100 * n;
+    d -= DAYS_PER_100_YEARS * n;
+    n = d / DAYS_PER_4_YEARS;
+    y += 4 * n;
+    d -= DAYS_PER_4_YEARS * n;
+    n = d / 365;
+    n -= n >> 2;
+    y += n;
+    d -= 365 * n;
+    let year = (y as i64).wrapping_add(ABSOLUTE_ZERO_YEAR);
+    let yday = d as u32;
+    let mut day = yday;
+    let (month, day) = 'm: {
+        if is_leap(year) {
+            if day > 31 + 29 - 1 {
+                day -= 1;
+            } else if day == 31 + 29 - 1 {
+                break 'm (2, 29);
             }
         }
-        (mean, c) = kahan_sum_inc(v / count - mean / count, mean, c);
-    }
-    if mean.is_infinite() { mean } else { mean + c }
-}
-
-/// One step of Kahan-Neumaier summation: the new sum and compensation.
-fn kahan_sum_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
-    let t = sum + inc;
-    let c = if sum.abs() >= inc.abs() {
-        c + ((sum - t) + inc)
-    } else {
-        c + ((inc - t) + sum)
+        const BEFORE: [u32; 13] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334, 365];
+        let mut month = day / 31;
+        let end = BEFORE[month as usize + 1];
+        let begin = if day >= end {
+            month += 1;
+            end
+        } else {
+            BEFORE[month as usize]
+        };
+        (month + 1, day - begin + 1)
     };
-    (t, c)
+    Civil {
+        year,
+        month,
+        day,
+        // Go's absolute epoch starts on a Monday.
+        weekday: ((abs + SECONDS_PER_DAY) % (7 * SECONDS_PER_DAY) / SECONDS_PER_DAY) as u32,
+        yday: yday + 1,
+        hour: (abs % SECONDS_PER_DAY / 3600) as u32,
+        minute: (abs % 3600 / 60) as u32,
+    }
 }
 
-/// `max_over_time`/`min_over_time`: `better(current, v)` replaces; a NaN is replaced by anything.
-fn fold_over_time(points: &[(i64, f64)], better: fn(f64, f64) -> bool) -> f64 {
-    let mut m = points[0].1;
-    for &(_, v) in points {
-        if better(m, v) || m.is_nan() {
-            m = v;
-        }
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
     }
-    m
+}
+
+/// 2^63, where Go's float-to-int64 conversion stops being exact.
+const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+
+/// The date functions: of each sample's value as seconds since the epoch (Go truncates it to
+/// an integer), or of the evaluation time when called without an argument.
+fn date(ev: &dyn Source, a: &[Box<Expr>], f: fn(&Civil) -> f64) -> Result<Value, EvalError> {
+    let Some(arg) = a.first() else {
+        return Ok(Value::Vector(vec![Sample {
+            labels: Labels::new(),
+            value: f(&civil(ev.ts().div_euclid(1000))),
+        }]));
+    };
+    map_vector(ev, arg, |v| {
+        // Go's int64 conversion of NaN and out-of-range values gives the minimum (amd64).
+        let secs = if v.is_nan() || !(-TWO_63..TWO_63).contains(&v) {
+            i64::MIN
+        } else {
+            v as i64
+        };
+        f(&civil(secs))
+    })
 }
 
 /// Labels of `absent(...)`'s result: the selector's equality matchers, except the name and any
@@ -240,7 +573,7 @@ fn absent_labels(e: &Expr) -> Labels {
 }
 
 /// `histogram_quantile` over classic buckets (`le` labels), Prometheus's `bucketQuantile`.
-pub fn histogram_quantile(q: f64, v: Vec<Sample>) -> Vec<Sample> {
+pub fn histogram_quantile_of(q: f64, v: Vec<Sample>) -> Vec<Sample> {
     let mut groups: HashMap<Labels, (Labels, Vec<(f64, f64)>)> = HashMap::default();
     let mut order = Vec::new();
     for s in v {
@@ -329,79 +662,59 @@ fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
     bucket_start + (bucket_end - bucket_start) * (rank / count)
 }
 
-/// Aggregates `v` with `sum`, `avg`, `min`, `max` or `count`, grouped by the modifier.
-pub fn aggregate(op: u16, modifier: Option<&LabelModifier>, v: Vec<Sample>) -> Vec<Sample> {
-    struct Group {
-        labels: Labels,
-        value: f64,
-        mean: f64,
-        count: f64,
-    }
-    let mut index: HashMap<Vec<(String, String)>, usize> = HashMap::default();
-    let mut groups: Vec<Group> = Vec::new();
-    for s in v {
-        let (key, labels) = match modifier {
-            Some(LabelModifier::Include(l)) => {
-                let key = s.labels.signature(true, &l.labels);
-                let mut out = s.labels.clone();
-                out.keep(&l.labels);
-                (key, out)
-            }
-            Some(LabelModifier::Exclude(l)) => {
-                let key = s.labels.signature(false, &l.labels);
-                let mut out = s.labels.without_name();
-                out.drop_all(&l.labels);
-                (key, out)
-            }
-            None => (Vec::new(), Labels::new()),
-        };
-        let Some(&i) = index.get(&key) else {
-            index.insert(key, groups.len());
-            groups.push(Group {
-                labels,
-                value: s.value,
-                mean: s.value,
-                count: 1.0,
-            });
-            continue;
-        };
-        let g = &mut groups[i];
-        match op {
-            T_SUM => g.value += s.value,
-            T_AVG => {
-                g.count += 1.0;
-                if g.mean.is_infinite() {
-                    if s.value.is_infinite() && (g.mean > 0.0) == (s.value > 0.0) {
-                        continue;
-                    }
-                    if !s.value.is_infinite() && !s.value.is_nan() {
-                        continue;
-                    }
-                }
-                g.mean += s.value / g.count - g.mean / g.count;
-            }
-            T_MAX if g.value < s.value || g.value.is_nan() => g.value = s.value,
-            T_MIN if g.value > s.value || g.value.is_nan() => g.value = s.value,
-            T_COUNT => g.count += 1.0,
-            _ => {}
-        }
-    }
-    groups
-        .into_iter()
-        .map(|g| Sample {
-            labels: g.labels,
-            value: match op {
-                T_AVG => g.mean,
-                T_COUNT => g.count,
-                _ => g.value,
-            },
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_agrees_with_the_parser_on_argument_kinds() {
+        for f in FUNCTIONS {
+            let arg = |k: &ValueType| match k {
+                M => "x[1m]",
+                S => "1",
+                Str => "\"a\"",
+                _ => "x",
+            };
+            for n in f.optional..=f.args.len() {
+                let call = format!(
+                    "{}({})",
+                    f.name,
+                    f.args[..n].iter().map(arg).collect::<Vec<_>>().join(", ")
+                );
+                assert!(
+                    promql_parser::parser::parse(&call).is_ok(),
+                    "{call} does not parse"
+                );
+            }
+        }
+        let mut names: Vec<_> = FUNCTIONS.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FUNCTIONS.len(), "a function declared twice");
+    }
+
+    #[test]
+    fn dates_are_utc_civil_dates() {
+        // 2024-02-29 13:45:00 UTC, a Thursday, day 60 of a leap year.
+        let d = civil(1_709_214_300);
+        assert_eq!(
+            (d.year, d.month, d.day, d.weekday, d.yday, d.hour, d.minute),
+            (2024, 2, 29, 4, 60, 13, 45)
+        );
+        let d = civil(0);
+        assert_eq!(
+            (d.year, d.month, d.day, d.weekday, d.yday),
+            (1970, 1, 1, 4, 1)
+        );
+        assert_eq!(days_in_month(1900, 2), 28);
+    }
+
+    #[test]
+    fn go_min_max_propagate_nan() {
+        assert!(go_max(1.0, f64::NAN).is_nan());
+        assert_eq!(go_max(f64::NAN, f64::INFINITY), f64::INFINITY);
+        assert!(go_min(f64::NAN, 1.0).is_nan());
+    }
 
     #[test]
     fn rate_extrapolates_like_prometheus() {
@@ -409,21 +722,21 @@ mod tests {
         // extrapolation to the start, and the end is reached exactly.
         let pts = [(0, 0.0), (60_000, 60.0), (120_000, 120.0)];
         assert_eq!(
-            extrapolated_rate(&pts, 120_000, 300_000, true, false),
+            over_time::extrapolated_rate(&pts, 120_000, 300_000, true, false),
             Some(120.0)
         );
         assert_eq!(
-            extrapolated_rate(&pts, 120_000, 300_000, true, true),
+            over_time::extrapolated_rate(&pts, 120_000, 300_000, true, true),
             Some(0.4)
         );
         // A counter reset adds the value before it.
         let pts = [(0, 5.0), (10_000, 8.0), (20_000, 2.0)];
         assert_eq!(
-            extrapolated_rate(&pts, 20_000, 20_000, true, false),
+            over_time::extrapolated_rate(&pts, 20_000, 20_000, true, false),
             Some(5.0 * 1.0)
         );
         assert_eq!(
-            extrapolated_rate(&pts[..1], 20_000, 20_000, true, false),
+            over_time::extrapolated_rate(&pts[..1], 20_000, 20_000, true, false),
             None
         );
     }

@@ -1,8 +1,10 @@
 //! PromQL: the subset checked at load ([`subset`]), evaluated at one instant ([`eval`],
-//! [`functions`], [`value`]), with Prometheus's durations ([`duration`]).
+//! [`functions`], [`over_time`], [`aggregate`], [`value`]), with Prometheus's durations ([`duration`]).
 
+pub mod aggregate;
 pub mod duration;
 pub mod eval;
 pub mod functions;
+pub mod over_time;
 pub mod subset;
 pub mod value;

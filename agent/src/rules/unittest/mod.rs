@@ -330,7 +330,7 @@ fn try_group(tg: &TestGroup, run: &Run<'_>) -> Result<Vec<String>, Vec<String>> 
             go_quote(&test.expr),
             duration::format(t)
         );
-        let got = match query(&history, &test.expr, t) {
+        let got = match query(&history, &test.expr, t, eval_interval) {
             Ok(v) => v,
             Err(e) => {
                 errs.push(format!("{head}, err: {e}"));
@@ -371,13 +371,17 @@ fn try_group(tg: &TestGroup, run: &Run<'_>) -> Result<Vec<String>, Vec<String>> 
 }
 
 /// Evaluates an expression of a `promql_expr_test`, which must be in the supported subset.
-fn query(history: &History, expr: &str, t: i64) -> Result<Vec<Sample>, String> {
+fn query(history: &History, expr: &str, t: i64, step_ms: i64) -> Result<Vec<Sample>, String> {
     let parsed = promql_parser::parser::parse(expr).map_err(|e| format!("parse error: {e}"))?;
     subset::check(&parsed).map_err(|u| u.message)?;
-    Evaluator { history, ts: t }
-        .eval(&parsed)
-        .map(|v| v.into_vector())
-        .map_err(|e| e.0)
+    Evaluator {
+        history,
+        ts: t,
+        step_ms,
+    }
+    .eval(&parsed)
+    .map(|v| v.into_vector())
+    .map_err(|e| e.0)
 }
 
 type LabelsAndAnnotations = (Vec<(String, String)>, Vec<(String, String)>);
