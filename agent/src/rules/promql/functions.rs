@@ -442,14 +442,15 @@ fn label_join(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
 }
 
 /// A UTC calendar date and time.
-struct Civil {
-    year: i64,
-    month: u32,
-    day: u32,
-    weekday: u32,
-    yday: u32,
-    hour: u32,
-    minute: u32,
+pub struct Civil {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub weekday: u32,
+    pub yday: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
 }
 
 fn is_leap(year: i64) -> bool {
@@ -459,7 +460,7 @@ fn is_leap(year: i64) -> bool {
 /// Go's `time.Unix(secs, 0).UTC()` broken down, with Go's own arithmetic (`absDate`): the
 /// seconds are moved to Go's absolute epoch in wrapping 64-bit integers, so even the minimum
 /// that Go's float conversion gives NaN and huge values lands on the date Prometheus prints.
-fn civil(secs: i64) -> Civil {
+pub fn civil(secs: i64) -> Civil {
     const SECONDS_PER_DAY: u64 = 86_400;
     const DAYS_PER_400_YEARS: u64 = 365 * 400 + 97;
     const DAYS_PER_100_YEARS: u64 = 365 * 100 + 24;
@@ -513,6 +514,7 @@ fn civil(secs: i64) -> Civil {
         yday: yday + 1,
         hour: (abs % SECONDS_PER_DAY / 3600) as u32,
         minute: (abs % 3600 / 60) as u32,
+        second: (abs % 60) as u32,
     }
 }
 

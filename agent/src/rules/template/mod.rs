@@ -1,6 +1,7 @@
 //! Alert label and annotation templates: the part of Go's `text/template` that Prometheus rule
 //! files use — `{{ $labels.port }}`, `{{ $value }}`, pipelines into `humanize*`, `printf`,
-//! `toUpper`, `toLower`, `title`, `index`, `{{ if }}`/`{{ else if }}`/`{{ else }}`,
+//! `toUpper`, `toLower`, `title`, `index`, `humanizeTimestamp`, the comparisons `eq`/`ne`/`lt`/
+//! `le`/`gt`/`ge`, `{{ if }}`/`{{ else if }}`/`{{ else }}`,
 //! `{{ with }}` (which sets `.`), `{{ end }}`, and `{{/* comments */}}` with `{{-`/`-}}`
 //! trimming. Parsing is in [`tmplparse`]; anything else (`range`, variables of one's
 //! own, queries) is refused at load, naming the construct.
@@ -110,6 +111,7 @@ fn truth(v: &Val<'_>) -> bool {
     match v {
         Val::Str(s) => !s.is_empty(),
         Val::Float(f) => *f != 0.0,
+        Val::Int(i) => *i != 0,
         Val::Bool(b) => *b,
         Val::Map(m) => m.iter().next().is_some(),
         Val::Missing => false,
@@ -140,6 +142,7 @@ fn operand<'a>(op: &Operand, data: &'a Data<'a>, dot: &Val<'a>) -> Result<Val<'a
         Operand::Func(f) => call(*f, Vec::new())?,
         Operand::Str(s) => Val::Str(s.clone()),
         Operand::Num(n) => Val::Float(*n),
+        Operand::Int(i) => Val::Int(*i),
         Operand::Bool(b) => Val::Bool(*b),
         Operand::Pipe(p) => run(p, data, dot)?,
         Operand::Dot(None) => dot.clone(),
@@ -218,6 +221,20 @@ mod tests {
     #[test]
     fn runtime_errors_read_like_prometheus() {
         assert!(expand("{{ humanize \"x\" }}", 0.0).starts_with("<error expanding template: "));
+        // Go keeps `60` an int: comparing it with the float $value is an error.
+        assert_eq!(
+            expand("{{ gt $value 60 }}", 61.0),
+            "<error expanding template: error calling gt: incompatible types for comparison>"
+        );
+        assert!(expand("{{ lt true false }}", 0.0).contains("invalid type for comparison"));
+        assert_eq!(
+            expand("{{ gt $value 60.0 }} {{ gt $value $value }}", f64::NAN),
+            "true true"
+        );
+        assert_eq!(
+            expand("{{ humanizeTimestamp 0 }}", 0.0),
+            "1970-01-01 00:00:00 +0000 UTC"
+        );
     }
 
     /// Expands `t` for a series with these labels (and no others).
