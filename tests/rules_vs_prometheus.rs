@@ -693,3 +693,38 @@ fn outside_the_subset_is_refused_but_valid_for_prometheus() {
         );
     }
 }
+
+/// What promtool reads and a strict YAML reader might not: a test without `eval_time` (read as
+/// 0) and a quoted annotation continued at its key's indent (Go's YAML accepts it). Both tools
+/// give the same verdict, passing and failing.
+#[test]
+fn test_files_as_go_reads_them_get_promtools_verdict() {
+    if !have_promtool() {
+        return;
+    }
+    let dir = TempDir::new("vs-prom-go-yaml");
+    dir.write(
+        "r.yaml",
+        "groups:\n  - name: g\n    rules:\n      - alert: Up\n        expr: up == 1\n        annotations:\n          description: \"first line\n          continued at the key's indent\"\n          summary: 'it''s\n          quoted'\n",
+    );
+    for (name, value, pass) in [("good", "1", true), ("bad", "2", false)] {
+        let f = dir.write(
+            &format!("{name}_test.yaml"),
+            &format!(
+                "rule_files: [r.yaml]\ntests:\n  - input_series:\n      - series: 'up{{job=\"a\"}}'\n        values: '1'\n    alert_rule_test:\n      - alertname: Up\n        exp_alerts:\n          - exp_labels: {{job: a}}\n            exp_annotations:\n              description: first line continued at the key's indent\n              summary: it's quoted\n    promql_expr_test:\n      - expr: up\n        exp_samples:\n          - labels: 'up{{job=\"a\"}}'\n            value: {value}\n"
+            ),
+        );
+        for cmd in [
+            Command::new("promtool").args(["test", "rules"]).arg(&f),
+            Command::new(BIN).arg("test-rules").arg(&f),
+        ] {
+            let out = cmd.output().unwrap();
+            assert_eq!(
+                out.status.success(),
+                pass,
+                "{cmd:?} on {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -74,6 +74,8 @@ struct InputSeries {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AlertTest {
+    /// promtool reads a missing `eval_time` as 0.
+    #[serde(default = "zero")]
     eval_time: String,
     #[serde(default)]
     alertname: String,
@@ -94,6 +96,8 @@ struct ExpAlert {
 #[serde(deny_unknown_fields)]
 struct ExprTest {
     expr: String,
+    /// promtool reads a missing `eval_time` as 0.
+    #[serde(default = "zero")]
     eval_time: String,
     #[serde(default)]
     exp_samples: Vec<ExpSample>,
@@ -225,6 +229,10 @@ struct Run<'a> {
     order: &'a BTreeMap<String, usize>,
     groups: &'a Result<Vec<GroupDef>, Vec<String>>,
     max_evaluations: usize,
+}
+
+fn zero() -> String {
+    "0s".into()
 }
 
 fn dur(text: &str, what: &str) -> Result<i64, Vec<String>> {
