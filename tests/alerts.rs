@@ -168,7 +168,7 @@ const RULES_V2: &str = "groups:
       - alert: Always
         expr: nodewatch_build_info > 0
         labels: { severity: info }
-        annotations: { summary: 'version {{ $labels.version }}' }
+        annotations: { summary: 'nodewatch {{ $labels.version }}' }
       - alert: Added
         expr: nodewatch_build_info == 1
 ";
@@ -177,7 +177,7 @@ const RULES_BAD: &str = "groups:
   - name: g
     rules:
       - alert: Always
-        expr: topk(1, nodewatch_build_info)
+        expr: timestamp(nodewatch_build_info)
 ";
 
 #[test]
@@ -205,7 +205,8 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
         "{first}"
     );
 
-    // A valid new set: `Always` is unchanged and keeps its state; `Waiting` goes.
+    // A valid new set: `Always` has only its annotation edited and keeps its state (as in
+    // Prometheus: same name and labels); `Waiting` goes.
     std::fs::write(&rules, RULES_V2).unwrap();
     sighup(&agent);
     let got = wait_for(Duration::from_secs(3), || {
@@ -216,8 +217,18 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
     let always = find(&got, "Always").expect("unchanged alert kept");
     assert_eq!(
         always["activeAt"], first["activeAt"],
-        "state of an unchanged alert kept"
+        "state of an alert with the same name and labels kept"
     );
+    let edited = wait_for(Duration::from_secs(3), || {
+        let all = alerts(&agent);
+        let a = find(&all, "Always")?.clone();
+        a["annotations"]["summary"]
+            .as_str()?
+            .starts_with("nodewatch ")
+            .then_some(a)
+    })
+    .unwrap_or_else(|| panic!("annotation not updated: {:?}", alerts(&agent)));
+    assert_eq!(edited["activeAt"], first["activeAt"]);
     assert_eq!(always["state"], "firing");
     assert_eq!(agent.sample(reload_ok), Some(1.0));
     let text = agent.metrics();
@@ -233,10 +244,10 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
     let log = agent.log_text();
     assert!(
         log.contains(&format!(
-            "{}:5:15: alert \\\"Always\\\": unsupported aggregation `topk`",
+            "{}:5:15: alert \\\"Always\\\": unsupported function `timestamp`",
             rules.display()
         )) || log.contains(&format!(
-            "{}:5:15: alert \"Always\": unsupported aggregation `topk`",
+            "{}:5:15: alert \"Always\": unsupported function `timestamp`",
             rules.display()
         )),
         "{log}"
@@ -309,7 +320,7 @@ fn reload_over_http_answers_with_the_outcome() {
     );
     assert!(
         err.contains(&format!(
-            "{}:5:15: alert \"Always\": unsupported aggregation `topk`",
+            "{}:5:15: alert \"Always\": unsupported function `timestamp`",
             rules.display()
         )),
         "{err}"
@@ -341,7 +352,7 @@ fn run_refuses_invalid_rule_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("rules.yaml:5:15: alert \"Always\": unsupported aggregation `topk`"),
+        err.contains("rules.yaml:5:15: alert \"Always\": unsupported function `timestamp`"),
         "{err}"
     );
 }

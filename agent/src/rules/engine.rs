@@ -55,6 +55,8 @@ pub struct Group {
 /// A rule evaluation that failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleFailure {
+    /// The file of the group.
+    pub file: String,
     pub group: String,
     pub rule: String,
     pub error: String,
@@ -129,9 +131,25 @@ impl Engine {
             let rules = def
                 .rules
                 .into_iter()
-                .map(|r| match previous.iter().position(|p| p.def == r) {
-                    Some(i) => previous.remove(i),
-                    None => RuleState::new(r),
+                .map(|r| {
+                    if let Some(i) = previous.iter().position(|p| p.def == r) {
+                        return previous.remove(i);
+                    }
+                    // As Prometheus's `CopyState`: a rule with the same name and labels keeps
+                    // its alerts (and `for` keeps running) whatever else was edited.
+                    let same = |p: &RuleState| {
+                        p.def.kind == r.kind && p.def.name == r.name && p.def.labels == r.labels
+                    };
+                    match previous.iter().position(same) {
+                        Some(i) => {
+                            let p = previous.remove(i);
+                            let mut s = RuleState::new(r);
+                            s.active = p.active;
+                            s.written = p.written;
+                            s
+                        }
+                        None => RuleState::new(r),
+                    }
                 })
                 .collect();
             orphaned.extend(previous.into_iter().flat_map(|r| r.written));
@@ -202,6 +220,7 @@ impl Engine {
                     }
                     Err(e) => {
                         failures.push(RuleFailure {
+                            file: g.file.clone(),
                             group: g.name.clone(),
                             rule: r.def.name.clone(),
                             error: e.clone(),
@@ -364,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn replace_keeps_the_state_of_unchanged_rules_only() {
+    fn replace_keeps_alerts_of_rules_with_the_same_name_and_labels() {
         let mut e = engine(RULES);
         for t in [0, 1000, 2000] {
             x(&mut e, t, Some(6.0));
@@ -373,8 +392,42 @@ mod tests {
         assert_eq!(big(&e), Some(State::Firing));
         e.replace(file::parse("r.yaml", RULES).unwrap());
         assert_eq!(big(&e), Some(State::Firing), "same rule: alert kept");
-        e.replace(file::parse("r.yaml", &RULES.replace("for: 2s", "for: 3s")).unwrap());
-        assert_eq!(big(&e), None, "changed rule: starts afresh");
+        let active_at = |e: &E| {
+            e.rules()
+                .find(|r| r.def.name == "Big")
+                .and_then(|r| r.active.values().next())
+                .map(|a| a.active_at)
+        };
+        let since = active_at(&e);
+        let annotated = RULES.replace(
+            "for: 2s",
+            "for: 2s\n        annotations:\n          summary: edited",
+        );
+        e.replace(file::parse("r.yaml", &annotated).unwrap());
+        assert_eq!(
+            big(&e),
+            Some(State::Firing),
+            "annotation edited: alert kept"
+        );
+        assert_eq!(active_at(&e), since, "`for` not restarted");
+        e.replace(
+            file::parse(
+                "r.yaml",
+                &annotated.replace("x:doubled > 10", "x:doubled > 11"),
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            big(&e),
+            Some(State::Firing),
+            "same name and labels: kept, as Prometheus keeps it"
+        );
+        let labelled = annotated.replace(
+            "for: 2s",
+            "for: 2s\n        labels:\n          severity: page",
+        );
+        e.replace(file::parse("r.yaml", &labelled).unwrap());
+        assert_eq!(big(&e), None, "labels changed: starts afresh");
         e.replace(file::parse("r.yaml", "groups: []").unwrap());
         x(&mut e, 3000, Some(6.0));
         e.evaluate(3000, true, 1000);
