@@ -177,7 +177,7 @@ const RULES_BAD: &str = "groups:
   - name: g
     rules:
       - alert: Always
-        expr: timestamp(nodewatch_build_info)
+        expr: histogram_count(nodewatch_build_info)
 ";
 
 #[test]
@@ -244,10 +244,10 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
     let log = agent.log_text();
     assert!(
         log.contains(&format!(
-            "{}:5:15: alert \\\"Always\\\": unsupported function `timestamp`",
+            "{}:5:15: alert \\\"Always\\\": unsupported function `histogram_count`",
             rules.display()
         )) || log.contains(&format!(
-            "{}:5:15: alert \"Always\": unsupported function `timestamp`",
+            "{}:5:15: alert \"Always\": unsupported function `histogram_count`",
             rules.display()
         )),
         "{log}"
@@ -320,7 +320,7 @@ fn reload_over_http_answers_with_the_outcome() {
     );
     assert!(
         err.contains(&format!(
-            "{}:5:15: alert \"Always\": unsupported function `timestamp`",
+            "{}:5:15: alert \"Always\": unsupported function `histogram_count`",
             rules.display()
         )),
         "{err}"
@@ -352,7 +352,7 @@ fn run_refuses_invalid_rule_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("rules.yaml:5:15: alert \"Always\": unsupported function `timestamp`"),
+        err.contains("rules.yaml:5:15: alert \"Always\": unsupported function `histogram_count`"),
         "{err}"
     );
 }

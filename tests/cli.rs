@@ -240,7 +240,7 @@ fn check_rules_reports_every_problem_with_its_place() {
       - alert: B
         expr: sum(x) +
       - alert: C
-        expr: timestamp(x) > 1
+        expr: histogram_count(x) > 1
       - record: "bad name"
         expr: x
       - alert: D
@@ -267,7 +267,7 @@ fn check_rules_reports_every_problem_with_its_place() {
         "FILE:28:11: group name \"g\" is repeated in the same file",
         "FILE:6:14: alert \"A\": for: not a valid duration string: \"5 minutes\"",
         "FILE:8:15: alert \"B\": could not parse expression: ",
-        "FILE:10:15: alert \"C\": unsupported function `timestamp`",
+        "FILE:10:15: alert \"C\": unsupported function `histogram_count`",
         "FILE:11:17: invalid recording rule name: \"bad name\"",
         "FILE:16:24: alert \"D\": invalid label name: \"bad-label\"",
         "FILE:18:24: alert \"D\": annotation \"summary\": unsupported template action `range`",

@@ -279,6 +279,12 @@ const EXPRS: &[&str] = &[
     "rate(c[5m:15s])",
     "min_over_time(sum by (job) (c)[5m:45s])",
     "changes(up[10m:1m])",
+    // Sample times.
+    "timestamp(g)",
+    "timestamp(g offset 1m)",
+    "timestamp((c))",
+    "timestamp(rate(c[1m]))",
+    "time() - timestamp(g)",
 ];
 
 const TIMES: &[&str] = &[
@@ -660,7 +666,10 @@ fn outside_the_subset_is_refused_but_valid_for_prometheus() {
     }
     let dir = TempDir::new("vs-prom-subset");
     for (expr, construct) in [
-        ("timestamp(c)", "unsupported function `timestamp`"),
+        (
+            "histogram_count(c)",
+            "unsupported function `histogram_count`",
+        ),
         ("max_over_time(c[5m:1m] @ 100)", "unsupported `@` modifier"),
         ("c @ 100", "unsupported `@` modifier"),
     ] {

@@ -210,6 +210,38 @@ impl Source for Evaluator<'_> {
     fn eval(&self, e: &Expr) -> Result<Value, EvalError> {
         Evaluator::eval(self, e)
     }
+    fn timed(&self, e: &Expr) -> Result<Vec<(Sample, i64)>, EvalError> {
+        match e {
+            Expr::Paren(p) => self.timed(&p.expr),
+            Expr::VectorSelector(vs) => {
+                let (name, matchers) = Self::selector_matchers(vs);
+                let ts = self.ts - offset_ms(vs.offset.as_ref());
+                Ok(self
+                    .history
+                    .select(name, matchers)
+                    .into_iter()
+                    .filter_map(|(labels, s)| {
+                        s.instant_sample(ts, LOOKBACK_MS).map(|(t, value)| {
+                            (
+                                Sample {
+                                    labels: labels.clone(),
+                                    value,
+                                },
+                                t,
+                            )
+                        })
+                    })
+                    .collect())
+            }
+            other => Ok(self
+                .eval(other)?
+                .into_vector()
+                .into_iter()
+                .map(|s| (s, self.ts))
+                .collect()),
+        }
+    }
+
     fn range(&self, e: &Expr) -> Result<Range, EvalError> {
         match e {
             Expr::MatrixSelector(ms) => Ok(self.matrix(ms)),

@@ -130,6 +130,17 @@ pub const FUNCTIONS: &[Function] = &[
             _ => f64::NAN,
         }))
     }),
+    other("timestamp", &[V], 1, |ev, a| {
+        Ok(Value::Vector(
+            ev.timed(&a[0])?
+                .into_iter()
+                .map(|(s, t)| Sample {
+                    labels: s.labels.without_name(),
+                    value: t as f64 / 1000.0,
+                })
+                .collect(),
+        ))
+    }),
     other("pi", &[], 0, |_, _| Ok(Value::Scalar(std::f64::consts::PI))),
     map("abs", f64::abs),
     map("ceil", f64::ceil),

@@ -261,7 +261,11 @@ mod tests {
     #[test]
     fn outside_the_subset_is_named() {
         for (q, what, needle) in [
-            ("timestamp(x)", "function `timestamp`", "timestamp"),
+            (
+                "histogram_count(x)",
+                "function `histogram_count`",
+                "histogram_count",
+            ),
             ("x @ 100", "`@`", "@"),
             ("x[5m]", "vector or a scalar", ""),
             ("\"s\"", "vector or a scalar", ""),

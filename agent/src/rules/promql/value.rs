@@ -57,4 +57,7 @@ pub trait Source {
     fn eval(&self, e: &Expr) -> Result<Value, EvalError>;
     /// Evaluates a range argument: a range selector or a subquery.
     fn range(&self, e: &Expr) -> Result<Range, EvalError>;
+    /// Evaluates a vector argument with the time of each sample in milliseconds: a selector's
+    /// own sample times, the evaluation time for anything computed.
+    fn timed(&self, e: &Expr) -> Result<Vec<(Sample, i64)>, EvalError>;
 }
