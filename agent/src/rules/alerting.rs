@@ -2,7 +2,7 @@
 //! exactly as Prometheus's `AlertingRule.Eval` moves it.
 
 use super::{
-    eval::Sample,
+    promql::eval::Sample,
     template::{Data, Template},
 };
 use crate::{

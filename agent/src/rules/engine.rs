@@ -7,8 +7,8 @@ use std::collections::HashMap as StdHashMap;
 
 use super::{
     alerting,
-    eval::{Evaluator, Sample, no_duplicates},
     file::{GroupDef, Kind, RuleDef},
+    promql::eval::{Evaluator, Sample, no_duplicates},
 };
 use crate::{
     alerts::Alert,
@@ -285,7 +285,7 @@ mod tests {
     use super::*;
     use crate::{
         alerts::State,
-        rules::{eval::Evaluator, file},
+        rules::{file, promql::eval::Evaluator},
         store::history::DEFAULT_MAX_SERIES,
     };
 

@@ -1,9 +1,8 @@
 //! Alert and recording rules in the Prometheus rule-file format, evaluated on this node every
-//! tick: load and validate ([`file`], [`subset`], [`template`], [`tmplparse`],
-//! [`tmplfuncs`]), evaluate ([`eval`], [`functions`], [`value`]) over the store's short
-//! history of the node's own series (`store::history`), move alerts ([`alerting`]), run groups
-//! ([`engine`]) for the agent ([`live`], [`reload`]) and for rule unit tests ([`unittest`],
-//! [`notation`]).
+//! tick: load and validate ([`file`], [`promql::subset`], [`template`]), evaluate
+//! ([`promql`]) over the store's short history of the node's own series (`store::history`),
+//! move alerts ([`alerting`]), run groups ([`engine`]) for the agent ([`live`], [`reload`])
+//! and for rule unit tests ([`unittest`]).
 
 pub mod alerting;
 pub mod engine;
@@ -13,10 +12,6 @@ pub mod promql;
 pub mod reload;
 pub mod template;
 pub mod unittest;
-
-pub use promql::{duration, eval, functions, subset, value};
-pub use template::{gofmt, tmplfuncs, tmplparse};
-pub use unittest::notation;
 
 use std::path::{Path, PathBuf};
 

@@ -8,8 +8,10 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
-    duration,
-    subset::{self, Needle},
+    promql::{
+        duration,
+        subset::{self, Needle},
+    },
     template::Template,
 };
 use crate::{

@@ -35,6 +35,9 @@ pub struct Evaluator<'a> {
     pub step_ms: i64,
 }
 
+/// The most steps a subquery may take (Prometheus's bound on the points of a range query).
+pub const MAX_SUBQUERY_STEPS: i64 = 11_000;
+
 /// An `offset` in milliseconds (negative ones look ahead).
 pub fn offset_ms(o: Option<&Offset>) -> i64 {
     match o {
@@ -142,6 +145,13 @@ impl Evaluator<'_> {
             .max(1);
         let end = self.ts - offset_ms(sq.offset.as_ref());
         let start = end - sq.range.as_millis() as i64;
+        // A bound of nodewatch's own: each tick evaluates the rule again.
+        if (end - start) / step > MAX_SUBQUERY_STEPS {
+            return Err(EvalError(format!(
+                "subquery of {} steps: at most {MAX_SUBQUERY_STEPS} (give it a larger step)",
+                (end - start) / step
+            )));
+        }
         let mut t = step * start.div_euclid(step);
         if t < start {
             t += step;

@@ -9,13 +9,12 @@ use promql_parser::{
 };
 
 use super::{
+    dates::{Civil, civil, days_in_month},
+    histogram::histogram_quantile_of,
     over_time::{self, Points},
     value::{EvalError, Range, Sample, Source, Value},
 };
-use crate::store::{
-    hash::HashMap,
-    labels::{Labels, METRIC_NAME, is_label_name},
-};
+use crate::store::labels::{Labels, METRIC_NAME, is_label_name};
 
 /// A function evaluated from its evaluator and its unevaluated arguments.
 pub type Custom = fn(&dyn Source, &[Box<Expr>]) -> Result<Value, EvalError>;
@@ -452,92 +451,6 @@ fn label_join(ev: &dyn Source, a: &[Box<Expr>]) -> Result<Value, EvalError> {
     Ok(Value::Vector(out))
 }
 
-/// A UTC calendar date and time.
-pub struct Civil {
-    pub year: i64,
-    pub month: u32,
-    pub day: u32,
-    pub weekday: u32,
-    pub yday: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
-}
-
-fn is_leap(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-/// Go's `time.Unix(secs, 0).UTC()` broken down, with Go's own arithmetic (`absDate`): the
-/// seconds are moved to Go's absolute epoch in wrapping 64-bit integers, so even the minimum
-/// that Go's float conversion gives NaN and huge values lands on the date Prometheus prints.
-pub fn civil(secs: i64) -> Civil {
-    const SECONDS_PER_DAY: u64 = 86_400;
-    const DAYS_PER_400_YEARS: u64 = 365 * 400 + 97;
-    const DAYS_PER_100_YEARS: u64 = 365 * 100 + 24;
-    const DAYS_PER_4_YEARS: u64 = 365 * 4 + 1;
-    const ABSOLUTE_ZERO_YEAR: i64 = -292_277_022_399;
-    // unixToInternal + internalToAbsolute.
-    let abs = secs.wrapping_add(9_223_372_028_715_321_600) as u64;
-    let mut d = abs / SECONDS_PER_DAY;
-    let mut n = d / DAYS_PER_400_YEARS;
-    let mut y = 400 * n;
-    d -= DAYS_PER_400_YEARS * n;
-    n = d / DAYS_PER_100_YEARS;
-    n -= n >> 2;
-    y += 100 * n;
-    d -= DAYS_PER_100_YEARS * n;
-    n = d / DAYS_PER_4_YEARS;
-    y += 4 * n;
-    d -= DAYS_PER_4_YEARS * n;
-    n = d / 365;
-    n -= n >> 2;
-    y += n;
-    d -= 365 * n;
-    let year = (y as i64).wrapping_add(ABSOLUTE_ZERO_YEAR);
-    let yday = d as u32;
-    let mut day = yday;
-    let (month, day) = 'm: {
-        if is_leap(year) {
-            if day > 31 + 29 - 1 {
-                day -= 1;
-            } else if day == 31 + 29 - 1 {
-                break 'm (2, 29);
-            }
-        }
-        const BEFORE: [u32; 13] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334, 365];
-        let mut month = day / 31;
-        let end = BEFORE[month as usize + 1];
-        let begin = if day >= end {
-            month += 1;
-            end
-        } else {
-            BEFORE[month as usize]
-        };
-        (month + 1, day - begin + 1)
-    };
-    Civil {
-        year,
-        month,
-        day,
-        // Go's absolute epoch starts on a Monday.
-        weekday: ((abs + SECONDS_PER_DAY) % (7 * SECONDS_PER_DAY) / SECONDS_PER_DAY) as u32,
-        yday: yday + 1,
-        hour: (abs % SECONDS_PER_DAY / 3600) as u32,
-        minute: (abs % 3600 / 60) as u32,
-        second: (abs % 60) as u32,
-    }
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
 /// 2^63, where Go's float-to-int64 conversion stops being exact.
 const TWO_63: f64 = 9_223_372_036_854_775_808.0;
 
@@ -585,96 +498,6 @@ fn absent_labels(e: &Expr) -> Labels {
     labels
 }
 
-/// `histogram_quantile` over classic buckets (`le` labels), Prometheus's `bucketQuantile`.
-pub fn histogram_quantile_of(q: f64, v: Vec<Sample>) -> Vec<Sample> {
-    let mut groups: HashMap<Labels, (Labels, Vec<(f64, f64)>)> = HashMap::default();
-    let mut order = Vec::new();
-    for s in v {
-        let Some(upper) = s.labels.get("le").and_then(parse_go_float) else {
-            continue;
-        };
-        let mut key = s.labels.clone();
-        key.remove("le");
-        let entry = groups.entry(key.clone()).or_insert_with(|| {
-            order.push(key.clone());
-            let mut out = key.clone();
-            out.remove(METRIC_NAME);
-            (out, Vec::new())
-        });
-        entry.1.push((upper, s.value));
-    }
-    order
-        .into_iter()
-        .filter_map(|k| groups.remove(&k))
-        .map(|(labels, buckets)| Sample {
-            labels,
-            value: bucket_quantile(q, buckets),
-        })
-        .collect()
-}
-
-/// Go's `strconv.ParseFloat` for bucket bounds: also `+Inf`, `Inf`, `NaN`.
-fn parse_go_float(s: &str) -> Option<f64> {
-    s.parse().ok()
-}
-
-fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
-    if q.is_nan() {
-        return f64::NAN;
-    }
-    if q < 0.0 {
-        return f64::NEG_INFINITY;
-    }
-    if q > 1.0 {
-        return f64::INFINITY;
-    }
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
-        return f64::NAN;
-    }
-    // Coalesce buckets with the same bound, then force the counts to be monotonic.
-    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
-    for (ub, c) in buckets {
-        match merged.last_mut() {
-            Some(last) if last.0 == ub => last.1 += c,
-            _ => merged.push((ub, c)),
-        }
-    }
-    let mut max = f64::NEG_INFINITY;
-    for b in &mut merged {
-        if b.1 > max {
-            max = b.1;
-        } else if b.1 < max {
-            b.1 = max;
-        }
-    }
-    if merged.len() < 2 {
-        return f64::NAN;
-    }
-    let observations = merged[merged.len() - 1].1;
-    if observations == 0.0 {
-        return f64::NAN;
-    }
-    let mut rank = q * observations;
-    let n = merged.len() - 1;
-    let b = merged[..n].partition_point(|b| b.1 < rank);
-    if b == n {
-        return merged[n - 1].0;
-    }
-    if b == 0 && merged[0].0 <= 0.0 {
-        return merged[0].0;
-    }
-    let bucket_end = merged[b].0;
-    let mut count = merged[b].1;
-    let mut bucket_start = 0.0;
-    if b > 0 {
-        bucket_start = merged[b - 1].0;
-        count -= merged[b - 1].1;
-        rank -= merged[b - 1].1;
-    }
-    bucket_start + (bucket_end - bucket_start) * (rank / count)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,22 +530,6 @@ mod tests {
     }
 
     #[test]
-    fn dates_are_utc_civil_dates() {
-        // 2024-02-29 13:45:00 UTC, a Thursday, day 60 of a leap year.
-        let d = civil(1_709_214_300);
-        assert_eq!(
-            (d.year, d.month, d.day, d.weekday, d.yday, d.hour, d.minute),
-            (2024, 2, 29, 4, 60, 13, 45)
-        );
-        let d = civil(0);
-        assert_eq!(
-            (d.year, d.month, d.day, d.weekday, d.yday),
-            (1970, 1, 1, 4, 1)
-        );
-        assert_eq!(days_in_month(1900, 2), 28);
-    }
-
-    #[test]
     fn go_min_max_propagate_nan() {
         assert!(go_max(1.0, f64::NAN).is_nan());
         assert_eq!(go_max(f64::NAN, f64::INFINITY), f64::INFINITY);
@@ -752,21 +559,5 @@ mod tests {
             over_time::extrapolated_rate(&pts[..1], 20_000, 20_000, true, false),
             None
         );
-    }
-
-    #[test]
-    fn bucket_quantile_edges() {
-        let b = |v: &[(f64, f64)]| v.to_vec();
-        assert!(
-            bucket_quantile(0.5, b(&[(1.0, 1.0)])).is_nan(),
-            "no +Inf bucket"
-        );
-        assert_eq!(bucket_quantile(2.0, b(&[])), f64::INFINITY);
-        let h = b(&[(0.1, 10.0), (1.0, 20.0), (f64::INFINITY, 20.0)]);
-        assert_eq!(bucket_quantile(0.5, h.clone()), 0.1);
-        assert!((bucket_quantile(0.75, h.clone()) - 0.55).abs() < 1e-12);
-        assert_eq!(bucket_quantile(1.0, h), 1.0);
-        let over = b(&[(0.1, 0.0), (f64::INFINITY, 5.0)]);
-        assert_eq!(bucket_quantile(0.9, over), 0.1, "rank in +Inf bucket");
     }
 }

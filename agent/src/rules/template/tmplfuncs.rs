@@ -228,7 +228,7 @@ fn humanize_timestamp(v: f64) -> Result<String, String> {
         ));
     }
     let ms = (ns as i64) / 1_000_000;
-    let d = crate::rules::promql::functions::civil(ms.div_euclid(1000));
+    let d = crate::rules::promql::dates::civil(ms.div_euclid(1000));
     let frac = ms.rem_euclid(1000);
     let frac = if frac == 0 {
         String::new()

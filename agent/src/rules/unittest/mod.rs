@@ -13,14 +13,16 @@ use std::{
 
 use serde::Deserialize;
 
+use self::notation::{parse_metric, parse_values};
 use super::{
-    duration,
     engine::Engine,
-    eval::{Evaluator, Sample},
     file::{self, GroupDef, Kind},
-    gofmt,
-    notation::{parse_metric, parse_values},
-    subset,
+    promql::{
+        duration,
+        eval::{Evaluator, Sample},
+        subset,
+    },
+    template::gofmt,
 };
 use crate::{
     alerts::State,
