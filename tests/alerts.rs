@@ -12,7 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, Netns, NftTable, TempDir, have_root, http_get, wait_for};
+use common::{
+    Agent, Netns, NftTable, TempDir, have_root, healthz, http_get,
+    receiver::{Answer, Receiver},
+    wait_for,
+};
 use serde_json::Value;
 
 /// The alerts the agent serves.
@@ -276,6 +280,72 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
         (agent.sample(reload_ok) == Some(1.0)).then_some(())
     })
     .unwrap_or_else(|| panic!("good reload not reported:\n{}", agent.log_text()));
+    assert!(agent.stop().success());
+}
+
+const DRAIN_V1: &str = "groups:
+  - name: g
+    rules:
+      - alert: Drained
+        expr: nodewatch_build_info > 0
+        for: 1s
+        labels: { severity: page, health: drain }
+        annotations: { summary: 'the node is out (tpyo)' }
+";
+
+/// Fixing a typo in an annotation and reloading changes nothing else, as in Prometheus: the
+/// firing alert stays firing with its `activeAt`, no "resolved" goes out, and the node stays
+/// out of the load balancer.
+#[test]
+fn an_annotation_edit_keeps_a_firing_alert_and_the_node_out() {
+    let dir = TempDir::new("alerts-annotation-edit");
+    let rules = dir.write("rules.yaml", DRAIN_V1);
+    let receiver = Receiver::start(Answer::Status(200));
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\nnotifiers:\n  - {{ name: ops, kind: webhook, url: \"{}\" }}\n",
+            receiver.url()
+        ),
+    );
+    let sent = |status: &str| {
+        receiver
+            .notifications()
+            .iter()
+            .filter(|(n, s)| n == "Drained" && s == status)
+            .count()
+    };
+    wait_for(Duration::from_secs(10), || {
+        (sent("firing") >= 1 && healthz(&agent) == 503).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not firing: {:?}\n{}",
+            receiver.notifications(),
+            agent.log_text()
+        )
+    });
+    let before = find(&alerts(&agent), "Drained").unwrap().clone();
+
+    std::fs::write(&rules, DRAIN_V1.replace("tpyo", "typo")).unwrap();
+    sighup(&agent);
+    let after = wait_for(Duration::from_secs(5), || {
+        let a = find(&alerts(&agent), "Drained")?.clone();
+        (a["annotations"]["summary"] == "the node is out (typo)").then_some(a)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "edit not loaded: {:?}\n{}",
+            alerts(&agent),
+            agent.log_text()
+        )
+    });
+    // A few more ticks and a notifier round for anything that would have gone out.
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(after["state"], "firing");
+    assert_eq!(after["activeAt"], before["activeAt"], "`for` not restarted");
+    assert_eq!(sent("resolved"), 0, "{:?}", receiver.notifications());
+    assert_eq!(healthz(&agent), 503, "the node stays out");
     assert!(agent.stop().success());
 }
 
