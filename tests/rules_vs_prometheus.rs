@@ -328,6 +328,7 @@ groups:
           nested: "{{ with $labels.port }}{{ with $labels.job }}{{ . }}{{ else }}{{ . }}{{ end }}:{{ . }}{{ end }}"
           trimmed: "a {{- with $labels.job }} {{ . }} {{- end }} b {{- if false }} x {{- else -}} \n y {{ end -}} z"
           cmp: '{{ if gt $value 60.0 }}gt{{ end }} {{ if lt $value 100.5 }}lt{{ end }} {{ if eq $labels.job "a" }}A{{ end }} {{ if ne $labels.port "80" }}not80{{ end }} {{ if le 1 2 }}le{{ end }} {{ if ge "b" "a" }}ge{{ end }} {{ eq $labels.job "x" "a" "b" }} {{ ge $value $value }} {{ eq true false }}'
+          query: '{{ with query "sum(c)" }}{{ . | first | value | humanize }}{{ end }} {{ query "up" | first | label "job" }} {{ printf "sum(c{job=''%s''})" $labels.job | query | first | value }} {{ with query "nope" }}never{{ else }}empty{{ end }}'
           time: '{{ 1709214300.5 | humanizeTimestamp }} {{ $value | humanizeTimestamp }} {{ humanizeTimestamp "0.001" }} {{ -1.25 | humanizeTimestamp }}'
       - alert: GaugeOdd
         expr: g > 1 or g < -1

@@ -8,7 +8,10 @@ use std::collections::HashMap as StdHashMap;
 use super::{
     alerting,
     file::{GroupDef, Kind, RuleDef},
-    promql::eval::{Evaluator, Sample, no_duplicates},
+    promql::{
+        eval::{Evaluator, Sample, no_duplicates},
+        subset,
+    },
 };
 use crate::{
     alerts::Alert,
@@ -265,6 +268,16 @@ fn eval_rule(
             Ok(out)
         }
         Kind::Alerting => {
+            // Template queries run at the rule's instant, over the same history.
+            let query = |text: &str| -> Result<Vec<(Labels, f64)>, String> {
+                let e = promql_parser::parser::parse(text).map_err(|e| e.to_string())?;
+                subset::check(&e).map_err(|u| u.message)?;
+                let v = ev.eval(&e).map_err(|e| e.0)?;
+                Ok(v.into_vector()
+                    .into_iter()
+                    .map(|s| (s.labels, s.value))
+                    .collect())
+            };
             let rule = alerting::Rule {
                 name: &r.def.name,
                 for_ms: r.def.for_ms,
@@ -274,6 +287,7 @@ fn eval_rule(
                 external_labels,
                 external_url,
                 limit,
+                query: Some(&query),
             };
             alerting::evaluate(&rule, &mut r.active, result, ts)
         }

@@ -11,7 +11,7 @@ pub mod tmplfuncs;
 pub mod tmplparse;
 
 use self::{
-    tmplfuncs::{Val, call, lookup, print},
+    tmplfuncs::{Func, Val, call, lookup, print},
     tmplparse::{Command, Node, Operand, Var},
 };
 use crate::store::labels::Labels;
@@ -30,7 +30,12 @@ pub struct Data<'a> {
     pub external_labels: &'a Labels,
     pub external_url: &'a str,
     pub value: f64,
+    /// Runs a PromQL query at the rule's evaluation time, for `query`.
+    pub query: Option<&'a Query<'a>>,
 }
+
+/// What `query` calls: the samples of an instant query, or why it failed.
+pub type Query<'a> = dyn Fn(&str) -> Result<Vec<(Labels, f64)>, String> + 'a;
 
 impl Template {
     /// Parses `raw`.
@@ -114,6 +119,8 @@ fn truth(v: &Val<'_>) -> bool {
         Val::Int(i) => *i != 0,
         Val::Bool(b) => *b,
         Val::Map(m) => m.iter().next().is_some(),
+        Val::Samples(v) => !v.is_empty(),
+        Val::Sample(..) => true,
         Val::Missing => false,
     }
 }
@@ -129,6 +136,13 @@ fn run<'a>(pipe: &[Command], data: &'a Data<'a>, dot: &Val<'a>) -> Result<Val<'a
             args.push(v);
         }
         last = Some(match &ops[0] {
+            Operand::Func(Func::Query) => {
+                let [Val::Str(q)] = args.as_slice() else {
+                    return Err("error calling query: query needs one string".into());
+                };
+                let run = data.query.ok_or("error calling query: no evaluator")?;
+                Val::Samples(run(q).map_err(|e| format!("error calling query: {e}"))?)
+            }
             Operand::Func(f) => call(*f, args)?,
             other if args.is_empty() => operand(other, data, dot)?,
             _ => return Err("can't give argument to non-function".into()),
@@ -182,6 +196,7 @@ mod tests {
             external_labels: &ext,
             external_url: "http://n",
             value,
+            query: None,
         })
     }
 
@@ -248,6 +263,7 @@ mod tests {
                 external_labels: &ext,
                 external_url: "",
                 value,
+                query: None,
             })
     }
 
@@ -458,7 +474,7 @@ mod tests {
         for (t, what, at) in [
             ("a {{ range $labels }}x{{ end }}", "action `range`", 5),
             ("{{ $x := 1 }}", "variable `$x`", 3),
-            ("{{ query \"up\" }}", "function `query`", 3),
+            ("{{ sortByLabel \"job\" $value }}", "function `sortByLabel`", 3),
             ("{{ $labels.a.b }}", "field access", 3),
             ("{{ .Foo }}", "unknown field `.Foo`", 3),
             ("{{ $value ", "unclosed action", 0),

@@ -21,6 +21,10 @@ pub(super) enum Func {
     Le,
     Gt,
     Ge,
+    Query,
+    First,
+    Value,
+    Label,
 }
 
 pub(super) const FUNCS: &[(&str, Func)] = &[
@@ -40,6 +44,10 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
     ("le", Func::Le),
     ("gt", Func::Gt),
     ("ge", Func::Ge),
+    ("query", Func::Query),
+    ("first", Func::First),
+    ("value", Func::Value),
+    ("label", Func::Label),
 ];
 
 /// A value while a pipeline runs.
@@ -50,6 +58,10 @@ pub(super) enum Val<'a> {
     Int(i64),
     Bool(bool),
     Map(&'a Labels),
+    /// What `query` gives: labels and value of each sample.
+    Samples(Vec<(Labels, f64)>),
+    /// One of them.
+    Sample(Labels, f64),
     /// What an empty pipeline gives.
     Missing,
 }
@@ -63,6 +75,8 @@ impl Val<'_> {
             Val::Int(_) => "int",
             Val::Bool(_) => "bool",
             Val::Map(_) => "map[string]string",
+            Val::Samples(_) => "template.queryResult",
+            Val::Sample(..) => "*template.sample",
             Val::Missing => "<nil>",
         }
     }
@@ -80,11 +94,25 @@ pub(super) fn print(v: &Val<'_>) -> String {
         Val::Int(i) => i.to_string(),
         Val::Bool(b) => b.to_string(),
         Val::Missing => "<no value>".into(),
+        Val::Samples(v) => format!(
+            "[{}]",
+            v.iter()
+                .map(|(l, v)| sample_text(l, *v))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Val::Sample(l, v) => sample_text(l, *v),
         Val::Map(m) => {
             let pairs: Vec<String> = m.iter().map(|(k, v)| format!("{k}:{v}")).collect();
             format!("map[{}]", pairs.join(" "))
         }
     }
+}
+
+/// Go's `%v` of a `*template.sample`, as far as it matters: its labels and value.
+fn sample_text(l: &Labels, v: f64) -> String {
+    let pairs: Vec<String> = l.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    format!("&{{map[{}] {}}}", pairs.join(" "), gofmt::format_g(v, None))
 }
 
 /// Prometheus's `convertToFloat`: numbers, and strings that parse as one.
@@ -185,6 +213,39 @@ pub(super) fn call<'a>(f: Func, args: Vec<Val<'a>>) -> Result<Val<'a>, String> {
                 Func::Gt => !(lt || eq),
                 _ => !lt,
             }))
+        }
+        Func::Query => Err("query needs the rule's evaluator".into()),
+        Func::First => {
+            arity(f, &args, 1)?;
+            match &args[0] {
+                Val::Samples(v) => v
+                    .first()
+                    .map(|(l, x)| Val::Sample(l.clone(), *x))
+                    .ok_or_else(|| {
+                        "error calling first: first() called on vector with no elements".into()
+                    }),
+                other => Err(format!(
+                    "error calling first: first() of a {}",
+                    other.type_name()
+                )),
+            }
+        }
+        Func::Value => {
+            arity(f, &args, 1)?;
+            match &args[0] {
+                Val::Sample(_, v) => Ok(Val::Float(*v)),
+                other => Err(format!(
+                    "error calling value: value() of a {}",
+                    other.type_name()
+                )),
+            }
+        }
+        Func::Label => {
+            arity(f, &args, 2)?;
+            match (&args[0], &args[1]) {
+                (Val::Str(k), Val::Sample(l, _)) => Ok(Val::Str(l.get(k).unwrap_or("").into())),
+                _ => Err("error calling label: label(name, sample)".into()),
+            }
         }
         Func::HumanizePercentage => {
             arity(f, &args, 1)?;

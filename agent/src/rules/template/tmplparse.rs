@@ -469,7 +469,7 @@ impl<'s> Parser<'s> {
                     format!("action `{w}`")
                 } else if matches!(
                     w.as_str(),
-                    "query" | "first" | "label" | "value" | "sortByLabel"
+                    "sortByLabel" | "strvalue" | "args" | "safeHtml" | "match" | "reReplaceAll"
                 ) {
                     format!("function `{w}` (queries from templates)")
                 } else {
