@@ -3,8 +3,9 @@
 //! `toUpper`, `toLower`, `title`, `index`, `humanizeTimestamp`, the comparisons `eq`/`ne`/`lt`/
 //! `le`/`gt`/`ge`, `{{ if }}`/`{{ else if }}`/`{{ else }}`,
 //! `{{ with }}` (which sets `.`), `{{ end }}`, and `{{/* comments */}}` with `{{-`/`-}}`
-//! trimming. Parsing is in [`tmplparse`]; anything else (`range`, variables of one's
-//! own, queries) is refused at load, naming the construct.
+//! trimming, and `query` with `first`/`value`/`label`. Parsing is in [`tmplparse`]; anything
+//! else (`range`, variables of one's own, `sortByLabel`, ...) is refused at load, naming the
+//! construct.
 
 pub mod gofmt;
 pub mod tmplfuncs;
@@ -474,7 +475,11 @@ mod tests {
         for (t, what, at) in [
             ("a {{ range $labels }}x{{ end }}", "action `range`", 5),
             ("{{ $x := 1 }}", "variable `$x`", 3),
-            ("{{ sortByLabel \"job\" $value }}", "function `sortByLabel`", 3),
+            (
+                "{{ sortByLabel \"job\" $value }}",
+                "function `sortByLabel`",
+                3,
+            ),
             ("{{ $labels.a.b }}", "field access", 3),
             ("{{ .Foo }}", "unknown field `.Foo`", 3),
             ("{{ $value ", "unclosed action", 0),
