@@ -304,7 +304,8 @@ fn an_annotation_edit_keeps_a_firing_alert_and_the_node_out() {
     let agent = Agent::start(
         &dir,
         &format!(
-            "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\nnotifiers:\n  - {{ name: ops, kind: webhook, url: \"{}\" }}\n",
+            "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nspool_dir: {}\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\nnotifiers:\n  - {{ name: ops, kind: webhook, url: \"{}\" }}\n",
+            dir.0.join("spool").display(),
             receiver.url()
         ),
     );
