@@ -426,3 +426,63 @@ fn a_retransmitted_syn_for_a_waiting_connection_is_not_an_overflow() {
         assert!(seen.is_some(), "agent {} != kernel {kernel}", overflows(&agent, &p.to_string()));
     });
 }
+
+/// A listener in a namespace of its own whose cgroup's processes live elsewhere: a service
+/// started with `ip netns exec` from the host's cgroup (here, this test's). The agent runs on
+/// the host; its queue gauges for the listener equal what `ss` shows inside the namespace.
+#[test]
+fn queue_gauges_reach_a_listener_in_a_namespace_its_cgroup_does_not_live_in() {
+    if !have_root("accept_queue in another namespace") {
+        return;
+    }
+    let ns = Netns::create("aqns");
+    // The listener's process, spawned from a thread inside the namespace: it lives there,
+    // in this test's cgroup, whose other processes (this one first) stay on the host.
+    let mut server = ns.run(|| {
+        std::process::Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                "import socket, sys, time\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen(3)\nprint(s.getsockname()[1], flush=True)\nsys.stdin.read()\n",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start python3")
+    });
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: u16 = line.trim().parse().expect("the listener's port");
+    let dir = TempDir::new("aq-netns");
+    let agent = Agent::start(&dir, &config(&[port], "auto"));
+    // Two connections wait in its accept queue (it never accepts).
+    let clients: Vec<TcpStream> = ns.run(|| {
+        (0..2)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect()
+    });
+    let ss = ns.run(|| ss_queue(port));
+    assert_eq!(ss, (2.0, 3.0), "ss inside the namespace");
+    let seen = wait_for(Duration::from_secs(5), || {
+        let len = agent.sample(&format!(
+            "nodewatch_tcp_listen_queue_length{{port=\"{port}\"}}"
+        ));
+        let max = agent.sample(&format!(
+            "nodewatch_tcp_listen_queue_max{{port=\"{port}\"}}"
+        ));
+        (len == Some(ss.0) && max == Some(ss.1)).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "port {port}: ss shows Recv-Q/Send-Q {ss:?} in the namespace, agent shows\n{}\n{}",
+        agent.metrics(),
+        agent.log_text()
+    );
+    drop(clients);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(agent.stop().success());
+}

@@ -12,7 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, Netns, NftTable, TempDir, have_root, http_get, wait_for};
+use common::{
+    Agent, Netns, NftTable, TempDir, have_root, healthz, http_get,
+    receiver::{Answer, Receiver},
+    wait_for,
+};
 use serde_json::Value;
 
 /// The alerts the agent serves.
@@ -168,7 +172,7 @@ const RULES_V2: &str = "groups:
       - alert: Always
         expr: nodewatch_build_info > 0
         labels: { severity: info }
-        annotations: { summary: 'version {{ $labels.version }}' }
+        annotations: { summary: 'nodewatch {{ $labels.version }}' }
       - alert: Added
         expr: nodewatch_build_info == 1
 ";
@@ -177,7 +181,7 @@ const RULES_BAD: &str = "groups:
   - name: g
     rules:
       - alert: Always
-        expr: topk(1, nodewatch_build_info)
+        expr: histogram_count(nodewatch_build_info)
 ";
 
 #[test]
@@ -205,7 +209,8 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
         "{first}"
     );
 
-    // A valid new set: `Always` is unchanged and keeps its state; `Waiting` goes.
+    // A valid new set: `Always` has only its annotation edited and keeps its state (as in
+    // Prometheus: same name and labels); `Waiting` goes.
     std::fs::write(&rules, RULES_V2).unwrap();
     sighup(&agent);
     let got = wait_for(Duration::from_secs(3), || {
@@ -216,8 +221,18 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
     let always = find(&got, "Always").expect("unchanged alert kept");
     assert_eq!(
         always["activeAt"], first["activeAt"],
-        "state of an unchanged alert kept"
+        "state of an alert with the same name and labels kept"
     );
+    let edited = wait_for(Duration::from_secs(3), || {
+        let all = alerts(&agent);
+        let a = find(&all, "Always")?.clone();
+        a["annotations"]["summary"]
+            .as_str()?
+            .starts_with("nodewatch ")
+            .then_some(a)
+    })
+    .unwrap_or_else(|| panic!("annotation not updated: {:?}", alerts(&agent)));
+    assert_eq!(edited["activeAt"], first["activeAt"]);
     assert_eq!(always["state"], "firing");
     assert_eq!(agent.sample(reload_ok), Some(1.0));
     let text = agent.metrics();
@@ -233,10 +248,10 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
     let log = agent.log_text();
     assert!(
         log.contains(&format!(
-            "{}:5:15: alert \\\"Always\\\": unsupported aggregation `topk`",
+            "{}:5:15: alert \\\"Always\\\": unsupported function `histogram_count`",
             rules.display()
         )) || log.contains(&format!(
-            "{}:5:15: alert \"Always\": unsupported aggregation `topk`",
+            "{}:5:15: alert \"Always\": unsupported function `histogram_count`",
             rules.display()
         )),
         "{log}"
@@ -265,6 +280,73 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
         (agent.sample(reload_ok) == Some(1.0)).then_some(())
     })
     .unwrap_or_else(|| panic!("good reload not reported:\n{}", agent.log_text()));
+    assert!(agent.stop().success());
+}
+
+const DRAIN_V1: &str = "groups:
+  - name: g
+    rules:
+      - alert: Drained
+        expr: nodewatch_build_info > 0
+        for: 1s
+        labels: { severity: page, health: drain }
+        annotations: { summary: 'the node is out (tpyo)' }
+";
+
+/// Fixing a typo in an annotation and reloading changes nothing else, as in Prometheus: the
+/// firing alert stays firing with its `activeAt`, no "resolved" goes out, and the node stays
+/// out of the load balancer.
+#[test]
+fn an_annotation_edit_keeps_a_firing_alert_and_the_node_out() {
+    let dir = TempDir::new("alerts-annotation-edit");
+    let rules = dir.write("rules.yaml", DRAIN_V1);
+    let receiver = Receiver::start(Answer::Status(200));
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nspool_dir: {}\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\nnotifiers:\n  - {{ name: ops, kind: webhook, url: \"{}\" }}\n",
+            dir.0.join("spool").display(),
+            receiver.url()
+        ),
+    );
+    let sent = |status: &str| {
+        receiver
+            .notifications()
+            .iter()
+            .filter(|(n, s)| n == "Drained" && s == status)
+            .count()
+    };
+    wait_for(Duration::from_secs(10), || {
+        (sent("firing") >= 1 && healthz(&agent) == 503).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not firing: {:?}\n{}",
+            receiver.notifications(),
+            agent.log_text()
+        )
+    });
+    let before = find(&alerts(&agent), "Drained").unwrap().clone();
+
+    std::fs::write(&rules, DRAIN_V1.replace("tpyo", "typo")).unwrap();
+    sighup(&agent);
+    let after = wait_for(Duration::from_secs(5), || {
+        let a = find(&alerts(&agent), "Drained")?.clone();
+        (a["annotations"]["summary"] == "the node is out (typo)").then_some(a)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "edit not loaded: {:?}\n{}",
+            alerts(&agent),
+            agent.log_text()
+        )
+    });
+    // A few more ticks and a notifier round for anything that would have gone out.
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(after["state"], "firing");
+    assert_eq!(after["activeAt"], before["activeAt"], "`for` not restarted");
+    assert_eq!(sent("resolved"), 0, "{:?}", receiver.notifications());
+    assert_eq!(healthz(&agent), 503, "the node stays out");
     assert!(agent.stop().success());
 }
 
@@ -309,7 +391,7 @@ fn reload_over_http_answers_with_the_outcome() {
     );
     assert!(
         err.contains(&format!(
-            "{}:5:15: alert \"Always\": unsupported aggregation `topk`",
+            "{}:5:15: alert \"Always\": unsupported function `histogram_count`",
             rules.display()
         )),
         "{err}"
@@ -341,7 +423,7 @@ fn run_refuses_invalid_rule_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("rules.yaml:5:15: alert \"Always\": unsupported aggregation `topk`"),
+        err.contains("rules.yaml:5:15: alert \"Always\": unsupported function `histogram_count`"),
         "{err}"
     );
 }

@@ -240,7 +240,7 @@ fn check_rules_reports_every_problem_with_its_place() {
       - alert: B
         expr: sum(x) +
       - alert: C
-        expr: quantile_over_time(0.9, x[5m]) > 1
+        expr: histogram_count(x) > 1
       - record: "bad name"
         expr: x
       - alert: D
@@ -267,7 +267,7 @@ fn check_rules_reports_every_problem_with_its_place() {
         "FILE:28:11: group name \"g\" is repeated in the same file",
         "FILE:6:14: alert \"A\": for: not a valid duration string: \"5 minutes\"",
         "FILE:8:15: alert \"B\": could not parse expression: ",
-        "FILE:10:15: alert \"C\": unsupported function `quantile_over_time`",
+        "FILE:10:15: alert \"C\": unsupported function `histogram_count`",
         "FILE:11:17: invalid recording rule name: \"bad name\"",
         "FILE:16:24: alert \"D\": invalid label name: \"bad-label\"",
         "FILE:18:24: alert \"D\": annotation \"summary\": unsupported template action `range`",
@@ -336,7 +336,7 @@ fn check_config_checks_the_rule_files_too() {
     let dir = TempDir::new("cli-cfg-rules");
     dir.write(
         "r.yaml",
-        "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: x offset 5m\n",
+        "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: x @ 100\n",
     );
     let cfg = dir.write("c.yaml", "rule_files: [r.yaml]\n");
     let out = Command::new(BIN)
@@ -347,7 +347,7 @@ fn check_config_checks_the_rule_files_too() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("r.yaml:5:17: alert \"A\": unsupported `offset` modifier"),
+        err.contains("r.yaml:5:17: alert \"A\": unsupported `@` modifier"),
         "{err}"
     );
     let cfg = dir.write("c.yaml", "rule_files: [\"*.rules\"]\n");

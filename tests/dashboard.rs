@@ -31,7 +31,7 @@ const MUST_HAVE_DATA: &[&str] = &[
     "MTTR (mean time to recover)",
     "MTBF (mean time between failures)",
     "Firing alerts",
-    "Nodes out, and drains the budget defers",
+    "Nodes out, drains the budget defers, budget exhausted",
     "Retransmitted segments/s by port and container",
     "Accept-queue overflows/s by port and container",
     "Accept-queue fill by port and container",
@@ -39,7 +39,17 @@ const MUST_HAVE_DATA: &[&str] = &[
     "ioctl p99 by device and container",
     "Stalled ioctls/s by device and container",
     "ioctls hung right now",
-    "NVIDIA Xid errors by code",
+    "NVIDIA Xid errors by GPU, code and action",
+    "NVSwitch SXid errors this boot",
+    "NVLinks down by GPU",
+    "NVLink errors/s by GPU, link and type",
+    "NVLink fabric healthy and GPUs needing a reset",
+    "PCIe link width and its maximum",
+    "PCIe link generation and its maximum",
+    "Persistence mode",
+    "InfiniBand ports up",
+    "InfiniBand link downs",
+    "InfiniBand errors/s by port and counter",
     "GPUs present and expected",
     "GPU temperature",
     "GPU power",
@@ -205,13 +215,17 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
     let mut gpu1 = Gpu::h100(1);
     gpu1.error = vec![("power", 999)];
     let nvml = FakeNvml::build(&dir, &State::new(vec![Gpu::h100(0), gpu1]));
+    // An InfiniBand port whose counters move while Prometheus scrapes.
+    let ib = common::infiniband::IbTree::new(&dir);
+    ib.add_port("mlx5_0", 1);
     let agent = Agent::start(
         &dir,
         &format!(
-            "interval: 200ms\nprobes:\n  tcp_retransmits: {{ ports: [{retrans_port}] }}\n  accept_queue: {{ ports: [{aq_port}] }}\n  gpu_ioctl: {{ devices: [\"/dev/null\"] }}\n{}\
+            "interval: 200ms\nprobes:\n  tcp_retransmits: {{ ports: [{retrans_port}] }}\n  accept_queue: {{ ports: [{aq_port}] }}\n  gpu_ioctl: {{ devices: [\"/dev/null\"] }}\n{}{}\
              heartbeats:\n  - {{ name: tcp, tcp: \"127.0.0.1:{hb_port}\", interval: 200ms, timeout: 100ms }}\n  - {{ name: push, push_ttl: 60s }}\n\
              spool_dir: {}\nhealth:\n  recover_after: 0s\n",
             nvml.config(Some(2)),
+            ib.config(),
             dir.0.join("spool").display()
         ),
     );
@@ -258,8 +272,17 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
     std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/kmsg")
-        .and_then(|mut f| f.write_all(b"<4>NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=test, GPU has fallen off the bus.\n"))
+        .and_then(|mut f| {
+            f.write_all(b"<4>NVRM: Xid (PCI:0000:3b:00): 79, pid=1, name=test, GPU has fallen off the bus.\n")?;
+            f.write_all(b"<4>nvidia-nvswitch0: SXid (PCI:0000:c7:00.0): 24007, Fatal, Link 34 sourcetrack timeout error (First)\n")
+        })
         .expect("write /dev/kmsg");
+    // The InfiniBand port's link flaps and it counts errors.
+    for n in 1..=3 {
+        ib.set("mlx5_0", 1, "counters/link_downed", &n.to_string());
+        ib.set("mlx5_0", 1, "counters/symbol_error", &(n * 100).to_string());
+        thread::sleep(Duration::from_millis(1100));
+    }
     thread::sleep(Duration::from_secs(4));
 
     let mut has_data: BTreeMap<String, bool> = BTreeMap::new();

@@ -463,3 +463,71 @@ fn fallback_fd_walk_counts_the_same() {
         Some(1.0)
     );
 }
+
+/// On a host whose watched drivers are all known, the entry program lets through only the
+/// command types those drivers use (NVIDIA's `'F'` and `'m'` on its frontend major) and stops
+/// every other ioctl before the fd walk. Here `/proc/devices` (through `proc_root`) names
+/// `/dev/null`'s major 1 as NVIDIA's: its `'F'` and `'m'` calls are timed, exactly, and the
+/// terminal calls on the same fd (`TCGETS`, type `'T'`) are not.
+#[test]
+fn only_the_known_drivers_command_types_reach_the_fd_walk() {
+    if !have_root("gpu_ioctl command types") {
+        return;
+    }
+    let dir = TempDir::new("gpu-types");
+    let proc = dir.0.join("proc");
+    std::fs::create_dir_all(proc.join("sys/kernel")).unwrap();
+    let devices: String = std::fs::read_to_string("/proc/devices")
+        .unwrap()
+        .lines()
+        .map(|l| match l.trim().split_once(' ') {
+            Some(("1", _)) => "  1 nvidia-frontend\n".to_string(),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(proc.join("devices"), devices).unwrap();
+    std::fs::copy("/proc/sys/kernel/pid_max", proc.join("sys/kernel/pid_max")).unwrap();
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 200ms\nproc_root: {}\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\n  gpu_xid: {{ enabled: false }}\n  gpu_ioctl:\n    devices: [/dev/null]\n",
+            proc.display()
+        ),
+    );
+    wait_for(Duration::from_secs(5), || {
+        (count(&agent, "/dev/null") == Some(0.0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("timed out: /dev/null watched\n{}", agent.log_text()));
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+    let ioctl = |cmd: libc::c_ulong| {
+        let mut arg = [0u8; 64];
+        // SAFETY: an ioctl on our own fd; /dev/null answers ENOTTY without touching `arg`.
+        unsafe { libc::ioctl(fd, cmd as _, arg.as_mut_ptr()) }
+    };
+    for _ in 0..100 {
+        ioctl(libc::TCGETS as libc::c_ulong);
+    }
+    // _IOC(_IOC_NONE, 'F', 200, 0) (NV_ESC_CARD_INFO's number) and NVKMS's _IOWR('m', 0, 16).
+    let nv: libc::c_ulong = (0x46 << 8) | 200;
+    let nvkms: libc::c_ulong = (3 << 30) | (16 << 16) | (0x6d << 8);
+    for _ in 0..7 {
+        ioctl(nv);
+    }
+    for _ in 0..3 {
+        ioctl(nvkms);
+    }
+    for _ in 0..100 {
+        ioctl(libc::TCGETS as libc::c_ulong);
+    }
+    let seen = wait_for(Duration::from_secs(5), || {
+        (count(&agent, "/dev/null") == Some(10.0)).then_some(())
+    });
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        seen.is_some() && count(&agent, "/dev/null") == Some(10.0),
+        "want the 10 NVIDIA-type calls, not the 200 TCGETS: {:?}\n{}",
+        count(&agent, "/dev/null"),
+        agent.metrics()
+    );
+}

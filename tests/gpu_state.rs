@@ -580,3 +580,176 @@ fn probes_lists_gpu_state_off_on_machines_without_nvidia() {
         eprintln!("this machine has NVIDIA GPUs: {line}");
     }
 }
+
+/// Each fault NVML reports on one of two GPUs takes the node out within 2 s, by an alert
+/// naming that GPU (and link); clearing it brings the node back. The default tick (1 s) and
+/// the embedded rules.
+#[test]
+fn nvlink_fabric_and_lost_gpu_faults_take_the_node_out_within_2s() {
+    if !have_tool("gpu_state faults", "cc") {
+        return;
+    }
+    let dir = TempDir::new("gpu-state-faults");
+    let state = State::new(vec![Gpu::h100(0), Gpu::h100(1)]);
+    let fake = FakeNvml::build(&dir, &state);
+    let agent = Agent::start(&dir, &config(&dir, &fake, Some(2), ""));
+    wait_for(Duration::from_secs(5), || {
+        (agent.sample("nodewatch_gpu_devices") == Some(2.0) && healthz(&agent) == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("two GPUs, healthy:\n{}", agent.log_text()));
+    let uuid1 = state.gpus[1].uuid.clone();
+
+    type Fault = (
+        &'static str,
+        fn(&mut Gpu),
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    );
+    let faults: [Fault; 5] = [
+        (
+            "NVLink 2 inactive",
+            |g| g.nvlinks.as_mut().unwrap()[2].0 = true,
+            "NodewatchGpuNvlinkDown",
+            &[("link", "2"), ("health", "drain")],
+        ),
+        (
+            "fabric registration in progress, not completed",
+            |g| g.fabric = Some((2, 0, 0)),
+            "NodewatchGpuFabricUnhealthy",
+            &[("health", "drain")],
+        ),
+        (
+            "fabric health mask: route unhealthy",
+            |g| g.fabric = Some((3, 0, 1 << 4)),
+            "NodewatchGpuFabricUnhealthy",
+            &[("health", "drain")],
+        ),
+        (
+            "NVML answers RESET_REQUIRED",
+            |g| g.reset_required = true,
+            "NodewatchGpuNeedsReset",
+            &[("health", "down")],
+        ),
+        (
+            "NVML answers GPU_IS_LOST",
+            |g| g.lost = true,
+            "NodewatchGpuNeedsReset",
+            &[("health", "down")],
+        ),
+    ];
+    for (what, fault, alert, labels) in faults {
+        let mut broken = state.clone();
+        fault(&mut broken.gpus[1]);
+        fake.set(&broken);
+        let mut want: Vec<(&str, &str)> = vec![("gpu", "1"), ("uuid", uuid1.as_str())];
+        want.extend_from_slice(labels);
+        let t0 = Instant::now();
+        let took = time_until(Duration::from_secs(5), || {
+            firing(&agent, alert, &want) && healthz(&agent) == 503
+        });
+        eprintln!("{what}: {alert} firing and /healthz 503 after {took:?}");
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(2)),
+            "{what}: {alert} {want:?} not firing with /healthz 503 within 2 s ({:?})\n{}",
+            t0.elapsed(),
+            agent.metrics()
+        );
+        assert!(
+            !firing(&agent, alert, &[("gpu", "0")]),
+            "{what}: only GPU 1 is named"
+        );
+        let (_, body) = http_get(agent.addr, "/healthz").unwrap();
+        assert!(body.contains(alert), "{what}: {body}");
+        fake.set(&state);
+        let back = time_until(Duration::from_secs(5), || {
+            !firing(&agent, alert, &[]) && healthz(&agent) == 200
+        });
+        assert!(
+            back.is_some(),
+            "{what}: not healthy again\n{}",
+            agent.metrics()
+        );
+    }
+    let text = agent.metrics();
+    assert_eq!(
+        common::sample(
+            &text,
+            &format!("nodewatch_gpu_needs_reset{{gpu=\"1\",uuid=\"{uuid1}\"}}")
+        ),
+        Some(0.0),
+        "{text}"
+    );
+}
+
+/// Persistence mode off and a PCIe link at x8 of x16 are exported and alerted on their GPU;
+/// neither takes the node out of the load balancer (the narrow link degrades it).
+#[test]
+fn persistence_off_and_a_narrow_pcie_link_are_reported_on_their_gpu() {
+    if !have_tool("gpu_state persistence and PCIe", "cc") {
+        return;
+    }
+    let dir = TempDir::new("gpu-state-pcie");
+    let mut state = State::new(vec![Gpu::h100(0), Gpu::h100(1)]);
+    state.gpus[0].persistence = Some(false);
+    state.gpus[1].pcie_link = Some((8, 16, 3, 5)); // x8 of x16, and Gen3 at idle of Gen5
+    let fake = FakeNvml::build(&dir, &state);
+    let agent = Agent::start(&dir, &config(&dir, &fake, Some(2), ""));
+    let (u0, u1) = (state.gpus[0].uuid.clone(), state.gpus[1].uuid.clone());
+    let fired = time_until(Duration::from_secs(20), || {
+        firing(
+            &agent,
+            "NodewatchGpuPersistenceModeOff",
+            &[("gpu", "0"), ("uuid", &u0), ("severity", "warning")],
+        ) && firing(
+            &agent,
+            "NodewatchGpuPcieLinkDegraded",
+            &[("gpu", "1"), ("uuid", &u1), ("health", "degrade")],
+        )
+    });
+    assert!(fired.is_some(), "not reported:\n{}", agent.metrics());
+    let text = agent.metrics();
+    for (series, v) in [
+        (
+            format!("nodewatch_gpu_persistence_mode{{gpu=\"0\",uuid=\"{u0}\"}}"),
+            0.0,
+        ),
+        (
+            format!("nodewatch_gpu_persistence_mode{{gpu=\"1\",uuid=\"{u1}\"}}"),
+            1.0,
+        ),
+        (
+            format!("nodewatch_gpu_pcie_link_width{{gpu=\"1\",uuid=\"{u1}\"}}"),
+            8.0,
+        ),
+        (
+            format!("nodewatch_gpu_pcie_link_width_max{{gpu=\"1\",uuid=\"{u1}\"}}"),
+            16.0,
+        ),
+        (
+            format!("nodewatch_gpu_pcie_link_generation{{gpu=\"1\",uuid=\"{u1}\"}}"),
+            3.0,
+        ),
+        (
+            format!("nodewatch_gpu_pcie_link_generation_max{{gpu=\"1\",uuid=\"{u1}\"}}"),
+            5.0,
+        ),
+    ] {
+        assert_eq!(common::sample(&text, &series), Some(v), "{series}\n{text}");
+    }
+    assert!(!firing(
+        &agent,
+        "NodewatchGpuPersistenceModeOff",
+        &[("gpu", "1")]
+    ));
+    assert!(!firing(
+        &agent,
+        "NodewatchGpuPcieLinkDegraded",
+        &[("gpu", "0")]
+    ));
+    assert_eq!(
+        healthz(&agent),
+        200,
+        "a warning and a degrade keep the node in"
+    );
+    eprintln!("persistence off on GPU 0 and x8 of x16 on GPU 1 reported after {fired:?}");
+}

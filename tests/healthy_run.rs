@@ -36,9 +36,10 @@ use common::{
 };
 
 /// The rules that follow Xid lines in the kernel log.
-const XID_RULES: [&str; 3] = [
-    "NodewatchGpuFellOffTheBus",
-    "NodewatchGpuXidNeedsReset",
+const XID_RULES: [&str; 4] = [
+    "NodewatchGpuXidReboot",
+    "NodewatchGpuXidResetGpu",
+    "NodewatchGpuXidInspectHardware",
     "NodewatchGpuXidApplication",
 ];
 

@@ -204,7 +204,12 @@ fn exported_families_match_the_golden_list() {
     let mut gpu1 = Gpu::h100(1);
     gpu1.error = vec![("power", 999)];
     gpu1.block = vec![("pcie_replays", 2000)];
-    let nvml = FakeNvml::build(&dir, &State::new(vec![Gpu::h100(0), gpu1]));
+    let gpu0 = Gpu::h100(0);
+    let pci = common::nvml::log_bus_id(&gpu0.pci).to_string();
+    let nvml = FakeNvml::build(&dir, &State::new(vec![gpu0, gpu1]));
+    // An InfiniBand port.
+    let ib = common::infiniband::IbTree::new(&dir);
+    ib.add_port("mlx5_0", 1);
     let agent = Agent::start(
         &dir,
         &format!(
@@ -214,7 +219,7 @@ probes:
   tcp_retransmits: {{ ports: [{port}] }}
   accept_queue: {{ ports: [{port}] }}
   gpu_ioctl: {{ devices: [\"/dev/full\"] }}
-{gpu_state}heartbeats:
+{gpu_state}{infiniband}heartbeats:
   - {{ name: up, tcp: \"127.0.0.1:{up_port}\", interval: 500ms, timeout: 200ms }}
   - {{ name: closed, tcp: \"127.0.0.1:{closed}\", interval: 500ms, timeout: 200ms }}
   - {{ name: push, push_ttl: 5s }}
@@ -226,15 +231,21 @@ spool_dir: {spool}
             proc = proc.display(),
             spool = dir.0.join("spool").display(),
             gpu_state = nvml.config(Some(2)),
+            infiniband = ib.config(),
         ),
     );
-    // One Xid line, and connections past the listener's queue.
+    // One Xid line about GPU 0, one SXid line, and connections past the listener's queue.
     std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/kmsg")
         .and_then(|mut f| {
+            // One record per write.
             f.write_all(
-                format!("<4>NVRM: Xid (PCI:0000:3b:00): {XID}, pid=1, name=metric_families, Graphics Engine Exception\n")
+                format!("<4>NVRM: Xid (PCI:{pci}): {XID}, pid=1, name=metric_families, Graphics Engine Exception\n")
+                    .as_bytes(),
+            )?;
+            f.write_all(
+                format!("<4>nvidia-nvswitch0: SXid (PCI:{pci}.0): 12028, Non-fatal, Link 37 egress non-posted PRIV error (First)\n")
                     .as_bytes(),
             )
         })

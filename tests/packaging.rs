@@ -202,11 +202,12 @@ fn installs_runs_sandboxed_upgrades_and_purges() {
         .collect();
     assert!(!probes.is_empty(), "{metrics}");
     for p in &probes {
-        // The Xid reader's best mode is the kernel log; NVML's, on these machines without
-        // an NVIDIA driver, is off; every other probe's is eBPF.
+        // The Xid reader's best mode is the kernel log; NVML's and the InfiniBand ports',
+        // on these machines without an NVIDIA driver or RDMA devices, is off; every other
+        // probe's is eBPF.
         let (best, up) = if p.contains("probe=\"gpu_xid\"") {
             ("kmsg", " 1")
-        } else if p.contains("probe=\"gpu_state\"") {
+        } else if p.contains("probe=\"gpu_state\"") || p.contains("probe=\"infiniband\"") {
             ("off", " 0")
         } else {
             ("ebpf", " 1")

@@ -15,8 +15,8 @@
 //! `tcp_check_req()`, which answers with a SYN-ACK and counts nothing, so neither do we. The
 //! program never drops anything.
 //!
-//! It also notes every watched listener a packet reaches, by socket inode: its cgroup and its
-//! backlog limit. Userspace reads the queue length of listeners in other network namespaces
+//! It also notes every watched listener a packet reaches, by socket inode: its cgroup, its
+//! backlog limit and its network namespace's inode. Userspace reads the queue length of listeners in other network namespaces
 //! from `/proc/<pid>/net/tcp`, which shows the inode but not the limit or the cgroup.
 #![no_std]
 #![no_main]
@@ -35,10 +35,10 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use nodewatch_common::{
-    AcceptqOffsets, FULL_CGROUP, ListenerSeen, PortCgroup,
+    AcceptqOffsets, FULL_CGROUP, ListenerSeen, PortBits, PortCgroup,
     accept_queue::{MAX_KEYS, MAX_LISTENERS, MAX_PORTS},
 };
-use nodewatch_ebpf::counter_add_nesting;
+use nodewatch_ebpf::{counter_add_nesting, port_in};
 
 nodewatch_ebpf::license!();
 
@@ -49,12 +49,14 @@ static ACCEPTQ_OFFSETS: AcceptqOffsets = AcceptqOffsets {
     max_ack_backlog: 0,
     sk_socket: 0,
     socket_ino: 0,
+    sk_net: 0,
+    net_inum: 0,
     valid: 0,
 };
 
-/// The watched listening ports → 1, filled by userspace.
-#[map]
-static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+/// The watched listening ports, set by userspace before load.
+#[unsafe(no_mangle)]
+static LISTEN_PORT_BITS: PortBits = PortBits { bits: [0; 8192] };
 
 /// (port, cgroup) → overflows, shared by all CPUs and added to atomically. Userspace inserts
 /// `(port, FULL_CGROUP)` for every watched port up front.
@@ -87,15 +89,18 @@ pub fn accept_queue(ctx: SkBuffContext) -> i32 {
 }
 
 fn try_accept_queue(ctx: &SkBuffContext) -> Result<(), i64> {
-    let off = offsets();
-    if off.valid == 0 {
-        return Err(-1);
-    }
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: the context pointer is valid for the program's run; the verifier rewrites these
     // field reads into checked accesses.
     let sk = unsafe { (*skb).__bindgen_anon_2.sk };
     if sk.is_null() {
+        return Ok(());
+    }
+    // The cheapest test first: the socket's local port and state, read from its
+    // `sock_common` (any socket, request and time-wait ones too), against the bitmap.
+    // SAFETY: a non-null socket pointer from the context; the verifier checks the fields.
+    let (port, state) = unsafe { ((*sk).src_port as u16, (*sk).state) };
+    if !port_in(&LISTEN_PORT_BITS, port) || state != TCP_LISTEN {
         return Ok(());
     }
     // SAFETY: helpers that accept a possibly-null socket and return a checked pointer.
@@ -104,15 +109,12 @@ fn try_accept_queue(ctx: &SkBuffContext) -> Result<(), i64> {
         return Ok(());
     }
     // SAFETY: a non-null full socket from the helper is readable.
-    let (state, protocol, port) = unsafe { ((*full).state, (*full).protocol, (*full).src_port) };
-    if state != TCP_LISTEN || protocol != IPPROTO_TCP {
+    if unsafe { (*full).protocol } != IPPROTO_TCP {
         return Ok(());
     }
-    let port = port as u16;
-    // Unwatched listeners cost one hash lookup.
-    // SAFETY: plain u8 values that userspace writes once.
-    if unsafe { LISTEN_PORTS.get(&port) }.is_none() {
-        return Ok(());
+    let off = offsets();
+    if off.valid == 0 {
+        return Err(-1);
     }
     // SAFETY: a full socket from the helper above.
     let cgroup = unsafe { bpf_sk_cgroup_id(full.cast()) };
@@ -178,11 +180,27 @@ fn note_listener(tp: *const u8, off: &AcceptqOffsets, port: u16, cgroup: u64, ma
     let Ok(ino) = ino() else {
         return;
     };
+    let netns = || -> Result<u32, i64> {
+        if off.sk_net == 0 {
+            return Ok(0);
+        }
+        // SAFETY: checked kernel reads at offsets from this kernel's BTF.
+        unsafe {
+            let net: u64 = bpf_probe_read_kernel(tp.wrapping_add(off.sk_net as usize).cast())?;
+            Ok(bpf_probe_read_kernel(
+                (net as *const u8)
+                    .wrapping_add(off.net_inum as usize)
+                    .cast(),
+            )?)
+        }
+    };
     let seen = ListenerSeen {
         cgroup,
         max_backlog: max,
         port,
         _pad: 0,
+        netns: netns().unwrap_or(0),
+        _pad2: 0,
     };
     // SAFETY: a value userspace only reads; a stale read here only costs an extra write.
     if unsafe { LISTENERS.get(&ino) } != Some(&seen) {

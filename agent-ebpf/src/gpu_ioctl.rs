@@ -7,6 +7,11 @@
 //! device and cgroup, and a call that lasted
 //! the stall threshold or longer is counted and sent to userspace through a ring buffer.
 //! `sched:sched_process_exit` frees a thread's slot when the thread ends.
+//!
+//! Every ioctl on the host runs both programs, so each starts with its cheapest test: the
+//! entry program looks the command's type byte up in a 256-slot array (the watched drivers
+//! use few types) before it walks to the fd's inode; the exit program tests the thread's bit
+//! in a bitmap of the threads that hold an in-flight slot before any hash lookup.
 #![no_std]
 #![no_main]
 
@@ -27,9 +32,9 @@ use nodewatch_common::gpu_ioctl::{
     BUCKETS, Call, DROP_EVENTS, DROP_HIST, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey,
     ENTER_CMD_AT, ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, HistKey, KIND_CHR, KIND_FILE,
     MAJOR_ALL, MAJOR_BLOCK, MAJOR_KEYS, MAX_HIST, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS, MINOR_BITS,
-    MINOR_SLOTS, MajorWatch, StallEvent, bucket,
+    MINOR_SLOTS, MajorWatch, StallEvent, THREAD_WORDS, bucket,
 };
-use nodewatch_ebpf::counter_add;
+use nodewatch_ebpf::{counter_add, counter_add_nesting};
 
 nodewatch_ebpf::license!();
 
@@ -55,6 +60,15 @@ static GPU_IOCTL_PARAMS: GpuIoctlParams = GpuIoctlParams {
 
 #[map]
 static GPU_MAJORS: Array<MajorWatch> = Array::with_max_entries(MAX_MAJORS, 0);
+/// Command type byte → 1 where a watched device may use it.
+#[map]
+static GPU_CMD_TYPES: Array<u8> = Array::with_max_entries(256, 0);
+/// Bit per thread id: set while the thread has a slot in [`GPU_INFLIGHT`].
+#[map]
+static GPU_THREADS: Array<u64> = Array::with_max_entries(THREAD_WORDS, 0);
+/// How many bits [`GPU_THREADS`] has set: while none, an exit returns after one load.
+#[map]
+static GPU_THREADS_ON: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static GPU_KEYS: HashMap<DevKey, u32> = HashMap::with_max_entries(MAX_KEYS, 0);
 #[map]
@@ -96,7 +110,8 @@ pub fn gpu_ioctl_enter_compat(ctx: TracePointContext) -> u32 {
 trait Entry {
     /// The ioctl's `fd` and `cmd` arguments.
     fn fd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32>;
-    fn cmd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32>;
+    /// Reads its own offset: the command is read before the rest of the parameters.
+    fn cmd(ctx: &TracePointContext) -> Result<u64, i32>;
     /// `(max_fds, fd array)` of the current task.
     fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32>;
 }
@@ -115,7 +130,7 @@ impl Entry for Fast {
         Ok(unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(ENTER_FD_AT).cast()) })
     }
     #[inline(always)]
-    fn cmd(ctx: &TracePointContext, _: &GpuIoctlParams) -> Result<u64, i32> {
+    fn cmd(ctx: &TracePointContext) -> Result<u64, i32> {
         // SAFETY: as above.
         Ok(unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(ENTER_CMD_AT).cast()) })
     }
@@ -132,9 +147,12 @@ impl Entry for Compat {
         unsafe { ctx.read_at(p.enter_fd as usize) }
     }
     #[inline(always)]
-    fn cmd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32> {
-        // SAFETY: as above.
-        unsafe { ctx.read_at(p.enter_cmd as usize) }
+    fn cmd(ctx: &TracePointContext) -> Result<u64, i32> {
+        // SAFETY: a field of the frozen .rodata global, then as above.
+        unsafe {
+            let at = read_volatile(&raw const GPU_IOCTL_PARAMS.enter_cmd);
+            ctx.read_at(at as usize)
+        }
     }
     #[inline(always)]
     fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
@@ -200,6 +218,13 @@ fn fdtable_probe(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
 
 #[inline(always)]
 fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
+    // One array lookup rejects every command whose type no watched driver uses: most
+    // ioctls on a host whose watched drivers are known stop here, before the fd walk.
+    let cmd = E::cmd(ctx)?;
+    match GPU_CMD_TYPES.get(((cmd >> 8) & 0xff) as u32) {
+        Some(&t) if t != 0 => {}
+        _ => return Ok(()),
+    }
     let p = params();
     if p.valid == 0 {
         return Err(-1);
@@ -268,7 +293,6 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
             None => return Ok(()),
         }
     };
-    let cmd = E::cmd(ctx, &p)?;
     let id = bpf_get_current_pid_tgid();
     // A thread keeps its slot between calls (idle: start_ns == 0) and reuses it in place,
     // which spares the map's insert and delete (a lock each) on every call; the slot goes
@@ -290,6 +314,8 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
             };
             if GPU_INFLIGHT.insert(id, call, 0).is_err() {
                 drop_one(DROP_INFLIGHT);
+            } else {
+                mark_thread(id as u32, true);
             }
         }
     }
@@ -308,12 +334,73 @@ fn lookup_key(flags: u32, key: &DevKey) -> Option<u32> {
 /// Frees an exiting thread's slot, so the in-flight map holds only live threads.
 #[tracepoint]
 pub fn gpu_ioctl_thread_exit(_ctx: TracePointContext) -> u32 {
-    let _ = GPU_INFLIGHT.remove(bpf_get_current_pid_tgid());
+    if !any_thread() {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if has_slot(id as u32) {
+        let _ = GPU_INFLIGHT.remove(id);
+        mark_thread(id as u32, false);
+    }
     0
 }
 
+/// Whether any thread holds a slot: the first test of every exit, with no helper call.
+#[inline(always)]
+fn any_thread() -> bool {
+    // SAFETY: the one word of an array map; read whole.
+    GPU_THREADS_ON
+        .get_ptr(0)
+        .is_some_and(|n| unsafe { core::ptr::read_volatile(n) } != 0)
+}
+
+/// Whether thread `tid` may have a slot in [`GPU_INFLIGHT`]: its bit, or true for a thread
+/// id beyond the bitmap.
+#[inline(always)]
+fn has_slot(tid: u32) -> bool {
+    match GPU_THREADS.get(tid >> 6) {
+        Some(word) => *word & (1 << (tid & 63)) != 0,
+        None => true,
+    }
+}
+
+/// Sets or clears thread `tid`'s bit. Only the thread itself changes its bit (at its first
+/// watched call, and as it exits), so an atomic add of the bit sets or clears it without
+/// touching the other threads' bits of the word.
+#[inline(always)]
+fn mark_thread(tid: u32, on: bool) {
+    let bit: u64 = 1 << (tid & 63);
+    let Some(word) = GPU_THREADS.get_ptr_mut(tid >> 6) else {
+        // A thread id beyond the bitmap (pid_max raised after start): its slot is looked
+        // up by every exit from now on, so count it as one that never ends.
+        if on {
+            threads_on_add(1);
+        }
+        return;
+    };
+    // SAFETY: a word of the array map; every writer uses an atomic add.
+    let set = unsafe { core::ptr::read_volatile(word) } & bit != 0;
+    if set != on {
+        counter_add_nesting(word, if on { bit } else { bit.wrapping_neg() });
+        threads_on_add(if on { 1 } else { u64::MAX });
+    }
+}
+
+#[inline(always)]
+fn threads_on_add(n: u64) {
+    if let Some(c) = GPU_THREADS_ON.get_ptr_mut(0) {
+        counter_add_nesting(c, n);
+    }
+}
+
 fn try_exit() -> Result<(), i32> {
+    if !any_thread() {
+        return Ok(()); // no thread has called a watched device
+    }
     let id = bpf_get_current_pid_tgid();
+    if !has_slot(id as u32) {
+        return Ok(()); // this thread never called a watched device
+    }
     let Some(slot) = GPU_INFLIGHT.get_ptr_mut(id) else {
         return Ok(());
     };

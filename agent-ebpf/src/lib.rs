@@ -46,3 +46,18 @@ pub fn counter_add_nesting(slot: *mut u64, n: u64) {
         )
     };
 }
+
+/// Whether `port` is in `set`, a frozen `.rodata` global: one load, no map lookup. The
+/// volatile read keeps the compiler from folding the global's zero initialiser.
+#[inline(always)]
+pub fn port_in(set: &'static nodewatch_common::PortBits, port: u16) -> bool {
+    // SAFETY: the byte index is below 8192, the size of the bitmap.
+    let byte = unsafe {
+        core::ptr::read_volatile(
+            (&raw const set.bits)
+                .cast::<u8>()
+                .add(usize::from(port >> 3)),
+        )
+    };
+    byte & (1 << (port & 7)) != 0
+}

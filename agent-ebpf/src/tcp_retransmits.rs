@@ -16,7 +16,11 @@
 //! segments it carries (`max(1, gso_segs)`, the kernel's `tcp_skb_pcount`), counted per
 //! watched port and cgroup like the retransmits — the denominator of the retransmit ratio.
 //! That is the kernel's `OutSegs` (new segments) plus `RetransSegs`, except segments a local
-//! firewall drops on output, which never reach this hook.
+//! firewall drops on output, which never reach this hook. The ports come straight from the
+//! headers (direct packet access) and are tested against a bitmap in `.rodata` first: a
+//! packet with no watched port costs a few loads and is not counted; a watched one adds to a
+//! per-CPU hash that userspace sums (atomically: a softirq can send over a program running
+//! in process context on the same CPU).
 #![no_std]
 #![no_main]
 
@@ -24,14 +28,14 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST},
     helpers::{bpf_probe_read_kernel, bpf_skb_cgroup_id},
     macros::{cgroup_skb, map, raw_tracepoint},
-    maps::HashMap,
+    maps::{HashMap, PerCpuHashMap},
     programs::{RawTracePointContext, SkBuffContext},
 };
 use nodewatch_common::{
-    FULL_CGROUP, PortCgroup, RetransOffsets,
+    FULL_CGROUP, PortBits, PortCgroup, RetransOffsets,
     tcp_retransmits::{MAX_KEYS, MAX_PORTS, OTHER_PORT},
 };
-use nodewatch_ebpf::counter_add_nesting;
+use nodewatch_ebpf::{counter_add_nesting, port_in};
 
 nodewatch_ebpf::license!();
 
@@ -48,9 +52,9 @@ static RETRANS_OFFSETS: RetransOffsets = RetransOffsets {
     valid: 0,
 };
 
-/// The watched ports → 1, filled by userspace.
-#[map]
-static RETRANS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+/// The watched ports, set by userspace before load.
+#[unsafe(no_mangle)]
+static RETRANS_PORT_BITS: PortBits = PortBits { bits: [0; 8192] };
 
 /// (port, cgroup) → segments. Shared by all CPUs and added to atomically: retransmits are
 /// rare next to the packets around them. Userspace inserts `(port, FULL_CGROUP)` for every
@@ -59,10 +63,10 @@ static RETRANS_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0)
 static RETRANS_SEGS: HashMap<PortCgroup, u64> =
     HashMap::with_max_entries(MAX_KEYS + MAX_PORTS + 1, 0);
 
-/// (port, cgroup) → segments sent, keyed as [`RETRANS_SEGS`].
+/// (port, cgroup) → segments sent on a watched port, keyed as [`RETRANS_SEGS`], per CPU.
 #[map]
-static TCP_SEGS_SENT: HashMap<PortCgroup, u64> =
-    HashMap::with_max_entries(MAX_KEYS + MAX_PORTS + 1, 0);
+static TCP_SEGS_SENT: PerCpuHashMap<PortCgroup, u64> =
+    PerCpuHashMap::with_max_entries(MAX_KEYS + MAX_PORTS, 0);
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -188,47 +192,116 @@ pub fn tcp_segments_sent(ctx: SkBuffContext) -> i32 {
 /// TIME-WAIT ACK, sent from its control socket) count under the port they are for.
 fn try_sent(ctx: &SkBuffContext) -> Result<(), i64> {
     let skb: *mut __sk_buff = ctx.skb.skb;
-    // SAFETY: context field reads, checked by the verifier.
-    let (proto, gso_segs) = unsafe { (u16::from_be((*skb).protocol as u16), (*skb).gso_segs) };
-    let l4 = if proto == ETH_P_IP {
-        let vihl: u8 = ctx.load(0)?;
-        let next: u8 = ctx.load(9)?;
-        if next != IPPROTO_TCP {
-            return Ok(());
-        }
-        usize::from(vihl & 0x0f) * 4
-    } else if proto == ETH_P_IPV6 {
-        let next: u8 = ctx.load(6)?;
-        if next != IPPROTO_TCP {
-            return Ok(());
-        }
-        40
-    } else {
+    // SAFETY: context field reads, checked by the verifier (data and data_end become packet
+    // pointers).
+    let (proto, data, end) = unsafe {
+        (
+            u16::from_be((*skb).protocol as u16),
+            (*skb).data as usize,
+            (*skb).data_end as usize,
+        )
+    };
+    let Some((sport, dport)) = tcp_ports(ctx, proto, data, end)? else {
         return Ok(());
     };
-    let sport: u16 = ctx.load(l4)?;
-    let dport: u16 = ctx.load(l4 + 2)?;
+    // `gso_segs` lives in the skb's shared info, past the packet data: a cache line of its
+    // own, read only once the packet is known to count.
+    // SAFETY: a context field read, checked by the verifier.
+    let segs = || u64::from(unsafe { core::ptr::read_volatile(&raw const (*skb).gso_segs) }.max(1));
+    let port = if port_in(&RETRANS_PORT_BITS, sport) {
+        sport
+    } else if port_in(&RETRANS_PORT_BITS, dport) {
+        dport
+    } else {
+        // Not counted: the ratio is for watched ports, and an unwatched packet's test ends
+        // here, before its cgroup, its segment count or any map.
+        return Ok(());
+    };
     // SAFETY: takes the context; the cgroup of the packet's socket (the listener's for a
     // request socket), 0 without one.
     let cgroup = unsafe { bpf_skb_cgroup_id(skb) };
-    count(
-        &TCP_SEGS_SENT,
-        u16::from_be(sport),
-        u16::from_be(dport),
-        cgroup,
-        u64::from(gso_segs.max(1)),
-    );
+    let key = PortCgroup::new(port, cgroup);
+    let slot = match TCP_SEGS_SENT.get_ptr_mut(&key) {
+        Some(slot) => Some(slot),
+        None => {
+            // The new key's other CPUs start at zero; a full map sends the count to the
+            // port's FULL_CGROUP slot.
+            let _ = TCP_SEGS_SENT.insert(&key, &0, BPF_NOEXIST as u64);
+            TCP_SEGS_SENT
+                .get_ptr_mut(&key)
+                .or_else(|| TCP_SEGS_SENT.get_ptr_mut(&PortCgroup::new(port, FULL_CGROUP)))
+        }
+    };
+    if let Some(slot) = slot {
+        counter_add_nesting(slot, segs());
+    }
     Ok(())
+}
+
+/// The (source, destination) ports of a TCP packet, host order; None for anything else.
+/// Headers in the linear part are read directly; the helper reads the rest.
+#[inline(always)]
+fn tcp_ports(
+    ctx: &SkBuffContext,
+    proto: u16,
+    data: usize,
+    end: usize,
+) -> Result<Option<(u16, u16)>, i64> {
+    if proto == ETH_P_IP {
+        if data + 20 <= end {
+            // SAFETY: inside the packet, as the bounds check above tells the verifier.
+            let (vihl, next) = unsafe { (*(data as *const u8), *((data + 9) as *const u8)) };
+            if next != IPPROTO_TCP {
+                return Ok(None);
+            }
+            let l4 = data + usize::from(vihl & 0x0f) * 4;
+            if l4 + 4 <= end {
+                // SAFETY: as above.
+                let (s, d) = unsafe { (*(l4 as *const u16), *((l4 + 2) as *const u16)) };
+                return Ok(Some((u16::from_be(s), u16::from_be(d))));
+            }
+        }
+        let vihl: u8 = ctx.load(0)?;
+        let next: u8 = ctx.load(9)?;
+        if next != IPPROTO_TCP {
+            return Ok(None);
+        }
+        let l4 = usize::from(vihl & 0x0f) * 4;
+        let (s, d): (u16, u16) = (ctx.load(l4)?, ctx.load(l4 + 2)?);
+        Ok(Some((u16::from_be(s), u16::from_be(d))))
+    } else if proto == ETH_P_IPV6 {
+        if data + 44 <= end {
+            // SAFETY: inside the packet, as the bounds check above tells the verifier.
+            let (next, s, d) = unsafe {
+                (
+                    *((data + 6) as *const u8),
+                    *((data + 40) as *const u16),
+                    *((data + 42) as *const u16),
+                )
+            };
+            if next != IPPROTO_TCP {
+                return Ok(None);
+            }
+            return Ok(Some((u16::from_be(s), u16::from_be(d))));
+        }
+        let next: u8 = ctx.load(6)?;
+        if next != IPPROTO_TCP {
+            return Ok(None);
+        }
+        let (s, d): (u16, u16) = (ctx.load(40)?, ctx.load(42)?);
+        Ok(Some((u16::from_be(s), u16::from_be(d))))
+    } else {
+        Ok(None)
+    }
 }
 
 /// Adds to `map`'s (port, cgroup) slot of the local port if watched, else the remote port if
 /// watched, else `other`.
 #[inline(always)]
 fn count(map: &HashMap<PortCgroup, u64>, sport: u16, dport: u16, cgroup: u64, segs: u64) {
-    // SAFETY: plain u8 values that userspace writes once.
-    let port = if unsafe { RETRANS_PORTS.get(&sport) }.is_some() {
+    let port = if port_in(&RETRANS_PORT_BITS, sport) {
         sport
-    } else if unsafe { RETRANS_PORTS.get(&dport) }.is_some() {
+    } else if port_in(&RETRANS_PORT_BITS, dport) {
         dport
     } else {
         OTHER_PORT

@@ -202,6 +202,7 @@ impl Config {
             heartbeats: &self.heartbeats,
             resources: &self.resources,
             containers: &self.containers,
+            spool_dir: &self.spool_dir,
         }
     }
 }

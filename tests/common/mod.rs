@@ -5,6 +5,7 @@ pub mod containers;
 pub mod fuse;
 pub mod haproxy;
 pub mod health_server;
+pub mod infiniband;
 pub mod listeners;
 pub mod nvml;
 pub mod prometheus;

@@ -33,6 +33,18 @@ pub struct Gpu {
     pub pcie_replays: Option<u32>,
     /// Every call about it returns NVML_ERROR_GPU_IS_LOST.
     pub lost: bool,
+    /// Every call about it returns NVML_ERROR_RESET_REQUIRED.
+    pub reset_required: bool,
+    /// Its PCI address, `dddd:bb:dd.f` ([`fresh_domain`] keeps each test's apart).
+    pub pci: String,
+    pub persistence: Option<bool>,
+    /// Width, maximum width, generation, maximum generation.
+    pub pcie_link: Option<(u32, u32, u32, u32)>,
+    /// Its NVLinks: down, and the replay, recovery, crc_flit, crc_data counts.
+    pub nvlinks: Option<Vec<(bool, [u64; 4])>>,
+    /// Fabric state (1 not started, 2 in progress, 3 completed), status (an NVML return
+    /// code), health mask.
+    pub fabric: Option<(u32, u32, u32)>,
     /// `(call, milliseconds)`: that call sleeps first (temperature, power, ...).
     pub block: Vec<(&'static str, u64)>,
     /// `(call, NVML return code)`: that call fails.
@@ -56,10 +68,38 @@ impl Gpu {
             remapped: Some((n, 0, false, false)),
             pcie_replays: Some(7 + n),
             lost: false,
+            reset_required: false,
+            pci: format!("{:04x}:{:02x}:00.0", fresh_domain(), 0x19 + n),
+            persistence: Some(true),
+            pcie_link: Some((16, 16, 5, 5)),
+            nvlinks: Some(vec![(false, [0, 0, 0, 0]); 4]),
+            fabric: Some((3, 0, 0)),
             block: Vec::new(),
             error: Vec::new(),
         }
     }
+}
+
+/// The NVLink error counter types, in the order of [`Gpu::nvlinks`].
+pub const NVLINK_ERROR_TYPES: [&str; 4] = ["replay", "recovery", "crc_flit", "crc_data"];
+
+/// A PCI domain no earlier line of the kernel log names, probably: the kernel log keeps the
+/// Xid lines of every earlier test since boot and the agent reads it from its start, so each
+/// fake GPU gets a domain of its own (real machines use domain 0000 and a few others).
+pub fn fresh_domain() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let seed = (std::process::id() ^ nanos).wrapping_mul(2_654_435_761);
+    0x1000 + (seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed) * 0x111)) % 0xe000
+}
+
+/// The bus id of `pci` (`dddd:bb:dd.f`) as the driver's log writes it: `dddd:bb:dd`.
+pub fn log_bus_id(pci: &str) -> &str {
+    pci.split_once('.').map_or(pci, |(a, _)| a)
 }
 
 /// The whole state: driver, GPUs, and what init and count do.
@@ -128,6 +168,33 @@ impl State {
             }
             if g.lost {
                 kv("lost", "1".into());
+            }
+            if g.reset_required {
+                kv("reset_required", "1".into());
+            }
+            kv("pci", g.pci.clone());
+            if let Some(p) = g.persistence {
+                kv("persistence", u8::from(p).to_string());
+            }
+            if let Some((w, wm, ge, gm)) = g.pcie_link {
+                kv("pcie_width", w.to_string());
+                kv("pcie_width_max", wm.to_string());
+                kv("pcie_gen", ge.to_string());
+                kv("pcie_gen_max", gm.to_string());
+            }
+            if let Some(links) = &g.nvlinks {
+                kv("nvlinks", links.len().to_string());
+                for (l, (down, errors)) in links.iter().enumerate() {
+                    kv(&format!("nvlink.{l}.down"), u8::from(*down).to_string());
+                    for (name, v) in NVLINK_ERROR_TYPES.iter().zip(errors) {
+                        kv(&format!("nvlink.{l}.{name}"), v.to_string());
+                    }
+                }
+            }
+            if let Some((state, status, health)) = g.fabric {
+                kv("fabric_state", state.to_string());
+                kv("fabric_status", status.to_string());
+                kv("fabric_health", format!("{health:#x}"));
             }
             for (call, ms) in &g.block {
                 kv(&format!("block.{call}"), ms.to_string());
@@ -237,7 +304,7 @@ pub fn gpu_lines(text: &str) -> BTreeSet<(String, u64)> {
     text.lines()
         .filter(|l| l.starts_with("nodewatch_gpu_"))
         .filter(|l| {
-            !["ioctl", "xid", "nvml_errors", "nvml_timeouts"]
+            !["ioctl", "xid", "sxid", "nvml_errors", "nvml_timeouts"]
                 .iter()
                 .any(|x| l.starts_with(&format!("nodewatch_gpu_{x}")))
         })
@@ -310,5 +377,40 @@ pub fn expected_lines(i: usize, g: &Gpu, driver: &str) -> Vec<String> {
     if let Some(n) = g.pcie_replays {
         one("pcie_replays_total", "", n.to_string());
     }
+    if let Some(p) = g.persistence {
+        one("persistence_mode", "", u8::from(p).to_string());
+    }
+    if let Some((w, wm, ge, gm)) = g.pcie_link {
+        one("pcie_link_width", "", w.to_string());
+        one("pcie_link_width_max", "", wm.to_string());
+        one("pcie_link_generation", "", ge.to_string());
+        one("pcie_link_generation_max", "", gm.to_string());
+    }
+    for (l, (down, errors)) in g.nvlinks.iter().flatten().enumerate() {
+        one(
+            "nvlink_up",
+            &format!(",link=\"{l}\""),
+            u8::from(!down).to_string(),
+        );
+        for (t, v) in NVLINK_ERROR_TYPES.iter().zip(errors) {
+            one(
+                "nvlink_errors_total",
+                &format!(",link=\"{l}\",type=\"{t}\""),
+                v.to_string(),
+            );
+        }
+    }
+    if let Some((state, status, health)) = g.fabric {
+        let name = ["not_supported", "not_started", "in_progress", "completed"]
+            .get(state as usize)
+            .copied()
+            .unwrap_or("not_supported");
+        one("fabric_state", &format!(",state=\"{name}\""), "1".into());
+        let faults =
+            [0, 2, 4, 6].iter().any(|s| (health >> s) & 3 == 1) || (health >> 8) & 0xf >= 2;
+        let healthy = state == 3 && status == 0 && !faults;
+        one("fabric_healthy", "", u8::from(healthy).to_string());
+    }
+    one("needs_reset", "", "0".into());
     out
 }

@@ -28,6 +28,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{root_dir, sh, step};
 
+mod floor;
 mod footprint;
 mod gpu_state;
 mod report;
@@ -149,12 +150,19 @@ pub fn bench() -> Result<()> {
     if !crate::is_root() {
         bail!("the benchmark loads eBPF programs: run `cargo xtask bench` as root");
     }
-    step("bench: cargo build --release -p nodewatch");
-    sh("cargo", ["build", "--release", "-p", "nodewatch"])?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root_dir().join("target"));
-    let nodewatch = target.join("release/nodewatch");
+    // NODEWATCH_BENCH_BIN=path runs a binary already built (for development: the in-kernel
+    // figures do not depend on the agent's build profile, its eBPF is always optimized).
+    let nodewatch = match std::env::var_os("NODEWATCH_BENCH_BIN") {
+        Some(bin) => PathBuf::from(bin).canonicalize()?,
+        None => {
+            step("bench: cargo build --release -p nodewatch");
+            sh("cargo", ["build", "--release", "-p", "nodewatch"])?;
+            target.join("release/nodewatch")
+        }
+    };
     let dir = target.join("bench");
     std::fs::create_dir_all(&dir)?;
     let src = dir.join("ioctl_loop.c");
@@ -188,6 +196,11 @@ pub fn bench() -> Result<()> {
             ioctl(&nodewatch, &dir, &looper, null_kdev)
         }));
     }
+    if want("floor") {
+        md.push_str(&section("floor", || {
+            floor::section(&nodewatch, &dir, &looper, null_kdev)
+        }));
+    }
     if want("tcp") {
         md.push_str(&section("tcp", || tcp::section(&nodewatch, &dir)));
     }
@@ -209,6 +222,9 @@ pub fn bench() -> Result<()> {
     }
     if want("scoreboard") {
         md.push_str(&section("scoreboard", || scoreboard::section(&dir)));
+    }
+    if want("storm") {
+        md.push_str(&section("storm", || scoreboard::storm(&dir)));
     }
     if want("pipeline") {
         md.push_str(&section("pipeline", || {
@@ -315,7 +331,10 @@ fn header() -> String {
          are what carries over to other machines. Shorter runs for development: \
          `NODEWATCH_BENCH_HEALTHY_SECS` (default 600), `NODEWATCH_BENCH_IDLE_SECS` (60), \
          `NODEWATCH_BENCH_LOAD_SECS` (20), `NODEWATCH_BENCH_SCRAPES` (1000), \
-         `NODEWATCH_BENCH_CONNS` (20000), `NODEWATCH_BENCH_GPU_SECS` (300).\n\n\
+         `NODEWATCH_BENCH_CONNS` (20000), `NODEWATCH_BENCH_GPU_SECS` (300), \
+         `NODEWATCH_BENCH_PACKETS` (20000), `NODEWATCH_BENCH_FLOOR_CALLS` (500000), \
+         `NODEWATCH_BENCH_STORM_RUNS` (10); `NODEWATCH_BENCH_BIN` runs a binary already built \
+         instead of building the release one.\n\n\
          This run: commit {}{}, {}. {} Load average at the end: {}. {}; {}.\n",
         commit.trim(),
         if dirty {

@@ -3,6 +3,7 @@
 //! every test, measure what the probes cost.
 
 mod bench;
+mod corpus;
 mod fuzz;
 
 use std::{
@@ -60,6 +61,11 @@ commands:
           arguments after `--` go to `nodewatch run`
   test    setup, then cargo fmt --check, clippy -D warnings, every test, and the rule tests
   rules   the rule tests alone: alerts/tests/ with promtool and nodewatch test-rules
+  corpus DIR
+          builds nodewatch, then measures it on public rule files and rule tests under DIR
+          (kept outside the repository): the share of the rules promtool accepts that
+          `nodewatch check-rules` loads, and of the rule-test files where `nodewatch
+          test-rules` gives promtool's verdict; lists every refused construct as file:line:col
   fuzz [SECONDS]
           every cargo-fuzz target in fuzz/ for SECONDS each (default 60), seeded from the
           repository's config, rules and rule tests; fails on a crash, hang or leak
@@ -79,6 +85,13 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("package") => package_release(),
         Some("rules") => rule_tests(),
+        Some("corpus") => match args.get(1) {
+            Some(dir) => nodewatch_debug().and_then(|bin| corpus::corpus(Path::new(dir), &bin)),
+            None => {
+                eprintln!("corpus takes the folder of rule files and rule tests\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         Some("bench") => bench::bench(),
         Some("fuzz") => match args.get(1).map(|s| s.parse::<u64>()) {
             None => setup().and_then(|()| fuzz::fuzz(60)),
@@ -415,16 +428,25 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Every rule test file in `alerts/tests/` must pass under both `promtool test rules` and
-/// `nodewatch test-rules`; every one in `alerts/tests/failing/` must fail under both. The two
-/// reports are compared too: they should read the same.
-fn rule_tests() -> Result<()> {
+/// Builds the debug binary and returns its path.
+fn nodewatch_debug() -> Result<String> {
     sh("cargo", ["build", "--quiet", "-p", "nodewatch"])?;
     let target = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root_dir().join("target"));
     let bin = target.join("debug/nodewatch");
-    let bin = bin.to_str().context("target path is not UTF-8")?;
+    Ok(bin
+        .to_str()
+        .context("target path is not UTF-8")?
+        .to_string())
+}
+
+/// Every rule test file in `alerts/tests/` must pass under both `promtool test rules` and
+/// `nodewatch test-rules`; every one in `alerts/tests/failing/` must fail under both. The two
+/// reports are compared too: they should read the same.
+fn rule_tests() -> Result<()> {
+    let bin = nodewatch_debug()?;
+    let bin = bin.as_str();
     let tests = root_dir().join("alerts/tests");
     let mut cases: Vec<(PathBuf, bool)> =
         yaml_files(&tests)?.into_iter().map(|f| (f, true)).collect();

@@ -38,6 +38,18 @@ pub const HIST_MAP: &str = "GPU_HIST";
 pub const ZERO_MAP: &str = "GPU_HIST_ZERO";
 /// Most (device, cgroup) keys in [`HIST_MAP`].
 pub const MAX_HIST: u32 = 4096;
+/// Array map, 256 slots of `u8`: 1 where an ioctl command of that type (`_IOC_TYPE`, bits
+/// 8–15 of `cmd`) may be for a watched device. The entry program's first test, before the fd
+/// walk: the watched drivers use few types (NVIDIA's `'F'`, ...). Every slot is 1 when a
+/// watched device's driver is not in the table userspace keeps.
+pub const TYPES_MAP: &str = "GPU_CMD_TYPES";
+/// Array map of `u64` words, bit `tid % 64` of word `tid / 64` set while thread `tid` has a
+/// slot in [`INFLIGHT_MAP`]: the exit program's first test, so threads that never called a
+/// watched device pay no hash lookup. Userspace sizes it from `/proc/sys/kernel/pid_max`;
+/// a thread id beyond it is looked up in the hash.
+pub const THREADS_MAP: &str = "GPU_THREADS";
+/// [`THREADS_MAP`] words unless userspace says otherwise (the kernel's largest `pid_max`).
+pub const THREAD_WORDS: u32 = (4 * 1024 * 1024) / 64;
 /// Ring buffer of [`StallEvent`]s.
 pub const EVENTS_MAP: &str = "GPU_STALLS";
 /// Per-CPU array of drop counters, indexed by `DROP_*`.

@@ -7,8 +7,8 @@ pub mod tcp_retransmits {
     pub const OTHER_PORT: u16 = 0;
     /// Most ports a user can watch (plus the `other` slot).
     pub const MAX_PORTS: u32 = 256;
-    /// Hash map of the watched ports (host order) → 1, filled by userspace before attach.
-    pub const PORTS_MAP: &str = "RETRANS_PORTS";
+    /// `.rodata` global [`crate::PortBits`]: the watched ports, set by userspace before load.
+    pub const PORTS_GLOBAL: &str = "RETRANS_PORT_BITS";
     /// Counter map [`crate::PortCgroup`] → segments retransmitted: the watched port at either
     /// end (`OTHER_PORT` for the rest) and the cgroup of the socket. The programs insert keys;
     /// userspace deletes those of cgroups that are gone.
@@ -21,9 +21,9 @@ pub mod tcp_retransmits {
     pub const PROG_SYNACK: &str = "tcp_retransmit_synack";
     /// The `cgroup_skb` egress program that counts segments sent.
     pub const PROG_SENT: &str = "tcp_segments_sent";
-    /// Counter map [`crate::PortCgroup`] → TCP segments sent (new ones, the kernel's `OutSegs`,
-    /// and retransmits, `RetransSegs`), keyed like [`COUNTS_MAP`]: the denominator of the retransmit
-    /// ratio.
+    /// Per-CPU counter map [`crate::PortCgroup`] → TCP segments sent on watched ports (new
+    /// ones, the kernel's `OutSegs`, and retransmits, `RetransSegs`), keyed like
+    /// [`COUNTS_MAP`]: the denominator of the retransmit ratio. Userspace sums the CPUs.
     pub const SENT_MAP: &str = "TCP_SEGS_SENT";
 }
 
@@ -31,8 +31,8 @@ pub mod tcp_retransmits {
 pub mod accept_queue {
     /// Most listening ports a user can watch.
     pub const MAX_PORTS: u32 = 256;
-    /// Hash map of the watched listening ports (host order) → 1, filled by userspace.
-    pub const PORTS_MAP: &str = "LISTEN_PORTS";
+    /// `.rodata` global [`crate::PortBits`]: the watched listening ports, set before load.
+    pub const PORTS_GLOBAL: &str = "LISTEN_PORT_BITS";
     /// Counter map [`crate::PortCgroup`] → connections the kernel dropped because the
     /// listener's accept queue was full, by listening port and the listener's cgroup.
     pub const OVERFLOWS_MAP: &str = "LISTEN_OVERFLOWS";
@@ -44,6 +44,31 @@ pub mod accept_queue {
     pub const MAX_LISTENERS: u32 = 8192;
     /// The `cgroup_skb` ingress program.
     pub const PROG: &str = "accept_queue";
+}
+
+/// A set of ports as a bitmap (bit `port % 8` of byte `port / 8`): the programs' first test
+/// on every packet, a load at a known offset of a frozen `.rodata` global, before any map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortBits {
+    pub bits: [u8; 8192],
+}
+
+impl PortBits {
+    /// The set of `ports`.
+    pub fn of(ports: &[u16]) -> Self {
+        let mut s = Self { bits: [0; 8192] };
+        for &p in ports {
+            s.bits[usize::from(p >> 3)] |= 1 << (p & 7);
+        }
+        s
+    }
+
+    /// Whether `port` is in the set.
+    #[inline(always)]
+    pub fn has(&self, port: u16) -> bool {
+        self.bits[usize::from(port >> 3)] & (1 << (port & 7)) != 0
+    }
 }
 
 /// The cgroup a count goes to when its map is full (no cgroup has this id): exported under
@@ -60,13 +85,17 @@ pub struct PortCgroup {
 }
 
 impl PortCgroup {
+    /// Built as two words, so the padding costs no separate zeroing (in eBPF, a memset).
     #[inline(always)]
     pub const fn new(port: u16, cgroup: u64) -> Self {
-        Self {
-            cgroup,
-            port,
-            _pad: [0; 3],
-        }
+        let tail = if cfg!(target_endian = "little") {
+            port as u64
+        } else {
+            (port as u64) << 48
+        };
+        // SAFETY: two u64s have the size and alignment of this `repr(C)` struct of plain
+        // integers, and `tail` puts `port` where the field lies, zeros in the padding.
+        unsafe { core::mem::transmute::<[u64; 2], Self>([cgroup, tail]) }
     }
 }
 
@@ -81,6 +110,10 @@ pub struct ListenerSeen {
     pub max_backlog: u32,
     pub port: u16,
     pub _pad: u16,
+    /// The inode number of the listener's network namespace (what `/proc/<pid>/ns/net`
+    /// names), 0 where it could not be read.
+    pub netns: u32,
+    pub _pad2: u32,
 }
 
 /// Where the accept-queue program finds a listener's queue length and limit: byte offsets of
@@ -95,6 +128,11 @@ pub struct AcceptqOffsets {
     /// The socket's inode number from its `struct socket`: `socket_alloc.vfs_inode` −
     /// `socket_alloc.socket` + `inode.i_ino`.
     pub socket_ino: u32,
+    /// `sock_common.skc_net` (a `struct net *`), from the start of `struct tcp_sock`, and
+    /// `net.ns` + `ns_common.inum`: the listener's network namespace. 0 where this kernel's
+    /// BTF lacks them (the namespace is then not noted).
+    pub sk_net: u32,
+    pub net_inum: u32,
     /// Set to 1 by userspace once the fields above are filled in.
     pub valid: u32,
 }
@@ -137,6 +175,7 @@ mod user {
     unsafe impl aya::Pod for super::AcceptqOffsets {}
     unsafe impl aya::Pod for super::PortCgroup {}
     unsafe impl aya::Pod for super::ListenerSeen {}
+    unsafe impl aya::Pod for super::PortBits {}
     // SAFETY: as above; each is #[repr(C)] with fields ordered so there is no padding.
     unsafe impl aya::Pod for GpuIoctlParams {}
     unsafe impl aya::Pod for MajorWatch {}

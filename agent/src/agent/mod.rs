@@ -171,7 +171,7 @@ pub fn run(
         systemd::notify("READY=1");
         heartbeats.spawn();
         notifiers.spawn();
-        health.spawn_fleet();
+        health.spawn_fleet(stop.clone());
         if let Some(l) = agent_check {
             let l = tokio::net::TcpListener::from_std(l)?;
             tracing::info!(listen = %l.local_addr()?, "HAProxy agent-check listening");

@@ -3,7 +3,7 @@
 
 use std::{any::Any, fmt, path::Path, time::Instant};
 
-use super::containers::SharedContainers;
+use super::{containers::SharedContainers, gpu_map::GpuMap};
 use crate::wake::Wake;
 
 /// A running collector: an eBPF probe, or a plain one (the kernel log, `/proc`, heartbeats).
@@ -53,6 +53,10 @@ pub struct Env<'a> {
     /// Asks the tick thread for a tick now, from a collector's own tasks (a heartbeat that
     /// has just confirmed a change).
     pub wake: &'a Wake,
+    /// PCI bus id → NVML GPU, kept by the NVML probe for the kernel-log readers.
+    pub gpus: &'a GpuMap,
+    /// Where state that outlives the agent is kept (`spool_dir`).
+    pub spool_dir: &'a Path,
 }
 
 /// How a probe gets its data; the `mode` label of `nodewatch_probe_up`.
@@ -68,6 +72,8 @@ pub enum Mode {
     Kmsg,
     /// NVIDIA's management library, `libnvidia-ml.so`.
     Nvml,
+    /// Device attributes the kernel exports in sysfs.
+    Sysfs,
     /// Nothing this host allows; the probe reports itself and measures nothing.
     Off,
 }
@@ -80,6 +86,7 @@ impl Mode {
             Mode::Procfs => "procfs",
             Mode::Kmsg => "kmsg",
             Mode::Nvml => "nvml",
+            Mode::Sysfs => "sysfs",
             Mode::Off => "off",
         }
     }
@@ -87,7 +94,7 @@ impl Mode {
     /// What `nodewatch probes` says about support: full, degraded, or none.
     pub fn support(self) -> &'static str {
         match self {
-            Mode::Ebpf | Mode::Kmsg | Mode::Nvml => "yes",
+            Mode::Ebpf | Mode::Kmsg | Mode::Nvml | Mode::Sysfs => "yes",
             Mode::SockDiag | Mode::Procfs => "degraded",
             Mode::Off => "no",
         }

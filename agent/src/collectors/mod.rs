@@ -7,9 +7,11 @@
 
 pub mod collector;
 pub mod containers;
+pub mod gpu_map;
 pub mod gpu_state;
 pub mod gpu_xid;
 pub mod heartbeats;
+pub mod infiniband;
 pub mod probes;
 pub mod resources;
 
@@ -21,6 +23,7 @@ use self::{
     gpu_state::GpuStateConfig,
     gpu_xid::GpuXidConfig,
     heartbeats::config::HeartbeatsConfig,
+    infiniband::InfinibandConfig,
     probes::{
         accept_queue::{self, AcceptQueueConfig},
         gpu_ioctl::{self, config::GpuIoctlConfig},
@@ -47,6 +50,8 @@ pub struct ProbesConfig {
     pub gpu_xid: GpuXidConfig,
     /// Each GPU's state from NVML, and how many GPUs are present against expected.
     pub gpu_state: GpuStateConfig,
+    /// InfiniBand/RoCE ports from sysfs.
+    pub infiniband: InfinibandConfig,
 }
 
 /// The keys of `probes:`, in the order of [`ProbesConfig`].
@@ -56,6 +61,7 @@ const PROBE_KEYS: &[&str] = &[
     "gpu_ioctl",
     "gpu_xid",
     "gpu_state",
+    "infiniband",
 ];
 
 /// Reads `probes:` at `path`, each probe's section on its own (every mistake is recorded in
@@ -81,6 +87,9 @@ pub fn probes_config(doc: &mut Document<'_>, path: &[&str]) -> ProbesConfig {
     if let Some(v) = doc.section(&at("gpu_state")) {
         c.gpu_state = v;
     }
+    if let Some(v) = doc.section(&at("infiniband")) {
+        c.infiniband = v;
+    }
     c
 }
 
@@ -92,6 +101,7 @@ pub struct Settings<'a> {
     pub heartbeats: &'a HeartbeatsConfig,
     pub resources: &'a ResourcesConfig,
     pub containers: &'a ContainersConfig,
+    pub spool_dir: &'a Path,
 }
 
 impl Settings<'_> {
@@ -101,11 +111,18 @@ impl Settings<'_> {
     }
 
     /// What every collector gets besides its section.
-    fn env<'a>(&'a self, containers: &'a SharedContainers, wake: &'a Wake) -> Env<'a> {
+    fn env<'a>(
+        &'a self,
+        containers: &'a SharedContainers,
+        wake: &'a Wake,
+        gpus: &'a gpu_map::GpuMap,
+    ) -> Env<'a> {
         Env {
             proc_root: self.proc_root,
             containers,
             wake,
+            gpus,
+            spool_dir: self.spool_dir,
         }
     }
 }
@@ -148,6 +165,11 @@ pub const ALL: &[Def] = &[
         start: |s, env, store| gpu_state::start(&s.probes.gpu_state, env, store),
     },
     Def {
+        name: infiniband::NAME,
+        enabled: |s| s.probes.infiniband.enabled,
+        start: |s, env, store| infiniband::start(&s.probes.infiniband, env, store),
+    },
+    Def {
         name: resources::NAME,
         enabled: |s| s.resources.enabled,
         start: |s, env, store| resources::start(s.resources, env, store),
@@ -180,13 +202,14 @@ impl Collectors {
     pub fn start(settings: &Settings<'_>, store: &mut Store) -> Self {
         let containers = settings.containers();
         let wake = Wake::default();
+        let gpus = gpu_map::GpuMap::default();
         let mut running = Vec::new();
         for def in ALL {
             if !(def.enabled)(settings) {
                 tracing::info!(collector = def.name, "disabled in config");
                 continue;
             }
-            let collector = (def.start)(settings, settings.env(&containers, &wake), store);
+            let collector = (def.start)(settings, settings.env(&containers, &wake, &gpus), store);
             if let Some(mode) = collector.mode() {
                 store
                     .own
@@ -314,6 +337,7 @@ pub fn describe(settings: &Settings<'_>) -> Vec<[String; 4]> {
     let mut store = Store::new();
     let containers = settings.containers();
     let wake = Wake::default();
+    let gpus = gpu_map::GpuMap::default();
     ALL.iter()
         .map(|def| {
             if !(def.enabled)(settings) {
@@ -324,7 +348,11 @@ pub fn describe(settings: &Settings<'_>) -> Vec<[String; 4]> {
                     "disabled in config".into(),
                 ];
             }
-            let c = (def.start)(settings, settings.env(&containers, &wake), &mut store);
+            let c = (def.start)(
+                settings,
+                settings.env(&containers, &wake, &gpus),
+                &mut store,
+            );
             let (support, mode) = match c.mode() {
                 Some(m) => (m.support(), m.as_str()),
                 None => ("yes", "-"),

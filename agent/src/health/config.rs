@@ -42,6 +42,24 @@ pub struct DrainBudget {
     /// (stay in the load balancer, degraded). Default `drain`.
     #[serde(default)]
     pub when_unreachable: WhenUnreachable,
+    /// Whether the budget holds back nodes whose alerts say `health: down` as it holds
+    /// `drain` (a held node stays in, degraded). `false`: `down` is never held, but still
+    /// takes a place in the budget. Default `true`.
+    #[serde(default = "yes")]
+    pub hold_down: bool,
+    /// The longest a node's claim takes to reach every Alertmanager, plus the clock skew
+    /// between nodes: a node that wants out decides only from an answer asked for this long
+    /// after its claim, so every earlier claim is in it. Default `500ms`.
+    #[serde(default = "default_propagation")]
+    pub propagation: HumanDuration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_propagation() -> HumanDuration {
+    HumanDuration(Duration::from_millis(500))
 }
 
 /// What a node that wants to drain does when no Alertmanager answers.
@@ -134,7 +152,14 @@ mod tests {
         let b = parse("{ max_unhealthy: 2 }").unwrap();
         assert_eq!(b.max_unhealthy.0, Limit::Nodes(2));
         assert_eq!(b.when_unreachable, WhenUnreachable::Drain);
-        let b = parse("{ max_unhealthy: \"20%\", when_unreachable: stay }").unwrap();
+        assert!(b.hold_down, "down is held by default");
+        assert_eq!(b.propagation.0, std::time::Duration::from_millis(500));
+        let b = parse(
+            "{ max_unhealthy: \"20%\", when_unreachable: stay, hold_down: false, propagation: 2s }",
+        )
+        .unwrap();
+        assert!(!b.hold_down);
+        assert_eq!(b.propagation.0, std::time::Duration::from_secs(2));
         assert_eq!(b.max_unhealthy.0, Limit::Percent(20));
         assert_eq!(b.when_unreachable, WhenUnreachable::Stay);
         for bad in ["0", "\"0%\"", "\"101%\"", "many", "-1"] {

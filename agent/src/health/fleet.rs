@@ -1,6 +1,6 @@
-//! The fleet as the drain budget sees it: the firing nodewatch alerts with a `health` of
-//! drain or down, read from every Alertmanager the agent notifies and merged (clustered
-//! Alertmanagers gossip silences, not alerts, so each holds only what was posted to it).
+//! The fleet as the drain budget sees it: the nodes' claims ([`UNHEALTHY_ALERT`]), read from
+//! every Alertmanager the agent notifies and merged (clustered Alertmanagers gossip silences,
+//! not alerts, so each holds only what was posted to it).
 //!
 //! A query runs on a task of its own, asked for by the tick while a drain is pending or held
 //! (at most once per tick; asks that come while one runs make one more); the tick only reads
@@ -24,9 +24,20 @@ use crate::httpc;
 pub const MEMBER_ALERT: &str = "NodewatchFleetMember";
 
 /// The alert a node with a drain budget sends to Alertmanager while it wants out of the load
-/// balancer (drained, down, or waiting its turn), until it is back in: what the other nodes
-/// count, also while its own alerts have resolved and it waits out `recover_after`.
+/// balancer (drained, down, or waiting its turn), until it is back in: its claim, what the
+/// other nodes count, also while its own alerts have resolved and it waits out
+/// `recover_after`. Its `startsAt` is when the node began to want out.
 pub const UNHEALTHY_ALERT: &str = "NodewatchNodeUnhealthy";
+
+/// The label of [`UNHEALTHY_ALERT`] that says whether the node is out ([`OUT`]) or waits
+/// ([`WAITING`]); a node that goes out sends a new claim, so the others see it at once.
+pub const CLAIM_LABEL: &str = "drain_budget";
+pub const OUT: &str = "out";
+pub const WAITING: &str = "waiting";
+
+/// The alert a node held back by the drain budget sends to Alertmanager: more nodes of the
+/// fleet want out than the budget lets out.
+pub const EXHAUSTED_ALERT: &str = "NodewatchDrainBudgetExhausted";
 
 /// Where the fleet's alerts are read, and who this node is among them.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +73,8 @@ pub struct Fleet {
     /// Whether member alerts are read too (a budget in percent).
     sizes: bool,
     wake: Notify,
+    /// A query asked for is not started before this.
+    not_before: Mutex<Option<Instant>>,
     latest: Mutex<Option<Arc<View>>>,
 }
 
@@ -71,6 +84,7 @@ impl Fleet {
             setup,
             sizes,
             wake: Notify::new(),
+            not_before: Mutex::new(None),
             latest: Mutex::new(None),
         }
     }
@@ -80,9 +94,26 @@ impl Fleet {
         self.wake.notify_one();
     }
 
-    /// Waits until a query is asked for.
+    /// Asks for a query that starts at `at` or later (now, if `at` has passed).
+    pub fn request_at(&self, at: Instant) {
+        {
+            let mut nb = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
+            *nb = Some(nb.map_or(at, |t| t.max(at)));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Waits until a query is asked for, and until the time it was asked for.
     pub async fn asked(&self) {
         self.wake.notified().await;
+        let at = self
+            .not_before
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(at) = at {
+            tokio::time::sleep_until(at.into()).await;
+        }
     }
 
     /// The latest view, if any query finished.
@@ -101,7 +132,7 @@ impl Fleet {
     /// Asks every Alertmanager at once and keeps the merged answer as the latest view.
     pub async fn query(&self) {
         let started = Instant::now();
-        let wanting = matchers(&self.setup, &[("health", "=~", "drain|down")]);
+        let wanting = matchers(&self.setup, &[("alertname", "=", UNHEALTHY_ALERT)]);
         let members = matchers(&self.setup, &[("alertname", "=", MEMBER_ALERT)]);
         let mut tasks = tokio::task::JoinSet::new();
         for (i, am) in self.setup.alertmanagers.iter().enumerate() {
@@ -189,7 +220,7 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// One Alertmanager's answer: its alerts as `(node, down, startsAt)`.
+/// One Alertmanager's answer: its alerts as `(node, down, out, startsAt)`.
 async fn get(url: String, timeout: Duration) -> Result<Vec<Candidate>, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
     let answer = tokio::time::timeout(
@@ -206,7 +237,7 @@ async fn get(url: String, timeout: Duration) -> Result<Vec<Candidate>, String> {
 }
 
 /// Alertmanager's `GET /api/v2/alerts` answer as candidates; an alert without a node label
-/// or a readable `startsAt` is left out.
+/// or a readable `startsAt` is left out. A claim labelled [`OUT`] says its node is out.
 pub fn parse(body: &[u8]) -> Result<Vec<Candidate>, String> {
     let alerts: Vec<serde_json::Value> =
         serde_json::from_slice(body).map_err(|e| format!("unreadable answer: {e}"))?;
@@ -222,6 +253,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Candidate>, String> {
             Some(Candidate {
                 node: node.to_string(),
                 down: labels["health"] == "down",
+                out: labels[CLAIM_LABEL] == OUT,
                 since_ms,
             })
         })
@@ -242,16 +274,20 @@ mod tests {
     }
 
     #[test]
-    fn asks_for_drain_and_down_alerts_of_this_fleet() {
-        let m = matchers(&setup(), &[("health", "=~", "drain|down")]);
+    fn asks_for_the_claims_of_this_fleet() {
+        let m = matchers(&setup(), &[("alertname", "=", UNHEALTHY_ALERT)]);
         assert_eq!(
             m,
-            ["health=~\"drain|down\"", "node!=\"\"", "cluster=\"a\\\"b\""]
+            [
+                "alertname=\"NodewatchNodeUnhealthy\"",
+                "node!=\"\"",
+                "cluster=\"a\\\"b\""
+            ]
         );
         let u = url(&setup().alertmanagers[0], &m[..1]);
         assert_eq!(
             u,
-            "http://am1:9093/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true&filter=health%3D~%22drain%7Cdown%22"
+            "http://am1:9093/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true&filter=alertname%3D%22NodewatchNodeUnhealthy%22"
         );
     }
 
@@ -259,13 +295,14 @@ mod tests {
     fn reads_alertmanagers_answer() {
         let body = br#"[
           {"labels":{"alertname":"A","health":"drain","node":"n2"},"startsAt":"2026-01-01T00:00:01.500Z","status":{"state":"suppressed"}},
-          {"labels":{"alertname":"B","health":"down","node":"n3"},"startsAt":"2026-01-01T00:00:02Z"},
+          {"labels":{"alertname":"B","health":"down","node":"n3","drain_budget":"out"},"startsAt":"2026-01-01T00:00:02Z"},
           {"labels":{"alertname":"C","health":"drain"},"startsAt":"2026-01-01T00:00:02Z"}
         ]"#;
         let got = parse(body).unwrap();
         assert_eq!(got.len(), 2, "no node label: left out");
         assert_eq!(got[0].node, "n2");
         assert!(!got[0].down && got[1].down);
+        assert!(!got[0].out && got[1].out);
         assert_eq!(got[1].since_ms - got[0].since_ms, 500);
         assert!(parse(b"{").is_err());
     }

@@ -1,9 +1,13 @@
-//! The drain budget at the node. Before a node goes from healthy (or degraded) to draining
-//! because of its alerts, the fleet's view from Alertmanager must let it: it ranks this node
-//! among all that want out ([`super::budget`]) and lets it go only while its rank is within
-//! `max_unhealthy`; otherwise the node waits its turn in the load balancer, degraded.
-//! `health: down` is never held back. While it wants out, the node tells Alertmanager so
-//! ([`fleet::UNHEALTHY_ALERT`]), which is what the other nodes count.
+//! The drain budget at the node. Before a node leaves the load balancer because of its alerts
+//! (`health: drain`, and `down` unless `hold_down: false`), the fleet's view from Alertmanager
+//! must let it: the node claims its place ([`fleet::UNHEALTHY_ALERT`], `startsAt` when it began
+//! to want out), waits until every earlier claim can have arrived (`propagation`), and goes
+//! only while its rank ([`super::budget`]) is within `max_unhealthy`; otherwise it waits its
+//! turn in the load balancer, degraded. A node that is out says so in its claim, and ranks
+//! before every node still waiting: a late claim never puts it back in.
+//!
+//! [`decide`] is the whole decision, a pure function of the fleet's view, the budget and this
+//! node's claim; [`Health::gate`] keeps the claim between evaluations and says what changed.
 
 use std::{
     sync::Arc,
@@ -12,13 +16,14 @@ use std::{
 
 use super::{
     AlertHealth, Budget, DrainState, Health, Inner, Status,
-    budget::{self, Candidate, Limit},
+    budget::{self, Candidate, Limit, Verdict},
     config::{DrainBudget, WhenUnreachable},
-    fleet::{self, Fleet, FleetSetup},
+    fleet::{self, Fleet, FleetSetup, View},
 };
 use crate::{
     alerts::{Alert, State},
     store::Labels,
+    wake::Wake,
 };
 
 fn now_ms() -> i64 {
@@ -27,9 +32,122 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// How long a pending drain waits for its own alert to show in Alertmanager's answers before
-/// it decides from the answers as they are.
-const OWN_ALERT_WAIT: Duration = Duration::from_secs(2);
+/// How long a claim waits for itself to show in Alertmanager's answers before the node decides
+/// from the answers as they are (an Alertmanager that keeps refusing it must not hold it
+/// forever).
+pub const OWN_CLAIM_WAIT: Duration = Duration::from_secs(2);
+
+/// When a node began to want out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Wall clock, milliseconds since the epoch: its `startsAt`, the order of the fleet.
+    pub since_ms: i64,
+    /// The same moment on this node's monotonic clock.
+    pub at: Instant,
+}
+
+/// The budget's rules, from `health.drain_budget`.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub node: String,
+    pub limit: Limit,
+    pub when_unreachable: WhenUnreachable,
+    pub hold_down: bool,
+    pub propagation: Duration,
+}
+
+/// What this node brings to a decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Mine {
+    /// What its alerts ask for: draining or down.
+    pub wants: Status,
+    pub claim: Claim,
+    /// Out now (let out before, or drained by hand).
+    pub out: bool,
+    /// Drained by hand (`nodewatch drain`): never held, but counted.
+    pub manual: bool,
+}
+
+/// What the budget says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Out of the load balancer.
+    Out(Option<Verdict>),
+    /// No view can decide yet; the node stays as it is (in, or out). A new view is needed no
+    /// earlier than `ask_at`.
+    Wait { why: &'static str, ask_at: Instant },
+    /// No Alertmanager answered: out alone (`when_unreachable: drain`, or already out), or in.
+    Unreachable { out: bool },
+    /// Held: in the load balancer, degraded, until its turn.
+    Held(Verdict),
+}
+
+/// The decision for `mine` from `view` (the latest, if any), at `now`.
+pub fn decide(rules: &Rules, mine: &Mine, view: Option<&View>, now: Instant) -> Decision {
+    let never_held = mine.manual || (mine.wants == Status::Down && !rules.hold_down);
+    // Only an answer asked for after the claim can hold it.
+    let view = view.filter(|v| v.started >= mine.claim.at);
+    let verdict = view
+        .filter(|v| v.answered > 0)
+        .map(|v| rank(rules, mine, v));
+    if never_held {
+        return Decision::Out(verdict);
+    }
+    let Some(view) = view else {
+        return Decision::Wait {
+            why: "asking Alertmanager for the drain budget",
+            ask_at: now,
+        };
+    };
+    if view.answered == 0 {
+        return Decision::Unreachable {
+            out: mine.out || rules.when_unreachable == WhenUnreachable::Drain,
+        };
+    }
+    let verdict = verdict.expect("answered");
+    if !mine.out {
+        // Written before read: the claim must be in the answer, or the node that reads
+        // later would not see this one.
+        let visible = view.wanting.iter().any(|c| c.node == rules.node);
+        if !visible && now.saturating_duration_since(mine.claim.at) < OWN_CLAIM_WAIT {
+            return Decision::Wait {
+                why: "waiting for Alertmanager to hold this node's claim",
+                ask_at: now,
+            };
+        }
+        // Every claim made before this one has arrived by then (the propagation bound), so
+        // the rank below is final: only earlier claims come before it.
+        let settled = mine.claim.at + rules.propagation;
+        if view.started < settled {
+            return Decision::Wait {
+                why: "waiting for earlier claims to reach Alertmanager",
+                ask_at: settled,
+            };
+        }
+    }
+    if verdict.within() {
+        Decision::Out(Some(verdict))
+    } else {
+        Decision::Held(verdict)
+    }
+}
+
+/// This node's place among the claims of `view`.
+fn rank(rules: &Rules, mine: &Mine, view: &View) -> Verdict {
+    let me = Candidate {
+        node: rules.node.clone(),
+        down: mine.wants == Status::Down,
+        out: mine.out,
+        since_ms: mine.claim.since_ms,
+    };
+    budget::verdict(
+        &view.wanting,
+        &view.members,
+        &me,
+        rules.limit,
+        !rules.hold_down,
+    )
+}
 
 /// A firing alert of the agent's own making.
 fn synthetic(name: &str, labels: &[(&str, &str)], summary: String, since_ms: i64) -> Alert {
@@ -53,16 +171,22 @@ impl Health {
     pub fn set_drain_budget(&mut self, cfg: &DrainBudget, setup: FleetSetup) {
         let limit = cfg.max_unhealthy.0;
         self.budget = Some(Budget {
-            limit,
-            when_unreachable: cfg.when_unreachable,
+            rules: Rules {
+                node: setup.node.clone(),
+                limit,
+                when_unreachable: cfg.when_unreachable,
+                hold_down: cfg.hold_down,
+                propagation: cfg.propagation.0,
+            },
             fleet: Fleet::new(setup, matches!(limit, Limit::Percent(_))),
             started_ms: now_ms(),
         });
     }
 
     /// Starts the task that answers the drain budget's queries, on the current runtime; each
-    /// answer is applied at once, not at the next tick.
-    pub fn spawn_fleet(self: &Arc<Self>) {
+    /// answer is applied at once, not at the next tick, and an answer that lets the node out
+    /// or holds it back wakes the tick (`wake`), so its claim reaches Alertmanager at once.
+    pub fn spawn_fleet(self: &Arc<Self>, wake: Wake) {
         if self.budget.is_none() {
             return;
         }
@@ -72,13 +196,29 @@ impl Health {
             loop {
                 fleet.asked().await;
                 fleet.query().await;
+                let before = h.drain_phase();
                 h.evaluate_again();
+                if h.drain_phase() != before {
+                    wake.now();
+                }
             }
         });
     }
 
+    /// What the fleet sees of this node's drain: out, held back, the budget exhausted.
+    fn drain_phase(&self) -> (bool, bool, bool) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let d = &g.drain;
+        (
+            d.out,
+            d.held.is_some(),
+            d.verdict.as_ref().is_some_and(Verdict::exhausted),
+        )
+    }
+
     /// The alerts this node sends to Alertmanager only, with a drain budget: its member alert
-    /// (always), and while it wants out, [`fleet::UNHEALTHY_ALERT`] with its `health`.
+    /// (always); while it wants out, its claim [`fleet::UNHEALTHY_ALERT`] with its `health`
+    /// and whether it is out; while the budget holds it back, [`fleet::EXHAUSTED_ALERT`].
     pub fn fleet_alerts(&self) -> Vec<Alert> {
         let Some(b) = &self.budget else {
             return Vec::new();
@@ -90,30 +230,56 @@ impl Health {
             "nodewatch runs on this node with a drain budget (one such alert per node is the fleet's size)".into(),
             b.started_ms,
         )];
-        if g.alert_level >= Status::Draining
-            && let Some(since) = g.drain.out_since_ms
-        {
-            let health = if g.alert_level == Status::Down {
-                "down"
-            } else {
-                "drain"
-            };
-            let summary = format!(
-                "nodewatch wants this node out of the load balancer (it drains when the drain budget lets it): {}",
-                g.alert_reasons.join("; ")
-            );
+        let d = &g.drain;
+        let Some(claim) = d.claim else {
+            return out;
+        };
+        let health = if d.wants == Status::Down {
+            "down"
+        } else {
+            "drain"
+        };
+        let (state, summary) = if d.out {
+            (
+                fleet::OUT,
+                "nodewatch took this node out of the load balancer",
+            )
+        } else {
+            (
+                fleet::WAITING,
+                "nodewatch wants this node out of the load balancer and waits for the drain budget",
+            )
+        };
+        let mut reasons = g.alert_reasons.clone();
+        if let Some(m) = &g.maintenance {
+            reasons.push(format!("maintenance: {}", m.reason));
+        }
+        out.push(synthetic(
+            fleet::UNHEALTHY_ALERT,
+            &[
+                ("health", health),
+                (fleet::CLAIM_LABEL, state),
+                ("severity", "warning"),
+            ],
+            format!("{summary}: {}", reasons.join("; ")),
+            claim.since_ms,
+        ));
+        if let (false, Some(v)) = (d.out, d.verdict.as_ref().filter(|v| v.exhausted())) {
             out.push(synthetic(
-                fleet::UNHEALTHY_ALERT,
-                &[("health", health), ("severity", "warning")],
-                summary,
-                since,
+                fleet::EXHAUSTED_ALERT,
+                &[("severity", "critical")],
+                format!(
+                    "{} of {} nodes want out, budget {}: the drain budget holds the rest in the load balancer",
+                    v.wanting, v.size, v.allowed
+                ),
+                d.held_since_ms.unwrap_or(claim.since_ms),
             ));
         }
         out
     }
 
-    /// The level the alerts ask for (`g.alert_level`) as the drain budget lets it be, and
-    /// what to add to the reasons.
+    /// The level the alerts (`g.alert_level`) and manual maintenance ask for as the drain
+    /// budget lets it be, and what to add to the reasons.
     pub(super) fn gate(
         &self,
         g: &mut Inner,
@@ -125,31 +291,39 @@ impl Health {
             return (g.alert_level, Vec::new());
         };
         // A node that waited and never left has nothing to recover from once its drain
-        // alerts are gone: it is only degraded, so the others stop counting it at once.
-        if g.alert_level == Status::Draining
-            && !g.drain.allowed
-            && g.drain.pending_since.is_some()
+        // alerts are gone: it was only degraded (and recovers from that as usual), so the
+        // others stop counting it at once.
+        if g.alert_level >= Status::Draining
+            && !g.drain.out
             && !firing.iter().any(|a| a.level >= Status::Draining)
         {
             g.alert_level = Status::Degraded;
             g.alert_reasons = AlertHealth::reasons(firing);
         }
-        let wants = g.alert_level;
+        let manual = g.maintenance.is_some();
+        let wants = g.alert_level.max(if manual {
+            Status::Draining
+        } else {
+            Status::Healthy
+        });
         let hold = g.state.min(Status::Degraded);
-        let d = &mut g.drain;
-        let out = gate_drain(b, d, wants, hold, firing, from_tick, now);
-        self.deferred.set(i64::from(d.deferred.is_some()));
+        let out = gate_drain(b, &mut g.drain, wants, manual, hold, from_tick, now);
+        self.deferred.set(i64::from(g.drain.held.is_some()));
+        self.exhausted.set(i64::from(
+            g.drain.verdict.as_ref().is_some_and(Verdict::exhausted),
+        ));
         out
     }
 }
 
-/// [`Health::gate`] for a node with a budget.
+/// [`Health::gate`] for a node with a budget: keeps the claim, asks for views, and says each
+/// change once in the log.
 fn gate_drain(
     b: &Budget,
     d: &mut DrainState,
     wants: Status,
+    manual: bool,
     hold: Status,
-    firing: &[AlertHealth],
     from_tick: bool,
     now: Instant,
 ) -> (Status, Vec<String>) {
@@ -160,105 +334,106 @@ fn gate_drain(
         };
         return (wants, Vec::new());
     }
-    if d.out_since_ms.is_none() {
-        let earliest = firing
-            .iter()
-            .filter(|a| a.level >= Status::Draining)
-            .map(|a| a.since_ms)
-            .min();
-        d.out_since_ms = Some(earliest.unwrap_or_else(now_ms));
-    }
-    if wants == Status::Down {
-        // Never held back (it counts against the budget through its alerts); once it is
-        // only draining, it keeps its place until a view says otherwise.
-        d.allowed = true;
-        d.deferred = None;
-        d.pending_since = None;
-        return (Status::Down, Vec::new());
-    }
-    let since = *d.pending_since.get_or_insert(now);
+    d.wants = wants;
+    let claim = *d.claim.get_or_insert(Claim {
+        since_ms: now_ms(),
+        at: now,
+    });
     if from_tick {
         d.asked_again = false;
         b.fleet.request();
     }
-    let Some(view) = b.fleet.latest().filter(|v| v.started >= since) else {
-        if d.allowed {
-            return (Status::Draining, Vec::new());
-        }
-        // The first answer comes within the timeout; until then nothing changes.
-        return (
-            hold,
-            vec!["drain pending: asking Alertmanager for the drain budget".into()],
-        );
+    let mine = Mine {
+        wants,
+        claim,
+        out: d.out,
+        manual,
     };
-    if view.answered == 0 {
-        let decide_alone = d.allowed || b.when_unreachable == WhenUnreachable::Drain;
-        if !d.unreachable {
-            d.unreachable = true;
-            let errors = view.errors.join("; ");
-            if d.allowed {
-                tracing::warn!(asked = view.asked, %errors, "drain budget: no Alertmanager answered; this node, already out, stays out");
-            } else if decide_alone {
-                tracing::warn!(asked = view.asked, %errors, "drain budget: no Alertmanager answered; this node decides alone (when_unreachable: drain)");
-            } else {
-                tracing::warn!(asked = view.asked, %errors, "drain budget: no Alertmanager answered; this node stays in the load balancer (when_unreachable: stay)");
-            }
-        }
-        if decide_alone {
-            d.allowed = true;
-            d.deferred = None;
-            return (
-                Status::Draining,
-                vec![format!(
-                    "drain budget: no Alertmanager answered ({} asked); decided alone",
-                    view.asked
-                )],
-            );
-        }
-        return defer(
-            d,
-            format!(
-                "drain deferred: no Alertmanager answered ({} asked) and when_unreachable is stay",
-                view.asked
-            ),
-        );
-    }
-    if d.unreachable {
+    let view = b.fleet.latest();
+    let decision = decide(&b.rules, &mine, view.as_deref(), now);
+    let view = view.as_deref();
+    if !matches!(decision, Decision::Unreachable { .. })
+        && d.unreachable
+        && let Some(v) = view.filter(|v| v.answered > 0)
+    {
         d.unreachable = false;
         tracing::info!(
-            answered = view.answered,
-            asked = view.asked,
+            answered = v.answered,
+            asked = v.asked,
             "drain budget: Alertmanager answers again"
         );
     }
-    let me = Candidate {
-        node: b.fleet.setup.node.clone(),
-        down: false,
-        since_ms: d.out_since_ms.unwrap_or_default(),
-    };
-    // Written before read: a new drain is let out only by a view that already holds this
-    // node's own alert, so of two nodes deciding at once the later reader sees both. (An
-    // Alertmanager that keeps refusing the alert delays the decision by OWN_ALERT_WAIT.)
-    if !d.allowed
-        && !view.wanting.iter().any(|c| c.node == me.node)
-        && now.saturating_duration_since(since) < OWN_ALERT_WAIT
-    {
-        if !from_tick && !d.asked_again {
-            d.asked_again = true;
-            b.fleet.request();
+    match decision {
+        Decision::Out(verdict) => {
+            d.verdict = verdict;
+            d.out = true;
+            d.held = None;
+            d.held_since_ms = None;
+            (wants, Vec::new())
         }
-        return (
-            hold,
-            vec!["drain pending: waiting for Alertmanager to hold this node's alert".into()],
-        );
+        Decision::Wait { why, ask_at } if !d.out => {
+            if ask_at > now {
+                b.fleet.request_at(ask_at);
+            } else if !from_tick && !d.asked_again {
+                // The answer came without this node's claim: one more query this tick.
+                d.asked_again = true;
+                b.fleet.request();
+            }
+            (hold, vec![format!("drain pending: {why}")])
+        }
+        Decision::Wait { .. } => (wants, Vec::new()),
+        Decision::Unreachable { out } => {
+            let v = view.expect("an answer said nobody answered");
+            if !d.unreachable {
+                d.unreachable = true;
+                let errors = v.errors.join("; ");
+                if d.out {
+                    tracing::warn!(asked = v.asked, %errors, "drain budget: no Alertmanager answered; this node, already out, stays out");
+                } else if out {
+                    tracing::warn!(asked = v.asked, %errors, "drain budget: no Alertmanager answered; this node decides alone (when_unreachable: drain)");
+                } else {
+                    tracing::warn!(asked = v.asked, %errors, "drain budget: no Alertmanager answered; this node stays in the load balancer (when_unreachable: stay)");
+                }
+            }
+            d.verdict = None;
+            if out {
+                d.out = true;
+                d.held = None;
+                d.held_since_ms = None;
+                return (
+                    wants,
+                    vec![format!(
+                        "drain budget: no Alertmanager answered ({} asked); decided alone",
+                        v.asked
+                    )],
+                );
+            }
+            hold_back(
+                d,
+                format!(
+                    "drain deferred: no Alertmanager answered ({} asked) and when_unreachable is stay",
+                    v.asked
+                ),
+            )
+        }
+        Decision::Held(v) => {
+            if d.out {
+                tracing::info!(
+                    rank = v.rank + 1,
+                    allowed = v.allowed,
+                    "drain budget: more nodes are out than the budget lets out; this node, ranked later, goes back in"
+                );
+            }
+            d.out = false;
+            let reason = deferred_reason(b.rules.limit, &v);
+            d.verdict = Some(v);
+            hold_back(d, reason)
+        }
     }
-    let v = budget::verdict(&view.wanting, &view.members, &me, b.limit);
-    if v.within() {
-        d.allowed = true;
-        d.deferred = None;
-        return (Status::Draining, Vec::new());
-    }
-    d.allowed = false;
+}
+
+/// Why a node waits its turn: the budget, how many want out, and who goes first.
+fn deferred_reason(limit: Limit, v: &Verdict) -> String {
     let mut ahead: Vec<String> = v
         .ahead
         .iter()
@@ -271,29 +446,31 @@ fn gate_drain(
     if v.ahead.len() > 5 {
         ahead.push(format!("{} more", v.ahead.len() - 5));
     }
-    let limit = match b.limit {
-        Limit::Nodes(_) => format!("max_unhealthy {}", b.limit),
+    let limit = match limit {
+        Limit::Nodes(_) => format!("max_unhealthy {limit}"),
         Limit::Percent(_) => format!(
-            "max_unhealthy {} lets {} of {} nodes out",
-            b.limit, v.allowed, v.size
+            "max_unhealthy {limit} lets {} of {} nodes out",
+            v.allowed, v.size
         ),
     };
-    defer(
-        d,
-        format!(
-            "drain deferred: {limit}; {} want out and this node is number {} after {}",
-            v.wanting,
-            v.rank + 1,
-            ahead.join(", ")
-        ),
+    format!(
+        "drain deferred: {limit}; {} want out and this node is number {} after {}",
+        v.wanting,
+        v.rank + 1,
+        ahead.join(", ")
     )
 }
 
 /// Keeps the node in, degraded, and says so once.
-fn defer(d: &mut DrainState, reason: String) -> (Status, Vec<String>) {
-    if d.deferred.is_none() {
+fn hold_back(d: &mut DrainState, reason: String) -> (Status, Vec<String>) {
+    if d.held.is_none() {
         tracing::warn!(%reason, "drain deferred: the node stays in the load balancer, degraded, until the drain budget lets it out");
+        d.held_since_ms = Some(now_ms());
     }
-    d.deferred = Some(reason.clone());
+    d.held = Some(reason.clone());
     (Status::Degraded, vec![reason])
 }
+
+#[cfg(test)]
+#[path = "gate_tests.rs"]
+mod tests;

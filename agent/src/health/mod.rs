@@ -27,9 +27,10 @@ mod gate;
 pub mod haproxy;
 
 /// The node's health, ordered from best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    #[default]
     Healthy,
     /// Still serving, at `health.degraded_weight` of its weight.
     Degraded,
@@ -106,28 +107,32 @@ impl AlertHealth {
 
 /// `health.drain_budget` with the fleet's view.
 struct Budget {
-    limit: budget::Limit,
-    when_unreachable: config::WhenUnreachable,
+    rules: gate::Rules,
     fleet: fleet::Fleet,
     /// When the agent started: its member alert's `startsAt`.
     started_ms: i64,
 }
 
-/// Where a drain stands.
+/// Where a drain stands, between two decisions ([`gate::decide`]).
 #[derive(Debug, Default)]
 struct DrainState {
-    /// When the node began to want out (its earliest drain or down alert), in milliseconds
-    /// since the epoch: its place in the fleet's ranking, kept until it is back in.
-    out_since_ms: Option<i64>,
-    /// When its current wish to drain began: views older than this do not decide it.
-    pending_since: Option<Instant>,
-    /// Let out (by the budget, or deciding alone): it stays out until a view says otherwise.
-    allowed: bool,
-    /// Why it waits, while it does.
-    deferred: Option<String>,
+    /// When the node began to want out: its place in the fleet's ranking, kept until it is
+    /// back in.
+    claim: Option<gate::Claim>,
+    /// What it wants: draining or down.
+    wants: Status,
+    /// Out (let out by the budget, deciding alone, or by hand): it stays out until a view
+    /// ranks it past the budget.
+    out: bool,
+    /// Why it is held back, while it is.
+    held: Option<String>,
+    /// Since when it is held back, in milliseconds since the epoch.
+    held_since_ms: Option<i64>,
+    /// The last ranking of this node among the fleet's claims.
+    verdict: Option<budget::Verdict>,
     /// No Alertmanager answered the last query looked at (said once).
     unreachable: bool,
-    /// This tick's one extra query, asked when a view did not hold this node's own alert yet.
+    /// This tick's one extra query, asked when a view did not hold this node's own claim yet.
     asked_again: bool,
 }
 
@@ -183,6 +188,7 @@ pub struct Health {
     transitions: Family<StateLabels, Counter>,
     unhealthy_seconds: Counter<f64, AtomicU64>,
     deferred: Gauge,
+    exhausted: Gauge,
     /// `health.drain_budget` and the fleet's view, when configured.
     budget: Option<Budget>,
 }
@@ -224,6 +230,7 @@ impl Health {
             transitions: Family::default(),
             unhealthy_seconds: Counter::default(),
             deferred: Gauge::default(),
+            exhausted: Gauge::default(),
             budget: None,
         };
         store.register(
@@ -250,6 +257,11 @@ impl Health {
             names::DRAIN_DEFERRED,
             "Whether the node waits to drain (1) because the drain budget is spent: it stays in the load balancer, degraded",
             h.deferred.clone(),
+        );
+        store.register(
+            names::DRAIN_BUDGET_EXHAUSTED,
+            "Whether more nodes of the fleet want out of the load balancer than the drain budget lets out (1), as this node saw it while it wanted out",
+            h.exhausted.clone(),
         );
         h.evaluate_levels(&[], Instant::now(), false);
         h

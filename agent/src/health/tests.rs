@@ -222,13 +222,13 @@ fn manual_drain_wins_over_degraded() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A health with `drain_budget: { max_unhealthy: 1 }` as node `n2`.
-fn budgeted(tag: &str, when_unreachable: &str) -> Health {
+/// A health with `drain_budget: { max_unhealthy: 1, <extra> }` as node `n2`, claims
+/// propagating at once (the propagation wait is [`super::gate::decide`]'s, tested there).
+fn budgeted(tag: &str, extra: &str) -> Health {
     let mut h = Health::new(&cfg(Duration::ZERO), &temp(tag), &mut Store::new());
-    let budget: config::DrainBudget = serde_saphyr::from_str(&format!(
-        "{{ max_unhealthy: 1, when_unreachable: {when_unreachable} }}"
-    ))
-    .unwrap();
+    let budget: config::DrainBudget =
+        serde_saphyr::from_str(&format!("{{ max_unhealthy: 1, propagation: 0s, {extra} }}"))
+            .unwrap();
     h.set_drain_budget(
         &budget,
         fleet::FleetSetup {
@@ -241,17 +241,29 @@ fn budgeted(tag: &str, when_unreachable: &str) -> Health {
     h
 }
 
-/// Answers the fleet query: these nodes want out (`(node, down, since_ms)`).
-fn view(h: &Health, answered: usize, wanting: &[(&str, bool, i64)]) {
+/// This node's claim time, as it sends it.
+fn claim_ms(h: &Health) -> i64 {
+    h.inner
+        .lock()
+        .unwrap()
+        .drain
+        .claim
+        .expect("a claim")
+        .since_ms
+}
+
+/// Answers the fleet query: these nodes want out (`(node, down, out, since_ms)`).
+fn view(h: &Health, answered: usize, wanting: &[(&str, bool, bool, i64)]) {
     h.budget.as_ref().unwrap().fleet.store(fleet::View {
         started: Instant::now(),
         asked: 2,
         answered,
         wanting: wanting
             .iter()
-            .map(|(n, down, since_ms)| budget::Candidate {
+            .map(|(n, down, out, since_ms)| budget::Candidate {
                 node: n.to_string(),
                 down: *down,
+                out: *out,
                 since_ms: *since_ms,
             })
             .collect(),
@@ -261,12 +273,10 @@ fn view(h: &Health, answered: usize, wanting: &[(&str, bool, i64)]) {
 }
 
 #[test]
-fn a_drain_waits_for_the_budget_and_a_down_node_does_not() {
-    let h = budgeted("budget", "drain");
-    let mut a = alert("Lost", Status::Draining);
-    a.fired_at = Some(2_000);
-    let s = h.snapshot();
-    assert_eq!(s.status, Status::Healthy);
+fn drain_and_down_wait_for_the_budget() {
+    let h = budgeted("budget", "when_unreachable: drain");
+    let a = alert("Lost", Status::Draining);
+    assert_eq!(h.snapshot().status, Status::Healthy);
     // Until the fleet answers, nothing changes.
     h.evaluate(std::slice::from_ref(&a), Instant::now());
     let s = h.snapshot();
@@ -275,11 +285,17 @@ fn a_drain_waits_for_the_budget_and_a_down_node_does_not() {
         s.reasons.iter().any(|r| r.starts_with("drain pending")),
         "{s:?}"
     );
-    // n1 wants out since earlier: the budget of one is spent, n2 stays in, degraded.
-    view(&h, 2, &[("n1", false, 1_000), ("n2", false, 2_000)]);
+    let mine = claim_ms(&h);
+    // n1 is out: the budget of one is spent, n2 stays in, degraded.
+    view(
+        &h,
+        2,
+        &[("n1", false, true, mine + 10), ("n2", false, false, mine)],
+    );
     h.evaluate_again();
     let s = h.snapshot();
     assert_eq!((s.status, h.deferred.get()), (Status::Degraded, 1), "{s:?}");
+    assert_eq!(h.exhausted.get(), 1);
     assert!(
         s.reasons.iter().any(|r| r.starts_with(
             "drain deferred: max_unhealthy 1; 2 want out and this node is number 2 after n1"
@@ -287,42 +303,150 @@ fn a_drain_waits_for_the_budget_and_a_down_node_does_not() {
         "{:?}",
         s.reasons
     );
-    // Its want to leave is told to Alertmanager: the member alert and the unhealthy one.
+    // Its claim (waiting) and the budget's trip signal go to Alertmanager.
     let own = h.fleet_alerts();
-    assert_eq!(own.len(), 2);
-    assert_eq!(own[1].label("alertname"), Some(fleet::UNHEALTHY_ALERT));
+    let names: Vec<_> = own.iter().map(|a| a.name().to_string()).collect();
     assert_eq!(
-        (own[1].label("health"), own[1].fired_at),
-        (Some("drain"), Some(2_000))
+        names,
+        [
+            fleet::MEMBER_ALERT,
+            fleet::UNHEALTHY_ALERT,
+            fleet::EXHAUSTED_ALERT
+        ]
     );
-    // n1 is back: n2 drains.
-    view(&h, 2, &[("n2", false, 2_000)]);
+    assert_eq!(
+        (
+            own[1].label("health"),
+            own[1].label(fleet::CLAIM_LABEL),
+            own[1].fired_at
+        ),
+        (Some("drain"), Some(fleet::WAITING), Some(mine))
+    );
+    assert_eq!(own[2].label("severity"), Some("critical"));
+    assert_eq!(
+        own[2].annotation("summary"),
+        Some(
+            "2 of 2 nodes want out, budget 1: the drain budget holds the rest in the load balancer"
+        )
+    );
+    // n1 is back: n2 drains, and says it is out.
+    view(&h, 2, &[("n2", false, false, mine)]);
     h.evaluate(std::slice::from_ref(&a), Instant::now());
     assert_eq!(
-        (h.snapshot().status, h.deferred.get()),
-        (Status::Draining, 0)
+        (h.snapshot().status, h.deferred.get(), h.exhausted.get()),
+        (Status::Draining, 0, 0)
     );
-    // A down node ranks first and takes the one place: n2 goes back in.
-    view(&h, 2, &[("n2", false, 2_000), ("n9", true, 5_000)]);
+    let own = h.fleet_alerts();
+    assert_eq!(own.len(), 2);
+    assert_eq!(own[1].label(fleet::CLAIM_LABEL), Some(fleet::OUT));
+    // A later claim, even a down one, does not take its place.
+    view(
+        &h,
+        2,
+        &[("n2", false, true, mine), ("n9", true, false, mine - 5_000)],
+    );
     h.evaluate_again();
-    assert_eq!(h.snapshot().status, Status::Degraded);
-    // A down alert of its own is never held back.
+    assert_eq!(h.snapshot().status, Status::Draining);
+    // Its own down alert: out as down, the same claim.
     h.evaluate(&[a.clone(), alert("Gone", Status::Down)], Instant::now());
     assert_eq!((h.snapshot().status, h.deferred.get()), (Status::Down, 0));
     assert_eq!(h.fleet_alerts()[1].label("health"), Some("down"));
+    assert_eq!(claim_ms(&h), mine);
     // Nothing fires: back in at once (recover_after 0s), nothing told but membership.
     h.evaluate(&[], Instant::now());
     assert_eq!(h.snapshot().status, Status::Healthy);
     assert_eq!(h.fleet_alerts().len(), 1);
+
+    // A down alert is held like a drain: the node stays in, degraded.
+    h.evaluate(&[alert("Gone", Status::Down)], Instant::now());
+    let mine = claim_ms(&h);
+    view(
+        &h,
+        2,
+        &[("n1", false, true, mine - 1), ("n2", true, false, mine)],
+    );
+    h.evaluate_again();
+    assert_eq!(
+        (h.snapshot().status, h.deferred.get()),
+        (Status::Degraded, 1)
+    );
+}
+
+#[test]
+fn with_hold_down_false_down_is_never_held_and_takes_a_place() {
+    let h = budgeted("budget-down", "hold_down: false");
+    h.evaluate(&[alert("Gone", Status::Down)], Instant::now());
+    assert_eq!(
+        h.snapshot().status,
+        Status::Down,
+        "never held, not even asked"
+    );
+    // A drain alert elsewhere: the down node ranks first, the drained node goes back in.
+    let h = budgeted("budget-down2", "hold_down: false");
+    let a = alert("Lost", Status::Draining);
+    h.evaluate(std::slice::from_ref(&a), Instant::now());
+    let mine = claim_ms(&h);
+    view(&h, 2, &[("n2", false, false, mine)]);
+    h.evaluate_again();
+    assert_eq!(h.snapshot().status, Status::Draining);
+    view(
+        &h,
+        2,
+        &[("n2", false, true, mine), ("n9", true, true, mine + 5_000)],
+    );
+    h.evaluate_again();
+    assert_eq!(h.snapshot().status, Status::Degraded);
+}
+
+#[test]
+fn a_manual_drain_is_never_held_and_counts() {
+    let dir = temp("budget-manual");
+    let mut h = Health::new(&cfg(Duration::ZERO), &dir, &mut Store::new());
+    let budget: config::DrainBudget =
+        serde_saphyr::from_str("{ max_unhealthy: 1, propagation: 0s }").unwrap();
+    h.set_drain_budget(
+        &budget,
+        fleet::FleetSetup {
+            node: "n2".into(),
+            scope: Vec::new(),
+            alertmanagers: Vec::new(),
+            timeout: Duration::from_secs(1),
+        },
+    );
+    // The budget is spent by another node; the operator drains this one anyway.
+    view(&h, 2, &[("n1", false, true, 0)]);
+    h.drain("disk swap").unwrap();
+    assert_eq!(h.snapshot().status, Status::Draining);
+    let own = h.fleet_alerts();
+    assert_eq!(own.len(), 2, "no trip signal: nothing is held");
+    assert_eq!(
+        (own[1].label("health"), own[1].label(fleet::CLAIM_LABEL)),
+        (Some("drain"), Some(fleet::OUT))
+    );
+    assert!(
+        own[1]
+            .annotation("summary")
+            .unwrap()
+            .contains("maintenance: disk swap")
+    );
+    h.undrain().unwrap();
+    assert_eq!(h.snapshot().status, Status::Healthy);
+    assert_eq!(h.fleet_alerts().len(), 1);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_waiting_node_whose_alert_resolves_has_nothing_to_recover_from() {
-    let mut h = budgeted("budget-resolve", "drain");
+    let mut h = budgeted("budget-resolve", "when_unreachable: drain");
     h.recover_after = Duration::from_secs(60);
     let a = alert("Lost", Status::Draining);
     h.evaluate(std::slice::from_ref(&a), Instant::now());
-    view(&h, 2, &[("n1", false, -5), ("n2", false, 0)]);
+    let mine = claim_ms(&h);
+    view(
+        &h,
+        2,
+        &[("n1", false, true, mine - 5), ("n2", false, false, mine)],
+    );
     h.evaluate_again();
     assert_eq!(h.snapshot().status, Status::Degraded);
     h.evaluate(&[], Instant::now());
@@ -340,12 +464,12 @@ fn a_waiting_node_whose_alert_resolves_has_nothing_to_recover_from() {
 }
 
 #[test]
-fn a_drain_is_let_out_only_by_a_view_that_holds_its_own_alert() {
-    let h = budgeted("budget-own", "drain");
+fn a_drain_is_let_out_only_by_a_view_that_holds_its_own_claim() {
+    let h = budgeted("budget-own", "when_unreachable: drain");
     let start = Instant::now();
     let a = alert("Lost", Status::Draining);
     h.evaluate(std::slice::from_ref(&a), start);
-    // Read before this node's alert reached Alertmanager: it could not see the others that
+    // Read before this node's claim reached Alertmanager: it could not see the others that
     // posted at the same moment either, so it does not decide yet.
     view(&h, 2, &[]);
     h.evaluate_again();
@@ -354,19 +478,24 @@ fn a_drain_is_let_out_only_by_a_view_that_holds_its_own_alert() {
     assert!(
         s.reasons
             .iter()
-            .any(|r| r.contains("waiting for Alertmanager to hold this node's alert")),
+            .any(|r| r.contains("waiting for Alertmanager to hold this node's claim")),
         "{s:?}"
     );
-    // The next answer holds it, and another node that posted at the same time, earlier.
-    view(&h, 2, &[("n1", false, -5), ("n2", false, 0)]);
+    // The next answer holds it, and another node that claimed a moment earlier.
+    let mine = claim_ms(&h);
+    view(
+        &h,
+        2,
+        &[("n1", false, false, mine - 5), ("n2", false, false, mine)],
+    );
     h.evaluate_again();
     assert_eq!(
         (h.snapshot().status, h.deferred.get()),
         (Status::Degraded, 1)
     );
 
-    // An Alertmanager that never shows the node's alert delays the decision by 2 s, no more.
-    let h = budgeted("budget-own-late", "drain");
+    // An Alertmanager that never shows the node's claim delays the decision by 2 s, no more.
+    let h = budgeted("budget-own-late", "when_unreachable: drain");
     h.evaluate(std::slice::from_ref(&a), start);
     view(&h, 2, &[]);
     h.evaluate(std::slice::from_ref(&a), start + Duration::from_secs(1));
@@ -379,7 +508,10 @@ fn a_drain_is_let_out_only_by_a_view_that_holds_its_own_alert() {
 #[test]
 fn without_an_answer_the_node_decides_as_configured() {
     for (when, want) in [("drain", Status::Draining), ("stay", Status::Degraded)] {
-        let h = budgeted(&format!("budget-{when}"), when);
+        let h = budgeted(
+            &format!("budget-{when}"),
+            &format!("when_unreachable: {when}"),
+        );
         h.evaluate(&[alert("Lost", Status::Draining)], Instant::now());
         view(&h, 0, &[]);
         h.evaluate_again();

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::{
     alerts::{Alert, State, rfc3339},
-    rules::gofmt,
+    rules::template::gofmt,
 };
 
 /// An alert as `/api/v1/alerts` shows it (the Prometheus API's shape).

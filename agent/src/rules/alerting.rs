@@ -2,8 +2,8 @@
 //! exactly as Prometheus's `AlertingRule.Eval` moves it.
 
 use super::{
-    eval::Sample,
-    template::{Data, Template},
+    promql::eval::Sample,
+    template::{Data, Query, Template},
 };
 use crate::{
     alerts::{Alert, RESOLVED_RETENTION_MS, State},
@@ -22,6 +22,8 @@ pub struct Rule<'a> {
     pub external_url: &'a str,
     /// Most pending and firing alerts allowed; 0 means no limit.
     pub limit: usize,
+    /// The template function `query`.
+    pub query: Option<&'a Query<'a>>,
 }
 
 /// One evaluation at `ts` of an alerting rule whose expression gave `result`. Updates
@@ -40,6 +42,7 @@ pub fn evaluate(
             external_labels: rule.external_labels,
             external_url: rule.external_url,
             value: s.value,
+            query: rule.query,
         };
         let mut labels = s.labels.without_name();
         for (k, t) in rule.labels {
@@ -156,6 +159,7 @@ mod tests {
             external_labels: &EMPTY,
             external_url: "",
             limit: 0,
+            query: None,
         }
     }
 

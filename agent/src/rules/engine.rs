@@ -7,8 +7,11 @@ use std::collections::HashMap as StdHashMap;
 
 use super::{
     alerting,
-    eval::{Evaluator, Sample, no_duplicates},
     file::{GroupDef, Kind, RuleDef},
+    promql::{
+        eval::{Evaluator, Sample, no_duplicates},
+        subset,
+    },
 };
 use crate::{
     alerts::Alert,
@@ -55,6 +58,8 @@ pub struct Group {
 /// A rule evaluation that failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleFailure {
+    /// The file of the group.
+    pub file: String,
     pub group: String,
     pub rule: String,
     pub error: String,
@@ -129,9 +134,25 @@ impl Engine {
             let rules = def
                 .rules
                 .into_iter()
-                .map(|r| match previous.iter().position(|p| p.def == r) {
-                    Some(i) => previous.remove(i),
-                    None => RuleState::new(r),
+                .map(|r| {
+                    if let Some(i) = previous.iter().position(|p| p.def == r) {
+                        return previous.remove(i);
+                    }
+                    // As Prometheus's `CopyState`: a rule with the same name and labels keeps
+                    // its alerts (and `for` keeps running) whatever else was edited.
+                    let same = |p: &RuleState| {
+                        p.def.kind == r.kind && p.def.name == r.name && p.def.labels == r.labels
+                    };
+                    match previous.iter().position(same) {
+                        Some(i) => {
+                            let p = previous.remove(i);
+                            let mut s = RuleState::new(r);
+                            s.active = p.active;
+                            s.written = p.written;
+                            s
+                        }
+                        None => RuleState::new(r),
+                    }
                 })
                 .collect();
             orphaned.extend(previous.into_iter().flat_map(|r| r.written));
@@ -174,8 +195,15 @@ impl Engine {
             for r in &mut g.rules {
                 let out = eval_rule(
                     r,
-                    history,
-                    ts,
+                    Evaluator {
+                        history,
+                        ts,
+                        step_ms: if respect_intervals {
+                            g.interval_ms.unwrap_or(tick_ms)
+                        } else {
+                            tick_ms
+                        },
+                    },
                     g.limit,
                     &self.external_labels,
                     &self.external_url,
@@ -195,6 +223,7 @@ impl Engine {
                     }
                     Err(e) => {
                         failures.push(RuleFailure {
+                            file: g.file.clone(),
                             group: g.name.clone(),
                             rule: r.def.name.clone(),
                             error: e.clone(),
@@ -210,13 +239,12 @@ impl Engine {
 
 fn eval_rule(
     r: &mut RuleState,
-    history: &History,
-    ts: i64,
+    ev: Evaluator<'_>,
     limit: usize,
     external_labels: &Labels,
     external_url: &str,
 ) -> Result<Vec<Sample>, String> {
-    let ev = Evaluator { history, ts };
+    let ts = ev.ts;
     let result = ev.eval(&r.def.expr).map_err(|e| e.0)?.into_vector();
     match r.def.kind {
         Kind::Recording => {
@@ -240,6 +268,16 @@ fn eval_rule(
             Ok(out)
         }
         Kind::Alerting => {
+            // Template queries run at the rule's instant, over the same history.
+            let query = |text: &str| -> Result<Vec<(Labels, f64)>, String> {
+                let e = promql_parser::parser::parse(text).map_err(|e| e.to_string())?;
+                subset::check(&e).map_err(|u| u.message)?;
+                let v = ev.eval(&e).map_err(|e| e.0)?;
+                Ok(v.into_vector()
+                    .into_iter()
+                    .map(|s| (s.labels, s.value))
+                    .collect())
+            };
             let rule = alerting::Rule {
                 name: &r.def.name,
                 for_ms: r.def.for_ms,
@@ -249,6 +287,7 @@ fn eval_rule(
                 external_labels,
                 external_url,
                 limit,
+                query: Some(&query),
             };
             alerting::evaluate(&rule, &mut r.active, result, ts)
         }
@@ -260,7 +299,7 @@ mod tests {
     use super::*;
     use crate::{
         alerts::State,
-        rules::{eval::Evaluator, file},
+        rules::{file, promql::eval::Evaluator},
         store::history::DEFAULT_MAX_SERIES,
     };
 
@@ -312,6 +351,7 @@ mod tests {
         let ev = Evaluator {
             history: &e.history,
             ts: t,
+            step_ms: 1000,
         };
         ev.eval(&q)
             .unwrap()
@@ -345,6 +385,7 @@ mod tests {
         let ev = Evaluator {
             history: &e.history,
             ts: 2000,
+            step_ms: 1000,
         };
         let a = ev.eval(&alerts).unwrap().into_vector();
         assert_eq!(a[0].labels.get("alertstate"), Some("firing"));
@@ -356,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn replace_keeps_the_state_of_unchanged_rules_only() {
+    fn replace_keeps_alerts_of_rules_with_the_same_name_and_labels() {
         let mut e = engine(RULES);
         for t in [0, 1000, 2000] {
             x(&mut e, t, Some(6.0));
@@ -365,8 +406,42 @@ mod tests {
         assert_eq!(big(&e), Some(State::Firing));
         e.replace(file::parse("r.yaml", RULES).unwrap());
         assert_eq!(big(&e), Some(State::Firing), "same rule: alert kept");
-        e.replace(file::parse("r.yaml", &RULES.replace("for: 2s", "for: 3s")).unwrap());
-        assert_eq!(big(&e), None, "changed rule: starts afresh");
+        let active_at = |e: &E| {
+            e.rules()
+                .find(|r| r.def.name == "Big")
+                .and_then(|r| r.active.values().next())
+                .map(|a| a.active_at)
+        };
+        let since = active_at(&e);
+        let annotated = RULES.replace(
+            "for: 2s",
+            "for: 2s\n        annotations:\n          summary: edited",
+        );
+        e.replace(file::parse("r.yaml", &annotated).unwrap());
+        assert_eq!(
+            big(&e),
+            Some(State::Firing),
+            "annotation edited: alert kept"
+        );
+        assert_eq!(active_at(&e), since, "`for` not restarted");
+        e.replace(
+            file::parse(
+                "r.yaml",
+                &annotated.replace("x:doubled > 10", "x:doubled > 11"),
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            big(&e),
+            Some(State::Firing),
+            "same name and labels: kept, as Prometheus keeps it"
+        );
+        let labelled = annotated.replace(
+            "for: 2s",
+            "for: 2s\n        labels:\n          severity: page",
+        );
+        e.replace(file::parse("r.yaml", &labelled).unwrap());
+        assert_eq!(big(&e), None, "labels changed: starts afresh");
         e.replace(file::parse("r.yaml", "groups: []").unwrap());
         x(&mut e, 3000, Some(6.0));
         e.evaluate(3000, true, 1000);

@@ -205,23 +205,26 @@ impl LiveRules {
             .evaluate(&mut history, ts_ms, true, self.interval_ms);
         history.prune(ts_ms);
 
+        // Only evaluations that ran and failed count: a group waiting for its own interval
+        // keeps its last error for the view but is not failing again.
         let mut failing = BTreeSet::new();
         for f in failures {
             let key = (f.group.clone(), f.rule.clone());
             if !self.failing.contains(&key) {
                 tracing::warn!(group = %f.group, rule = %f.rule, error = %f.error, "rule evaluation failed");
             }
+            self.metrics
+                .eval_failures
+                .get_or_create(&GroupLabels {
+                    rule_group: format!("{};{}", f.file, f.group),
+                })
+                .inc();
             failing.insert(key);
         }
         for g in &self.engine.groups {
             for r in &g.rules {
                 if r.last_error.is_some() {
-                    self.metrics
-                        .eval_failures
-                        .get_or_create(&GroupLabels {
-                            rule_group: format!("{};{}", g.file, g.name),
-                        })
-                        .inc();
+                    failing.insert((g.name.clone(), r.def.name.clone()));
                 }
             }
         }
@@ -299,4 +302,47 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rule that always fails: `x` has two series that differ only in their name once the
+    /// name is dropped.
+    const FAILING: &str = "groups:
+  - name: slow
+    interval: 10s
+    rules:
+      - record: r
+        expr: -{__name__=~\"x|y\"}
+";
+
+    #[test]
+    fn failures_count_evaluations_that_failed_not_ticks_a_group_waits() {
+        let mut store = Store::new();
+        let metrics = RuleMetrics::register(&mut store);
+        let defs = super::super::file::parse("r.yaml", FAILING).unwrap();
+        let mut live = LiveRules::new(defs, metrics.clone(), 1000);
+        store.history().ingest_scrape(
+            0,
+            vec![
+                (Labels::from_pairs([("__name__", "x")]), 1.0),
+                (Labels::from_pairs([("__name__", "y")]), 1.0),
+            ],
+        );
+        let failures = || {
+            metrics
+                .eval_failures
+                .get_or_create(&GroupLabels {
+                    rule_group: "r.yaml;slow".into(),
+                })
+                .get()
+        };
+        // 25 one-second ticks: the group runs at 0, 10 and 20 s.
+        for t in 0..25 {
+            live.tick(t * 1000, &store);
+        }
+        assert_eq!(failures(), 3);
+    }
 }

@@ -1,26 +1,17 @@
 //! Alert and recording rules in the Prometheus rule-file format, evaluated on this node every
-//! tick: load and validate ([`file`], [`subset`], [`template`], [`tmplparse`],
-//! [`tmplfuncs`]), evaluate ([`eval`], [`functions`], [`value`]) over the store's short
-//! history of the node's own series (`store::history`), move alerts ([`alerting`]), run groups
-//! ([`engine`]) for the agent ([`live`], [`reload`]) and for rule unit tests ([`unittest`],
-//! [`notation`]).
+//! tick: load and validate ([`file`], [`promql::subset`], [`template`]), evaluate
+//! ([`promql`]) over the store's short history of the node's own series (`store::history`),
+//! move alerts ([`alerting`]), run groups ([`engine`]) for the agent ([`live`], [`reload`])
+//! and for rule unit tests ([`unittest`]).
 
 pub mod alerting;
-pub mod duration;
 pub mod engine;
-pub mod eval;
 pub mod file;
-pub mod functions;
-pub mod gofmt;
 pub mod live;
-pub mod notation;
+pub mod promql;
 pub mod reload;
-pub mod subset;
 pub mod template;
-pub mod tmplfuncs;
-pub mod tmplparse;
 pub mod unittest;
-pub mod value;
 
 use std::path::{Path, PathBuf};
 

@@ -44,9 +44,14 @@ pub struct Series {
 impl Series {
     /// The newest sample at or before `t` and not before `t - lookback`, unless it is stale.
     pub fn instant(&self, t: i64, lookback: i64) -> Option<f64> {
+        self.instant_sample(t, lookback).map(|s| s.1)
+    }
+
+    /// As [`Series::instant`], with the sample's own time.
+    pub fn instant_sample(&self, t: i64, lookback: i64) -> Option<(i64, f64)> {
         let idx = self.samples.partition_point(|(ts, _)| *ts <= t);
         let (ts, v) = *self.samples.get(idx.checked_sub(1)?)?;
-        (ts >= t - lookback && !is_stale(v)).then_some(v)
+        (ts >= t - lookback && !is_stale(v)).then_some((ts, v))
     }
 
     /// Samples with `start <= ts <= end`, staleness markers left out.

@@ -6,6 +6,7 @@
 //! A file is read section by section ([`Document::section`]): a mistake in one section does not
 //! hide the mistakes in another, and [`Document::finish`] reports them all, in file order.
 
+mod gocompat;
 mod validate;
 
 use std::{cell::RefCell, collections::BTreeSet, fmt, marker::PhantomData, path::Path};
@@ -294,9 +295,17 @@ impl<'a> Document<'a> {
 /// Parses a whole YAML document as `T` (rule files, rule tests); the first problem is
 /// reported as `file:line:col: key: message`.
 pub fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Error> {
-    let doc = Document::new(file, text)?;
-    doc.read::<T>(&[])
-        .map(|v| v.expect("the root of a document is always present"))
+    let read = |text: &str| -> Result<T, Error> {
+        let doc = Document::new(file, text)?;
+        doc.read::<T>(&[])
+            .map(|v| v.expect("the root of a document is always present"))
+    };
+    match read(text) {
+        Err(e) if e.to_string().contains(gocompat::QUOTED_INDENT) => {
+            read(&gocompat::indent_quoted_continuations(text)).map_err(|_| e)
+        }
+        other => other,
+    }
 }
 
 /// The spelling of `key` in `known`, for serde's `duplicate_field` (which takes a `'static`).

@@ -35,6 +35,43 @@ label_set! {
 }
 
 label_set! {
+    /// Labels `{gpu, uuid, link}` of an NVLink.
+    pub struct LinkLabels { pub gpu, pub uuid, pub link }
+}
+
+label_set! {
+    /// Labels `{gpu, uuid, state}` of the fabric registration state.
+    pub struct StateLabels { pub gpu, pub uuid, pub state }
+}
+
+/// Labels `{gpu, uuid, link, type}` of NVLink error counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct LinkErrorLabels {
+    pub gpu: String,
+    pub uuid: String,
+    pub link: String,
+    pub kind: &'static str,
+}
+
+impl EncodeLabelSet for LinkErrorLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        ("gpu", self.gpu.as_str()).encode(encoder.encode_label())?;
+        ("uuid", self.uuid.as_str()).encode(encoder.encode_label())?;
+        ("link", self.link.as_str()).encode(encoder.encode_label())?;
+        ("type", self.kind).encode(encoder.encode_label())
+    }
+}
+
+impl LabelSet for LinkErrorLabels {
+    fn write(&self, into: &mut Labels) {
+        into.set("gpu".into(), self.gpu.clone());
+        into.set("uuid".into(), self.uuid.clone());
+        into.set("link".into(), self.link.clone());
+        into.set("type".into(), self.kind.into());
+    }
+}
+
+label_set! {
     /// Labels `{gpu, call}` of a failed NVML call.
     pub struct CallErrorLabels { pub gpu, pub call }
 }
@@ -142,6 +179,16 @@ pub struct Metrics {
     pub errors: Family<CallErrorLabels, Counter>,
     pub timeouts: Family<CallLabels, Counter>,
     pub hung: Gauge,
+    pub nvlink_up: Family<LinkLabels, Gauge>,
+    pub nvlink_errors: Family<LinkErrorLabels, Counter>,
+    pub fabric_healthy: Family<GpuLabels, Gauge>,
+    pub fabric_state: Family<StateLabels, Gauge>,
+    pub persistence: Family<GpuLabels, Gauge>,
+    pub pcie_width: Family<GpuLabels, Gauge>,
+    pub pcie_width_max: Family<GpuLabels, Gauge>,
+    pub pcie_gen: Family<GpuLabels, Gauge>,
+    pub pcie_gen_max: Family<GpuLabels, Gauge>,
+    pub needs_reset: Family<GpuLabels, Gauge>,
 }
 
 impl Metrics {
@@ -233,6 +280,56 @@ impl Metrics {
             "1 while an NVML call is blocked past its deadline (no other NVML call starts meanwhile)",
             m.hung.clone(),
         );
+        store.register(
+            names::GPU_NVLINK_UP,
+            "1 while the NVLink is active, 0 when it is down (each link NVML numbers for the GPU)",
+            m.nvlink_up.clone(),
+        );
+        store.register(
+            names::GPU_NVLINK_ERRORS,
+            "NVLink data-link errors by link and type (replay, recovery, crc_flit, crc_data), NVML's counts",
+            m.nvlink_errors.clone(),
+        );
+        store.register(
+            names::GPU_FABRIC_HEALTHY,
+            "1 when the GPU's registration with the NVLink fabric completed with success and no health-mask field reports a fault, else 0 (GPUs on an NVSwitch fabric)",
+            m.fabric_healthy.clone(),
+        );
+        store.register(
+            names::GPU_FABRIC_STATE,
+            "Always 1, labelled by the GPU's NVLink fabric registration state (not_started, in_progress, completed)",
+            m.fabric_state.clone(),
+        );
+        store.register(
+            names::GPU_PERSISTENCE_MODE,
+            "1 when the driver keeps the GPU initialised without clients (persistence mode), else 0",
+            m.persistence.clone(),
+        );
+        store.register(
+            names::GPU_PCIE_LINK_WIDTH,
+            "Lanes of the GPU's PCIe link now",
+            m.pcie_width.clone(),
+        );
+        store.register(
+            names::GPU_PCIE_LINK_WIDTH_MAX,
+            "Most lanes the GPU's PCIe link can have",
+            m.pcie_width_max.clone(),
+        );
+        store.register(
+            names::GPU_PCIE_LINK_GENERATION,
+            "PCIe generation of the GPU's link now (it drops at idle to save power)",
+            m.pcie_gen.clone(),
+        );
+        store.register(
+            names::GPU_PCIE_LINK_GENERATION_MAX,
+            "Highest PCIe generation the GPU's link can run",
+            m.pcie_gen_max.clone(),
+        );
+        store.register(
+            names::GPU_NEEDS_RESET,
+            "1 while NVML answers GPU_IS_LOST or RESET_REQUIRED for the GPU (reset it or reboot), else 0",
+            m.needs_reset.clone(),
+        );
         m
     }
 }
@@ -269,6 +366,7 @@ mod tests {
             pcie_replays: Some(9),
             failed: Vec::new(),
             lost: false,
+            ..Reading::default()
         }
     }
 
@@ -323,6 +421,7 @@ mod tests {
         // GPU 1 lost, GPU 0 stops answering some queries: their series go.
         let mut lost = reading(1);
         lost.lost = true;
+        lost.needs_reset = true;
         let mut partial = reading(0);
         partial.temperature = None;
         partial.remapped = None;
@@ -334,9 +433,11 @@ mod tests {
         assert_eq!(exported.export(&m, &one, "550.1"), 1);
         let text = store.encode_prometheus();
         assert!(text.contains("nodewatch_gpu_devices 1"), "{text}");
-        assert!(
-            !text.contains("gpu=\"1\""),
-            "lost GPU's series stay:\n{text}"
+        let lost_lines: Vec<&str> = text.lines().filter(|l| l.contains("gpu=\"1\"")).collect();
+        assert_eq!(
+            lost_lines,
+            ["nodewatch_gpu_needs_reset{gpu=\"1\",uuid=\"GPU-1\"} 1"],
+            "the lost GPU keeps only its needs-reset series:\n{text}"
         );
         assert!(
             !text.contains("nodewatch_gpu_temperature_celsius"),

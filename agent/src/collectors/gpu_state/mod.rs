@@ -1,6 +1,8 @@
 //! Probe `gpu_state`: what NVML says about each GPU every tick — temperature, power,
 //! utilization, memory, ECC errors, clock-event (throttle) reasons, remapped rows, PCIe
-//! replays — and how many GPUs it reaches against how many the node should have.
+//! replays, PCIe link width and generation, persistence mode, NVLink state and error
+//! counters, NVLink fabric registration and health, and whether NVML says the GPU must be
+//! reset — and how many GPUs it reaches against how many the node should have.
 //!
 //! NVML (`libnvidia-ml.so.1`, loaded at run time) is called from a thread of its own
 //! ([`nvml`]): its calls hang when a GPU is wedged, cannot be cancelled, and one hung call
@@ -10,6 +12,7 @@
 //! NVML until it returns. Without the library or a driver the probe is off.
 
 pub mod config;
+pub mod links;
 pub mod metrics;
 pub mod nvml;
 pub mod pci;
@@ -41,7 +44,7 @@ pub const INIT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Registers the probe's families and starts NVML; without the library or a working driver
 /// the probe is off, with one log line (a WARN where the node has NVIDIA GPUs).
-pub fn start(cfg: &GpuStateConfig, _env: Env<'_>, store: &mut Store) -> Box<dyn Collector> {
+pub fn start(cfg: &GpuStateConfig, env: Env<'_>, store: &mut Store) -> Box<dyn Collector> {
     let (expected, expected_from) = match cfg.expected_gpus {
         Some(n) => (n.0, "config"),
         None => match pci::nvidia_gpus(Path::new(pci::PCI_DEVICES)) {
@@ -66,7 +69,7 @@ pub fn start(cfg: &GpuStateConfig, _env: Env<'_>, store: &mut Store) -> Box<dyn 
         }
         Box::new(Off { name: NAME, reason })
     };
-    let worker = match Worker::spawn(library) {
+    let worker = match Worker::spawn(library, env.gpus.clone()) {
         Ok(w) => w,
         Err(e) => return off(format!("cannot start the NVML thread: {e}"), false),
     };

@@ -8,6 +8,7 @@
 //! so the tick can tell a call past its deadline, and name it.
 
 use std::{
+    collections::HashMap,
     ffi::OsStr,
     sync::{Arc, Mutex, mpsc},
     time::Instant,
@@ -18,6 +19,10 @@ use nvml_wrapper::{
     enum_wrappers::device::{EccCounter, MemoryError, TemperatureSensor},
     error::{NvmlError, nvml_try},
 };
+
+use super::links::read_fabric;
+pub use super::links::{Fabric, MAX_NVLINKS, NVLINK_ERRORS, NvLink, PcieLink};
+use crate::collectors::gpu_map::{GpuId, GpuMap, PciAddr};
 
 /// The call that initialises NVML (and loads the library), as the tick names it.
 pub const INIT: &str = "nvmlInit_v2";
@@ -72,6 +77,14 @@ pub struct Reading {
     pub clock_events: Option<u64>,
     pub remapped: Option<Remapped>,
     pub pcie_replays: Option<u32>,
+    /// Every NVLink NVML numbers for this GPU (none on a GPU without NVLink).
+    pub nvlinks: Vec<NvLink>,
+    pub fabric: Option<Fabric>,
+    pub persistence: Option<bool>,
+    pub pcie_link: PcieLink,
+    /// NVML answered `GPU_IS_LOST` or `RESET_REQUIRED`: the GPU must be reset (or the node
+    /// rebooted) before it works again.
+    pub needs_reset: bool,
     /// Calls that failed, with NVML's error.
     pub failed: Vec<(&'static str, String)>,
     /// NVML cannot reach this GPU (fallen off the bus, or no handle for it): none of its
@@ -115,7 +128,7 @@ pub struct Worker {
 impl Worker {
     /// Starts the thread, which loads `library` and initialises NVML, then answers
     /// [`Reply::Init`].
-    pub fn spawn(library: &str) -> std::io::Result<Self> {
+    pub fn spawn(library: &str, map: GpuMap) -> std::io::Result<Self> {
         let (ask, asked) = mpsc::channel();
         let (answer, answers) = mpsc::channel();
         let current = Current::default();
@@ -123,7 +136,7 @@ impl Worker {
         let library = library.to_string();
         std::thread::Builder::new()
             .name("nvml".into())
-            .spawn(move || serve(&library, &calls, &asked, &answer))?;
+            .spawn(move || serve(&library, &calls, &map, &asked, &answer))?;
         Ok(Self {
             ask,
             answers,
@@ -163,7 +176,13 @@ impl Calls {
 }
 
 /// The NVML thread: init, then one reading per request until the probe is dropped.
-fn serve(library: &str, calls: &Calls, asked: &mpsc::Receiver<()>, answer: &mpsc::Sender<Reply>) {
+fn serve(
+    library: &str,
+    calls: &Calls,
+    map: &GpuMap,
+    asked: &mpsc::Receiver<()>,
+    answer: &mpsc::Sender<Reply>,
+) {
     let init = calls.run(INIT, None, || {
         Nvml::builder().lib_path(OsStr::new(library)).init()
     });
@@ -183,7 +202,7 @@ fn serve(library: &str, calls: &Calls, asked: &mpsc::Receiver<()>, answer: &mpsc
         }
     };
     drop_capabilities();
-    answer_requests(&nvml, calls, asked, answer);
+    answer_requests(&nvml, calls, map, asked, answer);
     shut_down(nvml);
 }
 
@@ -191,11 +210,13 @@ fn serve(library: &str, calls: &Calls, asked: &mpsc::Receiver<()>, answer: &mpsc
 fn answer_requests(
     nvml: &Nvml,
     calls: &Calls,
+    map: &GpuMap,
     asked: &mpsc::Receiver<()>,
     answer: &mpsc::Sender<Reply>,
 ) {
     let mut gpus = Gpus {
         nvml,
+        map: map.clone(),
         known: Vec::new(),
     };
     let driver = calls
@@ -229,11 +250,15 @@ struct Known<'a> {
     device: Device<'a>,
     uuid: String,
     name: String,
+    /// Its PCI address, for the Xid readers.
+    pci: Option<PciAddr>,
 }
 
 /// The GPUs NVML counts, by index; `None` where no handle could be had yet.
 struct Gpus<'a> {
     nvml: &'a Nvml,
+    /// Where the known GPUs' PCI addresses are published.
+    map: GpuMap,
     known: Vec<Option<Known<'a>>>,
 }
 
@@ -260,8 +285,39 @@ impl<'a> Gpus<'a> {
             let name = calls
                 .run("nvmlDeviceGetName", Some(index), || device.name())
                 .unwrap_or_default();
-            *slot = Some(Known { device, uuid, name });
+            let pci = calls
+                .run("nvmlDeviceGetPciInfo_v3", Some(index), || device.pci_info())
+                .ok()
+                .and_then(|p| {
+                    Some(PciAddr {
+                        domain: p.domain,
+                        bus: u8::try_from(p.bus).ok()?,
+                        device: u8::try_from(p.device).ok()?,
+                    })
+                });
+            *slot = Some(Known {
+                device,
+                uuid,
+                name,
+                pci,
+            });
         }
+        let map: HashMap<PciAddr, GpuId> = self
+            .known
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| {
+                let k = k.as_ref()?;
+                Some((
+                    k.pci?,
+                    GpuId {
+                        index: i as u32,
+                        uuid: k.uuid.clone(),
+                    },
+                ))
+            })
+            .collect();
+        self.map.set(map);
         Ok(count)
     }
 
@@ -295,11 +351,14 @@ impl<'a> Gpus<'a> {
             .run("nvmlDeviceGetHandleByIndex_v2", Some(index), || {
                 self.nvml.device_by_index(index).map(|_| ())
             })
-            .err()
-            .map_or_else(|| "no handle".to_string(), |e| e.to_string());
+            .err();
         Reading {
             index,
-            failed: vec![("nvmlDeviceGetHandleByIndex_v2", error)],
+            needs_reset: matches!(error, Some(NvmlError::GpuLost | NvmlError::ResetRequired)),
+            failed: vec![(
+                "nvmlDeviceGetHandleByIndex_v2",
+                error.map_or_else(|| "no handle".to_string(), |e| e.to_string()),
+            )],
             lost: true,
             ..Reading::default()
         }
@@ -312,8 +371,9 @@ fn settle<T>(r: &mut Reading, call: &'static str, result: Result<T, NvmlError>) 
     match result {
         Ok(v) => Some(v),
         Err(NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_)) => None,
-        Err(e @ NvmlError::GpuLost) => {
+        Err(e @ (NvmlError::GpuLost | NvmlError::ResetRequired)) => {
             r.lost = true;
+            r.needs_reset = true;
             r.failed.push((call, e.to_string()));
             None
         }
@@ -401,6 +461,46 @@ fn read_gpu(nvml: &Nvml, calls: &Calls, index: u32, k: &Known<'_>) -> Reading {
         });
     }
     r.pcie_replays = ask!("nvmlDeviceGetPcieReplayCounter", d.pcie_replay_counter());
+    r.persistence = ask!("nvmlDeviceGetPersistenceMode", d.is_in_persistent_mode());
+    r.pcie_link = PcieLink {
+        width: ask!(
+            "nvmlDeviceGetCurrPcieLinkWidth",
+            d.current_pcie_link_width()
+        ),
+        width_max: ask!("nvmlDeviceGetMaxPcieLinkWidth", d.max_pcie_link_width()),
+        generation: ask!(
+            "nvmlDeviceGetCurrPcieLinkGeneration",
+            d.current_pcie_link_gen()
+        ),
+        generation_max: ask!("nvmlDeviceGetMaxPcieLinkGeneration", d.max_pcie_link_gen()),
+    };
+    // NVML numbers links from 0, without gaps; a GPU without NVLink answers NOT_SUPPORTED,
+    // and a link number past the GPU's last INVALID_ARGUMENT: either ends the list.
+    for link in 0..MAX_NVLINKS {
+        let wrapper = d.link_wrapper_for(link);
+        let state = calls.run("nvmlDeviceGetNvLinkState", Some(index), || {
+            wrapper.is_active()
+        });
+        if matches!(state, Err(NvmlError::InvalidArg | NvmlError::NotSupported)) {
+            break;
+        }
+        let up = settle(&mut r, "nvmlDeviceGetNvLinkState", state);
+        if r.lost {
+            return r;
+        }
+        let Some(up) = up else { continue };
+        let mut errors = [None; 4];
+        for (slot, (counter, _)) in errors.iter_mut().zip(NVLINK_ERRORS) {
+            *slot = ask!(
+                "nvmlDeviceGetNvLinkErrorCounter",
+                wrapper.error_counter(counter)
+            );
+        }
+        r.nvlinks.push(NvLink { link, up, errors });
+    }
+    if let Some((call, f)) = read_fabric(lib, d) {
+        r.fabric = ask!(call, f());
+    }
     r
 }
 

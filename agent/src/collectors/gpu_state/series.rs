@@ -11,9 +11,10 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use super::{
     metrics::{
-        CLOCK_EVENT_REASONS, EccLabels, GpuLabels, InfoLabels, KindLabels, Metrics, ReasonLabels,
+        CLOCK_EVENT_REASONS, EccLabels, GpuLabels, InfoLabels, KindLabels, LinkErrorLabels,
+        LinkLabels, Metrics, ReasonLabels, StateLabels,
     },
-    nvml::{Reading, Snapshot},
+    nvml::{NVLINK_ERRORS, NvLink, Reading, Snapshot},
 };
 use crate::store::{Family, GaugeF64, LabelSet, set_total};
 
@@ -21,6 +22,9 @@ use crate::store::{Family, GaugeF64, LabelSet, set_total};
 #[derive(Default)]
 pub struct Exported {
     gpus: BTreeMap<u32, GpuSeries>,
+    /// `nodewatch_gpu_needs_reset` of every GPU NVML counts, lost ones too (whose other
+    /// series are gone).
+    needs_reset: BTreeMap<u32, (GpuLabels, Gauge)>,
 }
 
 /// What identifies a GPU's series: a new UUID, name or driver at an index is a new GPU.
@@ -43,6 +47,13 @@ struct GpuSeries {
     /// Correctable and uncorrectable rows, pending, failed.
     remap: Option<[Gauge; 4]>,
     pcie: Option<Counter>,
+    /// Per link: up, and the error counters of [`NVLINK_ERRORS`].
+    nvlinks: BTreeMap<u32, (Gauge, [Option<Counter>; 4])>,
+    /// Healthy, and the state series with its label.
+    fabric: Option<(Gauge, &'static str, Gauge)>,
+    persistence: Option<Gauge>,
+    /// Width, its maximum, generation, its maximum.
+    pcie_link: [Option<Gauge>; 4],
 }
 
 const ECC_TYPES: [&str; 2] = ["corrected", "uncorrected"];
@@ -87,6 +98,10 @@ impl GpuSeries {
             clock: None,
             remap: None,
             pcie: None,
+            nvlinks: BTreeMap::new(),
+            fabric: None,
+            persistence: None,
+            pcie_link: [None, None, None, None],
         }
     }
 
@@ -188,6 +203,111 @@ impl GpuSeries {
         ) {
             set_total(c, u64::from(r.pcie_replays.unwrap_or_default()));
         }
+        self.update_links(m, r);
+    }
+
+    fn link_labels(&self, link: u32) -> LinkLabels {
+        LinkLabels {
+            gpu: self.labels.gpu.clone(),
+            uuid: self.labels.uuid.clone(),
+            link: link.to_string(),
+        }
+    }
+
+    fn link_error_labels(&self, link: u32, i: usize) -> LinkErrorLabels {
+        LinkErrorLabels {
+            gpu: self.labels.gpu.clone(),
+            uuid: self.labels.uuid.clone(),
+            link: link.to_string(),
+            kind: NVLINK_ERRORS[i].1,
+        }
+    }
+
+    fn state_labels(&self, state: &str) -> StateLabels {
+        StateLabels {
+            gpu: self.labels.gpu.clone(),
+            uuid: self.labels.uuid.clone(),
+            state: state.into(),
+        }
+    }
+
+    /// NVLinks, fabric, persistence mode and the PCIe link.
+    fn update_links(&mut self, m: &Metrics, r: &Reading) {
+        let now: BTreeMap<u32, &NvLink> = r.nvlinks.iter().map(|l| (l.link, l)).collect();
+        let gone: Vec<u32> = self
+            .nvlinks
+            .keys()
+            .filter(|k| !now.contains_key(k))
+            .copied()
+            .collect();
+        for link in gone {
+            m.nvlink_up.remove(&self.link_labels(link));
+            if let Some((_, mut errors)) = self.nvlinks.remove(&link) {
+                for (i, slot) in errors.iter_mut().enumerate() {
+                    let labels = self.link_error_labels(link, i);
+                    keep(&m.nvlink_errors, || labels, slot, false);
+                }
+            }
+        }
+        for (link, l) in now {
+            if !self.nvlinks.contains_key(&link) {
+                let up = m.nvlink_up.get_or_create(&self.link_labels(link));
+                self.nvlinks.insert(link, (up, [None, None, None, None]));
+            }
+            let labels: Vec<LinkErrorLabels> =
+                (0..4).map(|i| self.link_error_labels(link, i)).collect();
+            let (up, errors) = self.nvlinks.get_mut(&link).expect("inserted above");
+            up.set(i64::from(l.up));
+            for ((slot, value), labels) in errors.iter_mut().zip(l.errors).zip(labels) {
+                if let Some(c) = keep(&m.nvlink_errors, || labels, slot, value.is_some()) {
+                    set_total(c, value.unwrap_or_default());
+                }
+            }
+        }
+
+        let state = r.fabric.map(|f| f.state_label());
+        if let Some((_, old, _)) = &self.fabric
+            && Some(*old) != state
+        {
+            m.fabric_healthy.remove(&self.labels);
+            m.fabric_state.remove(&self.state_labels(old));
+            self.fabric = None;
+        }
+        if let (Some(f), None) = (r.fabric, &self.fabric) {
+            let label = f.state_label();
+            self.fabric = Some((
+                m.fabric_healthy.get_or_create(&self.labels),
+                label,
+                m.fabric_state.get_or_create(&self.state_labels(label)),
+            ));
+        }
+        if let (Some(f), Some((healthy, _, state))) = (r.fabric, &self.fabric) {
+            healthy.set(i64::from(f.healthy()));
+            state.set(1);
+        }
+
+        let l = &self.labels;
+        if let Some(g) = keep(
+            &m.persistence,
+            || l.clone(),
+            &mut self.persistence,
+            r.persistence.is_some(),
+        ) {
+            g.set(i64::from(r.persistence.unwrap_or_default()));
+        }
+        let p = r.pcie_link;
+        let families = [
+            &m.pcie_width,
+            &m.pcie_width_max,
+            &m.pcie_gen,
+            &m.pcie_gen_max,
+        ];
+        let values = [p.width, p.width_max, p.generation, p.generation_max];
+        for ((family, value), slot) in families.into_iter().zip(values).zip(&mut self.pcie_link) {
+            if let Some(g) = keep(family, || l.clone(), slot, value.is_some()) {
+                g.set(i64::from(value.unwrap_or_default()));
+            }
+        }
     }
 
     fn update_clock(&mut self, m: &Metrics, bits: Option<u64>) {
@@ -251,6 +371,33 @@ impl GpuSeries {
 }
 
 impl Exported {
+    /// `nodewatch_gpu_needs_reset` for every GPU NVML counts; a GPU whose index now has
+    /// another UUID gets a new series.
+    fn export_needs_reset(&mut self, m: &Metrics, snapshot: &Snapshot) {
+        let mut gone = std::mem::take(&mut self.needs_reset);
+        for r in &snapshot.gpus {
+            let labels = GpuLabels {
+                gpu: r.index.to_string(),
+                uuid: r.uuid.clone(),
+            };
+            let entry = match gone.remove(&r.index) {
+                Some(e) if e.0 == labels => e,
+                other => {
+                    if let Some((old, _)) = other {
+                        m.needs_reset.remove(&old);
+                    }
+                    let g = m.needs_reset.get_or_create(&labels);
+                    (labels, g)
+                }
+            };
+            entry.1.set(i64::from(r.needs_reset));
+            self.needs_reset.insert(r.index, entry);
+        }
+        for (_, (labels, _)) in gone {
+            m.needs_reset.remove(&labels);
+        }
+    }
+
     /// Writes `snapshot` into `m`'s families; `driver` labels `nodewatch_gpu_info`. Returns
     /// the number of GPUs present (counted by NVML and reachable).
     pub fn export(&mut self, m: &Metrics, snapshot: &Snapshot, driver: &str) -> i64 {
@@ -280,6 +427,7 @@ impl Exported {
         for (_, s) in gone {
             s.remove(m);
         }
+        self.export_needs_reset(m, snapshot);
         m.devices.set(present);
         present
     }

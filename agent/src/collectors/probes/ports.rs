@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues};
 use nodewatch_common::{FULL_CGROUP, PortCgroup, tcp_retransmits::OTHER_PORT};
 use prometheus_client::metrics::counter::Counter;
 
@@ -56,13 +56,9 @@ pub fn set_counter(family: &PortFamily, labels: PortLabels, total: u64) {
     set_total(&family.get_or_create(&labels), total);
 }
 
-/// A kernel map of counts by (port, cgroup), which a probe's program adds to, and the
-/// watched-port set it consults.
+/// A kernel map of counts by (port, cgroup), which a probe's program adds to.
 pub struct PortCounts {
-    map: HashMap<MapData, PortCgroup, u64>,
-    /// The watched-port set, held (the programs load after this takes it) by the counts
-    /// that filled it.
-    _ports: Option<HashMap<MapData, u16, u8>>,
+    map: CountMap,
     name: &'static str,
     owners: Owners,
     totals: Totals<PortLabels, u64>,
@@ -70,43 +66,60 @@ pub struct PortCounts {
     fixed: Vec<PortLabels>,
 }
 
+/// How a program keeps its counts: one value shared by every CPU (rare events), or one per
+/// CPU (every packet), summed here.
+pub enum CountMap {
+    Shared(HashMap<MapData, PortCgroup, u64>),
+    PerCpu(PerCpuHashMap<MapData, PortCgroup, u64>),
+}
+
+/// Which map a [`PortCounts`] takes, by name.
+pub enum CountMapName {
+    Shared(&'static str),
+    PerCpu(&'static str),
+}
+
 impl PortCounts {
-    /// Takes counter map `counts` and, unless another counter map took it already, port
-    /// set `ports_map` from `ebpf`, writes the watched `ports` into the set, and creates the
-    /// zeroed `(port, FULL_CGROUP)` key of each of `ports` and `extra` (slots the programs
-    /// use but nobody configures, like `other`).
+    /// Takes the counter map `which` from `ebpf` and creates the zeroed `(port, FULL_CGROUP)`
+    /// key of each of `ports` and `extra` (slots the programs use but nobody configures,
+    /// like `other`).
     pub fn take(
         ebpf: &mut aya::Ebpf,
-        (counts, ports_map): (&'static str, Option<&'static str>),
+        which: CountMapName,
         ports: &[u16],
         extra: &[u16],
         containers: &SharedContainers,
     ) -> Result<Self, AttachError> {
-        let set = match ports_map {
-            Some(name) => {
-                let mut set: HashMap<_, u16, u8> = ebpf
+        let all: Vec<u16> = ports.iter().chain(extra).copied().collect();
+        let (map, name) = match which {
+            CountMapName::Shared(name) => {
+                let mut map: HashMap<_, PortCgroup, u64> = ebpf
                     .take_map(name)
                     .ok_or(AttachError::Missing(name))?
                     .try_into()?;
-                for &port in ports {
-                    set.insert(port, 1, 0)?;
+                for &port in &all {
+                    map.insert(PortCgroup::new(port, FULL_CGROUP), 0, 0)?;
                 }
-                Some(set)
+                (CountMap::Shared(map), name)
             }
-            None => None,
+            CountMapName::PerCpu(name) => {
+                let mut map: PerCpuHashMap<_, PortCgroup, u64> = ebpf
+                    .take_map(name)
+                    .ok_or(AttachError::Missing(name))?
+                    .try_into()?;
+                let cpus = aya::util::nr_cpus()
+                    .map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
+                for &port in &all {
+                    let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+                        .map_err(|e| AttachError::Cpus(e.to_string()))?;
+                    map.insert(PortCgroup::new(port, FULL_CGROUP), zeros, 0)?;
+                }
+                (CountMap::PerCpu(map), name)
+            }
         };
-        let mut map: HashMap<_, PortCgroup, u64> = ebpf
-            .take_map(counts)
-            .ok_or(AttachError::Missing(counts))?
-            .try_into()?;
-        let all: Vec<u16> = ports.iter().chain(extra).copied().collect();
-        for &port in &all {
-            map.insert(PortCgroup::new(port, FULL_CGROUP), 0, 0)?;
-        }
         Ok(Self {
             map,
-            _ports: set,
-            name: counts,
+            name,
             owners: Owners::new(containers),
             totals: Totals::<PortLabels, u64>::default(),
             fixed: all.into_iter().map(PortLabels::of).collect(),
@@ -116,22 +129,34 @@ impl PortCounts {
     /// Copies every (port, owner)'s total into `family`; removes the series of containers
     /// gone past the retention, and deletes their keys from the kernel map.
     pub fn export(&mut self, family: &PortFamily) -> Result<(), CollectError> {
+        let name = self.name;
+        let map_err = |source| CollectError::Map { map: name, source };
         let mut entries = Vec::new();
-        for entry in self.map.iter() {
-            let (key, value) = entry.map_err(|source| CollectError::Map {
-                map: self.name,
-                source,
-            })?;
+        let mut push = |key: PortCgroup, value: u64| {
             // The FULL_CGROUP slots only count when the map is full: unused, they are not
             // a series of their own.
             if key.cgroup == FULL_CGROUP && value == 0 {
-                continue;
+                return;
             }
             entries.push(Entry {
                 key,
                 cgroup: key.cgroup,
                 value,
             });
+        };
+        match &self.map {
+            CountMap::Shared(map) => {
+                for entry in map.iter() {
+                    let (key, value) = entry.map_err(map_err)?;
+                    push(key, value);
+                }
+            }
+            CountMap::PerCpu(map) => {
+                for entry in map.iter() {
+                    let (key, values) = entry.map_err(map_err)?;
+                    push(key, values.iter().sum());
+                }
+            }
         }
         let map = &mut self.map;
         let update = self.totals.update(
@@ -141,7 +166,10 @@ impl PortCounts {
             &self.fixed,
             |k: &PortCgroup, owner| PortLabels::owned(k.port, owner),
             |k| {
-                let _ = map.remove(k);
+                let _ = match map {
+                    CountMap::Shared(m) => m.remove(k),
+                    CountMap::PerCpu(map) => map.remove(k),
+                };
             },
         );
         for s in &update.removed {

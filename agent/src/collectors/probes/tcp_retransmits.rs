@@ -14,9 +14,9 @@ use aya::{
     programs::{CgroupSkbAttachType, RawTracePoint},
 };
 use nodewatch_common::{
-    RetransOffsets,
+    PortBits, RetransOffsets,
     tcp_retransmits::{
-        COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_MAP, PROG_SENT, PROG_SKB, PROG_SYNACK, SENT_MAP,
+        COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_GLOBAL, PROG_SENT, PROG_SKB, PROG_SYNACK, SENT_MAP,
     },
 };
 use serde::Deserialize;
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use super::{
     ebpf::{self, AttachError},
     kernel,
-    ports::{PortCounts, PortFamily, export_procfs},
+    ports::{CountMapName, PortCounts, PortFamily, export_procfs},
 };
 use crate::{
     collectors::{
@@ -72,7 +72,7 @@ pub fn start(cfg: &TcpRetransmitsConfig, env: Env<'_>, store: &mut Store) -> Box
     let sent = PortFamily::default();
     store.register(
         names::TCP_SEGMENTS_SENT,
-        "TCP segments sent, retransmits included (the kernel's OutSegs + RetransSegs), by port and container as the retransmits: the denominator of the retransmit ratio",
+        "TCP segments sent on watched ports, retransmits included (the kernel's OutSegs + RetransSegs), by port and container as the retransmits: the denominator of the retransmit ratio",
         sent.clone(),
     );
     match Kernel::attach(&cfg.ports.0, (segments.clone(), sent), env) {
@@ -107,22 +107,26 @@ impl Kernel {
         env: Env<'_>,
     ) -> Result<Self, AttachError> {
         let offsets = offsets()?;
+        let watched = PortBits::of(ports);
         let mut ebpf = EbpfLoader::new()
             .override_global("RETRANS_OFFSETS", &offsets, true)
+            .override_global(PORTS_GLOBAL, &watched, true)
             .load(OBJECT)?;
         let containers: &SharedContainers = env.containers;
         let counts = PortCounts::take(
             &mut ebpf,
-            (COUNTS_MAP, Some(PORTS_MAP)),
+            CountMapName::Shared(COUNTS_MAP),
             ports,
             &[OTHER_PORT],
             containers,
         )?;
+        // Segments sent are counted for watched ports only: an unwatched packet's test ends
+        // at its ports.
         let sent = PortCounts::take(
             &mut ebpf,
-            (SENT_MAP, None),
+            CountMapName::PerCpu(SENT_MAP),
             ports,
-            &[OTHER_PORT],
+            &[],
             containers,
         )?;
         for prog in [PROG_SKB, PROG_SYNACK] {

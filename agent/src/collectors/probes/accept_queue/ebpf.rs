@@ -5,8 +5,8 @@ use std::path::Path;
 
 use aya::{Ebpf, EbpfLoader, programs::CgroupSkbAttachType};
 use nodewatch_common::{
-    AcceptqOffsets,
-    accept_queue::{LISTENERS_MAP, OVERFLOWS_MAP, PORTS_MAP, PROG},
+    AcceptqOffsets, PortBits,
+    accept_queue::{LISTENERS_MAP, OVERFLOWS_MAP, PORTS_GLOBAL, PROG},
 };
 
 use super::netns::Listeners;
@@ -15,7 +15,7 @@ use crate::collectors::{
     probes::{
         ebpf::{self, AttachError},
         kernel,
-        ports::PortCounts,
+        ports::{CountMapName, PortCounts},
     },
 };
 
@@ -39,10 +39,11 @@ impl Kernel {
         let offsets = offsets()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("ACCEPTQ_OFFSETS", &offsets, true)
+            .override_global(PORTS_GLOBAL, &PortBits::of(ports), true)
             .load(OBJECT)?;
         let counts = PortCounts::take(
             &mut ebpf,
-            (OVERFLOWS_MAP, Some(PORTS_MAP)),
+            CountMapName::Shared(OVERFLOWS_MAP),
             ports,
             &[],
             containers,
@@ -74,11 +75,23 @@ fn offsets() -> Result<AcceptqOffsets, kernel::KernelError> {
     let socket_ino = kernel::member_offset("socket_alloc", "vfs_inode")?
         - kernel::member_offset("socket_alloc", "socket")?
         + kernel::member_offset("inode", "i_ino")?;
+    // Without these the queues of listeners in other namespaces are found through their
+    // cgroup's processes only.
+    let netns = || -> Result<(u32, u32), kernel::KernelError> {
+        Ok((
+            sock + kernel::member_offset("sock", "__sk_common")?
+                + kernel::member_offset("sock_common", "skc_net")?,
+            kernel::member_offset("net", "ns")? + kernel::member_offset("ns_common", "inum")?,
+        ))
+    };
+    let (sk_net, net_inum) = netns().unwrap_or((0, 0));
     Ok(AcceptqOffsets {
         ack_backlog: sock + kernel::member_offset("sock", "sk_ack_backlog")?,
         max_ack_backlog: sock + kernel::member_offset("sock", "sk_max_ack_backlog")?,
         sk_socket: sock + kernel::member_offset("sock", "sk_socket")?,
         socket_ino,
+        sk_net,
+        net_inum,
         valid: 1,
     })
 }

@@ -1,15 +1,20 @@
 //! The queue of every watched listener, in every network namespace.
 //!
-//! sock_diag answers for the agent's own namespace only. For the others (containers), the
-//! kernel side notes each watched listener a packet reaches, by socket inode: its cgroup and
-//! its backlog limit. Each tick, for the noted listeners sock_diag did not list, this side
-//! reads `/proc/<pid>/net/tcp` and `tcp6` of a process in the listener's cgroup — a file that
-//! stays readable with every capability dropped, and whose LISTEN rows show the queue length
-//! (`rx_queue`) and the inode. A note whose listener is found nowhere is deleted.
+//! sock_diag answers for the agent's own namespace only. For the others (containers, a
+//! service started with `ip netns exec` or `PrivateNetwork=`), the kernel side notes each
+//! watched listener a packet reaches, by socket inode: its cgroup, its backlog limit and its
+//! network namespace's inode. Each tick, for the noted listeners sock_diag did not list, this
+//! side reads `/proc/<pid>/net/tcp` and `tcp6` of a process in the listener's namespace — a
+//! file that stays readable with every capability dropped, and whose LISTEN rows show the
+//! queue length (`rx_queue`) and the inode. The process is found once per namespace and kept
+//! while it stays there: first among the listener's cgroup, then among every process (a walk
+//! of `/proc`, at most every few seconds per namespace). A note whose listener is found
+//! nowhere is deleted.
 
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use aya::maps::{HashMap, MapData};
@@ -35,6 +40,21 @@ pub struct Queue {
 pub struct Listeners {
     map: HashMap<MapData, u64, ListenerSeen>,
     proc_root: PathBuf,
+    /// A process in each network namespace seen, by the namespace's inode, and the inode of
+    /// its `net/tcp` entry, which tells whether it is still there.
+    pids: FxHashMap<u32, (u32, u64)>,
+    /// When `/proc` was last walked for a namespace no process was known in.
+    walked: FxHashMap<u32, Instant>,
+}
+
+/// How often `/proc` may be walked for one namespace whose process is not known.
+const WALK_EVERY: Duration = Duration::from_secs(5);
+
+/// Where a noted listener's rows are read from.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Place {
+    Netns(u32),
+    Cgroup(u64),
 }
 
 /// A LISTEN row of `/proc/<pid>/net/tcp{,6}`.
@@ -50,6 +70,8 @@ impl Listeners {
         Self {
             map,
             proc_root: proc_root.to_path_buf(),
+            pids: FxHashMap::default(),
+            walked: FxHashMap::default(),
         }
     }
 
@@ -73,14 +95,24 @@ impl Listeners {
             .filter(|(ino, _)| !here.contains(ino))
             .collect();
         elsewhere.sort_unstable_by_key(|(ino, n)| (n.cgroup, *ino));
-        // Rows read so far, by inode: a namespace shared by several cgroups (a pod's
-        // containers) is read once for all of them.
+        // Rows read so far, by inode: each namespace (or, where the kernel gave none, each
+        // cgroup) is read once, however many listeners it holds.
         let mut rows: FxHashMap<u64, Row> = FxHashMap::default();
-        let mut read: FxHashSet<u64> = FxHashSet::default();
+        let mut read: FxHashSet<Place> = FxHashSet::default();
         for (ino, note) in elsewhere {
-            if !rows.contains_key(&ino) && read.insert(note.cgroup) {
-                let dir = lock(containers).dir(note.cgroup);
-                if let Some(pid) = dir.as_deref().and_then(first_pid) {
+            let place = match note.netns {
+                0 => Place::Cgroup(note.cgroup),
+                ns => Place::Netns(ns),
+            };
+            if !rows.contains_key(&ino) && read.insert(place) {
+                let pid = match place {
+                    Place::Netns(ns) => self.pid_in(ns, ino, note.cgroup, containers),
+                    Place::Cgroup(cgroup) => {
+                        let dir = lock(containers).dir(cgroup);
+                        dir.as_deref().and_then(first_pid)
+                    }
+                };
+                if let Some(pid) = pid {
                     for file in ["net/tcp", "net/tcp6"] {
                         let path = self.proc_root.join(pid.to_string()).join(file);
                         for row in listen_rows(&path) {
@@ -104,6 +136,98 @@ impl Listeners {
         }
         out
     }
+
+    /// A process in network namespace `ns`: the one found last time while it is still
+    /// there, else one of `cgroup`'s whose namespace holds listener `ino`, else (at most
+    /// every [`WALK_EVERY`]) any such process on the host. The agent has dropped its
+    /// capabilities, so `/proc/<pid>/ns/net` of a process with more is not readable; a
+    /// namespace is told instead by the inode of its `/proc/<pid>/net/tcp` entry (one per
+    /// namespace), and each namespace's rows are read once per search.
+    fn pid_in(
+        &mut self,
+        ns: u32,
+        ino: u64,
+        cgroup: u64,
+        containers: &SharedContainers,
+    ) -> Option<u32> {
+        let root = self.proc_root.clone();
+        let tcp_entry = |pid: u32| -> Option<u64> {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(root.join(pid.to_string()).join("net/tcp"))
+                .ok()
+                .map(|m| m.ino())
+        };
+        if let Some(&(pid, entry)) = self.pids.get(&ns) {
+            if tcp_entry(pid) == Some(entry) {
+                return Some(pid);
+            }
+            self.pids.remove(&ns);
+        }
+        let mut checked: FxHashSet<u64> = FxHashSet::default();
+        let mut holds = |pid: u32| -> Option<(u32, u64)> {
+            let entry = tcp_entry(pid)?;
+            if !checked.insert(entry) {
+                return None;
+            }
+            let dir = root.join(pid.to_string());
+            ["net/tcp", "net/tcp6"]
+                .iter()
+                .any(|f| listen_rows(&dir.join(f)).iter().any(|r| r.inode == ino))
+                .then_some((pid, entry))
+        };
+        let dir = lock(containers).dir(cgroup);
+        let mut found = dir
+            .as_deref()
+            .and_then(|d| cgroup_pids(d).into_iter().find_map(&mut holds));
+        if found.is_none() {
+            let now = Instant::now();
+            let due = self
+                .walked
+                .get(&ns)
+                .is_none_or(|t| now.duration_since(*t) >= WALK_EVERY);
+            if due {
+                self.walked.insert(ns, now);
+                found = std::fs::read_dir(&root).ok().and_then(|entries| {
+                    entries
+                        .flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                        .find_map(&mut holds)
+                });
+            }
+        }
+        let (pid, entry) = found?;
+        self.walked.remove(&ns);
+        // Namespaces come and go with their listeners; keep the cache small.
+        if self.pids.len() >= 1024 {
+            self.pids.clear();
+        }
+        self.pids.insert(ns, (pid, entry));
+        Some(pid)
+    }
+}
+
+/// The processes of a cgroup and its descendants (at most 64 folders, 4096 processes).
+fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut out = Vec::new();
+    let mut visited = 0;
+    while let Some(d) = stack.pop() {
+        visited += 1;
+        if visited > 64 || out.len() >= 4096 {
+            break;
+        }
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The first process of a cgroup, or of the first of its descendants that has one (cgroup

@@ -21,7 +21,7 @@ use aya::{
 use nodewatch_common::gpu_ioctl::{
     Call, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP, GpuIoctlParams, HIST_MAP, HistKey,
     INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER, PROG_ENTER_COMPAT, PROG_EXIT,
-    PROG_THREAD_EXIT, StallEvent, ZERO_MAP,
+    PROG_THREAD_EXIT, StallEvent, THREAD_WORDS, THREADS_MAP, TYPES_MAP, ZERO_MAP,
 };
 
 pub mod config;
@@ -112,12 +112,19 @@ struct Kernel {
 impl Kernel {
     fn load(c: &GpuIoctlConfig, env: Env<'_>, metrics: Metrics) -> Result<Self, AttachError> {
         let params = params(c.stall_threshold.0)?;
+        // One bit per possible thread id: the exit program's first test.
+        let words = std::fs::read_to_string(env.proc_root.join("sys/kernel/pid_max"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .map_or(THREAD_WORDS, |max| max.div_ceil(64).clamp(1, THREAD_WORDS));
         let mut ebpf = EbpfLoader::new()
             .override_global(PARAMS_GLOBAL, &params, true)
+            .map_max_entries(THREADS_MAP, words)
             .load(OBJECT)?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(AttachError::Missing(name));
         let majors: Array<MapData, _> = take(MAJORS_MAP)?.try_into()?;
         let keys: HashMap<MapData, _, _> = take(KEYS_MAP)?.try_into()?;
+        let types: Array<MapData, u8> = take(TYPES_MAP)?.try_into()?;
         let inflight = take(INFLIGHT_MAP)?.try_into()?;
         let hist = take(HIST_MAP)?.try_into()?;
         let events = take(EVENTS_MAP)?.try_into()?;
@@ -178,6 +185,7 @@ impl Kernel {
                 env.proc_root.join("devices"),
                 majors,
                 keys,
+                types,
             ),
             inflight,
             hist,
@@ -428,7 +436,12 @@ impl Collector for Kernel {
             "fd walk: bpf_probe_read_kernel"
         };
         if self.attached {
-            format!("{ATTACH} ({walk})")
+            let types = self
+                .watched
+                .command_types_shown()
+                .map(|t| format!("; {t}"))
+                .unwrap_or_default();
+            format!("{ATTACH} ({walk}{types})")
         } else {
             format!("{ATTACH} ({walk}; attached once a watched device exists, none yet)")
         }

@@ -10,10 +10,10 @@ use std::{
 use aya::maps::{Array, HashMap, MapData};
 use nodewatch_common::gpu_ioctl::{
     DevKey, KEYS_MAP, KIND_CHR, KIND_FILE, MAJOR_ALL, MAJOR_BLOCK, MAJOR_KEYS, MAJOR_MINORS,
-    MAJORS_MAP, MAX_DEVICES, MAX_KEYS, MAX_MAJORS, MINOR_SLOTS, MajorWatch,
+    MAJORS_MAP, MAX_DEVICES, MAX_KEYS, MAX_MAJORS, MINOR_SLOTS, MajorWatch, TYPES_MAP,
 };
 
-use super::devices::{Ident, Stamp, Watch, block_majors, kernel_dev, scan, stamp};
+use super::devices::{Ident, Stamp, Watch, block_majors, char_majors, kernel_dev, scan, stamp};
 use crate::collectors::collector::CollectError;
 
 /// What the kernel's maps should hold for a set of watched devices.
@@ -97,6 +97,47 @@ impl Plan {
     }
 }
 
+/// The ioctl command types (`_IOC_TYPE`) each known GPU driver uses, by its name in
+/// `/proc/devices`, from the drivers' own headers: NVIDIA's `nv-ioctl-numbers.h`
+/// (`NV_IOCTL_MAGIC 'F'`) and `nvkms-ioctl.h` (`NVKMS_IOCTL_MAGIC 'm'`, the modeset node on
+/// the same major); `uvm_ioctl.h`, whose commands are plain numbers below 2048
+/// (`UVM_IOCTL_BASE(i)` is `i`; `UVM_INITIALIZE` is 0x30000001), so types 0 to 7;
+/// `ioctl_common_nvswitch.h` (`'d'`, `'c'`); DRM's `DRM_IOCTL_BASE 'd'` (driver commands
+/// too); AMD KFD's `AMDKFD_IOCTL_BASE 'K'`. A driver that answers any other type rejects it,
+/// so those calls are not timed. A watched device of any other driver, or a watched regular
+/// file, lets every type through.
+pub fn driver_types(driver: &str) -> Option<&'static [u8]> {
+    const UVM: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+    match driver {
+        "nvidia-frontend" | "nvidia" => Some(b"Fm"),
+        "nvidia-uvm" => Some(&UVM),
+        "nvidia-nvswitch" => Some(b"dc"),
+        "drm" => Some(b"d"),
+        "kfd" => Some(b"K"),
+        _ => None,
+    }
+}
+
+/// The command types the entry program lets through for the watched `majors` (slot 0:
+/// regular files), given `/proc/devices` text.
+pub fn command_types<'a>(
+    majors: impl IntoIterator<Item = &'a u32>,
+    proc_devices: &str,
+) -> [u8; 256] {
+    let names: BTreeMap<u32, String> = char_majors(proc_devices)
+        .into_iter()
+        .map(|(name, major)| (major, name))
+        .collect();
+    let mut types = [0u8; 256];
+    for m in majors {
+        match names.get(m).and_then(|n| driver_types(n)) {
+            Some(known) if *m != 0 => known.iter().for_each(|&t| types[usize::from(t)] = 1),
+            _ => return [1; 256],
+        }
+    }
+    types
+}
+
 /// The devices the kernel side watches: labels by index, and what was last written to its
 /// maps.
 pub struct Watched {
@@ -104,6 +145,9 @@ pub struct Watched {
     proc_devices: PathBuf,
     majors: Array<MapData, MajorWatch>,
     keys: HashMap<MapData, DevKey, u32>,
+    /// Command type → 1 where a watched driver uses it, as last written.
+    types: Array<MapData, u8>,
+    applied_types: [u8; 256],
     /// Device index → label. Labels stay once seen, so their counters never go back.
     labels: Vec<String>,
     applied: Plan,
@@ -126,12 +170,15 @@ impl Watched {
         proc_devices: PathBuf,
         majors: Array<MapData, MajorWatch>,
         keys: HashMap<MapData, DevKey, u32>,
+        types: Array<MapData, u8>,
     ) -> Self {
         Self {
             globs,
             proc_devices,
             majors,
             keys,
+            types,
+            applied_types: [0; 256],
             labels: Vec::new(),
             applied: Plan::default(),
             full_warned: false,
@@ -139,6 +186,26 @@ impl Watched {
             stamp: None,
             proc_text: String::new(),
             since_read: 0,
+        }
+    }
+
+    /// The command types the entry program lets through now, for `nodewatch probes`: None
+    /// while nothing is watched.
+    pub fn command_types_shown(&self) -> Option<String> {
+        let on: Vec<usize> = (0..256).filter(|&t| self.applied_types[t] != 0).collect();
+        match on.len() {
+            0 => None,
+            256 => Some("every command type".into()),
+            _ => Some(format!(
+                "command types {}",
+                on.iter()
+                    .map(|&t| match u8::try_from(t) {
+                        Ok(c) if c.is_ascii_graphic() => format!("'{}'", char::from(c)),
+                        _ => format!("{t:#04x}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
         }
     }
 
@@ -208,12 +275,30 @@ impl Watched {
         let mut plan = Plan::new(watches);
         plan.mark_block(&block_majors(&text));
         self.apply(&plan)?;
+        self.apply_types(command_types(plan.majors.keys(), &text))?;
         let any = plan.any();
         self.applied = plan;
         // The stamp taken before the scan: whatever changed during it shows next tick.
         self.stamp = if found == self.last { now } else { None };
         self.last = found;
         Ok(any)
+    }
+
+    /// Writes the command types that changed. Called after the devices are in place; a type
+    /// that goes away is taken out only then, so no watched call is skipped in between.
+    fn apply_types(&mut self, types: [u8; 256]) -> Result<(), CollectError> {
+        for (t, (&want, had)) in types.iter().zip(self.applied_types.iter_mut()).enumerate() {
+            if want != *had {
+                self.types
+                    .set(t as u32, want, 0)
+                    .map_err(|source| CollectError::Map {
+                        map: TYPES_MAP,
+                        source,
+                    })?;
+                *had = want;
+            }
+        }
+        Ok(())
     }
 
     /// Writes what changed: new entries before removals, so a device that changes number
@@ -267,6 +352,26 @@ impl Watched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_types_come_from_known_drivers_only() {
+        let text = "Character devices:\n  1 mem\n195 nvidia-frontend\n226 drm\n234 nvidia-uvm\n\nBlock devices:\n  7 loop\n";
+        let t = command_types(&[195, 234], text);
+        for ty in [b'F', b'm', 0, 1, 7] {
+            assert_eq!(t[usize::from(ty)], 1, "type {ty}");
+        }
+        assert_eq!(t[usize::from(b'T')], 0, "TCGETS's type");
+        assert_eq!(t[8], 0);
+        assert_eq!(t.iter().filter(|&&v| v == 1).count(), 10);
+        assert_eq!(command_types(&[226], text)[usize::from(b'd')], 1);
+        assert_eq!(
+            command_types(&[1], text),
+            [1; 256],
+            "a driver not in the table"
+        );
+        assert_eq!(command_types(&[0], text), [1; 256], "regular files");
+        assert_eq!(command_types(&[], text), [0; 256], "nothing watched");
+    }
 
     #[test]
     fn plan_puts_small_minors_in_tables_and_the_rest_in_keys() {

@@ -1,7 +1,7 @@
 //! What expressions evaluate to, and what a function needs of the evaluator (its arguments,
 //! evaluated), so the functions do not depend on the evaluator that calls them.
 
-use promql_parser::parser::{Expr, MatrixSelector};
+use promql_parser::parser::Expr;
 
 use crate::store::labels::Labels;
 
@@ -40,12 +40,24 @@ pub struct EvalError(pub String);
 /// The series of one range selector: labels and the samples in the window.
 pub type Matrix = Vec<(Labels, Vec<(i64, f64)>)>;
 
+/// A range argument (a range selector or a subquery), evaluated: its series and its window
+/// `[start, end]` in milliseconds (the range and the offset applied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Range {
+    pub series: Matrix,
+    pub start: i64,
+    pub end: i64,
+}
+
 /// What a function call may ask of the evaluator running it.
 pub trait Source {
     /// The instant being evaluated, in milliseconds since the epoch.
     fn ts(&self) -> i64;
     /// Evaluates an argument.
     fn eval(&self, e: &Expr) -> Result<Value, EvalError>;
-    /// The series and samples of a range selector.
-    fn matrix(&self, ms: &MatrixSelector) -> Matrix;
+    /// Evaluates a range argument: a range selector or a subquery.
+    fn range(&self, e: &Expr) -> Result<Range, EvalError>;
+    /// Evaluates a vector argument with the time of each sample in milliseconds: a selector's
+    /// own sample times, the evaluation time for anything computed.
+    fn timed(&self, e: &Expr) -> Result<Vec<(Sample, i64)>, EvalError>;
 }

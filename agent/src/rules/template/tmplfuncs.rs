@@ -14,6 +14,17 @@ pub(super) enum Func {
     ToLower,
     Title,
     Index,
+    HumanizeTimestamp,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Query,
+    First,
+    Value,
+    Label,
 }
 
 pub(super) const FUNCS: &[(&str, Func)] = &[
@@ -26,6 +37,17 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
     ("toLower", Func::ToLower),
     ("title", Func::Title),
     ("index", Func::Index),
+    ("humanizeTimestamp", Func::HumanizeTimestamp),
+    ("eq", Func::Eq),
+    ("ne", Func::Ne),
+    ("lt", Func::Lt),
+    ("le", Func::Le),
+    ("gt", Func::Gt),
+    ("ge", Func::Ge),
+    ("query", Func::Query),
+    ("first", Func::First),
+    ("value", Func::Value),
+    ("label", Func::Label),
 ];
 
 /// A value while a pipeline runs.
@@ -33,8 +55,13 @@ pub(super) const FUNCS: &[(&str, Func)] = &[
 pub(super) enum Val<'a> {
     Str(String),
     Float(f64),
+    Int(i64),
     Bool(bool),
     Map(&'a Labels),
+    /// What `query` gives: labels and value of each sample.
+    Samples(Vec<(Labels, f64)>),
+    /// One of them.
+    Sample(Labels, f64),
     /// What an empty pipeline gives.
     Missing,
 }
@@ -45,8 +72,11 @@ impl Val<'_> {
         match self {
             Val::Str(_) => "string",
             Val::Float(_) => "float64",
+            Val::Int(_) => "int",
             Val::Bool(_) => "bool",
             Val::Map(_) => "map[string]string",
+            Val::Samples(_) => "template.queryResult",
+            Val::Sample(..) => "*template.sample",
             Val::Missing => "<nil>",
         }
     }
@@ -61,8 +91,17 @@ pub(super) fn print(v: &Val<'_>) -> String {
     match v {
         Val::Str(s) => s.clone(),
         Val::Float(f) => gofmt::format_g(*f, None),
+        Val::Int(i) => i.to_string(),
         Val::Bool(b) => b.to_string(),
         Val::Missing => "<no value>".into(),
+        Val::Samples(v) => format!(
+            "[{}]",
+            v.iter()
+                .map(|(l, v)| sample_text(l, *v))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Val::Sample(l, v) => sample_text(l, *v),
         Val::Map(m) => {
             let pairs: Vec<String> = m.iter().map(|(k, v)| format!("{k}:{v}")).collect();
             format!("map[{}]", pairs.join(" "))
@@ -70,10 +109,17 @@ pub(super) fn print(v: &Val<'_>) -> String {
     }
 }
 
+/// Go's `%v` of a `*template.sample`, as far as it matters: its labels and value.
+fn sample_text(l: &Labels, v: f64) -> String {
+    let pairs: Vec<String> = l.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    format!("&{{map[{}] {}}}", pairs.join(" "), gofmt::format_g(v, None))
+}
+
 /// Prometheus's `convertToFloat`: numbers, and strings that parse as one.
 fn float(v: &Val<'_>) -> Result<f64, String> {
     match v {
         Val::Float(f) => Ok(*f),
+        Val::Int(i) => Ok(*i as f64),
         Val::Str(s) => s
             .parse()
             .map_err(|_| format!("strconv.ParseFloat: parsing {s:?}: invalid syntax")),
@@ -104,6 +150,7 @@ pub(super) fn call<'a>(f: Func, args: Vec<Val<'a>>) -> Result<Val<'a>, String> {
                 .iter()
                 .map(|a| match a {
                     Val::Float(v) => Arg::Float(*v),
+                    Val::Int(i) => Arg::Float(*i as f64),
                     other => Arg::Str(print(other)),
                 })
                 .collect();
@@ -137,11 +184,122 @@ pub(super) fn call<'a>(f: Func, args: Vec<Val<'a>>) -> Result<Val<'a>, String> {
             arity(f, &args, 1)?;
             s(humanize_duration(float(&args[0])?))
         }
+        Func::HumanizeTimestamp => {
+            arity(f, &args, 1)?;
+            humanize_timestamp(float(&args[0])?).map(Val::Str)
+        }
+        Func::Eq | Func::Ne => {
+            let err = |e: String| format!("error calling {}: {e}", name(f));
+            if args.len() < 2 {
+                return Err(err("missing argument for comparison".into()));
+            }
+            if f == Func::Ne {
+                arity(f, &args, 2)?;
+            }
+            let mut any = false;
+            for b in &args[1..] {
+                any |= compare(&args[0], b).map_err(err)?.0;
+            }
+            Ok(Val::Bool(any == (f == Func::Eq)))
+        }
+        Func::Lt | Func::Le | Func::Gt | Func::Ge => {
+            arity(f, &args, 2)?;
+            let err = |e: String| format!("error calling {}: {e}", name(f));
+            let (eq, lt) = compare(&args[0], &args[1]).map_err(err)?;
+            let lt = lt.ok_or_else(|| err("invalid type for comparison".into()))?;
+            Ok(Val::Bool(match f {
+                Func::Lt => lt,
+                Func::Le => lt || eq,
+                Func::Gt => !(lt || eq),
+                _ => !lt,
+            }))
+        }
+        Func::Query => Err("query needs the rule's evaluator".into()),
+        Func::First => {
+            arity(f, &args, 1)?;
+            match &args[0] {
+                Val::Samples(v) => v
+                    .first()
+                    .map(|(l, x)| Val::Sample(l.clone(), *x))
+                    .ok_or_else(|| {
+                        "error calling first: first() called on vector with no elements".into()
+                    }),
+                other => Err(format!(
+                    "error calling first: first() of a {}",
+                    other.type_name()
+                )),
+            }
+        }
+        Func::Value => {
+            arity(f, &args, 1)?;
+            match &args[0] {
+                Val::Sample(_, v) => Ok(Val::Float(*v)),
+                other => Err(format!(
+                    "error calling value: value() of a {}",
+                    other.type_name()
+                )),
+            }
+        }
+        Func::Label => {
+            arity(f, &args, 2)?;
+            match (&args[0], &args[1]) {
+                (Val::Str(k), Val::Sample(l, _)) => Ok(Val::Str(l.get(k).unwrap_or("").into())),
+                _ => Err("error calling label: label(name, sample)".into()),
+            }
+        }
         Func::HumanizePercentage => {
             arity(f, &args, 1)?;
             s(format!("{}%", g4(float(&args[0])? * 100.0)))
         }
     }
+}
+
+fn name(f: Func) -> &'static str {
+    FUNCS.iter().find(|(_, g)| *g == f).map_or("?", |(n, _)| n)
+}
+
+/// Go's template comparison of two basic values: whether they are equal, and whether the
+/// first is less (None for booleans, which have no order). Values of different kinds are an
+/// error (an integer constant and a float are different kinds, as in Go); NaN is neither
+/// equal nor less, so `gt` and `ge` hold for it, as Go's `!le` and `!lt` do.
+fn compare(a: &Val<'_>, b: &Val<'_>) -> Result<(bool, Option<bool>), String> {
+    Ok(match (a, b) {
+        (Val::Float(x), Val::Float(y)) => (x == y, Some(x < y)),
+        (Val::Int(x), Val::Int(y)) => (x == y, Some(x < y)),
+        (Val::Str(x), Val::Str(y)) => (x == y, Some(x < y)),
+        (Val::Bool(x), Val::Bool(y)) => (x == y, None),
+        (Val::Missing | Val::Map(_), _) | (_, Val::Missing | Val::Map(_)) => {
+            return Err("invalid type for comparison".into());
+        }
+        _ => return Err("incompatible types for comparison".into()),
+    })
+}
+
+/// Prometheus's `humanizeTimestamp`: the time in UTC as Go prints a `time.Time`, to the
+/// millisecond; NaN and infinities as numbers.
+fn humanize_timestamp(v: f64) -> Result<String, String> {
+    if !v.is_finite() {
+        return Ok(g4(v));
+    }
+    let ns = v * 1e9;
+    if ns > i64::MAX as f64 || ns < i64::MIN as f64 {
+        return Err(format!(
+            "{} cannot be represented as a nanoseconds timestamp since it overflows int64",
+            gofmt::format_g(v, None)
+        ));
+    }
+    let ms = (ns as i64) / 1_000_000;
+    let d = crate::rules::promql::dates::civil(ms.div_euclid(1000));
+    let frac = ms.rem_euclid(1000);
+    let frac = if frac == 0 {
+        String::new()
+    } else {
+        format!(".{frac:03}").trim_end_matches('0').to_string()
+    };
+    Ok(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}{frac} +0000 UTC",
+        d.year, d.month, d.day, d.hour, d.minute, d.second
+    ))
 }
 
 fn g4(v: f64) -> String {

@@ -46,6 +46,8 @@ pub(super) enum Operand {
     Dot(Option<String>),
     Str(String),
     Num(f64),
+    /// An integer constant: Go keeps it an `int`, which comparisons tell from a float.
+    Int(i64),
     Bool(bool),
     Pipe(Vec<Command>),
 }
@@ -428,6 +430,9 @@ impl<'s> Parser<'s> {
                 self.pos += 1;
                 let w = self.word();
                 let text = format!("{c}{w}");
+                if let Ok(i) = text.parse::<i64>() {
+                    return Ok(Operand::Int(i));
+                }
                 text.parse()
                     .map(Operand::Num)
                     .map_err(|_| err(self.base + start, format!("bad number `{text}`")))
@@ -464,7 +469,7 @@ impl<'s> Parser<'s> {
                     format!("action `{w}`")
                 } else if matches!(
                     w.as_str(),
-                    "query" | "first" | "label" | "value" | "sortByLabel"
+                    "sortByLabel" | "strvalue" | "args" | "safeHtml" | "match" | "reReplaceAll"
                 ) {
                     format!("function `{w}` (queries from templates)")
                 } else {

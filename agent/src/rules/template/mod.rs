@@ -1,16 +1,22 @@
 //! Alert label and annotation templates: the part of Go's `text/template` that Prometheus rule
 //! files use — `{{ $labels.port }}`, `{{ $value }}`, pipelines into `humanize*`, `printf`,
-//! `toUpper`, `toLower`, `title`, `index`, `{{ if }}`/`{{ else if }}`/`{{ else }}`,
+//! `toUpper`, `toLower`, `title`, `index`, `humanizeTimestamp`, the comparisons `eq`/`ne`/`lt`/
+//! `le`/`gt`/`ge`, `{{ if }}`/`{{ else if }}`/`{{ else }}`,
 //! `{{ with }}` (which sets `.`), `{{ end }}`, and `{{/* comments */}}` with `{{-`/`-}}`
-//! trimming. Parsing is in [`super::tmplparse`]; anything else (`range`, variables of one's
-//! own, queries) is refused at load, naming the construct.
+//! trimming, and `query` with `first`/`value`/`label`. Parsing is in [`tmplparse`]; anything
+//! else (`range`, variables of one's own, `sortByLabel`, ...) is refused at load, naming the
+//! construct.
 
-pub use super::tmplparse::TemplateError;
-use super::{
-    tmplfuncs::{Val, call, lookup, print},
-    tmplparse::{self, Command, Node, Operand, Var},
+pub mod gofmt;
+pub mod tmplfuncs;
+pub mod tmplparse;
+
+use self::{
+    tmplfuncs::{Func, Val, call, lookup, print},
+    tmplparse::{Command, Node, Operand, Var},
 };
 use crate::store::labels::Labels;
+pub use tmplparse::TemplateError;
 
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +31,12 @@ pub struct Data<'a> {
     pub external_labels: &'a Labels,
     pub external_url: &'a str,
     pub value: f64,
+    /// Runs a PromQL query at the rule's evaluation time, for `query`.
+    pub query: Option<&'a Query<'a>>,
 }
+
+/// What `query` calls: the samples of an instant query, or why it failed.
+pub type Query<'a> = dyn Fn(&str) -> Result<Vec<(Labels, f64)>, String> + 'a;
 
 impl Template {
     /// Parses `raw`.
@@ -106,8 +117,11 @@ fn truth(v: &Val<'_>) -> bool {
     match v {
         Val::Str(s) => !s.is_empty(),
         Val::Float(f) => *f != 0.0,
+        Val::Int(i) => *i != 0,
         Val::Bool(b) => *b,
         Val::Map(m) => m.iter().next().is_some(),
+        Val::Samples(v) => !v.is_empty(),
+        Val::Sample(..) => true,
         Val::Missing => false,
     }
 }
@@ -123,6 +137,13 @@ fn run<'a>(pipe: &[Command], data: &'a Data<'a>, dot: &Val<'a>) -> Result<Val<'a
             args.push(v);
         }
         last = Some(match &ops[0] {
+            Operand::Func(Func::Query) => {
+                let [Val::Str(q)] = args.as_slice() else {
+                    return Err("error calling query: query needs one string".into());
+                };
+                let run = data.query.ok_or("error calling query: no evaluator")?;
+                Val::Samples(run(q).map_err(|e| format!("error calling query: {e}"))?)
+            }
             Operand::Func(f) => call(*f, args)?,
             other if args.is_empty() => operand(other, data, dot)?,
             _ => return Err("can't give argument to non-function".into()),
@@ -136,6 +157,7 @@ fn operand<'a>(op: &Operand, data: &'a Data<'a>, dot: &Val<'a>) -> Result<Val<'a
         Operand::Func(f) => call(*f, Vec::new())?,
         Operand::Str(s) => Val::Str(s.clone()),
         Operand::Num(n) => Val::Float(*n),
+        Operand::Int(i) => Val::Int(*i),
         Operand::Bool(b) => Val::Bool(*b),
         Operand::Pipe(p) => run(p, data, dot)?,
         Operand::Dot(None) => dot.clone(),
@@ -175,6 +197,7 @@ mod tests {
             external_labels: &ext,
             external_url: "http://n",
             value,
+            query: None,
         })
     }
 
@@ -214,6 +237,20 @@ mod tests {
     #[test]
     fn runtime_errors_read_like_prometheus() {
         assert!(expand("{{ humanize \"x\" }}", 0.0).starts_with("<error expanding template: "));
+        // Go keeps `60` an int: comparing it with the float $value is an error.
+        assert_eq!(
+            expand("{{ gt $value 60 }}", 61.0),
+            "<error expanding template: error calling gt: incompatible types for comparison>"
+        );
+        assert!(expand("{{ lt true false }}", 0.0).contains("invalid type for comparison"));
+        assert_eq!(
+            expand("{{ gt $value 60.0 }} {{ gt $value $value }}", f64::NAN),
+            "true true"
+        );
+        assert_eq!(
+            expand("{{ humanizeTimestamp 0 }}", 0.0),
+            "1970-01-01 00:00:00 +0000 UTC"
+        );
     }
 
     /// Expands `t` for a series with these labels (and no others).
@@ -227,6 +264,7 @@ mod tests {
                 external_labels: &ext,
                 external_url: "",
                 value,
+                query: None,
             })
     }
 
@@ -437,7 +475,11 @@ mod tests {
         for (t, what, at) in [
             ("a {{ range $labels }}x{{ end }}", "action `range`", 5),
             ("{{ $x := 1 }}", "variable `$x`", 3),
-            ("{{ query \"up\" }}", "function `query`", 3),
+            (
+                "{{ sortByLabel \"job\" $value }}",
+                "function `sortByLabel`",
+                3,
+            ),
             ("{{ $labels.a.b }}", "field access", 3),
             ("{{ .Foo }}", "unknown field `.Foo`", 3),
             ("{{ $value ", "unclosed action", 0),

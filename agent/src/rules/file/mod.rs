@@ -8,8 +8,10 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
-    duration,
-    subset::{self, Needle},
+    promql::{
+        duration,
+        subset::{self, Needle},
+    },
     template::Template,
 };
 use crate::{
@@ -112,6 +114,8 @@ impl<T> From<&Spanned<T>> for At {
 struct Checker<'a> {
     file: &'a str,
     text: &'a str,
+    /// Byte offset where each line starts: placing an error is a lookup, not a rescan.
+    lines: Vec<usize>,
     errors: Vec<RuleError>,
 }
 
@@ -127,25 +131,26 @@ impl Checker<'_> {
 
     /// Byte offset of a line and (character) column.
     fn offset(&self, at: At) -> usize {
-        let mut off = 0;
-        for (i, line) in self.text.split_inclusive('\n').enumerate() {
-            if i as u64 + 1 == at.line {
-                return off
-                    + line
-                        .char_indices()
-                        .nth(at.column.saturating_sub(1) as usize)
-                        .map_or(line.len(), |(b, _)| b);
-            }
-            off += line.len();
-        }
-        off
+        let Some(&start) = self.lines.get(at.line.saturating_sub(1) as usize) else {
+            return self.text.len();
+        };
+        let line = self.text[start..]
+            .split_inclusive('\n')
+            .next()
+            .unwrap_or("");
+        start
+            + line
+                .char_indices()
+                .nth(at.column.saturating_sub(1) as usize)
+                .map_or(line.len(), |(b, _)| b)
     }
 
     fn at_offset(&self, off: usize) -> At {
-        let before = &self.text[..off.min(self.text.len())];
+        let off = off.min(self.text.len());
+        let i = self.lines.partition_point(|&s| s <= off).max(1) - 1;
         At {
-            line: before.matches('\n').count() as u64 + 1,
-            column: before.rsplit('\n').next().unwrap_or("").chars().count() as u64 + 1,
+            line: i as u64 + 1,
+            column: self.text[self.lines[i]..off].chars().count() as u64 + 1,
         }
     }
 
@@ -384,6 +389,9 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<GroupDef>, Vec<RuleError>> {
     let mut c = Checker {
         file,
         text,
+        lines: std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
         errors: Vec::new(),
     };
     let mut seen = HashSet::new();

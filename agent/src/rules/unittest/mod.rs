@@ -3,6 +3,8 @@
 //! every `evaluation_interval`, firing alerts compared at each `eval_time`, and expressions
 //! evaluated afterwards. Reports read like promtool's.
 
+pub mod notation;
+
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -11,14 +13,16 @@ use std::{
 
 use serde::Deserialize;
 
+use self::notation::{parse_metric, parse_values};
 use super::{
-    duration,
     engine::Engine,
-    eval::{Evaluator, Sample},
     file::{self, GroupDef, Kind},
-    gofmt,
-    notation::{parse_metric, parse_values},
-    subset,
+    promql::{
+        duration,
+        eval::{Evaluator, Sample},
+        subset,
+    },
+    template::gofmt,
 };
 use crate::{
     alerts::State,
@@ -72,6 +76,8 @@ struct InputSeries {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AlertTest {
+    /// promtool reads a missing `eval_time` as 0.
+    #[serde(default = "zero")]
     eval_time: String,
     #[serde(default)]
     alertname: String,
@@ -92,6 +98,8 @@ struct ExpAlert {
 #[serde(deny_unknown_fields)]
 struct ExprTest {
     expr: String,
+    /// promtool reads a missing `eval_time` as 0.
+    #[serde(default = "zero")]
     eval_time: String,
     #[serde(default)]
     exp_samples: Vec<ExpSample>,
@@ -225,6 +233,10 @@ struct Run<'a> {
     max_evaluations: usize,
 }
 
+fn zero() -> String {
+    "0s".into()
+}
+
 fn dur(text: &str, what: &str) -> Result<i64, Vec<String>> {
     duration::parse(text).map_err(|e| vec![format!("{what}: {e}")])
 }
@@ -328,7 +340,7 @@ fn try_group(tg: &TestGroup, run: &Run<'_>) -> Result<Vec<String>, Vec<String>> 
             go_quote(&test.expr),
             duration::format(t)
         );
-        let got = match query(&history, &test.expr, t) {
+        let got = match query(&history, &test.expr, t, eval_interval) {
             Ok(v) => v,
             Err(e) => {
                 errs.push(format!("{head}, err: {e}"));
@@ -369,13 +381,17 @@ fn try_group(tg: &TestGroup, run: &Run<'_>) -> Result<Vec<String>, Vec<String>> 
 }
 
 /// Evaluates an expression of a `promql_expr_test`, which must be in the supported subset.
-fn query(history: &History, expr: &str, t: i64) -> Result<Vec<Sample>, String> {
+fn query(history: &History, expr: &str, t: i64, step_ms: i64) -> Result<Vec<Sample>, String> {
     let parsed = promql_parser::parser::parse(expr).map_err(|e| format!("parse error: {e}"))?;
     subset::check(&parsed).map_err(|u| u.message)?;
-    Evaluator { history, ts: t }
-        .eval(&parsed)
-        .map(|v| v.into_vector())
-        .map_err(|e| e.0)
+    Evaluator {
+        history,
+        ts: t,
+        step_ms,
+    }
+    .eval(&parsed)
+    .map(|v| v.into_vector())
+    .map_err(|e| e.0)
 }
 
 type LabelsAndAnnotations = (Vec<(String, String)>, Vec<(String, String)>);

@@ -1,16 +1,12 @@
 //! The PromQL subset nodewatch evaluates, checked on the parsed expression at load: anything
 //! else is refused, naming the construct and where it is written.
 
-use promql_parser::parser::{
-    Expr, VectorMatchCardinality,
-    token::{
-        T_ADD, T_AVG, T_COUNT, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS,
-        T_MAX, T_MIN, T_MOD, T_MUL, T_NEQ, T_SUB, T_SUM,
-    },
-    value::ValueType,
-};
+use promql_parser::parser::{Expr, value::ValueType};
 
-use super::functions::SUPPORTED;
+use super::{
+    eval::{LOOKBACK_MS, offset_ms},
+    functions,
+};
 
 /// A construct outside the subset: what it is, and text to look for to place it.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,8 +42,6 @@ fn unsupported(message: String, needle: &str, word: bool) -> Unsupported {
     }
 }
 
-const HELP: &str = "nodewatch evaluates selectors, rate, irate, increase, delta, idelta, avg/max/min/count_over_time, histogram_quantile, absent, sum/max/min/avg/count with by/without, + - * / %, comparisons (with bool), and/or/unless";
-
 /// Checks that `e` stays inside the subset and evaluates to a vector or a scalar.
 pub fn check(e: &Expr) -> Result<Info, Unsupported> {
     match e.value_type() {
@@ -60,42 +54,51 @@ pub fn check(e: &Expr) -> Result<Info, Unsupported> {
         }
     }
     let mut info = Info::default();
-    walk(e, &mut info)?;
+    walk(e, &mut info, 0)?;
     Ok(info)
 }
 
-fn walk(e: &Expr, info: &mut Info) -> Result<(), Unsupported> {
+/// The metric a selector names, when it names exactly one.
+fn metric_name(vs: &promql_parser::parser::VectorSelector) -> Option<String> {
+    vs.name.clone().or_else(|| {
+        vs.matchers.matchers.iter().find_map(|m| {
+            (m.name == crate::store::labels::METRIC_NAME
+                && matches!(m.op, promql_parser::label::MatchOp::Equal))
+            .then(|| m.value.clone())
+        })
+    })
+}
+
+/// Walks `e`, noting how far back each selector reads: `back_ms` is what the enclosing
+/// offsets and subqueries add.
+fn walk(e: &Expr, info: &mut Info, back_ms: i64) -> Result<(), Unsupported> {
     match e {
-        Expr::NumberLiteral(_) => Ok(()),
-        Expr::Paren(p) => walk(&p.expr, info),
-        Expr::Unary(u) => walk(&u.expr, info),
-        Expr::StringLiteral(s) => Err(unsupported(
-            format!("unsupported string literal {:?}: {HELP}", s.val),
-            "\"",
-            false,
-        )),
-        Expr::Subquery(_) => Err(unsupported(
-            format!("unsupported subquery `{e}`: {HELP}"),
-            ":",
-            false,
-        )),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
+        Expr::Paren(p) => walk(&p.expr, info, back_ms),
+        Expr::Unary(u) => walk(&u.expr, info, back_ms),
+        Expr::Subquery(sq) => {
+            if sq.at.is_some() {
+                return Err(unsupported(
+                    format!(
+                        "unsupported `@` modifier in `{e}`: rules evaluate at the current time"
+                    ),
+                    "@",
+                    false,
+                ));
+            }
+            let back = back_ms + offset_ms(sq.offset.as_ref()).max(0) + sq.range.as_millis() as i64;
+            walk(&sq.expr, info, back)
+        }
         Expr::Extension(_) => Err(Unsupported {
             message: format!("unsupported expression `{e}`"),
             needle: None,
         }),
         Expr::VectorSelector(vs) => {
-            if vs.offset.is_some() {
-                return Err(unsupported(
-                    format!(
-                        "unsupported `offset` modifier in `{e}`: rules look at the latest samples only"
-                    ),
-                    "offset",
-                    true,
-                ));
-            }
             if vs.at.is_some() {
                 return Err(unsupported(
-                    format!("unsupported `@` modifier in `{e}`"),
+                    format!(
+                        "unsupported `@` modifier in `{e}`: rules evaluate at the current time"
+                    ),
                     "@",
                     false,
                 ));
@@ -109,117 +112,58 @@ fn walk(e: &Expr, info: &mut Info) -> Result<(), Unsupported> {
                     false,
                 ));
             }
+            let back = back_ms + offset_ms(vs.offset.as_ref()).max(0);
+            if back > 0 {
+                info.ranges.push((metric_name(vs), back + LOOKBACK_MS));
+            }
             Ok(())
         }
         Expr::MatrixSelector(ms) => {
-            let vs = Expr::VectorSelector(ms.vs.clone());
-            walk(&vs, info)?;
-            let range = ms.range.as_millis() as i64;
-            let name = ms.vs.name.clone().or_else(|| {
-                ms.vs.matchers.matchers.iter().find_map(|m| {
-                    (m.name == crate::store::labels::METRIC_NAME
-                        && matches!(m.op, promql_parser::label::MatchOp::Equal))
-                    .then(|| m.value.clone())
-                })
-            });
-            info.ranges.push((name, range));
+            walk(
+                &Expr::VectorSelector(ms.vs.clone()),
+                &mut Info::default(),
+                0,
+            )?;
+            let back = back_ms + offset_ms(ms.vs.offset.as_ref()).max(0);
+            info.ranges
+                .push((metric_name(&ms.vs), back + ms.range.as_millis() as i64));
             Ok(())
         }
         Expr::Call(c) => {
             let name = c.func.name;
-            if !SUPPORTED.contains(&name) {
+            if functions::lookup(name).is_none() {
                 return Err(unsupported(
-                    format!("unsupported function `{name}`: {HELP}"),
+                    format!(
+                        "unsupported function `{name}`: nodewatch evaluates {} functions, listed in its README under \"The PromQL subset\"",
+                        functions::FUNCTIONS.len()
+                    ),
                     name,
                     true,
                 ));
             }
-            for (i, a) in c.args.args.iter().enumerate() {
-                let range_fn = name != "histogram_quantile" && name != "absent";
-                if range_fn
-                    && i == 0
-                    && !matches!(a.as_ref(), Expr::MatrixSelector(_) | Expr::Subquery(_))
-                {
-                    return Err(unsupported(
-                        format!(
-                            "`{name}` needs a range selector such as `metric[1m]` as its argument, not `{a}`"
-                        ),
-                        name,
-                        true,
-                    ));
-                }
-                walk(a, info)?;
+            for a in &c.args.args {
+                walk(a, info, back_ms)?;
             }
             Ok(())
         }
         Expr::Aggregate(a) => {
-            let op = a.op.id();
-            if !matches!(op, T_SUM | T_MAX | T_MIN | T_AVG | T_COUNT) || a.param.is_some() {
-                let name = a.op.to_string();
-                return Err(unsupported(
-                    format!("unsupported aggregation `{name}`: {HELP}"),
-                    &name,
-                    true,
-                ));
+            if let Some(p) = &a.param {
+                walk(p, info, back_ms)?;
             }
-            walk(&a.expr, info)
+            walk(&a.expr, info, back_ms)
         }
         Expr::Binary(b) => {
-            let op = b.op.id();
-            let ok = matches!(
-                op,
-                T_ADD
-                    | T_SUB
-                    | T_MUL
-                    | T_DIV
-                    | T_MOD
-                    | T_EQLC
-                    | T_NEQ
-                    | T_GTR
-                    | T_LSS
-                    | T_GTE
-                    | T_LTE
-                    | T_LAND
-                    | T_LOR
-                    | T_LUNLESS
-            );
-            if !ok {
-                let name = b.op.to_string();
-                let word = name.chars().all(char::is_alphanumeric);
+            if let Some(m) = &b.modifier
+                && (m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some())
+            {
                 return Err(unsupported(
-                    format!("unsupported operator `{name}`: {HELP}"),
-                    &name,
-                    word,
+                    "unsupported `fill` modifier (not in Prometheus 2.x)".into(),
+                    "fill",
+                    false,
                 ));
             }
-            if let Some(m) = &b.modifier {
-                match &m.card {
-                    VectorMatchCardinality::ManyToOne(_) => {
-                        return Err(unsupported(
-                            "unsupported `group_left`: only one-to-one matching (with on/ignoring) is evaluated".into(),
-                            "group_left",
-                            true,
-                        ));
-                    }
-                    VectorMatchCardinality::OneToMany(_) => {
-                        return Err(unsupported(
-                            "unsupported `group_right`: only one-to-one matching (with on/ignoring) is evaluated".into(),
-                            "group_right",
-                            true,
-                        ));
-                    }
-                    _ => {}
-                }
-                if m.fill_values.lhs.is_some() || m.fill_values.rhs.is_some() {
-                    return Err(unsupported(
-                        "unsupported `fill` modifier (not in Prometheus 2.x)".into(),
-                        "fill",
-                        false,
-                    ));
-                }
-            }
-            walk(&b.lhs, info)?;
-            walk(&b.rhs, info)
+            walk(&b.lhs, info, back_ms)?;
+            walk(&b.rhs, info, back_ms)
         }
     }
 }
@@ -317,18 +261,12 @@ mod tests {
     #[test]
     fn outside_the_subset_is_named() {
         for (q, what, needle) in [
-            ("topk(3, x)", "aggregation `topk`", "topk"),
             (
-                "predict_linear(x[5m], 60)",
-                "function `predict_linear`",
-                "predict_linear",
+                "histogram_count(x)",
+                "function `histogram_count`",
+                "histogram_count",
             ),
-            ("x offset 5m", "`offset`", "offset"),
             ("x @ 100", "`@`", "@"),
-            ("max_over_time(x[5m:1m])", "subquery", ":"),
-            ("x + on(a) group_left(b) y", "group_left", "group_left"),
-            ("x ^ 2", "operator `^`", "^"),
-            ("quantile(0.9, x)", "aggregation `quantile`", "quantile"),
             ("x[5m]", "vector or a scalar", ""),
             ("\"s\"", "vector or a scalar", ""),
         ] {
@@ -336,6 +274,19 @@ mod tests {
             assert!(e.message.contains(what), "{q}: {e:?}");
             assert_eq!(e.needle.map(|n| n.text).unwrap_or_default(), needle, "{q}");
         }
+    }
+
+    #[test]
+    fn offsets_and_subqueries_widen_what_the_history_keeps() {
+        assert_eq!(
+            check_text("x offset 1h + max_over_time(rate(y[1m])[10m:1m] offset 5m)")
+                .unwrap()
+                .ranges,
+            vec![
+                (Some("x".into()), 3_600_000 + LOOKBACK_MS),
+                (Some("y".into()), 60_000 + 600_000 + 300_000)
+            ]
+        );
     }
 
     #[test]
