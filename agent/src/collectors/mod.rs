@@ -12,8 +12,13 @@ pub mod gpu_xid;
 pub mod heartbeats;
 pub mod probes;
 pub mod resources;
+pub mod scrape;
 
-use std::{any::Any, path::Path, time::Instant};
+use std::{
+    any::Any,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 pub use self::collector::{CollectError, Collector, Env, Mode};
 use self::{
@@ -27,6 +32,7 @@ use self::{
         tcp_retransmits::{self, TcpRetransmitsConfig},
     },
     resources::ResourcesConfig,
+    scrape::config::ScrapeConfig,
 };
 use crate::{
     store::{CollectorLabels, ProbeLabels, SelfMetrics, Store},
@@ -91,7 +97,10 @@ pub struct Settings<'a> {
     pub probes: &'a ProbesConfig,
     pub heartbeats: &'a HeartbeatsConfig,
     pub resources: &'a ResourcesConfig,
+    pub scrape: &'a ScrapeConfig,
     pub containers: &'a ContainersConfig,
+    /// The agent's tick interval (a scrape target's default).
+    pub interval: Duration,
 }
 
 impl Settings<'_> {
@@ -156,6 +165,11 @@ pub const ALL: &[Def] = &[
         name: heartbeats::NAME,
         enabled: |_| true,
         start: |s, env, store| heartbeats::start(s.heartbeats, env, store),
+    },
+    Def {
+        name: scrape::NAME,
+        enabled: |s| !s.scrape.0.is_empty(),
+        start: |s, env, store| scrape::start(s.scrape, s.interval, env, store),
     },
 ];
 

@@ -57,3 +57,7 @@ pub const GPU_PCIE_REPLAYS: &str = "gpu_pcie_replays";
 pub const GPU_NVML_ERRORS: &str = "gpu_nvml_errors";
 pub const GPU_NVML_TIMEOUTS: &str = "gpu_nvml_timeouts";
 pub const GPU_NVML_HUNG: &str = "gpu_nvml_hung";
+pub const SCRAPE_TARGET_UP: &str = "scrape_target_up";
+pub const SCRAPE_DURATION: &str = "scrape_duration_seconds";
+pub const SCRAPE_SAMPLES: &str = "scrape_samples";
+pub const SCRAPE_FAILURES: &str = "scrape_failures";
