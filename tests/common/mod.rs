@@ -6,6 +6,7 @@ pub mod fuse;
 pub mod haproxy;
 pub mod health_server;
 pub mod listeners;
+pub mod metrics_server;
 pub mod nvml;
 pub mod receiver;
 pub mod scoreboard;
