@@ -128,7 +128,7 @@ fn node_exporter_series_reach_the_rules() {
     );
     assert!(
         text.contains(&format!(
-            "nodewatch_scrape_target_up{{job=\"node\",instance=\"127.0.0.1:{}\"}} 1",
+            "nodewatch_scrape_target_up{{scrape_job=\"node\",scrape_instance=\"127.0.0.1:{}\"}} 1",
             ne.port
         )),
         "{text}"
@@ -194,7 +194,7 @@ fn model_server_moves_the_node_in_haproxy() {
     assert!(firing(&agent, "ModelServerDown", &[("job", "vllm")]));
     assert_eq!(
         agent.sample(&format!(
-            "nodewatch_scrape_target_up{{job=\"vllm\",instance=\"{}\"}}",
+            "nodewatch_scrape_target_up{{scrape_job=\"vllm\",scrape_instance=\"{}\"}}",
             server.addr
         )),
         Some(0.0)
@@ -254,7 +254,7 @@ fn a_flood_of_series_fails_the_scrape_and_the_agent_stays_small() {
     eprintln!("flood body: {} bytes", body.len());
     server.set(body);
     let failures = format!(
-        "nodewatch_scrape_failures_total{{job=\"flood\",instance=\"{}\",reason=\"sample_limit\"}}",
+        "nodewatch_scrape_failures_total{{scrape_job=\"flood\",scrape_instance=\"{}\",reason=\"sample_limit\"}}",
         server.addr
     );
     wait_for(Duration::from_secs(5), || {

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: every benchmark, written into BENCHMARKS.md — the GPU ioctl probe's
 //! cost per ioctl (this file), the TCP probes' cost per event (`tcp`), the agent's footprint
-//! next to node_exporter (`footprint`), `/metrics` latency (`scrape`), the fault-injection
+//! next to node_exporter (`footprint`), `/metrics` latency (`scrape`), local scrape's tick
+//! cost per 1 000 scraped series and memory (`local_scrape`), the fault-injection
 //! scoreboard, the same fault through Prometheus + Alertmanager, and the healthy run
 //! (`scoreboard`).
 //!
@@ -30,6 +31,7 @@ use crate::{root_dir, sh, step};
 
 mod footprint;
 mod gpu_state;
+mod local_scrape;
 mod report;
 mod scoreboard;
 mod scrape;
@@ -207,6 +209,11 @@ pub fn bench() -> Result<()> {
     if want("scrape") {
         md.push_str(&section("scrape", || scrape::section(&nodewatch, &dir)));
     }
+    if want("local_scrape") {
+        md.push_str(&section("local_scrape", || {
+            local_scrape::section(&nodewatch, &dir)
+        }));
+    }
     if want("scoreboard") {
         md.push_str(&section("scoreboard", || scoreboard::section(&dir)));
     }
@@ -310,7 +317,8 @@ fn header() -> String {
          are what carries over to other machines. Shorter runs for development: \
          `NODEWATCH_BENCH_HEALTHY_SECS` (default 600), `NODEWATCH_BENCH_IDLE_SECS` (60), \
          `NODEWATCH_BENCH_LOAD_SECS` (20), `NODEWATCH_BENCH_SCRAPES` (1000), \
-         `NODEWATCH_BENCH_CONNS` (20000), `NODEWATCH_BENCH_GPU_SECS` (300).\n\n\
+         `NODEWATCH_BENCH_CONNS` (20000), `NODEWATCH_BENCH_GPU_SECS` (300), \
+         `NODEWATCH_BENCH_LOCAL_SCRAPE_SECS` (30).\n\n\
          This run: commit {}{}, {}. {} Load average at the end: {}. {}; {}.\n",
         commit.trim(),
         if dirty {

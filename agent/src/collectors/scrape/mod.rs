@@ -33,14 +33,16 @@ use crate::{
 
 pub const NAME: &str = "scrape";
 
+// The target's job and instance under names of their own: a Prometheus scraping the agent
+// sets `job` and `instance` itself.
 label_set! {
-    /// Labels `{job, instance}`.
-    pub struct TargetLabels { pub job, pub instance }
+    /// Labels `{scrape_job, scrape_instance}`.
+    pub struct TargetLabels { pub scrape_job, pub scrape_instance }
 }
 
 label_set! {
-    /// Labels `{job, instance, reason}`.
-    pub struct FailureLabels { pub job, pub instance, pub reason }
+    /// Labels `{scrape_job, scrape_instance, reason}`.
+    pub struct FailureLabels { pub scrape_job, pub scrape_instance, pub reason }
 }
 
 /// Why a scrape failed.
@@ -182,8 +184,8 @@ impl Scrape {
                     interval: t.interval(interval),
                     timeout: t.timeout(interval),
                     labels: TargetLabels {
-                        job: t.job.clone(),
-                        instance: t.instance.clone(),
+                        scrape_job: t.job.clone(),
+                        scrape_instance: t.instance.clone(),
                     },
                     cfg: t.clone(),
                     latest: Mutex::default(),
@@ -283,8 +285,8 @@ async fn poll(t: Arc<Target>, m: Metrics, wake: Wake) {
             Err(f) => {
                 m.failures
                     .get_or_create(&FailureLabels {
-                        job: t.cfg.job.clone(),
-                        instance: t.cfg.instance.clone(),
+                        scrape_job: t.cfg.job.clone(),
+                        scrape_instance: t.cfg.instance.clone(),
                         reason: f.reason().into(),
                     })
                     .inc();

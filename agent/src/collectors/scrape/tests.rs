@@ -38,9 +38,7 @@ fn names(store: &Store) -> Vec<String> {
     let mut v: Vec<String> = store
         .samples()
         .into_iter()
-        .filter(|(l, _)| {
-            l.get("job") == Some("t") && !l.name().is_some_and(|n| n.starts_with("nodewatch_"))
-        })
+        .filter(|(l, _)| l.get("job") == Some("t"))
         .map(|(l, v)| format!("{} {v}", l.name().unwrap_or_default()))
         .collect();
     v.sort();
@@ -92,7 +90,7 @@ fn scraped_series_reach_the_rules_not_metrics_and_go_stale_on_failure() {
     let text = store.encode_prometheus();
     assert!(!text.contains("vllm:") && !text.contains("\nup{"), "{text}");
     assert!(
-        text.contains("nodewatch_scrape_target_up{job=\"t\",instance=\"127.0.0.1:"),
+        text.contains("nodewatch_scrape_target_up{scrape_job=\"t\",scrape_instance=\"127.0.0.1:"),
         "{text}"
     );
 
