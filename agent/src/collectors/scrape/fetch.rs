@@ -8,8 +8,11 @@ use bytes::Bytes;
 use super::Failure;
 use crate::httpc::{self, HttpError};
 
-/// What Prometheus sends as `Accept`: OpenMetrics first, then the text format.
-const ACCEPT: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+/// What Prometheus 3 sends as `Accept`: OpenMetrics first, then the text format, names
+/// unescaped. Without `escaping=allow-utf-8`, Python's prometheus_client (vLLM's, 0.22 and
+/// later) writes vLLM's `vllm:` sample names as `vllm_` in OpenMetrics while its `# TYPE` lines
+/// keep the colon.
+const ACCEPT: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
 
 /// GETs `url`, reading at most `max_body` bytes; the caller bounds it in time (`timeout` is
 /// told to the target, as Prometheus tells it).

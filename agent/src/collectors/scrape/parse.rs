@@ -326,6 +326,21 @@ mod tests {
         );
     }
 
+    /// What Python's prometheus_client 0.26 (vLLM's) answered to the agent's `Accept`:
+    /// OpenMetrics with names unescaped, `_created` series, `# EOF`.
+    #[test]
+    fn prometheus_client_openmetrics() {
+        let got = sorted(include_str!("prometheus_client_0.26.om"));
+        assert_eq!(got.len(), 8, "{got:#?}");
+        for want in [
+            r#"{__name__="vllm:num_requests_waiting", instance="127.0.0.1:8000", job="vllm", model_name="meta-llama/Llama-3.1-8B-Instruct"} 12"#,
+            r#"{__name__="vllm:prompt_tokens_total", instance="127.0.0.1:8000", job="vllm", model_name="meta-llama/Llama-3.1-8B-Instruct"} 100"#,
+            r#"{__name__="vllm:time_to_first_token_seconds_bucket", instance="127.0.0.1:8000", job="vllm", le="5.0", model_name="meta-llama/Llama-3.1-8B-Instruct"} 2"#,
+        ] {
+            assert!(got.iter().any(|g| g == want), "{want}: {got:#?}");
+        }
+    }
+
     #[test]
     fn undescribed_families_are_their_own() {
         assert_eq!(
