@@ -335,10 +335,15 @@ async fn scrape_once(t: &Target) -> Result<Vec<(Labels, f64)>, Failure> {
             limit,
         )
     });
-    tokio::time::timeout_at(deadline, parsed)
+    // The parse is waited for even past the deadline, so a target never has two running:
+    // one that ran long makes the scrape a timeout after it.
+    let result = parsed
         .await
-        .map_err(|_| Failure::Timeout(t.timeout))?
-        .map_err(|e| Failure::Error(format!("parse task: {e}")))?
+        .map_err(|e| Failure::Error(format!("parse task: {e}")))?;
+    if tokio::time::Instant::now() > deadline {
+        return Err(Failure::Timeout(t.timeout));
+    }
+    result
 }
 
 #[cfg(test)]

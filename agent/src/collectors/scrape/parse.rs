@@ -136,14 +136,14 @@ pub fn parse(
     }
     let mut out = Vec::with_capacity(found);
     let text = &*describe_bare_samples(text);
-    if is_openmetrics(text) {
-        let exp = openmetrics_parser::openmetrics::parse_openmetrics(text)
-            .map_err(|e| Failure::Parse(one_line(&e.to_string())))?;
-        convert(&exp, target, &mut out, om_value);
-    } else {
-        let exp = openmetrics_parser::prometheus::parse_prometheus(text)
-            .map_err(|e| Failure::Parse(one_line(&e.to_string())))?;
-        convert(&exp, target, &mut out, prom_value);
+    let om = is_openmetrics(text);
+    match pieces(text, om) {
+        None => parse_one(text, om, target, &mut out)?,
+        Some(pieces) => {
+            for p in &pieces {
+                parse_one(p, om, target, &mut out)?;
+            }
+        }
     }
     if out.len() > limit {
         return Err(Failure::SampleLimit {
@@ -152,6 +152,89 @@ pub fn parse(
         });
     }
     Ok(out)
+}
+
+/// Parses one exposition (all of a body, or one of its [`pieces`]).
+fn parse_one(
+    text: &str,
+    om: bool,
+    target: &Target<'_>,
+    out: &mut Vec<(Labels, f64)>,
+) -> Result<(), Failure> {
+    if om {
+        let exp = openmetrics_parser::openmetrics::parse_openmetrics(text)
+            .map_err(|e| Failure::Parse(one_line(&e.to_string())))?;
+        convert(&exp, target, out, om_value);
+    } else {
+        let exp = openmetrics_parser::prometheus::parse_prometheus(text)
+            .map_err(|e| Failure::Parse(one_line(&e.to_string())))?;
+        convert(&exp, target, out, prom_value);
+    }
+    Ok(())
+}
+
+/// Most samples of one family the parser is given at once.
+const PIECE: usize = 500;
+
+/// The text cut into expositions of their own where a family of single-value samples (gauge,
+/// untyped, and Prometheus-text counters) has more than [`PIECE`] samples, each piece after
+/// the first starting with the family's `# HELP`/`# TYPE` lines again (and every piece of an
+/// OpenMetrics body ending in `# EOF`): the parser checks each new sample against every one
+/// of its family before it, so one family of 10 000 samples took 1.1 s where 100 families of
+/// 100 took 0.04 s. `None` when no family is that large (the common case: no copy).
+fn pieces(text: &str, om: bool) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut descriptors = String::new();
+    let mut family: Option<&str> = None;
+    let mut splittable = true;
+    let mut in_family = 0;
+    let mut cut = false;
+    for line in text.split_inclusive('\n') {
+        let l = line.trim_start();
+        if l.trim_end() == "# EOF" {
+            continue;
+        }
+        let descriptor = l
+            .strip_prefix("# TYPE ")
+            .or_else(|| l.strip_prefix("# HELP "));
+        if let Some(rest) = descriptor {
+            let mut words = rest.split_whitespace();
+            let name = words.next();
+            if name != family {
+                descriptors.clear();
+                family = name;
+                in_family = 0;
+                splittable = true;
+            }
+            if l.starts_with("# TYPE ") {
+                let t = words.next().unwrap_or("");
+                splittable =
+                    matches!(t, "gauge" | "untyped" | "unknown") || (!om && t == "counter");
+            }
+            descriptors.push_str(line);
+        } else if !l.starts_with('#') && !l.trim().is_empty() {
+            if in_family >= PIECE && splittable {
+                if om {
+                    cur.push_str("# EOF\n");
+                }
+                out.push(std::mem::take(&mut cur));
+                cur.push_str(&descriptors);
+                in_family = 0;
+                cut = true;
+            }
+            in_family += 1;
+        }
+        cur.push_str(line);
+    }
+    if !cut {
+        return None;
+    }
+    if om {
+        cur.push_str("# EOF\n");
+    }
+    out.push(cur);
+    Some(out)
 }
 
 /// pest's messages span lines (a caret under the place); the log and the failure reason
@@ -339,6 +422,32 @@ mod tests {
         ] {
             assert!(got.iter().any(|g| g == want), "{want}: {got:#?}");
         }
+    }
+
+    /// A family of many samples is parsed in pieces, with the same result.
+    #[test]
+    fn large_families_are_parsed_in_pieces() {
+        for om in [false, true] {
+            let mut text = String::from("# HELP big Many.\n# TYPE big gauge\n");
+            for i in 0..1234 {
+                text.push_str(&format!("big{{i=\"{i}\"}} {i}\n"));
+            }
+            text.push_str("# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 1\n");
+            if om {
+                text.push_str("# EOF\n");
+            }
+            let p = pieces(&text, om).unwrap();
+            assert_eq!(p.len(), 3);
+            assert!(p[1].starts_with("# HELP big Many.\n# TYPE big gauge\nbig{i=\"500\"} 500\n"));
+            assert_eq!(p.iter().all(|p| p.ends_with("# EOF\n")), om);
+            let got = parse(text.as_bytes(), &T, 2000).unwrap();
+            assert_eq!(got.len(), 1234 + 3);
+            assert!(
+                got.iter()
+                    .any(|(l, v)| l.get("i") == Some("1233") && *v == 1233.0)
+            );
+        }
+        assert!(pieces("# TYPE a gauge\na 1\n", false).is_none());
     }
 
     #[test]
