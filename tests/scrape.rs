@@ -126,6 +126,21 @@ fn node_exporter_series_reach_the_rules() {
         !text.contains("node_load1"),
         "scraped series exported:\n{text}"
     );
+    // The thread that reads the targets holds no capability.
+    let mut scrape_threads = 0;
+    for t in std::fs::read_dir(format!("/proc/{}/task", agent.child.id())).unwrap() {
+        let t = t.unwrap().path();
+        if std::fs::read_to_string(t.join("comm")).unwrap().trim() != "scrape" {
+            continue;
+        }
+        scrape_threads += 1;
+        let status = std::fs::read_to_string(t.join("status")).unwrap();
+        for set in ["CapEff:", "CapPrm:"] {
+            let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+            assert!(line.ends_with("0000000000000000"), "scrape thread {line}");
+        }
+    }
+    assert_eq!(scrape_threads, 1);
     assert!(
         text.contains(&format!(
             "nodewatch_scrape_target_up{{scrape_job=\"node\",scrape_instance=\"127.0.0.1:{}\"}} 1",

@@ -217,6 +217,7 @@ impl Scrape {
         thread::Builder::new()
             .name("scrape".into())
             .spawn(move || {
+                drop_capabilities();
                 runtime.block_on(async move {
                     for t in targets {
                         tokio::spawn(poll(t, metrics.clone(), wake.clone()));
@@ -260,6 +261,30 @@ impl Collector for Scrape {
             .collect();
         *self.taken.0.lock().unwrap_or_else(|e| e.into_inner()) = now;
         Ok(())
+    }
+}
+
+/// Clears every capability of the calling thread (and of the blocking threads it starts).
+/// The scrape thread reads what local services send; it starts from the tick thread, which
+/// may still hold CAP_BPF and CAP_PERFMON while a GPU device is awaited. (The agent's own
+/// helper lives above the collectors; this is its one call, repeated here.)
+fn drop_capabilities() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    let mut header = Header {
+        // _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [0u32; 6];
+    // SAFETY: a version-3 header and two zeroed data words (effective, permitted,
+    // inheritable each), as capset expects.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "the scrape thread could not drop its capabilities");
     }
 }
 
