@@ -24,6 +24,8 @@ pub enum HttpError {
     Protocol(String),
     #[error("body: {0}")]
     Body(String),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 /// An HTTP answer.
@@ -39,6 +41,17 @@ pub async fn request(
     uri: &http::Uri,
     headers: &[(&str, String)],
     body: Bytes,
+) -> Result<Answer, HttpError> {
+    request_limited(method, uri, headers, body, MAX_BODY).await
+}
+
+/// [`request`], reading at most `max_body` bytes of the response body.
+pub async fn request_limited(
+    method: http::Method,
+    uri: &http::Uri,
+    headers: &[(&str, String)],
+    body: Bytes,
+    max_body: usize,
 ) -> Result<Answer, HttpError> {
     let host = uri.host().unwrap_or_default();
     let port = uri.port_u16().unwrap_or(80);
@@ -85,10 +98,16 @@ pub async fn request(
         .await
         .map_err(|e| HttpError::Protocol(format!("HTTP: {e}")))?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), MAX_BODY)
+    let body = Limited::new(resp.into_body(), max_body)
         .collect()
         .await
-        .map_err(|e| HttpError::Body(e.to_string()))?
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                HttpError::TooLarge(max_body)
+            } else {
+                HttpError::Body(e.to_string())
+            }
+        })?
         .to_bytes();
     Ok(Answer { status, body })
 }
