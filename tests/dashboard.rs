@@ -64,6 +64,9 @@ const MUST_HAVE_DATA: &[&str] = &[
     "Targets up",
     "Check latency",
     "Failures/s by reason",
+    "Scrape targets up",
+    "Scrape duration and samples",
+    "Scrape failures/s by reason",
     "CPU and memory",
     "Disk used by mount",
     "Pressure (PSI avg10)",
@@ -209,6 +212,8 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
         return;
     }
     let (retrans_port, aq_port, hb_port) = (free_port(), free_port(), free_port());
+    // A scrape target nobody serves: the scrape panels show it down and failing.
+    let scrape_port = free_port();
     let hb = TcpListener::bind(("127.0.0.1", hb_port)).unwrap();
     let dir = TempDir::new("dashboard");
     // Two GPUs through the fake NVML, one of them failing a call every time.
@@ -223,6 +228,7 @@ fn every_dashboard_query_runs_and_exercised_signals_have_data() {
         &format!(
             "interval: 200ms\nprobes:\n  tcp_retransmits: {{ ports: [{retrans_port}] }}\n  accept_queue: {{ ports: [{aq_port}] }}\n  gpu_ioctl: {{ devices: [\"/dev/null\"] }}\n{}{}\
              heartbeats:\n  - {{ name: tcp, tcp: \"127.0.0.1:{hb_port}\", interval: 200ms, timeout: 100ms }}\n  - {{ name: push, push_ttl: 60s }}\n\
+             scrape:\n  - {{ job: refused, url: \"http://127.0.0.1:{scrape_port}/metrics\" }}\n\
              spool_dir: {}\nhealth:\n  recover_after: 0s\n",
             nvml.config(Some(2)),
             ib.config(),

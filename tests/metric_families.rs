@@ -223,6 +223,8 @@ probes:
   - {{ name: up, tcp: \"127.0.0.1:{up_port}\", interval: 500ms, timeout: 200ms }}
   - {{ name: closed, tcp: \"127.0.0.1:{closed}\", interval: 500ms, timeout: 200ms }}
   - {{ name: push, push_ttl: 5s }}
+scrape:
+  - {{ job: refused, url: \"http://127.0.0.1:{closed}/metrics\", interval: 500ms }}
 rule_files: [rules.yaml]
 notifiers:
   - {{ name: hook, kind: webhook, url: \"http://127.0.0.1:{closed}/hook\", timeout: 500ms }}

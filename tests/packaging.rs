@@ -67,6 +67,7 @@ fn package_has_the_files_and_conffiles() {
         "./usr/share/nodewatch/prometheus/prometheus.yml",
         "./usr/share/nodewatch/prometheus/alertmanager.yml",
         "./usr/share/nodewatch/examples/config.yaml",
+        "./usr/share/nodewatch/rules/model-servers.yaml",
         "./usr/share/man/man1/nodewatch.1.gz",
         "./usr/share/doc/nodewatch/README.md",
         "./usr/share/doc/nodewatch/copyright",

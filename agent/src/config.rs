@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use crate::{
     collectors::{
         self, ProbesConfig, containers::ContainersConfig, heartbeats::config::HeartbeatsConfig,
-        resources::ResourcesConfig,
+        resources::ResourcesConfig, scrape::config::ScrapeConfig,
     },
     health::config::HealthConfig,
     notify::config::{ExternalLabels, Kind, NODE_LABEL, NotifiersConfig},
@@ -46,6 +46,9 @@ pub struct Config {
     pub heartbeats: HeartbeatsConfig,
     /// Resource metrics: CPU, memory, load, disk usage, pressure stall information.
     pub resources: ResourcesConfig,
+    /// Local targets whose metrics the rules read (a model server, node_exporter), each
+    /// scraped on its own task; their series are not exported on `/metrics`. Default: none.
+    pub scrape: ScrapeConfig,
     /// The `container` and `pod` labels: how a cgroup is traced to its container.
     pub containers: ContainersConfig,
     /// Labels added to every alert sent to Alertmanager and webhooks (a rule's own label of
@@ -78,6 +81,7 @@ impl Default for Config {
             probes: ProbesConfig::default(),
             heartbeats: HeartbeatsConfig::default(),
             resources: ResourcesConfig::default(),
+            scrape: ScrapeConfig::default(),
             containers: ContainersConfig::default(),
             external_labels: ExternalLabels::default(),
             notifiers: NotifiersConfig::default(),
@@ -98,6 +102,7 @@ const KEYS: &[&str] = &[
     "probes",
     "heartbeats",
     "resources",
+    "scrape",
     "containers",
     "external_labels",
     "notifiers",
@@ -141,6 +146,7 @@ impl Config {
         c.probes = collectors::probes_config(&mut doc, &["probes"]);
         set(&mut doc, "heartbeats", &mut c.heartbeats);
         set(&mut doc, "resources", &mut c.resources);
+        set(&mut doc, "scrape", &mut c.scrape);
         set(&mut doc, "containers", &mut c.containers);
         set(&mut doc, "external_labels", &mut c.external_labels);
         set(&mut doc, "notifiers", &mut c.notifiers);
@@ -149,6 +155,16 @@ impl Config {
         set(&mut doc, "default_rules", &mut c.default_rules);
         set(&mut doc, "rule_files", &mut c.rule_files);
         c.check_drain_budget(&mut doc);
+        for (job, instance, timeout) in c.scrape.timeouts_over(c.interval.0) {
+            doc.invalid(
+                "scrape",
+                format!(
+                    "job `{job}` ({instance}): timeout {} is longer than the agent's interval {}, which it is scraped at: shorten it or give the target its own interval",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(c.interval.0)
+                ),
+            );
+        }
         doc.finish()?;
         Ok(c)
     }
@@ -201,6 +217,8 @@ impl Config {
             probes: &self.probes,
             heartbeats: &self.heartbeats,
             resources: &self.resources,
+            scrape: &self.scrape,
+            interval: self.interval.0,
             containers: &self.containers,
             spool_dir: &self.spool_dir,
         }

@@ -7,6 +7,7 @@ pub mod haproxy;
 pub mod health_server;
 pub mod infiniband;
 pub mod listeners;
+pub mod metrics_server;
 pub mod nvml;
 pub mod prometheus;
 pub mod receiver;

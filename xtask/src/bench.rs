@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: every benchmark, written into BENCHMARKS.md — the GPU ioctl probe's
 //! cost per ioctl (this file), the TCP probes' cost per event (`tcp`), the agent's footprint
-//! next to node_exporter (`footprint`), `/metrics` latency (`scrape`), the fault-injection
+//! next to node_exporter (`footprint`), `/metrics` latency (`scrape`), local scrape's tick
+//! cost per 1 000 scraped series and memory (`local_scrape`), the fault-injection
 //! scoreboard, the same fault through Prometheus + Alertmanager, and the healthy run
 //! (`scoreboard`).
 //!
@@ -31,6 +32,7 @@ use crate::{root_dir, sh, step};
 mod floor;
 mod footprint;
 mod gpu_state;
+mod local_scrape;
 mod report;
 mod scoreboard;
 mod scrape;
@@ -220,6 +222,11 @@ pub fn bench() -> Result<()> {
     if want("scrape") {
         md.push_str(&section("scrape", || scrape::section(&nodewatch, &dir)));
     }
+    if want("local_scrape") {
+        md.push_str(&section("local_scrape", || {
+            local_scrape::section(&nodewatch, &dir)
+        }));
+    }
     if want("scoreboard") {
         md.push_str(&section("scoreboard", || scoreboard::section(&dir)));
     }
@@ -333,7 +340,7 @@ fn header() -> String {
          `NODEWATCH_BENCH_LOAD_SECS` (20), `NODEWATCH_BENCH_SCRAPES` (1000), \
          `NODEWATCH_BENCH_CONNS` (20000), `NODEWATCH_BENCH_GPU_SECS` (300), \
          `NODEWATCH_BENCH_PACKETS` (20000), `NODEWATCH_BENCH_FLOOR_CALLS` (500000), \
-         `NODEWATCH_BENCH_STORM_RUNS` (10); `NODEWATCH_BENCH_BIN` runs a binary already built \
+         `NODEWATCH_BENCH_STORM_RUNS` (10), `NODEWATCH_BENCH_LOCAL_SCRAPE_SECS` (30); `NODEWATCH_BENCH_BIN` runs a binary already built \
          instead of building the release one.\n\n\
          This run: commit {}{}, {}. {} Load average at the end: {}. {}; {}.\n",
         commit.trim(),

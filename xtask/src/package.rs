@@ -128,6 +128,10 @@ pub fn build(root: &Path, binary: &Path) -> Result<PathBuf> {
             "alerts/default.yaml",
             "usr/share/nodewatch/examples/rules/default.yaml",
         ),
+        (
+            "alerts/model-servers.yaml",
+            "usr/share/nodewatch/rules/model-servers.yaml",
+        ),
         ("README.md", "usr/share/doc/nodewatch/README.md"),
     ] {
         put(to, &read(from)?, 0o644)?;

@@ -14,8 +14,13 @@ pub mod heartbeats;
 pub mod infiniband;
 pub mod probes;
 pub mod resources;
+pub mod scrape;
 
-use std::{any::Any, path::Path, time::Instant};
+use std::{
+    any::Any,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 pub use self::collector::{CollectError, Collector, Env, Mode};
 use self::{
@@ -30,6 +35,7 @@ use self::{
         tcp_retransmits::{self, TcpRetransmitsConfig},
     },
     resources::ResourcesConfig,
+    scrape::config::ScrapeConfig,
 };
 use crate::{
     store::{CollectorLabels, ProbeLabels, SelfMetrics, Store},
@@ -100,8 +106,11 @@ pub struct Settings<'a> {
     pub probes: &'a ProbesConfig,
     pub heartbeats: &'a HeartbeatsConfig,
     pub resources: &'a ResourcesConfig,
+    pub scrape: &'a ScrapeConfig,
     pub containers: &'a ContainersConfig,
     pub spool_dir: &'a Path,
+    /// The agent's tick interval (a scrape target's default).
+    pub interval: Duration,
 }
 
 impl Settings<'_> {
@@ -178,6 +187,11 @@ pub const ALL: &[Def] = &[
         name: heartbeats::NAME,
         enabled: |_| true,
         start: |s, env, store| heartbeats::start(s.heartbeats, env, store),
+    },
+    Def {
+        name: scrape::NAME,
+        enabled: |s| !s.scrape.0.is_empty(),
+        start: |s, env, store| scrape::start(s.scrape, s.interval, env, store),
     },
 ];
 

@@ -42,6 +42,9 @@ pub enum HttpError {
     Protocol(String),
     #[error("body: {0}")]
     Body(String),
+    /// The response body was longer than the caller's limit.
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
     /// A file of the client's configuration (a password, a certificate) could not be used.
     #[error("{0}")]
     Config(String),
@@ -110,6 +113,20 @@ impl Client {
         headers: &[(&str, String)],
         body: Bytes,
     ) -> Result<Answer, HttpError> {
+        self.request_limited(method, uri, headers, body, MAX_BODY)
+            .await
+    }
+
+    /// [`Client::request`], reading at most `max_body` bytes of the response body (more is
+    /// [`HttpError::TooLarge`]).
+    pub async fn request_limited(
+        &self,
+        method: http::Method,
+        uri: &http::Uri,
+        headers: &[(&str, String)],
+        body: Bytes,
+        max_body: usize,
+    ) -> Result<Answer, HttpError> {
         let client = self.current()?;
         let mut req = client.request(method, uri.to_string()).body(body);
         for (k, v) in headers {
@@ -124,7 +141,7 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| classify(&e, uri))?;
         let status = resp.status().as_u16();
-        let body = read_limited(resp).await?;
+        let body = read_limited(resp, max_body).await?;
         Ok(Answer { status, body })
     }
 }
@@ -140,14 +157,29 @@ pub async fn request(
     Client::plain().request(method, uri, headers, body).await
 }
 
-/// Reads a body up to [`MAX_BODY`]; more is an error, not a truncation.
-async fn read_limited(mut resp: reqwest::Response) -> Result<Bytes, HttpError> {
+/// [`request`], reading at most `max_body` bytes of the response body.
+pub async fn request_limited(
+    method: http::Method,
+    uri: &http::Uri,
+    headers: &[(&str, String)],
+    body: Bytes,
+    max_body: usize,
+) -> Result<Answer, HttpError> {
+    Client::plain()
+        .request_limited(method, uri, headers, body, max_body)
+        .await
+}
+
+/// Reads a body up to `max_body` bytes; more is an error, not a truncation.
+async fn read_limited(mut resp: reqwest::Response, max_body: usize) -> Result<Bytes, HttpError> {
     let mut out = bytes::BytesMut::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| HttpError::Body(chain(&e)))? {
-        if out.len() + chunk.len() > MAX_BODY {
-            return Err(HttpError::Body(format!(
-                "length limit exceeded: more than {MAX_BODY} bytes"
-            )));
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| HttpError::Body(chain(&e)))?
+    {
+        if out.len() + chunk.len() > max_body {
+            return Err(HttpError::TooLarge(max_body));
         }
         out.extend_from_slice(&chunk);
     }
@@ -273,6 +305,6 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert!(matches!(e, HttpError::Body(_)), "{e:?}");
+        assert!(matches!(e, HttpError::TooLarge(MAX_BODY)), "{e:?}");
     }
 }

@@ -61,11 +61,20 @@ pub struct SelfMetrics {
 trait Readable: Sampled + Send + Sync {}
 impl<T: Sampled + Send + Sync> Readable for T {}
 
+/// Samples that only the rules read, never `/metrics`: series scraped from local targets,
+/// which the central Prometheus scrapes from those targets itself.
+pub trait RulesOnly: Send + Sync {
+    /// Appends the samples as they stand now, each label set with its `__name__`.
+    fn samples(&self, out: &mut Vec<(Labels, f64)>);
+}
+
 /// The registry, the readers of what it holds, the agent's own metrics, and the history.
 pub struct Store {
     registry: Registry,
     /// Each registered metric under its full name, in registration order.
     readers: Vec<(Names, Box<dyn Readable>)>,
+    /// Sources the rules read that are not exported.
+    rules_only: Vec<Box<dyn RulesOnly>>,
     pub own: SelfMetrics,
     history: Mutex<History>,
     /// How many samples the last read gave, to size the next.
@@ -84,6 +93,7 @@ impl Store {
         let mut store = Self {
             registry: Registry::with_prefix(PREFIX),
             readers: Vec::new(),
+            rules_only: Vec::new(),
             own: SelfMetrics::default(),
             history: Mutex::new(History::new(0, history::DEFAULT_MAX_SERIES)),
             last_len: std::sync::atomic::AtomicUsize::new(64),
@@ -137,13 +147,21 @@ impl Store {
             .push((Names::of(&format!("{PREFIX}_{name}")), Box::new(metric)));
     }
 
+    /// Adds a source of samples for the rules that `/metrics` does not export.
+    pub fn add_rules_only(&mut self, source: Box<dyn RulesOnly>) {
+        self.rules_only.push(source);
+    }
+
     /// Every sample of every registered metric now, as a scrape of `/metrics` would see it:
     /// label sets with `__name__`, counters as `_total`, histograms as `_bucket{le}`, `_sum`
-    /// and `_count` (no `_created`).
+    /// and `_count` (no `_created`); then the samples only the rules read.
     pub fn samples(&self) -> Vec<(Labels, f64)> {
         let mut out = Vec::with_capacity(self.last_len.load(std::sync::atomic::Ordering::Relaxed));
         for (names, m) in &self.readers {
             m.samples(names, Labels::with_capacity(3), &mut out);
+        }
+        for source in &self.rules_only {
+            source.samples(&mut out);
         }
         self.last_len
             .store(out.len(), std::sync::atomic::Ordering::Relaxed);

@@ -73,3 +73,7 @@ pub const INFINIBAND_PORT_UP: &str = "infiniband_port_up";
 pub const INFINIBAND_PORT_RATE: &str = "infiniband_port_rate_gbps";
 pub const INFINIBAND_LINK_DOWNED: &str = "infiniband_link_downed";
 pub const INFINIBAND_PORT_ERRORS: &str = "infiniband_port_errors";
+pub const SCRAPE_TARGET_UP: &str = "scrape_target_up";
+pub const SCRAPE_DURATION: &str = "scrape_duration_seconds";
+pub const SCRAPE_SAMPLES: &str = "scrape_samples";
+pub const SCRAPE_FAILURES: &str = "scrape_failures";

@@ -108,6 +108,7 @@ async fn http(
             HttpError::Refused => Failure::Refused,
             HttpError::Tls(m) => Failure::Tls(m),
             HttpError::Body(m) => Failure::Body(format!("reading the body: {m}")),
+            HttpError::TooLarge(n) => Failure::Body(format!("larger than {n} bytes")),
             other => Failure::Error(other.to_string()),
         })?;
     let status = answer.status;
