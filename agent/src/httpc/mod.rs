@@ -173,11 +173,7 @@ pub async fn request_limited(
 /// Reads a body up to `max_body` bytes; more is an error, not a truncation.
 async fn read_limited(mut resp: reqwest::Response, max_body: usize) -> Result<Bytes, HttpError> {
     let mut out = bytes::BytesMut::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| HttpError::Body(chain(&e)))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| HttpError::Body(chain(&e)))? {
         if out.len() + chunk.len() > max_body {
             return Err(HttpError::TooLarge(max_body));
         }
