@@ -56,6 +56,13 @@ mod tests {
         assert_eq!(action(48), "reset_gpu");
         assert_eq!(action(13), "restart_app");
         assert_eq!(action(63), "none");
+        // Rows checked against the catalog that an earlier table had wrong.
+        assert_eq!(action(43), "none");
+        assert_eq!(action(92), "none");
+        assert_eq!(action(109), "reset_gpu");
+        assert_eq!(action(137), "none");
+        assert_eq!(action(151), "reboot");
+        assert_eq!(action(54), "inspect_hardware");
         assert_eq!(action(9999), "inspect_hardware");
     }
 }
