@@ -44,6 +44,37 @@ impl NodeExporter {
         .expect("node_exporter never answered");
         Self { child, port }
     }
+
+    /// node_exporter behind its own web config (exporter-toolkit's, as in production): TLS
+    /// with a certificate of `pki`, and basic auth for `user`.
+    fn start_tls(dir: &TempDir, pki: &common::tls::Pki, user: (&str, &str)) -> Self {
+        let (cert, key) = pki.issue("node-exporter");
+        let web = dir.write(
+            "node-exporter-web.yml",
+            &format!(
+                "tls_server_config:\n  cert_file: {}\n  key_file: {}\nbasic_auth_users:\n  {}: {}\n",
+                cert.display(),
+                key.display(),
+                user.0,
+                bcrypt::hash(user.1, 4).unwrap()
+            ),
+        );
+        let port = free_port();
+        let child = Command::new("prometheus-node-exporter")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.config.file={}", web.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-node-exporter (cargo xtask setup installs Debian's package)");
+        let url = format!("https://127.0.0.1:{port}/metrics");
+        wait_for(Duration::from_secs(10), || {
+            common::tls::curl(&url, &pki.ca, Some(&format!("{}:{}", user.0, user.1)))
+                .filter(|r| r.0 == 200)
+        })
+        .expect("node_exporter never answered over TLS");
+        Self { child, port }
+    }
 }
 
 impl Drop for NodeExporter {
@@ -148,6 +179,70 @@ fn node_exporter_series_reach_the_rules() {
         )),
         "{text}"
     );
+}
+
+/// The same node_exporter behind TLS and basic auth, as production runs it: the target's
+/// `http_config` (a private CA, a user) reaches it; without the password the scrape fails
+/// with its 401, without the CA with a TLS failure, and neither is kept.
+#[test]
+fn an_https_target_with_basic_auth_is_scraped_with_its_http_config() {
+    if !have_root("scrape https")
+        || !have_tool("scrape https", "prometheus-node-exporter")
+        || !have_tool("scrape https", "openssl")
+    {
+        return;
+    }
+    let dir = TempDir::new("scrape-tls");
+    let pki = common::tls::Pki::new(&dir, "scrape");
+    let ne = NodeExporter::start_tls(&dir, &pki, ("nodewatch", "s3cret"));
+    dir.write("pw", "s3cret\n");
+    dir.write(
+        "rules.yaml",
+        "groups:\n  - name: t\n    rules:\n      - alert: NodeLoadSeen\n        expr: node_load1{job=\"node\"} >= 0 and on(job, instance) up{job=\"node\"} == 1\n        annotations: { value: \"{{ $value }}\" }\n",
+    );
+    let url = format!("https://127.0.0.1:{}/metrics", ne.port);
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "spool_dir: {spool}\nrule_files: [rules.yaml]\nscrape:\n  - job: node\n    url: \"{url}\"\n    http_config:\n      basic_auth: {{ username: nodewatch, password_file: {pw} }}\n      tls_config: {{ ca_file: {ca} }}\n  - job: nopass\n    url: \"{url}\"\n    http_config: {{ tls_config: {{ ca_file: {ca} }} }}\n  - job: noca\n    url: \"{url}\"\n",
+            spool = dir.0.join("spool").display(),
+            pw = dir.0.join("pw").display(),
+            ca = pki.ca.display(),
+        ),
+    );
+    let value = wait_for(Duration::from_secs(5), || {
+        alert_value(&agent, "NodeLoadSeen")
+    })
+    .unwrap_or_else(|| panic!("node_load1 never reached the rules:\n{}", agent.log_text()));
+    assert!(
+        (value - load1()).abs() < 1.0,
+        "node_load1 {value} against /proc/loadavg {}",
+        load1()
+    );
+    let failures = |job: &str, reason: &str| {
+        common::sample(
+            &agent.metrics(),
+            &format!(
+                "nodewatch_scrape_failures_total{{scrape_job=\"{job}\",scrape_instance=\"127.0.0.1:{}\",reason=\"{reason}\"}}",
+                ne.port
+            ),
+        )
+        .unwrap_or(0.0)
+    };
+    wait_for(Duration::from_secs(5), || {
+        (failures("nopass", "status") >= 1.0 && failures("noca", "tls") >= 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}\n{}", agent.metrics(), agent.log_text()));
+    let text = agent.metrics();
+    for (job, up) in [("node", 1), ("nopass", 0), ("noca", 0)] {
+        assert!(
+            text.contains(&format!(
+                "nodewatch_scrape_target_up{{scrape_job=\"{job}\",scrape_instance=\"127.0.0.1:{}\"}} {up}",
+                ne.port
+            )),
+            "{job}: {text}"
+        );
+    }
 }
 
 /// A fake vLLM server behind a real HAProxy: its waiting queue over the rule's threshold puts

@@ -195,7 +195,7 @@ impl Config {
     }
 
     /// The Alertmanagers notified, with the shortest delivery timeout among them.
-    pub fn alertmanagers(&self) -> (Vec<http::Uri>, Duration) {
+    pub fn alertmanagers(&self) -> (Vec<(http::Uri, crate::httpc::HttpConfig)>, Duration) {
         let ams: Vec<_> = self
             .notifiers
             .0
@@ -207,7 +207,12 @@ impl Config {
             .map(|n| n.timeout)
             .min()
             .unwrap_or(Duration::from_secs(1));
-        (ams.iter().flat_map(|n| n.urls.clone()).collect(), timeout)
+        (
+            ams.iter()
+                .flat_map(|n| n.urls.iter().map(|u| (u.clone(), n.http_config.clone())))
+                .collect(),
+            timeout,
+        )
     }
 
     /// What the collectors read of it.

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::budget::Candidate;
-use crate::httpc;
+use crate::httpc::{Client, HttpConfig};
 
 /// The always-firing alert each node with a drain budget sends to Alertmanager: the fleet's
 /// size for a `max_unhealthy` in percent.
@@ -46,8 +46,8 @@ pub struct FleetSetup {
     pub node: String,
     /// The other external labels: the fleet is the nodes whose alerts carry the same.
     pub scope: Vec<(String, String)>,
-    /// Every Alertmanager notified.
-    pub alertmanagers: Vec<http::Uri>,
+    /// Every Alertmanager notified, with its notifier's `http_config`.
+    pub alertmanagers: Vec<(http::Uri, HttpConfig)>,
     /// How long one Alertmanager may take to answer.
     pub timeout: Duration,
 }
@@ -72,6 +72,8 @@ pub struct Fleet {
     pub setup: FleetSetup,
     /// Whether member alerts are read too (a budget in percent).
     sizes: bool,
+    /// One client per Alertmanager, with its notifier's credentials (or why it has none).
+    clients: Vec<Result<Arc<Client>, String>>,
     wake: Notify,
     /// A query asked for is not started before this.
     not_before: Mutex<Option<Instant>>,
@@ -80,9 +82,15 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(setup: FleetSetup, sizes: bool) -> Self {
+        let clients = setup
+            .alertmanagers
+            .iter()
+            .map(|(_, cfg)| Client::new(cfg).map(Arc::new).map_err(|e| e.to_string()))
+            .collect();
         Self {
             setup,
             sizes,
+            clients,
             wake: Notify::new(),
             not_before: Mutex::new(None),
             latest: Mutex::new(None),
@@ -135,14 +143,15 @@ impl Fleet {
         let wanting = matchers(&self.setup, &[("alertname", "=", UNHEALTHY_ALERT)]);
         let members = matchers(&self.setup, &[("alertname", "=", MEMBER_ALERT)]);
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, am) in self.setup.alertmanagers.iter().enumerate() {
+        for (i, (am, _)) in self.setup.alertmanagers.iter().enumerate() {
             let mut asks = vec![(false, url(am, &wanting))];
             if self.sizes {
                 asks.push((true, url(am, &members)));
             }
             for (is_members, u) in asks {
                 let timeout = self.setup.timeout;
-                tasks.spawn(async move { (i, is_members, get(u, timeout).await) });
+                let client = self.clients[i].clone();
+                tasks.spawn(async move { (i, is_members, get(client, u, timeout).await) });
             }
         }
         let mut view = View {
@@ -163,7 +172,7 @@ impl Fleet {
             match answer {
                 Err(e) => {
                     view.errors
-                        .push(format!("{}: {e}", self.setup.alertmanagers[i]));
+                        .push(format!("{}: {e}", self.setup.alertmanagers[i].0));
                     continue;
                 }
                 Ok(alerts) if is_members => view.members.extend(alerts.into_iter().map(|c| c.node)),
@@ -221,11 +230,16 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// One Alertmanager's answer: its alerts as `(node, down, out, startsAt)`.
-async fn get(url: String, timeout: Duration) -> Result<Vec<Candidate>, String> {
+async fn get(
+    client: Result<Arc<Client>, String>,
+    url: String,
+    timeout: Duration,
+) -> Result<Vec<Candidate>, String> {
+    let client = client?;
     let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
     let answer = tokio::time::timeout(
         timeout,
-        httpc::request(http::Method::GET, &uri, &[], Bytes::new()),
+        client.request(http::Method::GET, &uri, &[], Bytes::new()),
     )
     .await
     .map_err(|_| format!("no answer within {timeout:?}"))?
@@ -268,7 +282,7 @@ mod tests {
         FleetSetup {
             node: "gpu-1".into(),
             scope: vec![("cluster".into(), "a\"b".into())],
-            alertmanagers: vec!["http://am1:9093/".parse().unwrap()],
+            alertmanagers: vec![("http://am1:9093/".parse().unwrap(), HttpConfig::default())],
             timeout: Duration::from_secs(1),
         }
     }
@@ -284,7 +298,7 @@ mod tests {
                 "cluster=\"a\\\"b\""
             ]
         );
-        let u = url(&setup().alertmanagers[0], &m[..1]);
+        let u = url(&setup().alertmanagers[0].0, &m[..1]);
         assert_eq!(
             u,
             "http://am1:9093/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true&filter=alertname%3D%22NodewatchNodeUnhealthy%22"

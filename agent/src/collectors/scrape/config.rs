@@ -6,7 +6,10 @@ use std::{collections::HashSet, time::Duration};
 use serde::{Deserialize, Deserializer, de};
 use serde_saphyr::Spanned;
 
-use crate::yaml::{self, duration_at_least, located};
+use crate::{
+    httpc,
+    yaml::{self, duration_at_least, located},
+};
 
 /// What a scrape entry looks like in the file.
 #[derive(Deserialize)]
@@ -15,8 +18,9 @@ struct RawTarget {
     /// The `job` label of every series of this target (as Prometheus's `job_name`). Letters,
     /// digits, `_`, `-` and `.`.
     job: Spanned<String>,
-    /// The `http://host[:port]/path` of the target's metrics. Its `host:port` is the
-    /// `instance` label; a job and instance pair is listed once.
+    /// The `http(s)://host[:port]/path` of the target's metrics. Its `host:port` is the
+    /// `instance` label (port 80 or 443 when none is given); a job and instance pair is
+    /// listed once.
     url: Spanned<String>,
     /// How often the target is scraped. Default: the agent's `interval`; at least `100ms`.
     interval: Option<Spanned<String>>,
@@ -30,13 +34,19 @@ struct RawTarget {
     /// number of bytes with a unit `B`, `KiB`, `MiB` (or `KB`, `MB`, read as powers of two, as
     /// Prometheus reads them), at most `256MiB`.
     body_size_limit: Option<Spanned<String>>,
+    /// How the target is reached (basic auth, authorization, TLS with a private CA or a
+    /// client certificate, proxy, redirects), with Prometheus's keys. Default: none of them.
+    #[serde(default)]
+    http_config: httpc::HttpConfig,
 }
 
 /// One validated scrape target.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ScrapeTarget {
     pub job: String,
     pub url: http::Uri,
+    /// The client of this target's `http_config`.
+    pub client: std::sync::Arc<httpc::Client>,
     /// `host:port` of the URL, the port filled in as Prometheus fills it.
     pub instance: String,
     /// `None`: the agent's interval.
@@ -45,6 +55,13 @@ pub struct ScrapeTarget {
     pub timeout: Option<Duration>,
     pub sample_limit: usize,
     pub body_size_limit: usize,
+}
+
+impl PartialEq for ScrapeTarget {
+    fn eq(&self, other: &Self) -> bool {
+        // A client does not compare; the `http_config` it was made from does (in its Debug).
+        format!("{self:?}") == format!("{other:?}")
+    }
 }
 
 /// The default timeout of a scrape.
@@ -155,18 +172,16 @@ fn parse_size<E: de::Error>(at: &Spanned<String>) -> Result<usize, E> {
 
 fn validate<E: de::Error>(r: &RawTarget) -> Result<ScrapeTarget, E> {
     yaml::name(&r.job, "job", &['_', '-', '.'])?;
-    let url = yaml::http_url(&r.url, "http://host[:port]/path")?;
-    if url.scheme_str() != Some("http") {
-        return Err(located(
-            &r.url,
-            format!(
-                "URL `{}` must be http://host[:port]/path (https and authentication are not supported yet)",
-                r.url.value
-            ),
-        ));
-    }
+    let url = yaml::http_url(&r.url, "http(s)://host[:port]/path")?;
+    let client = httpc::Client::new(&r.http_config)
+        .map_err(|e| located(&r.url, format!("http_config: {e}")))?;
     let host = url.host().unwrap_or_default();
-    let instance = format!("{host}:{}", url.port_u16().unwrap_or(80));
+    let default_port = if url.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let instance = format!("{host}:{}", url.port_u16().unwrap_or(default_port));
     let min = Duration::from_millis(100);
     let interval = r
         .interval
@@ -219,6 +234,7 @@ fn validate<E: de::Error>(r: &RawTarget) -> Result<ScrapeTarget, E> {
     Ok(ScrapeTarget {
         job: r.job.value.clone(),
         url,
+        client: std::sync::Arc::new(client),
         instance,
         interval,
         timeout,
@@ -257,15 +273,14 @@ mod tests {
         assert_eq!(t.instance, "localhost:80");
         assert_eq!(t.timeout(Duration::from_secs(1)), Duration::from_secs(2));
         assert_eq!((t.sample_limit, t.body_size_limit), (10, 512 << 10));
+        let t = one("{ job: n, url: \"https://localhost/m\", http_config: { basic_auth: { username: u, password: p } } }").unwrap();
+        assert_eq!(t.instance, "localhost:443");
     }
 
     #[test]
     fn mistakes_are_located() {
         for (entry, want) in [
-            (
-                "{ job: a, url: \"https://x:1/m\" }",
-                "c.yaml:2:20: scrape: URL `https://x:1/m` must be http://host[:port]/path",
-            ),
+            ("{ job: a, url: \"ftp://x:1/m\" }", "c.yaml:2:20: scrape: "),
             (
                 "{ job: a, url: \"http://x:1/m\", interval: 1s, timeout: 2s }",
                 "c.yaml:2:59: scrape: timeout 2s is longer than the interval 1s",
@@ -279,8 +294,8 @@ mod tests {
                 "c.yaml:2:53: scrape: invalid size `1 parsec`",
             ),
             (
-                "{ job: a, url: \"http://x:1/m\", http_config: {} }",
-                "c.yaml:2:36: scrape[0].http_config: unknown field `http_config`",
+                "{ job: a, url: \"https://x:1/m\", http_config: { tls_config: { ca_file: /nonexistent/ca.pem } } }",
+                "ca_file /nonexistent/ca.pem: No such file",
             ),
             (
                 "{ job: a, url: \"http://x:1/m\", timeout: 3s }",
@@ -288,7 +303,10 @@ mod tests {
             ),
         ] {
             let e = one(entry).unwrap_err();
-            assert!(e.starts_with(want), "{entry}: {e}");
+            assert!(
+                e.starts_with(want) || (!want.starts_with("c.yaml") && e.contains(want)),
+                "{entry}: {e}"
+            );
         }
         let e = Config::parse(
             "c.yaml",

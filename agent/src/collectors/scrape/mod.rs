@@ -60,6 +60,8 @@ pub enum Failure {
     SampleLimit { found: usize, limit: usize },
     #[error("unparsable exposition: {0}")]
     Parse(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{0}")]
     Error(String),
 }
@@ -74,6 +76,7 @@ impl Failure {
             Failure::BodySize(_) => "body_size",
             Failure::SampleLimit { .. } => "sample_limit",
             Failure::Parse(_) => "parse",
+            Failure::Tls(_) => "tls",
             Failure::Error(_) => "error",
         }
     }
@@ -341,7 +344,7 @@ async fn scrape_once(t: &Target) -> Result<Vec<(Labels, f64)>, Failure> {
     let deadline = tokio::time::Instant::now() + t.timeout;
     let body = tokio::time::timeout_at(
         deadline,
-        fetch::fetch(&t.cfg.url, t.timeout, t.cfg.body_size_limit),
+        fetch::fetch(&t.cfg.client, &t.cfg.url, t.timeout, t.cfg.body_size_limit),
     )
     .await
     .map_err(|_| Failure::Timeout(t.timeout))??;
