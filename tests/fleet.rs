@@ -403,6 +403,29 @@ fn exhausted_after(am: &Alertmanager, allowed: usize, timeout: Duration) -> Dura
     .unwrap_or_else(|| panic!("no NodewatchDrainBudgetExhausted in {}", am.addr))
 }
 
+/// Once more nodes want out than `allowed`: the trip signal reaches `am` within 2 s, and
+/// exactly `allowed` nodes settle out (the same set for 3 s); they are returned.
+fn trip_and_settle(
+    am: &Alertmanager,
+    monitor: &Monitor,
+    allowed: usize,
+    lost: Instant,
+) -> BTreeSet<String> {
+    let trip = exhausted_after(am, allowed, Duration::from_secs(15));
+    eprintln!(
+        "NodewatchDrainBudgetExhausted in Alertmanager {trip:?} after it held claim number {}",
+        allowed + 1
+    );
+    assert!(trip <= Duration::from_secs(2), "{trip:?}");
+    let out = monitor
+        .settle(Duration::from_secs(3), Duration::from_secs(20), |o| {
+            o.len() == allowed
+        })
+        .unwrap_or_else(|| panic!("never exactly {allowed} out: {:?}", monitor.out()));
+    eprintln!("out {out:?}, {:?} after the beats stopped", lost.elapsed());
+    out
+}
+
 /// Checks a node held back: in, degraded, with the budget's reason, said once.
 fn assert_held(agent: &Agent, node: &str, reason_starts: &str) {
     let (code, status, reasons) = health(agent);
@@ -461,15 +484,7 @@ fn five_nodes_losing_their_service_leave_no_more_than_the_budget() {
     for b in beats.lock().unwrap().iter_mut().take(4) {
         b.1 = false;
     }
-    let trip = exhausted_after(&ams[0], 2, Duration::from_secs(15));
-    eprintln!("NodewatchDrainBudgetExhausted in Alertmanager {trip:?} after it held a third claim");
-    assert!(trip <= Duration::from_secs(2), "{trip:?}");
-    let out = monitor
-        .settle(Duration::from_secs(3), Duration::from_secs(15), |o| {
-            o.len() == 2
-        })
-        .unwrap_or_else(|| panic!("never exactly two out: {:?}", monitor.out()));
-    eprintln!("out {out:?}, {:?} after the beats stopped", lost.elapsed());
+    let out = trip_and_settle(&ams[0], &monitor, 2, lost);
     assert_eq!(claimed_out(&am_refs), out, "the claims say who is out");
     let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
     for n in &names[..4] {
@@ -555,15 +570,7 @@ fn twenty_nodes_race_for_a_budget_of_twenty_percent() {
     for n in &failing {
         beats.lock().unwrap()[idx(n)].1 = false;
     }
-    let trip = exhausted_after(&ams[0], 4, Duration::from_secs(15));
-    eprintln!("NodewatchDrainBudgetExhausted in Alertmanager {trip:?} after it held a fifth claim");
-    assert!(trip <= Duration::from_secs(2), "{trip:?}");
-    let out = monitor
-        .settle(Duration::from_secs(3), Duration::from_secs(20), |o| {
-            o.len() == 4
-        })
-        .unwrap_or_else(|| panic!("never exactly four out: {:?}", monitor.out()));
-    eprintln!("out {out:?}, {:?} after the beats stopped", lost.elapsed());
+    let out = trip_and_settle(&ams[0], &monitor, 4, lost);
     let am_refs: Vec<&Alertmanager> = ams.iter().collect();
     assert_eq!(claimed_out(&am_refs), out, "the claims say who is out");
     assert!(out.iter().all(|n| failing.contains(n) && n != "node20"));

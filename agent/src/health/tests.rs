@@ -400,19 +400,7 @@ fn with_hold_down_false_down_is_never_held_and_takes_a_place() {
 
 #[test]
 fn a_manual_drain_is_never_held_and_counts() {
-    let dir = temp("budget-manual");
-    let mut h = Health::new(&cfg(Duration::ZERO), &dir, &mut Store::new());
-    let budget: config::DrainBudget =
-        serde_saphyr::from_str("{ max_unhealthy: 1, propagation: 0s }").unwrap();
-    h.set_drain_budget(
-        &budget,
-        fleet::FleetSetup {
-            node: "n2".into(),
-            scope: Vec::new(),
-            alertmanagers: Vec::new(),
-            timeout: Duration::from_secs(1),
-        },
-    );
+    let h = budgeted("budget-manual", "");
     // The budget is spent by another node; the operator drains this one anyway.
     view(&h, 2, &[("n1", false, true, 0)]);
     h.drain("disk swap").unwrap();
@@ -432,7 +420,7 @@ fn a_manual_drain_is_never_held_and_counts() {
     h.undrain().unwrap();
     assert_eq!(h.snapshot().status, Status::Healthy);
     assert_eq!(h.fleet_alerts().len(), 1);
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(temp("budget-manual"));
 }
 
 #[test]
