@@ -69,24 +69,8 @@ fn serves_metrics_promtool_accepts_and_detaches_on_sigterm() {
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && complaints.trim().is_empty(),
-        "promtool check metrics: {complaints}\n{text}"
-    );
+    let (clean, complaints) = common::prometheus::check_metrics(&text);
+    assert!(clean, "promtool check metrics: {complaints}\n{text}");
 
     let progs = attached_prog_ids(agent.child.id());
     assert_eq!(

@@ -129,24 +129,8 @@ fn a_mount_point_with_quote_backslash_and_newline_is_exported_safely() {
     })
     .unwrap_or_else(|| panic!("no {series} in\n{}", agent.metrics()));
 
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && complaints.trim().is_empty(),
-        "promtool check metrics: {complaints}"
-    );
+    let (clean, complaints) = common::prometheus::check_metrics(&text);
+    assert!(clean, "promtool check metrics: {complaints}");
 
     let prom_dir = TempDir::new("res-hostile-prom");
     let prom = Prometheus::start(

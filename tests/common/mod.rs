@@ -90,6 +90,40 @@ impl Drop for TempDir {
     }
 }
 
+/// Spawns `nodewatch run --config <config> --listen <a free loopback port> <extra>` in `dir`
+/// (through `wrapper` when given), its log in `dir/log_name`: the child, its address, the log.
+pub fn spawn_agent(
+    dir: &TempDir,
+    config: &str,
+    wrapper: &[&str],
+    extra: &[&std::ffi::OsStr],
+    rust_log: &str,
+    log_name: &str,
+) -> (Child, SocketAddr, PathBuf) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.write("config.yaml", config);
+    let log = dir.0.join(log_name);
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
+    let child = cmd
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--listen", &addr.to_string()])
+        .args(extra)
+        .env("RUST_LOG", rust_log)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("create log"))
+        .spawn()
+        .expect("spawn nodewatch");
+    (child, addr, log)
+}
+
 /// A running agent, stopped (SIGTERM, then SIGKILL) on drop.
 pub struct Agent {
     pub child: Child,
@@ -121,27 +155,7 @@ impl Agent {
         rust_log: &str,
         log_name: &str,
     ) -> Self {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let cfg = dir.write("config.yaml", config);
-        let log = dir.0.join(log_name);
-        let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let child = cmd
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .args(["--listen", &addr.to_string()])
-            .env("RUST_LOG", rust_log)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("create log"))
-            .spawn()
-            .expect("spawn nodewatch");
+        let (child, addr, log) = spawn_agent(dir, config, wrapper, &[], rust_log, log_name);
         let mut agent = Self { child, addr, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(addr, "/metrics").is_none() {

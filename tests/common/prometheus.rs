@@ -94,3 +94,25 @@ pub fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// `promtool check metrics` on `text`: whether it passed with nothing to say, and what it said.
+pub fn check_metrics(text: &str) -> (bool, String) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (cargo xtask setup installs Debian's prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success() && complaints.trim().is_empty(),
+        complaints,
+    )
+}

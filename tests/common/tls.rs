@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use super::{BIN, TempDir, free_port, wait_for};
+use super::{TempDir, free_port, wait_for};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run openssl");
@@ -276,28 +276,14 @@ impl TlsAgent {
         ca: &Path,
         wrapper: &[&str],
     ) -> Self {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let cfg = dir.write("config.yaml", config);
-        let log = dir.0.join("agent.log");
-        let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        let child = cmd
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .args(["--listen", &addr.to_string()])
-            .arg("--web.config.file")
-            .arg(web_config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn nodewatch");
+        let (child, addr, log) = super::spawn_agent(
+            dir,
+            config,
+            wrapper,
+            &["--web.config.file".as_ref(), web_config.as_os_str()],
+            "info",
+            "agent.log",
+        );
         let mut agent = Self {
             proc: Proc(child),
             addr,
