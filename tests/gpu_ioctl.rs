@@ -403,7 +403,8 @@ fn thread_slots_are_freed_when_threads_exit() {
 }
 
 /// The id of the agent's in-flight map, found among its fds: the only hash map with 8-byte
-/// keys (pid_tgid), 24-byte values (start, device, command, cgroup) and 16384 entries.
+/// keys (pid_tgid), 32-byte values (start, device, command, cgroup, histogram slot) and
+/// 16384 entries.
 fn inflight_map_id(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
@@ -412,7 +413,7 @@ fn inflight_map_id(pid: u32) -> u64 {
             [
                 "map_type:\t1",
                 "key_size:\t8",
-                "value_size:\t24",
+                "value_size:\t32",
                 "max_entries:\t16384",
             ]
             .iter()
@@ -425,43 +426,68 @@ fn inflight_map_id(pid: u32) -> u64 {
         .expect("the agent holds its in-flight map")
 }
 
-/// The fallback entry program (fd walk with bpf_probe_read_kernel only, for kernels that
-/// refuse BTF-typed pointers in tracepoint programs) counts the same.
+/// Every entry program counts the same: the default one (file and inode through
+/// `bpf_rdonly_cast`), the one with helper reads from the file on (`NODEWATCH_FD_WALK=btf`)
+/// and the one with helper reads only (`=probe_read`, for kernels that refuse BTF-typed
+/// pointers in tracepoint programs). Calls before and after the tick that gives the pair its
+/// histogram slot (the first ones are counted in the hash, the later ones in the slot) add
+/// up exactly.
 #[test]
-fn fallback_fd_walk_counts_the_same() {
-    if !have_root("gpu_ioctl fallback walk")
-        || !have_tool_by("gpu_ioctl fallback walk", FUSEPY, FUSEPY_CHECK)
+fn every_entry_program_counts_the_same() {
+    if !have_root("gpu_ioctl entry programs")
+        || !have_tool_by("gpu_ioctl entry programs", FUSEPY, FUSEPY_CHECK)
     {
         return;
     }
-    let dir = TempDir::new("gpu-compat");
-    let fs = SlowFs::new(&dir, "mnt");
-    let gpu = label(&fs.mnt.join("gpu0"));
-    let agent = Agent::start_wrapped(
-        &dir,
-        &config(std::slice::from_ref(&gpu), "200ms"),
-        &["env", "NODEWATCH_FD_WALK=probe_read"],
-    );
-    assert!(
-        agent.log_text().contains("fd walk: bpf_probe_read_kernel"),
-        "{}",
-        agent.log_text()
-    );
-    let (watched, unwatched) = (fs.open("gpu0"), fs.open("other"));
-    for ms in [3; 10].into_iter().chain([1100]) {
-        slow_ioctl(&watched, ms);
-        slow_ioctl(&unwatched, ms);
+    for (walk, shown) in [
+        ("", "fd walk: BTF, bpf_rdonly_cast"),
+        ("btf", "fd walk: BTF;"),
+        ("probe_read", "fd walk: bpf_probe_read_kernel"),
+    ] {
+        let dir = TempDir::new(&format!("gpu-walk-{walk}"));
+        let fs = SlowFs::new(&dir, "mnt");
+        let gpu = label(&fs.mnt.join("gpu0"));
+        let agent = Agent::start_wrapped(
+            &dir,
+            &config(std::slice::from_ref(&gpu), "200ms"),
+            &["env", &format!("NODEWATCH_FD_WALK={walk}")],
+        );
+        assert!(
+            agent.log_text().contains(shown),
+            "{walk}: {}",
+            agent.log_text()
+        );
+        let (watched, unwatched) = (fs.open("gpu0"), fs.open("other"));
+        for _ in 0..10 {
+            slow_ioctl(&watched, 3);
+            slow_ioctl(&unwatched, 3);
+        }
+        // Seen by a tick, the pair has its slot from now on.
+        wait_for(Duration::from_secs(5), || {
+            (count(&agent, &gpu) == Some(10.0)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{walk}: timed out: 10 calls counted"));
+        for ms in [3; 10].into_iter().chain([1100]) {
+            slow_ioctl(&watched, ms);
+            slow_ioctl(&unwatched, ms);
+        }
+        wait_for(Duration::from_secs(5), || {
+            (count(&agent, &gpu) == Some(21.0)).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{walk}: timed out: 21 calls counted, {:?}",
+                count(&agent, &gpu)
+            )
+        });
+        assert_eq!(
+            agent.sample(&format!(
+                "nodewatch_gpu_ioctl_stalls_total{{device=\"{gpu}\"}}"
+            )),
+            Some(1.0),
+            "{walk}"
+        );
     }
-    wait_for(Duration::from_secs(5), || {
-        (count(&agent, &gpu) == Some(11.0)).then_some(())
-    })
-    .expect("timed out: 11 calls counted");
-    assert_eq!(
-        agent.sample(&format!(
-            "nodewatch_gpu_ioctl_stalls_total{{device=\"{gpu}\"}}"
-        )),
-        Some(1.0)
-    );
 }
 
 /// On a host whose watched drivers are all known, the entry program lets through only the

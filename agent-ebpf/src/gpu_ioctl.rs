@@ -14,6 +14,8 @@
 //! in a bitmap of the threads that hold an in-flight slot before any hash lookup.
 #![no_std]
 #![no_main]
+// `bpf_rdonly_cast` is a kfunc: its call is written as one raw instruction.
+#![feature(asm_experimental_arch)]
 
 use core::ptr::read_volatile;
 
@@ -30,7 +32,7 @@ use aya_ebpf::{
 };
 use nodewatch_common::gpu_ioctl::{
     BUCKETS, Call, DROP_EVENTS, DROP_HIST, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey,
-    ENTER_CMD_AT, ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, HistKey, KIND_CHR, KIND_FILE,
+    ENTER_CMD_AT, ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, HIST_SLOTS, HistKey, KIND_CHR, KIND_FILE,
     MAJOR_ALL, MAJOR_BLOCK, MAJOR_KEYS, MAX_HIST, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS, MINOR_BITS,
     MINOR_SLOTS, MajorWatch, StallEvent, THREAD_WORDS, bucket,
 };
@@ -55,6 +57,12 @@ static GPU_IOCTL_PARAMS: GpuIoctlParams = GpuIoctlParams {
     inode_ino: 0,
     sb_dev: 0,
     valid: 0,
+    file_slot_btf: 0,
+    file_btf: 0,
+    task_cgroups: 0,
+    cset_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
     _pad: 0,
 };
 
@@ -79,6 +87,10 @@ static GPU_INFLIGHT: HashMap<u64, Call> = HashMap::with_max_entries(MAX_INFLIGHT
 static GPU_HIST: PerCpuHashMap<HistKey, DevHist> =
     PerCpuHashMap::with_max_entries(MAX_HIST, BPF_F_NO_PREALLOC);
 #[map]
+static GPU_HIST_SLOTS: PerCpuArray<DevHist> = PerCpuArray::with_max_entries(HIST_SLOTS, 0);
+#[map]
+static GPU_HIST_INDEX: HashMap<HistKey, u32> = HashMap::with_max_entries(MAX_HIST, 0);
+#[map]
 static GPU_HIST_ZERO: PerCpuArray<DevHist> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static GPU_STALLS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -96,6 +108,17 @@ pub fn gpu_ioctl_enter(ctx: TracePointContext) -> u32 {
     }
 }
 
+/// The same with the file, its inode and the inode's fields read by plain loads: the fd
+/// array's slot is cast to a kernel struct whose first member is a `struct file *`
+/// (`bpf_rdonly_cast`, which the verifier turns into a move), so the walk makes no helper
+/// call at all. For kernels with that kfunc (6.2 and later).
+#[tracepoint]
+pub fn gpu_ioctl_enter_cast(ctx: TracePointContext) -> u32 {
+    match try_enter::<Cast>(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
 /// The same, reading the record at the offsets tracefs gives and walking to the fd table
 /// with `bpf_probe_read_kernel` only: for kernels whose verifier refuses
 /// `bpf_get_current_task_btf` in a tracepoint program, or whose record layout differs.
@@ -106,19 +129,29 @@ pub fn gpu_ioctl_enter_compat(ctx: TracePointContext) -> u32 {
     }
 }
 
-/// How an entry program reads its record and finds the current task's fd table.
+/// How an entry program reads its record and walks from the fd to the inode's fields.
 trait Entry {
-    /// The ioctl's `fd` and `cmd` arguments.
+    /// The ioctl's `fd` argument.
     fn fd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32>;
     /// Reads its own offset: the command is read before the rest of the parameters.
     fn cmd(ctx: &TracePointContext) -> Result<u64, i32>;
-    /// `(max_fds, fd array)` of the current task.
-    fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32>;
+    /// The inode behind the current task's `fd`, or 0 where the fd is not open.
+    fn inode(p: &GpuIoctlParams, fd: u64) -> Result<u64, i32>;
+    /// A field of the inode (or of its super block): `T` at `inode + off`.
+    fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32>;
+    /// The calling task's cgroup v2 id.
+    fn cgroup(_p: &GpuIoctlParams) -> u64 {
+        cgroup_id()
+    }
 }
 
 /// Plain loads: the record at the syscall tracepoints' fixed layout (userspace loads this
-/// program only after checking it against tracefs), the fd table through BTF-typed pointers.
+/// program only after checking it against tracefs), the fd table through BTF-typed pointers;
+/// the file and the inode with helper reads.
 struct Fast;
+
+/// As [`Fast`], and the file and inode through `bpf_rdonly_cast`: no helper call.
+struct Cast;
 
 /// Helper reads only.
 struct Compat;
@@ -135,8 +168,53 @@ impl Entry for Fast {
         Ok(unsafe { read_volatile(ctx.as_ptr().cast::<u8>().add(ENTER_CMD_AT).cast()) })
     }
     #[inline(always)]
-    fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
-        fdtable_btf(p)
+    fn inode(p: &GpuIoctlParams, fd: u64) -> Result<u64, i32> {
+        inode_of(p, fd, fdtable_btf(p))
+    }
+    #[inline(always)]
+    fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32> {
+        read(inode, off)
+    }
+    #[inline(always)]
+    fn cgroup(p: &GpuIoctlParams) -> u64 {
+        cgroup_btf(p)
+    }
+}
+
+impl Entry for Cast {
+    #[inline(always)]
+    fn fd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32> {
+        Fast::fd(ctx, p)
+    }
+    #[inline(always)]
+    fn cmd(ctx: &TracePointContext) -> Result<u64, i32> {
+        Fast::cmd(ctx)
+    }
+    #[inline(always)]
+    fn inode(p: &GpuIoctlParams, fd: u64) -> Result<u64, i32> {
+        let (max_fds, fds) = fdtable_btf(p);
+        if fd >= u64::from(max_fds) {
+            return Ok(0); // EBADF: not a file at all
+        }
+        // SAFETY: the cast only retypes the slot's address for the verifier, which makes
+        // every load through it fault-safe; the offsets are constants of the frozen .rodata.
+        unsafe {
+            let slot = rdonly_cast(fds + fd * 8, p.file_slot_btf);
+            let file = read_volatile(slot as *const *const u8);
+            if file.is_null() {
+                return Ok(0);
+            }
+            Ok(read_volatile(file.add(p.file_inode as usize) as *const u64))
+        }
+    }
+    #[inline(always)]
+    fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32> {
+        // SAFETY: `inode` came from a typed load (see above), so this load is typed too.
+        Ok(unsafe { read_volatile((inode as *const u8).add(off as usize) as *const T) })
+    }
+    #[inline(always)]
+    fn cgroup(p: &GpuIoctlParams) -> u64 {
+        cgroup_btf(p)
     }
 }
 
@@ -155,9 +233,51 @@ impl Entry for Compat {
         }
     }
     #[inline(always)]
-    fn fdtable(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
-        fdtable_probe(p)
+    fn inode(p: &GpuIoctlParams, fd: u64) -> Result<u64, i32> {
+        inode_of(p, fd, fdtable_probe(p)?)
     }
+    #[inline(always)]
+    fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32> {
+        read(inode, off)
+    }
+}
+
+/// The inode behind `fd` in the fd table `(max_fds, fd array)`, with helper reads; 0 where
+/// the fd is not open.
+#[inline(always)]
+fn inode_of(p: &GpuIoctlParams, fd: u64, (max_fds, fds): (u32, u64)) -> Result<u64, i32> {
+    if fd >= u64::from(max_fds) {
+        return Ok(0); // EBADF: not a file at all
+    }
+    let file: u64 = read(fds, fd * 8)?;
+    if file == 0 {
+        return Ok(0);
+    }
+    read(file, p.file_inode)
+}
+
+/// `bpf_rdonly_cast(obj, btf_id)`: `obj` as an untrusted pointer to the kernel struct
+/// `btf_id`, through which every load is a plain one the verifier checks against the
+/// kernel's types and makes fault-safe. The verifier replaces the call with `r0 = r1`.
+/// `btf_id` must be a constant to the verifier (a field of the frozen `.rodata`); the
+/// kfunc's own BTF id is filled in by userspace (see `RDONLY_CAST_INSN`).
+#[inline(always)]
+unsafe fn rdonly_cast(obj: u64, btf_id: u32) -> u64 {
+    let out: u64;
+    // SAFETY: one call instruction; it reads r1 and r2 and clobbers r0-r5 like any call.
+    unsafe {
+        core::arch::asm!(
+            ".quad 0x7ffffff000002085",
+            inlateout("r1") obj => _,
+            inlateout("r2") u64::from(btf_id) => _,
+            lateout("r0") out,
+            lateout("r3") _,
+            lateout("r4") _,
+            lateout("r5") _,
+            options(nostack, pure, nomem),
+        );
+    }
+    out
 }
 
 #[tracepoint]
@@ -186,7 +306,7 @@ fn read<T>(base: u64, off: impl Into<u64>) -> Result<T, i32> {
 /// verifier turns these into plain loads guarded by the exception table, which cost far less
 /// than a helper call each; the offsets are constants it reads from the frozen `.rodata`.
 #[inline(always)]
-fn fdtable_btf(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
+fn fdtable_btf(p: &GpuIoctlParams) -> (u32, u64) {
     // SAFETY: a trusted pointer to the current task; the loads below go through BTF-typed
     // pointers, which the verifier checks against the kernel's types and makes fault-safe.
     unsafe {
@@ -195,7 +315,21 @@ fn fdtable_btf(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
         let fdt = read_volatile(files.add(p.files_fdt as usize) as *const *const u8);
         let max_fds = read_volatile(fdt.add(p.fdt_max_fds as usize) as *const u32);
         let fds = read_volatile(fdt.add(p.fdt_fd as usize) as *const u64);
-        Ok((max_fds, fds))
+        (max_fds, fds)
+    }
+}
+
+/// The current task's cgroup v2 id (task → cgroups → dfl_cgrp → kn → id) through BTF-typed
+/// pointers: the same value as `bpf_get_current_cgroup_id`, without the helper call.
+#[inline(always)]
+fn cgroup_btf(p: &GpuIoctlParams) -> u64 {
+    // SAFETY: as in `fdtable_btf`: typed, fault-safe loads at the kernel's own offsets.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let cset = read_volatile(task.add(p.task_cgroups as usize) as *const *const u8);
+        let cgrp = read_volatile(cset.add(p.cset_dfl_cgrp as usize) as *const *const u8);
+        let kn = read_volatile(cgrp.add(p.cgroup_kn as usize) as *const *const u8);
+        read_volatile(kn.add(p.kn_id as usize) as *const u64)
     }
 }
 
@@ -230,16 +364,11 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
         return Err(-1);
     }
     let fd = E::fd(ctx, &p)?;
-    let (max_fds, fds) = E::fdtable(&p)?;
-    if fd >= u64::from(max_fds) {
-        return Ok(()); // EBADF: not a file at all
-    }
-    let file: u64 = read(fds, fd * 8)?;
-    if file == 0 {
+    let inode = E::inode(&p, fd)?;
+    if inode == 0 {
         return Ok(());
     }
-    let inode: u64 = read(file, p.file_inode)?;
-    let rdev: u32 = read(inode, p.inode_rdev)?;
+    let rdev: u32 = E::field(inode, p.inode_rdev)?;
     // One array lookup rejects every call whose major (or, for non-device inodes, slot 0)
     // nobody watches: most ioctls on the host stop here. Watched char devices are then found
     // in the major's minor table, also without a hash lookup.
@@ -252,7 +381,7 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let dev_idx = if rdev != 0 {
         if flags & MAJOR_BLOCK != 0 {
-            let mode: u16 = read(inode, p.inode_mode)?;
+            let mode: u16 = E::field(inode, p.inode_mode)?;
             if mode & S_IFMT != S_IFCHR {
                 return Ok(()); // a block device with the same major
             }
@@ -278,15 +407,15 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
             }
         }
     } else {
-        let mode: u16 = read(inode, p.inode_mode)?;
+        let mode: u16 = E::field(inode, p.inode_mode)?;
         if mode & S_IFMT != S_IFREG {
             return Ok(()); // a socket, pipe, ...: not a watched file
         }
-        let sb: u64 = read(inode, p.inode_sb)?;
+        let sb: u64 = E::field(inode, p.inode_sb)?;
         let key = DevKey {
             kind: KIND_FILE,
-            dev: read(sb, p.sb_dev)?,
-            ino: read(inode, p.inode_ino)?,
+            dev: E::field(sb, p.sb_dev)?,
+            ino: E::field(inode, p.inode_ino)?,
         };
         match lookup_key(flags, &key) {
             Some(idx) => idx,
@@ -297,12 +426,16 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
     // A thread keeps its slot between calls (idle: start_ns == 0) and reuses it in place,
     // which spares the map's insert and delete (a lock each) on every call; the slot goes
     // when the thread exits.
+    let cgroup = E::cgroup(&p);
     match GPU_INFLIGHT.get_ptr_mut(id) {
         // SAFETY: only this thread writes its own slot, and it is in this syscall.
         Some(slot) => unsafe {
-            (*slot).dev_idx = dev_idx;
+            if (*slot).hist_slot == 0 || (*slot).dev_idx != dev_idx || (*slot).cgroup != cgroup {
+                (*slot).hist_slot = hist_slot(dev_idx, cgroup);
+                (*slot).dev_idx = dev_idx;
+                (*slot).cgroup = cgroup;
+            }
             (*slot).cmd = cmd as u32;
-            (*slot).cgroup = cgroup_id();
             core::ptr::write_volatile(&raw mut (*slot).start_ns, now_ns());
         },
         None => {
@@ -310,7 +443,9 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
                 start_ns: now_ns(),
                 dev_idx,
                 cmd: cmd as u32,
-                cgroup: cgroup_id(),
+                cgroup,
+                hist_slot: hist_slot(dev_idx, cgroup),
+                _pad: 0,
             };
             if GPU_INFLIGHT.insert(id, call, 0).is_err() {
                 drop_one(DROP_INFLIGHT);
@@ -320,6 +455,21 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+/// The slot + 1 userspace gave (device, cgroup)'s histogram in [`GPU_HIST_SLOTS`]; 0: none.
+#[inline(always)]
+fn hist_slot(dev_idx: u32, cgroup: u64) -> u32 {
+    let key = HistKey {
+        cgroup,
+        dev_idx,
+        _pad: 0,
+    };
+    // SAFETY: values are plain u32s that userspace only replaces whole.
+    match unsafe { GPU_HIST_INDEX.get(&key) } {
+        Some(&i) => i + 1,
+        None => 0,
+    }
 }
 
 #[inline(always)]
@@ -412,7 +562,12 @@ fn try_exit() -> Result<(), i32> {
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(&raw mut (*slot).start_ns, 0) };
     let ns = now_ns().saturating_sub(call.start_ns);
-    let Some(hist) = hist_of(call.dev_idx, call.cgroup) else {
+    let hist = if call.hist_slot != 0 {
+        GPU_HIST_SLOTS.get_ptr_mut(call.hist_slot - 1)
+    } else {
+        hist_of(call.dev_idx, call.cgroup)
+    };
+    let Some(hist) = hist else {
         drop_one(DROP_HIST);
         return Ok(());
     };

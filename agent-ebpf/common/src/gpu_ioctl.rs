@@ -7,6 +7,9 @@
 
 /// Tracepoint programs on `syscalls:sys_enter_ioctl` and `syscalls:sys_exit_ioctl`.
 pub const PROG_ENTER: &str = "gpu_ioctl_enter";
+/// The entry program that reads the file behind the fd and its inode with plain loads, through
+/// `bpf_rdonly_cast` (kernels since 6.2): the cheapest, tried first.
+pub const PROG_ENTER_CAST: &str = "gpu_ioctl_enter_cast";
 /// The entry program for kernels that refuse BTF-typed pointers in tracepoint programs.
 pub const PROG_ENTER_COMPAT: &str = "gpu_ioctl_enter_compat";
 pub const PROG_EXIT: &str = "gpu_ioctl_exit";
@@ -38,6 +41,16 @@ pub const HIST_MAP: &str = "GPU_HIST";
 pub const ZERO_MAP: &str = "GPU_HIST_ZERO";
 /// Most (device, cgroup) keys in [`HIST_MAP`].
 pub const MAX_HIST: u32 = 4096;
+/// Per-CPU array of [`DevHist`]: the histograms of the (device, cgroup) pairs userspace has
+/// given a slot, counted there by index (no hash lookup per call). Its size comes from a
+/// memory budget over the CPUs; pairs without a slot are counted in [`HIST_MAP`], and
+/// userspace adds both.
+pub const HIST_SLOTS_MAP: &str = "GPU_HIST_SLOTS";
+/// Hash map [`HistKey`] → slot in [`HIST_SLOTS_MAP`], written by userspace for each pair it
+/// has seen in [`HIST_MAP`]; read by the entry program when a thread's pair changes.
+pub const HIST_INDEX_MAP: &str = "GPU_HIST_INDEX";
+/// [`HIST_SLOTS_MAP`] entries unless userspace says otherwise.
+pub const HIST_SLOTS: u32 = 1024;
 /// Array map, 256 slots of `u8`: 1 where an ioctl command of that type (`_IOC_TYPE`, bits
 /// 8–15 of `cmd`) may be for a watched device. The entry program's first test, before the fd
 /// walk: the watched drivers use few types (NVIDIA's `'F'`, ...). Every slot is 1 when a
@@ -166,8 +179,29 @@ pub struct GpuIoctlParams {
     pub sb_dev: u32,
     /// Set to 1 by userspace once every field above is filled in.
     pub valid: u32,
+    /// Kernel BTF id of a struct whose member at offset 0 is a `struct file *` (`kiocb`):
+    /// [`PROG_ENTER_CAST`] casts the fd array's slot to it, so the file, its inode and the
+    /// inode's fields are plain loads. 0 where the kernel has none.
+    pub file_slot_btf: u32,
+    /// Kernel BTF id of `struct file`: the driver-entry programs cast their `struct file *`
+    /// argument to it. 0 where the kernel's BTF has none.
+    pub file_btf: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.id`: the calling
+    /// task's cgroup v2 id by plain loads (what `bpf_get_current_cgroup_id` returns).
+    pub task_cgroups: u32,
+    pub cset_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
     pub _pad: u32,
 }
+
+/// Where the `call` instruction of a kfunc sits in an object before userspace fills in the
+/// kfunc's BTF id: `call` (0x85) with `src_reg` 2 (`BPF_PSEUDO_KFUNC_CALL`), offset 0
+/// (vmlinux) and this placeholder immediate. Every such instruction calls `bpf_rdonly_cast`,
+/// which the verifier replaces by a move; userspace patches the immediate before load.
+pub const RDONLY_CAST_PLACEHOLDER: u32 = 0x7fff_fff0;
+/// The whole placeholder instruction, as the object's bytes hold it (little-endian).
+pub const RDONLY_CAST_INSN: u64 = ((RDONLY_CAST_PLACEHOLDER as u64) << 32) | 0x2085;
 
 /// How one major is watched ([`MAJORS_MAP`] value).
 #[repr(C)]
@@ -213,6 +247,10 @@ pub struct Call {
     pub cmd: u32,
     /// The calling task's cgroup v2 id at entry.
     pub cgroup: u64,
+    /// Index + 1 in [`HIST_SLOTS_MAP`] of (`dev_idx`, `cgroup`)'s histogram, looked up in
+    /// [`HIST_INDEX_MAP`] when either changes; 0: none yet (the exit counts in [`HIST_MAP`]).
+    pub hist_slot: u32,
+    pub _pad: u32,
 }
 
 /// Key of [`HIST_MAP`]: a device and the cgroup of the tasks calling it.

@@ -175,6 +175,44 @@ pub fn member_offset(strukt: &str, member: &str) -> Result<u32, KernelError> {
         .ok_or_else(missing)
 }
 
+/// The kernel BTF id of `struct name`, if the kernel's BTF has it.
+pub fn struct_id(name: &str) -> Option<u32> {
+    let btf = btf().ok()?;
+    let ids = btf.resolve_ids_by_name(name).ok()?;
+    ids.into_iter()
+        .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Struct(_))))
+}
+
+/// The kernel BTF id of the function `name` (a kfunc), if the kernel's BTF has it.
+pub fn func_id(name: &str) -> Option<u32> {
+    let btf = btf().ok()?;
+    let ids = btf.resolve_ids_by_name(name).ok()?;
+    ids.into_iter()
+        .find(|&id| matches!(btf.resolve_type_by_id(id), Ok(Type::Func(_))))
+}
+
+/// The kernel BTF id of a struct whose member at byte 0 is a `struct file *` (`kiocb`
+/// everywhere since 2.6), for casting an fd array's slot to it.
+pub fn file_slot_struct_id() -> Option<u32> {
+    let btf = btf().ok()?;
+    let id = struct_id("kiocb")?;
+    let Ok(Type::Struct(s)) = btf.resolve_type_by_id(id) else {
+        return None;
+    };
+    let first = s.members.first()?;
+    if first.bit_offset() != 0 || btf.resolve_name(first).ok()? != "ki_filp" {
+        return None;
+    }
+    // The member must be a pointer to `struct file`.
+    let Ok(Type::Ptr(ptr)) = btf.resolve_chained_type(first) else {
+        return None;
+    };
+    match btf.resolve_chained_type(&ptr) {
+        Ok(Type::Struct(f)) if btf.resolve_name(&f).ok()? == "file" => Some(id),
+        _ => None,
+    }
+}
+
 fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str) -> Option<u32> {
     for m in &s.members {
         let name = btf.resolve_name(m).unwrap_or_default();

@@ -19,14 +19,16 @@ use aya::{
     programs::TracePoint,
 };
 use nodewatch_common::gpu_ioctl::{
-    Call, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP, GpuIoctlParams, HIST_MAP, HistKey,
-    INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER, PROG_ENTER_COMPAT, PROG_EXIT,
-    PROG_THREAD_EXIT, StallEvent, THREAD_WORDS, THREADS_MAP, TYPES_MAP, ZERO_MAP,
+    Call, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP, GpuIoctlParams, HIST_INDEX_MAP, HIST_MAP,
+    HIST_SLOTS_MAP, HistKey, INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER,
+    PROG_ENTER_CAST, PROG_ENTER_COMPAT, PROG_EXIT, PROG_THREAD_EXIT, RDONLY_CAST_INSN,
+    RDONLY_CAST_PLACEHOLDER, StallEvent, THREAD_WORDS, THREADS_MAP, TYPES_MAP, ZERO_MAP,
 };
 
 pub mod config;
 mod devices;
 mod report;
+mod slots;
 mod table;
 
 pub use self::config::NAME;
@@ -88,6 +90,7 @@ struct Kernel {
     watched: Watched,
     inflight: HashMap<MapData, u64, Call>,
     hist: PerCpuHashMap<MapData, HistKey, DevHist>,
+    slots: slots::Slots,
     /// Container labels of the series, and totals that outlive the kernel keys of cgroups
     /// that are gone.
     owners: Owners,
@@ -117,10 +120,21 @@ impl Kernel {
             .ok()
             .and_then(|t| t.trim().parse::<u32>().ok())
             .map_or(THREAD_WORDS, |max| max.div_ceil(64).clamp(1, THREAD_WORDS));
+        // The cast entry program calls a kfunc whose BTF id only this kernel knows.
+        let patched = if params.file_slot_btf != 0 {
+            kernel::func_id("bpf_rdonly_cast").and_then(|id| with_kfunc(OBJECT, id))
+        } else {
+            None
+        };
+        let object = patched.as_ref().map_or(OBJECT, |o| o.bytes());
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
+        let slot_count = slots::slot_count(cpus);
         let mut ebpf = EbpfLoader::new()
             .override_global(PARAMS_GLOBAL, &params, true)
             .map_max_entries(THREADS_MAP, words)
-            .load(OBJECT)?;
+            .map_max_entries(HIST_SLOTS_MAP, slot_count)
+            .load(object)?;
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(AttachError::Missing(name));
         let majors: Array<MapData, _> = take(MAJORS_MAP)?.try_into()?;
         let keys: HashMap<MapData, _, _> = take(KEYS_MAP)?.try_into()?;
@@ -130,11 +144,12 @@ impl Kernel {
         let events = take(EVENTS_MAP)?.try_into()?;
         let drops = take(nodewatch_common::gpu_ioctl::DROPS_MAP)?.try_into()?;
         let mut zero: PerCpuArray<MapData, DevHist> = take(ZERO_MAP)?.try_into()?;
-        let cpus =
-            aya::util::nr_cpus().map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
+        let index = take(HIST_INDEX_MAP)?.try_into()?;
+        let slot_maps = take(HIST_SLOTS_MAP)?.try_into()?;
         let zeros = PerCpuValues::try_from(vec![DevHist::default(); cpus])
             .map_err(|e| AttachError::Cpus(e.to_string()))?;
         zero.set(0, zeros, 0)?;
+        let slots = slots::Slots::new(index, slot_maps, cpus, slot_count);
         let load = |ebpf: &mut Ebpf, prog: &'static str| -> Result<(), AttachError> {
             let err = |source| AttachError::Program { name: prog, source };
             let tp: &mut TracePoint = ebpf
@@ -144,31 +159,36 @@ impl Kernel {
                 .map_err(err)?;
             tp.load().map_err(err)
         };
-        // The entry program with plain loads (record at its usual offsets, fd table through
-        // BTF-typed pointers) is cheaper; where the record differs or the verifier refuses
-        // it, the one with helper reads only. NODEWATCH_FD_WALK=probe_read forces the latter,
-        // for the benchmark and the tests.
-        let first = if std::env::var("NODEWATCH_FD_WALK").as_deref() == Ok("probe_read") {
-            Err(AttachError::Missing(
-                "fast entry (NODEWATCH_FD_WALK=probe_read)",
-            ))
-        } else if (params.enter_fd as usize, params.enter_cmd as usize)
-            != (ENTER_FD_AT, ENTER_CMD_AT)
-        {
-            Err(AttachError::Missing(
-                "sys_enter_ioctl record in the usual layout",
-            ))
-        } else {
-            load(&mut ebpf, PROG_ENTER)
-        };
-        let enter = match first {
-            Ok(()) => PROG_ENTER,
-            Err(e) => {
-                tracing::info!(probe = NAME, error = %e, "using the entry program with helper reads only (the faster one did not load)");
-                load(&mut ebpf, PROG_ENTER_COMPAT)?;
-                PROG_ENTER_COMPAT
+        // The cheapest entry program the kernel takes: plain loads all the way to the inode
+        // (the record at its usual offsets, the fd table through BTF-typed pointers, the
+        // file and inode through `bpf_rdonly_cast`), then the same with helper reads from
+        // the file on, then helper reads only. NODEWATCH_FD_WALK=btf or =probe_read starts
+        // further down the list, for the benchmark and the tests.
+        let forced = std::env::var("NODEWATCH_FD_WALK").unwrap_or_default();
+        let usual_record =
+            (params.enter_fd as usize, params.enter_cmd as usize) == (ENTER_FD_AT, ENTER_CMD_AT);
+        let mut candidates = Vec::new();
+        if usual_record && patched.is_some() && forced.is_empty() {
+            candidates.push(PROG_ENTER_CAST);
+        }
+        if usual_record && forced != "probe_read" {
+            candidates.push(PROG_ENTER);
+        }
+        candidates.push(PROG_ENTER_COMPAT);
+        let mut enter = None;
+        for (i, prog) in candidates.iter().enumerate() {
+            match load(&mut ebpf, prog) {
+                Ok(()) => {
+                    enter = Some(*prog);
+                    break;
+                }
+                Err(e) if i + 1 < candidates.len() => {
+                    tracing::info!(probe = NAME, program = prog, error = %e, "entry program not loaded; trying the next");
+                }
+                Err(e) => return Err(e),
             }
-        };
+        }
+        let enter = enter.unwrap_or(PROG_ENTER_COMPAT);
         load(&mut ebpf, PROG_EXIT)?;
         load(&mut ebpf, PROG_THREAD_EXIT)?;
         for (_, reason, _) in DROP_REASONS {
@@ -189,6 +209,7 @@ impl Kernel {
             ),
             inflight,
             hist,
+            slots,
             owners: Owners::new(env.containers),
             totals: Totals::<DeviceLabels, Hist>::default(),
             series: Vec::new(),
@@ -249,10 +270,14 @@ impl Kernel {
         let mut entries = Vec::new();
         for entry in self.hist.iter() {
             let (key, per_cpu) = entry.map_err(map_err)?;
+            let in_slot = self.slots.read(&key).map_err(|source| CollectError::Map {
+                map: HIST_SLOTS_MAP,
+                source,
+            })?;
             entries.push(Entry {
                 key,
                 cgroup: key.cgroup,
-                value: Hist::of(per_cpu.iter()),
+                value: Hist::of(per_cpu.iter().chain(in_slot.iter())),
             });
         }
         // Every known device has its host series from the start.
@@ -262,7 +287,7 @@ impl Kernel {
             .iter()
             .map(|l| self.metrics.device(l))
             .collect();
-        let (watched, hist) = (&self.watched, &mut self.hist);
+        let (watched, hist, slots) = (&self.watched, &mut self.hist, &mut self.slots);
         let update = self.totals.update(
             Instant::now(),
             &mut self.owners,
@@ -273,6 +298,7 @@ impl Kernel {
                 owner,
             },
             |k| {
+                slots.remove(k);
                 let _ = hist.remove(k);
             },
         );
@@ -430,10 +456,10 @@ impl Collector for Kernel {
         Some(Mode::Ebpf)
     }
     fn attach_method(&self) -> String {
-        let walk = if self.enter == PROG_ENTER {
-            "fd walk: BTF"
-        } else {
-            "fd walk: bpf_probe_read_kernel"
+        let walk = match self.enter {
+            PROG_ENTER_CAST => "fd walk: BTF, bpf_rdonly_cast",
+            PROG_ENTER => "fd walk: BTF",
+            _ => "fd walk: bpf_probe_read_kernel",
         };
         if self.attached {
             let types = self
@@ -482,6 +508,39 @@ impl Collector for Kernel {
     }
 }
 
+/// An object's bytes, 8-byte aligned as the loader's ELF parser wants them.
+struct Object(Vec<u64>);
+
+impl Object {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: a u64 slice viewed as its bytes; same length in bytes, alignment 1.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.0.len() * 8) }
+    }
+}
+
+/// `object` with every `bpf_rdonly_cast` placeholder call pointing at the kfunc's BTF id
+/// `id`; None when the object holds none (nothing to patch: a build without the program).
+fn with_kfunc(object: &[u8], id: u32) -> Option<Object> {
+    let mut words = vec![0u64; object.len().div_ceil(8)];
+    // SAFETY: as in `Object::bytes`, mutable; the vector holds at least object.len() bytes.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) };
+    bytes[..object.len()].copy_from_slice(object);
+    let insn = RDONLY_CAST_INSN.to_le_bytes();
+    let mut found = 0;
+    // Instructions are 8-byte aligned inside their section, and sections are aligned in
+    // the file; a match elsewhere (data that happens to equal it) would be at the same
+    // alignment only by chance, and the placeholder was chosen not to be a plausible value.
+    for at in (0..object.len().saturating_sub(7)).step_by(8) {
+        if bytes[at..at + 8] == insn {
+            bytes[at + 4..at + 8].copy_from_slice(&id.to_le_bytes());
+            found += 1;
+        }
+    }
+    debug_assert!(RDONLY_CAST_PLACEHOLDER == (RDONLY_CAST_INSN >> 32) as u32);
+    (found > 0).then_some(Object(words))
+}
+
 /// Where the programs find their fields on this kernel, and the threshold.
 fn params(threshold: Duration) -> Result<GpuIoctlParams, kernel::KernelError> {
     let enter = TracepointFormat::read("syscalls", "sys_enter_ioctl")?;
@@ -504,6 +563,12 @@ fn params(threshold: Duration) -> Result<GpuIoctlParams, kernel::KernelError> {
         inode_ino: m("inode", "i_ino")?,
         sb_dev: m("super_block", "s_dev")?,
         valid: 1,
+        file_slot_btf: kernel::file_slot_struct_id().unwrap_or(0),
+        file_btf: kernel::struct_id("file").unwrap_or(0),
+        task_cgroups: m("task_struct", "cgroups")?,
+        cset_dfl_cgrp: m("css_set", "dfl_cgrp")?,
+        cgroup_kn: m("cgroup", "kn")?,
+        kn_id: m("kernfs_node", "id")?,
         _pad: 0,
     })
 }
