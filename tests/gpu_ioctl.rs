@@ -513,17 +513,31 @@ fn only_the_known_drivers_command_types_reach_the_fd_walk() {
         .collect();
     std::fs::write(proc.join("devices"), devices).unwrap();
     std::fs::copy("/proc/sys/kernel/pid_max", proc.join("sys/kernel/pid_max")).unwrap();
-    let agent = Agent::start(
+    // NVIDIA's handler is in the kernel's symbols (here a fixture): the probe tries to attach
+    // its driver-entry program there, and where the kernel has no kprobes it keeps the
+    // tracepoints and says why.
+    std::fs::write(
+        proc.join("kallsyms"),
+        "ffffffffc1000000 t nvidia_unlocked_ioctl\t[nvidia]\n",
+    )
+    .unwrap();
+    let agent = Agent::start_wrapped(
         &dir,
         &format!(
             "interval: 200ms\nproc_root: {}\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\n  gpu_xid: {{ enabled: false }}\n  gpu_ioctl:\n    devices: [/dev/null]\n",
             proc.display()
         ),
+        &["env", "NODEWATCH_KPROBES=assume"],
     );
     wait_for(Duration::from_secs(5), || {
         (count(&agent, "/dev/null") == Some(0.0)).then_some(())
     })
     .unwrap_or_else(|| panic!("timed out: /dev/null watched\n{}", agent.log_text()));
+    let log = agent.log_text();
+    assert!(
+        log.contains("driver entry not used: kprobe on nvidia_unlocked_ioctl"),
+        "{log}"
+    );
     let null = std::fs::File::open("/dev/null").unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
     let ioctl = |cmd: libc::c_ulong| {

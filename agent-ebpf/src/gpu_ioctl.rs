@@ -26,9 +26,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{map, tracepoint},
+    macros::{kprobe, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
+    programs::{ProbeContext, TracePointContext},
 };
 use nodewatch_common::gpu_ioctl::{
     BUCKETS, Call, DROP_EVENTS, DROP_HIST, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey,
@@ -365,9 +365,65 @@ fn try_enter<E: Entry>(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let fd = E::fd(ctx, &p)?;
     let inode = E::inode(&p, fd)?;
+    watch_call::<E>(&p, cmd, inode)
+}
+
+/// Entry into a watched driver's own ioctl handler (`long handler(struct file *, unsigned int
+/// cmd, unsigned long arg)`), on kernels with kprobes: only calls to that driver run it, so
+/// no other ioctl on the host runs an entry program, and the file comes as the first argument
+/// (no fd walk). The call's end is still seen by [`gpu_ioctl_exit`] on `sys_exit_ioctl`: a
+/// kretprobe would miss the returns of calls blocked beyond its `maxactive` instances.
+#[kprobe]
+pub fn gpu_ioctl_driver_enter(ctx: ProbeContext) -> u32 {
+    match try_driver_enter(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+/// How [`gpu_ioctl_driver_enter`] reads the inode's fields: helper reads, which need nothing
+/// the kernel might lack.
+struct Driver;
+
+impl Entry for Driver {
+    #[inline(always)]
+    fn fd(_: &TracePointContext, _: &GpuIoctlParams) -> Result<u64, i32> {
+        Err(-1) // not used: the handler is given the file
+    }
+    #[inline(always)]
+    fn cmd(_: &TracePointContext) -> Result<u64, i32> {
+        Err(-1) // not used: the handler is given the command
+    }
+    #[inline(always)]
+    fn inode(_: &GpuIoctlParams, _: u64) -> Result<u64, i32> {
+        Err(-1) // not used: see try_driver_enter
+    }
+    #[inline(always)]
+    fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32> {
+        read(inode, off)
+    }
+}
+
+fn try_driver_enter(ctx: &ProbeContext) -> Result<(), i32> {
+    let p = params();
+    if p.valid == 0 {
+        return Err(-1);
+    }
+    let file: u64 = ctx.arg(0).ok_or(-1)?;
+    let cmd: u64 = ctx.arg::<u64>(1).ok_or(-1)? & 0xffff_ffff;
+    if file == 0 {
+        return Ok(());
+    }
+    let inode: u64 = read(file, p.file_inode)?;
+    watch_call::<Driver>(&p, cmd, inode)
+}
+
+/// The call `cmd` on `inode`: timed from now if the inode is a watched device (or file).
+#[inline(always)]
+fn watch_call<E: Entry>(p: &GpuIoctlParams, cmd: u64, inode: u64) -> Result<(), i32> {
     if inode == 0 {
         return Ok(());
     }
+    let p = *p;
     let rdev: u32 = E::field(inode, p.inode_rdev)?;
     // One array lookup rejects every call whose major (or, for non-device inodes, slot 0)
     // nobody watches: most ioctls on the host stop here. Watched char devices are then found

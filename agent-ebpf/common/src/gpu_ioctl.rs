@@ -13,6 +13,8 @@ pub const PROG_ENTER_CAST: &str = "gpu_ioctl_enter_cast";
 /// The entry program for kernels that refuse BTF-typed pointers in tracepoint programs.
 pub const PROG_ENTER_COMPAT: &str = "gpu_ioctl_enter_compat";
 pub const PROG_EXIT: &str = "gpu_ioctl_exit";
+/// kprobe program on a watched driver's own ioctl handler (see the agent's `driver.rs`).
+pub const PROG_DRIVER_ENTER: &str = "gpu_ioctl_driver_enter";
 /// Tracepoint program on `sched:sched_process_exit` (every thread's exit).
 pub const PROG_THREAD_EXIT: &str = "gpu_ioctl_thread_exit";
 

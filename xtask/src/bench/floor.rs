@@ -332,11 +332,15 @@ fn ioctl_row(
     run(looper, calls)?;
     let (b, eb) = (named_stats(pid)?, empty.stats()?);
     // Whichever entry program the agent loaded (the cheapest this kernel takes).
-    let enter = ["gpu_ioctl_enter_cast", "gpu_ioctl_enter", "gpu_ioctl_enter_compat"]
-        .into_iter()
-        .map(|name| delta(&a, &b, name))
-        .find(|&(_, n)| n > 0.0)
-        .unwrap_or((0.0, 0.0));
+    let enter = [
+        "gpu_ioctl_enter_cast",
+        "gpu_ioctl_enter",
+        "gpu_ioctl_enter_compat",
+    ]
+    .into_iter()
+    .map(|name| delta(&a, &b, name))
+    .find(|&(_, n)| n > 0.0)
+    .unwrap_or((0.0, 0.0));
     let (n1, n) = enter;
     let (n2, _) = delta(&a, &b, "gpu_ioctl_exit");
     let (e1, en) = delta(&ea, &eb, "empty sys_enter_ioctl");

@@ -9,24 +9,26 @@
 //! hung past the threshold. Without eBPF the probe is off (one WARN); the agent runs on.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
-    programs::TracePoint,
+    programs::{KProbe, TracePoint, kprobe::KProbeLinkId, trace_point::TracePointLinkId},
 };
 use nodewatch_common::gpu_ioctl::{
     Call, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP, GpuIoctlParams, HIST_INDEX_MAP, HIST_MAP,
-    HIST_SLOTS_MAP, HistKey, INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_ENTER,
-    PROG_ENTER_CAST, PROG_ENTER_COMPAT, PROG_EXIT, PROG_THREAD_EXIT, RDONLY_CAST_INSN,
+    HIST_SLOTS_MAP, HistKey, INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_DRIVER_ENTER,
+    PROG_ENTER, PROG_ENTER_CAST, PROG_ENTER_COMPAT, PROG_EXIT, PROG_THREAD_EXIT, RDONLY_CAST_INSN,
     RDONLY_CAST_PLACEHOLDER, StallEvent, THREAD_WORDS, THREADS_MAP, TYPES_MAP, ZERO_MAP,
 };
 
 pub mod config;
 mod devices;
+mod driver;
 mod report;
 mod slots;
 mod table;
@@ -81,12 +83,33 @@ pub fn start(cfg: &GpuIoctlConfig, env: Env<'_>, store: &mut Store) -> Box<dyn C
     }
 }
 
+/// Where the entry program is attached.
+enum Hooks {
+    /// Nothing watched yet.
+    None,
+    /// `syscalls:sys_enter_ioctl`.
+    Tracepoint(TracePointLinkId),
+    /// The watched drivers' handlers (by name).
+    Driver(Vec<String>, Vec<KProbeLinkId>),
+}
+
 /// The eBPF mode: owns the loaded object, so dropping it detaches both programs.
 struct Kernel {
     ebpf: Ebpf,
+    /// Whether the exit and thread-exit programs are attached (once something is watched).
     attached: bool,
-    /// The entry program that loaded: [`PROG_ENTER`] or [`PROG_ENTER_COMPAT`].
+    /// The entry program that loaded: [`PROG_ENTER_CAST`], [`PROG_ENTER`] or
+    /// [`PROG_ENTER_COMPAT`].
     enter: &'static str,
+    /// Where the entry program is attached now.
+    hooks: Hooks,
+    /// Whether the driver-entry program can be used on this kernel, and why not.
+    driver_entry: Result<(), String>,
+    /// The watched drivers at the last choice of hooks, and why the driver entry was not
+    /// chosen then.
+    chosen_for: Option<Option<BTreeSet<String>>>,
+    why_not_driver: Option<String>,
+    proc_root: PathBuf,
     watched: Watched,
     inflight: HashMap<MapData, u64, Call>,
     hist: PerCpuHashMap<MapData, HistKey, DevHist>,
@@ -191,6 +214,16 @@ impl Kernel {
         let enter = enter.unwrap_or(PROG_ENTER_COMPAT);
         load(&mut ebpf, PROG_EXIT)?;
         load(&mut ebpf, PROG_THREAD_EXIT)?;
+        // Loaded wherever the kernel takes it (its verifier is checked even where kprobes
+        // are missing); attached only where they are not.
+        let driver_entry = ebpf
+            .program_mut(PROG_DRIVER_ENTER)
+            .ok_or_else(|| "not in the object".to_string())
+            .and_then(|p| {
+                let kp: &mut KProbe = p.try_into().map_err(|e| format!("{e}"))?;
+                kp.load().map_err(|e| format!("did not load: {e}"))
+            })
+            .and_then(|()| driver::kprobes());
         for (_, reason, _) in DROP_REASONS {
             let _ = metrics.dropped.get_or_create(&DropLabels {
                 reason: reason.into(),
@@ -200,6 +233,11 @@ impl Kernel {
             ebpf,
             attached: false,
             enter,
+            hooks: Hooks::None,
+            driver_entry,
+            chosen_for: None,
+            why_not_driver: None,
+            proc_root: env.proc_root.to_path_buf(),
             watched: Watched::new(
                 c.devices.0.clone(),
                 env.proc_root.join("devices"),
@@ -231,34 +269,140 @@ impl Kernel {
         for label in self.watched.labels() {
             self.metrics.device(label);
         }
-        if any && !self.attached {
+        if !any {
+            return Ok(());
+        }
+        if !self.attached {
             // The thread-exit cleanup first, so no slot can outlive its thread.
             for (prog, category, event) in [
                 (PROG_THREAD_EXIT, "sched", "sched_process_exit"),
-                (self.enter, "syscalls", "sys_enter_ioctl"),
                 (PROG_EXIT, "syscalls", "sys_exit_ioctl"),
             ] {
-                let err = |source| CollectError::Attach {
-                    program: prog,
-                    source,
-                };
-                let tp: &mut TracePoint = self
-                    .ebpf
-                    .program_mut(prog)
-                    .ok_or(aya::programs::ProgramError::NotLoaded)
-                    .map_err(err)?
-                    .try_into()
-                    .map_err(err)?;
-                tp.attach(category, event).map_err(err)?;
+                self.attach_tracepoint(prog, category, event)?;
             }
             self.attached = true;
-            tracing::info!(
-                probe = NAME,
-                attach = ATTACH,
-                "watched device present; programs attached"
-            );
         }
+        let drivers = self.watched.drivers();
+        if self.chosen_for.as_ref() == Some(&drivers) {
+            return Ok(());
+        }
+        self.chosen_for = Some(drivers.clone());
+        let want = self.driver_entry.clone().and_then(|()| {
+            let drivers = drivers.ok_or_else(|| {
+                "a watched device is not a character device of a named driver".to_string()
+            })?;
+            let path = self.proc_root.join("kallsyms");
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            driver::handlers(&drivers, &text)
+        });
+        // The new hooks go on before the old ones come off, so no call goes unseen; a call
+        // that enters by both is timed once (its start is written twice, its end seen once).
+        let hooks = match want {
+            Ok(handlers) if matches!(&self.hooks, Hooks::Driver(h, _) if *h == handlers) => {
+                return Ok(());
+            }
+            Ok(handlers) => match self.attach_driver(&handlers) {
+                Ok(links) => {
+                    self.why_not_driver = None;
+                    Hooks::Driver(handlers, links)
+                }
+                Err(e) => {
+                    self.why_not_driver = Some(e);
+                    self.tracepoint_hooks()?
+                }
+            },
+            Err(e) => {
+                self.why_not_driver = Some(e);
+                self.tracepoint_hooks()?
+            }
+        };
+        let old = std::mem::replace(&mut self.hooks, hooks);
+        self.detach(old);
+        tracing::info!(
+            probe = NAME,
+            attach = %self.attach_method(),
+            "watched devices present; programs attached"
+        );
         Ok(())
+    }
+
+    /// The entry program on `sys_enter_ioctl`, unless it is there already.
+    fn tracepoint_hooks(&mut self) -> Result<Hooks, CollectError> {
+        if let Hooks::Tracepoint(_) = self.hooks {
+            return Ok(std::mem::replace(&mut self.hooks, Hooks::None));
+        }
+        let link = self.attach_tracepoint(self.enter, "syscalls", "sys_enter_ioctl")?;
+        Ok(Hooks::Tracepoint(link))
+    }
+
+    fn attach_tracepoint(
+        &mut self,
+        prog: &'static str,
+        category: &str,
+        event: &str,
+    ) -> Result<TracePointLinkId, CollectError> {
+        let err = |source| CollectError::Attach {
+            program: prog,
+            source,
+        };
+        let tp: &mut TracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or(aya::programs::ProgramError::NotLoaded)
+            .map_err(err)?
+            .try_into()
+            .map_err(err)?;
+        tp.attach(category, event).map_err(err)
+    }
+
+    /// The driver-entry program on every handler in `handlers`; on any failure none.
+    fn attach_driver(&mut self, handlers: &[String]) -> Result<Vec<KProbeLinkId>, String> {
+        let kp: &mut KProbe = self
+            .ebpf
+            .program_mut(PROG_DRIVER_ENTER)
+            .ok_or("not loaded")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        let mut links = Vec::new();
+        for h in handlers {
+            match kp.attach(h, 0) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    for link in links {
+                        let _ = kp.detach(link);
+                    }
+                    return Err(format!("kprobe on {h}: {e}"));
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    fn detach(&mut self, hooks: Hooks) {
+        match hooks {
+            Hooks::None => {}
+            Hooks::Tracepoint(link) => {
+                if let Some(Ok(tp)) = self
+                    .ebpf
+                    .program_mut(self.enter)
+                    .map(<&mut TracePoint>::try_from)
+                {
+                    let _ = tp.detach(link);
+                }
+            }
+            Hooks::Driver(_, links) => {
+                if let Some(Ok(kp)) = self
+                    .ebpf
+                    .program_mut(PROG_DRIVER_ENTER)
+                    .map(<&mut KProbe>::try_from)
+                {
+                    for link in links {
+                        let _ = kp.detach(link);
+                    }
+                }
+            }
+        }
     }
 
     /// Copies the kernel's per-CPU histograms and stall counts into the metrics.
@@ -461,22 +605,40 @@ impl Collector for Kernel {
             PROG_ENTER => "fd walk: BTF",
             _ => "fd walk: bpf_probe_read_kernel",
         };
-        if self.attached {
-            let types = self
-                .watched
-                .command_types_shown()
-                .map(|t| format!("; {t}"))
-                .unwrap_or_default();
-            format!("{ATTACH} ({walk}{types})")
-        } else {
-            format!("{ATTACH} ({walk}; attached once a watched device exists, none yet)")
+        let why_not = self
+            .why_not_driver
+            .as_deref()
+            .or(self.driver_entry.as_ref().err().map(String::as_str))
+            .map(|w| format!("; driver entry not used: {w}"))
+            .unwrap_or_default();
+        match &self.hooks {
+            Hooks::Driver(handlers, _) => format!(
+                "kprobe {} (driver entry), tracepoint syscalls:sys_exit_ioctl, sched:sched_process_exit",
+                handlers.join(", ")
+            ),
+            Hooks::Tracepoint(_) => {
+                let types = self
+                    .watched
+                    .command_types_shown()
+                    .map(|t| format!("; {t}"))
+                    .unwrap_or_default();
+                format!("{ATTACH} ({walk}{types}{why_not})")
+            }
+            Hooks::None => {
+                format!(
+                    "{ATTACH} ({walk}{why_not}; attached once a watched device exists, none yet)"
+                )
+            }
         }
     }
     fn awaiting_attach(&self) -> bool {
         !self.attached
     }
     fn missed_events(&self) -> u64 {
-        ebpf::programs_missed(&self.ebpf, &[self.enter, PROG_EXIT, PROG_THREAD_EXIT])
+        ebpf::programs_missed(
+            &self.ebpf,
+            &[self.enter, PROG_DRIVER_ENTER, PROG_EXIT, PROG_THREAD_EXIT],
+        )
     }
     fn deadline(&self) -> Option<Instant> {
         self.pending.iter().map(|&(_, _, due)| due).min()

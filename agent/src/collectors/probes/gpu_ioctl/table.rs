@@ -209,6 +209,20 @@ impl Watched {
         }
     }
 
+    /// The drivers (names in `/proc/devices`) of the watched devices; None while a watched
+    /// inode is not a character device of a named driver (a regular file, an unnamed major).
+    pub fn drivers(&self) -> Option<BTreeSet<String>> {
+        let names: BTreeMap<u32, String> = char_majors(&self.proc_text)
+            .into_iter()
+            .map(|(name, major)| (major, name))
+            .collect();
+        self.applied
+            .majors
+            .keys()
+            .map(|m| names.get(m).filter(|_| *m != 0).cloned())
+            .collect()
+    }
+
     /// Every label seen so far, by device index.
     pub fn labels(&self) -> &[String] {
         &self.labels
