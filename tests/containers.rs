@@ -220,6 +220,82 @@ fn retransmits_in_a_container_are_its_namespaces() {
     assert!(agent.stop().success());
 }
 
+/// Two containers serve on the same port number, each in its own namespace. The segments each
+/// sends are counted apart and exactly (its namespace's `OutSegs + RetransSegs`): the first
+/// container's traffic before and after the tick that gives the port's slot to its cgroup,
+/// the second's, on the same port, in the hash beside it.
+#[test]
+fn segments_sent_by_two_containers_on_one_port_are_each_exact() {
+    if !have_root("containers: segments sent") {
+        return;
+    }
+    let _serial = serial();
+    let a = FakeContainer::docker("ctsa");
+    let b = FakeContainer::docker("ctsb");
+    let port = common::free_port();
+    let dir = TempDir::new("containers-segs");
+    let agent = Agent::start(
+        &dir,
+        &format!(
+            "interval: 200ms\nprobes:\n  accept_queue: {{ enabled: false }}\n  tcp_retransmits: {{ ports: [{port}] }}\n"
+        ),
+    );
+    let sent = |c: &FakeContainer| c.inside(|| snmp_tcp("OutSegs") + snmp_tcp("RetransSegs"));
+    // A connection made inside the container: its sockets carry the container's cgroup.
+    let connect = |c: &FakeContainer| {
+        c.inside(|| {
+            let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let (server, _) = l.accept().unwrap();
+            client.set_nodelay(true).unwrap();
+            server.set_nodelay(true).unwrap();
+            (l, client, server)
+        })
+    };
+    let ping = |(_, client, server): &mut (std::net::TcpListener, TcpStream, TcpStream),
+                n: usize| {
+        let mut byte = [0u8; 1];
+        for _ in 0..n {
+            client.write_all(&[1]).unwrap();
+            server.read_exact(&mut byte).unwrap();
+            server.write_all(&[2]).unwrap();
+            client.read_exact(&mut byte).unwrap();
+        }
+    };
+    let (a0, b0) = (sent(&a), sent(&b));
+    let mut ca = connect(&a);
+    ping(&mut ca, 200);
+    // Ticks pass: the port's slot goes to a's cgroup.
+    thread::sleep(Duration::from_millis(700));
+    ping(&mut ca, 200);
+    let mut cb = connect(&b);
+    ping(&mut cb, 200);
+    // The last delayed ACKs go out; then the connections stay open and idle.
+    thread::sleep(Duration::from_millis(300));
+    let (na, nb) = (sent(&a) - a0, sent(&b) - b0);
+    eprintln!("OutSegs + RetransSegs: container a +{na}, container b +{nb}");
+    let series = |c: &FakeContainer| {
+        format!(
+            "nodewatch_tcp_segments_sent_total{{{}}}",
+            labels(port, c, None)
+        )
+    };
+    let agreed = wait_for(Duration::from_secs(5), || {
+        (agent.sample(&series(&a)) == Some(na as f64)
+            && agent.sample(&series(&b)) == Some(nb as f64))
+        .then_some(())
+    });
+    assert!(
+        agreed.is_some(),
+        "want {} {na} and {} {nb}:\n{}",
+        series(&a),
+        series(&b),
+        agent.metrics()
+    );
+    drop((ca, cb));
+    assert!(agent.stop().success());
+}
+
 #[test]
 fn a_stalled_gpu_call_in_a_container_is_counted_and_logged_with_it() {
     if !have_root("containers: gpu ioctl")

@@ -28,11 +28,11 @@ use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST},
     helpers::{bpf_probe_read_kernel, bpf_skb_cgroup_id},
     macros::{cgroup_skb, map, raw_tracepoint},
-    maps::{HashMap, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{RawTracePointContext, SkBuffContext},
 };
 use nodewatch_common::{
-    FULL_CGROUP, PortBits, PortCgroup, RetransOffsets,
+    FULL_CGROUP, PortBits, PortCgroup, PortIndex, PortSlot, RetransOffsets,
     tcp_retransmits::{MAX_KEYS, MAX_PORTS, OTHER_PORT},
 };
 use nodewatch_ebpf::{counter_add_nesting, port_in};
@@ -62,6 +62,14 @@ static RETRANS_PORT_BITS: PortBits = PortBits { bits: [0; 8192] };
 #[map]
 static RETRANS_SEGS: HashMap<PortCgroup, u64> =
     HashMap::with_max_entries(MAX_KEYS + MAX_PORTS + 1, 0);
+
+/// Watched port → its slot in [`TCP_SENT_SLOTS`] + 1, set by userspace before load.
+#[unsafe(no_mangle)]
+static SENT_PORT_INDEX: PortIndex = PortIndex { idx: [0; 65536] };
+
+/// Per watched port, per CPU: the segments sent of the cgroup userspace gave the slot.
+#[map]
+static TCP_SENT_SLOTS: PerCpuArray<PortSlot> = PerCpuArray::with_max_entries(MAX_PORTS, 0);
 
 /// (port, cgroup) → segments sent on a watched port, keyed as [`RETRANS_SEGS`], per CPU.
 #[map]
@@ -208,18 +216,28 @@ fn try_sent(ctx: &SkBuffContext) -> Result<(), i64> {
     // own, read only once the packet is known to count.
     // SAFETY: a context field read, checked by the verifier.
     let segs = || u64::from(unsafe { core::ptr::read_volatile(&raw const (*skb).gso_segs) }.max(1));
-    let port = if port_in(&RETRANS_PORT_BITS, sport) {
-        sport
-    } else if port_in(&RETRANS_PORT_BITS, dport) {
-        dport
-    } else {
-        // Not counted: the ratio is for watched ports, and an unwatched packet's test ends
-        // here, before its cgroup, its segment count or any map.
-        return Ok(());
+    let (port, idx) = match (sent_index(sport), sent_index(dport)) {
+        (0, 0) => {
+            // Not counted: the ratio is for watched ports, and an unwatched packet's test
+            // ends here, before its cgroup, its segment count or any map.
+            return Ok(());
+        }
+        (0, i) => (dport, i),
+        (i, _) => (sport, i),
     };
     // SAFETY: takes the context; the cgroup of the packet's socket (the listener's for a
     // request socket), 0 without one.
     let cgroup = unsafe { bpf_skb_cgroup_id(skb) };
+    // The port's slot counts one cgroup (the port's service, usually its only one) without
+    // a hash lookup.
+    if let Some(slot) = TCP_SENT_SLOTS.get_ptr_mut(u32::from(idx) - 1) {
+        // SAFETY: this CPU's copy of the slot; userspace writes the cgroup only while no
+        // packet of that cgroup can count into it (see the agent's ports.rs).
+        if unsafe { core::ptr::read_volatile(&raw const (*slot).cgroup) } == cgroup {
+            counter_add_nesting(unsafe { &raw mut (*slot).segs }, segs());
+            return Ok(());
+        }
+    }
     let key = PortCgroup::new(port, cgroup);
     let slot = match TCP_SEGS_SENT.get_ptr_mut(&key) {
         Some(slot) => Some(slot),
@@ -236,6 +254,19 @@ fn try_sent(ctx: &SkBuffContext) -> Result<(), i64> {
         counter_add_nesting(slot, segs());
     }
     Ok(())
+}
+
+/// A watched port's slot + 1 in [`TCP_SENT_SLOTS`]; 0 for a port nobody watches. One load.
+#[inline(always)]
+fn sent_index(port: u16) -> u16 {
+    // SAFETY: the index is below 65536, the table's length; a frozen .rodata global.
+    unsafe {
+        core::ptr::read_volatile(
+            (&raw const SENT_PORT_INDEX.idx)
+                .cast::<u16>()
+                .add(usize::from(port)),
+        )
+    }
 }
 
 /// The (source, destination) ports of a TCP packet, host order; None for anything else.

@@ -25,6 +25,13 @@ pub mod tcp_retransmits {
     /// ones, the kernel's `OutSegs`, and retransmits, `RetransSegs`), keyed like
     /// [`COUNTS_MAP`]: the denominator of the retransmit ratio. Userspace sums the CPUs.
     pub const SENT_MAP: &str = "TCP_SEGS_SENT";
+    /// Per-CPU array of [`crate::PortSlot`], one per watched port (in configuration order):
+    /// where the egress program counts the segments of the one cgroup userspace gave the
+    /// port's slot (the first seen in [`SENT_MAP`]), with no hash lookup. Userspace adds it to
+    /// that (port, cgroup)'s hash entry.
+    pub const SENT_SLOTS_MAP: &str = "TCP_SENT_SLOTS";
+    /// `.rodata` global [`crate::PortIndex`]: watched port → its slot + 1.
+    pub const SENT_INDEX_GLOBAL: &str = "SENT_PORT_INDEX";
 }
 
 /// The accept-queue probe's names and limits.
@@ -69,6 +76,36 @@ impl PortBits {
     pub fn has(&self, port: u16) -> bool {
         self.bits[usize::from(port >> 3)] & (1 << (port & 7)) != 0
     }
+}
+
+/// Port → its slot + 1 in a per-port array (0: not watched), a `.rodata` global: the egress
+/// program's watched test and its slot in one load.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PortIndex {
+    pub idx: [u16; 65536],
+}
+
+impl PortIndex {
+    /// `ports[i]` at slot `i` (at most `u16::MAX - 1` of them).
+    pub fn of(ports: &[u16]) -> Self {
+        let mut s = Self { idx: [0; 65536] };
+        for (i, &p) in ports.iter().enumerate() {
+            s.idx[usize::from(p)] = i as u16 + 1;
+        }
+        s
+    }
+}
+
+/// A watched port's slot of segments sent ([`tcp_retransmits::SENT_SLOTS_MAP`] value, per
+/// CPU): the count of the one cgroup userspace gave the slot; the port's other cgroups count
+/// in the hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSlot {
+    /// The cgroup whose segments this slot counts; [`FULL_CGROUP`]: none yet.
+    pub cgroup: u64,
+    pub segs: u64,
 }
 
 /// The cgroup a count goes to when its map is full (no cgroup has this id): exported under
@@ -176,6 +213,8 @@ mod user {
     unsafe impl aya::Pod for super::PortCgroup {}
     unsafe impl aya::Pod for super::ListenerSeen {}
     unsafe impl aya::Pod for super::PortBits {}
+    unsafe impl aya::Pod for super::PortIndex {}
+    unsafe impl aya::Pod for super::PortSlot {}
     // SAFETY: as above; each is #[repr(C)] with fields ordered so there is no padding.
     unsafe impl aya::Pod for GpuIoctlParams {}
     unsafe impl aya::Pod for MajorWatch {}

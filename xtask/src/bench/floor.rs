@@ -201,6 +201,10 @@ pub fn section(nodewatch: &Path, dir: &Path, looper: &Path, null_kdev: u32) -> R
             ("a watched port", watched, "≤ floor + 80 ns"),
         ] {
             crate::step(&format!("bench floor: packets on {what}"));
+            // As a service that has been serving for more than a tick: the agent has given
+            // the port's slot to the service's cgroup.
+            ping_pong(port, 100)?;
+            thread::sleep(Duration::from_millis(1500));
             let (a, ea) = (named_stats(nw.proc.pid())?, empty.stats()?);
             ping_pong(port, packets)?;
             let (b, eb) = (named_stats(nw.proc.pid())?, empty.stats()?);
@@ -425,7 +429,9 @@ own, with `kernel.bpf_stats_enabled=1`. Each phase reads both programs' run time
 events, so the difference is nodewatch's own cost above the floor every program on that hook
 pays (the accounting's clock reads are in both), whatever else loads this shared VM. Packets:
 one-byte requests and answers on one loopback connection (`TCP_NODELAY`; both directions'
-data and ACKs); the port is watched by both TCP probes or by neither. Ioctls:
+data and ACKs), after a first 100 and a tick (so the agent has given the watched port's
+slot to the serving cgroup; until then, and for a port's other cgroups, each watched packet
+costs a hash lookup more); the port is watched by both TCP probes or by neither. Ioctls:
 `ioctl(TCGETS)` on `/dev/null` from `xtask/src/ioctl_loop.c`, per call both programs
 (entry and exit) against both empty ones, after a first 1 000 calls and a tick (as a GPU
 process that has been calling its device for more than a second: the agent has given the

@@ -2,10 +2,10 @@
 //! programs keep per watched port and cgroup, and the host-wide `/proc` counter they fall
 //! back to.
 
-use std::path::Path;
+use std::{collections::BTreeMap, path::Path};
 
-use aya::maps::{HashMap, MapData, PerCpuHashMap, PerCpuValues};
-use nodewatch_common::{FULL_CGROUP, PortCgroup, tcp_retransmits::OTHER_PORT};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use nodewatch_common::{FULL_CGROUP, PortCgroup, PortSlot, tcp_retransmits::OTHER_PORT};
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
@@ -64,6 +64,39 @@ pub struct PortCounts {
     totals: Totals<PortLabels, u64>,
     /// The host's series of every watched port, exported from the start.
     fixed: Vec<PortLabels>,
+    /// Per-port slots the program counts one cgroup in, beside the hash.
+    slots: Option<PortSlots>,
+}
+
+/// A per-CPU array of [`PortSlot`]s, one per watched port: the program counts there the
+/// segments of the one cgroup this side gave the slot (none at first), and the rest of the
+/// port's cgroups in the hash. Each export adds a slot's count to its (port, cgroup) entry,
+/// then gives each free slot the cgroup with the most counted in the hash for its port. A
+/// slot is given back when its cgroup goes: the series keeps its total, and a packet still
+/// sent from a socket of the gone cgroup counts in the hash again.
+struct PortSlots {
+    map: PerCpuArray<MapData, PortSlot>,
+    /// Port → (slot, its cgroup, or FULL_CGROUP while free).
+    ports: BTreeMap<u16, (u32, u64)>,
+    cpus: usize,
+}
+
+impl PortSlots {
+    fn set(&mut self, port: u16, cgroup: u64) -> Result<(), aya::maps::MapError> {
+        let Some(&mut (slot, ref mut owner)) = self.ports.get_mut(&port) else {
+            return Ok(());
+        };
+        let values = PerCpuValues::try_from(vec![PortSlot { cgroup, segs: 0 }; self.cpus])
+            .map_err(|e| {
+                aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "slot values",
+                    io_error: e,
+                })
+            })?;
+        self.map.set(slot, values, 0)?;
+        *owner = cgroup;
+        Ok(())
+    }
 }
 
 /// How a program keeps its counts: one value shared by every CPU (rare events), or one per
@@ -123,7 +156,37 @@ impl PortCounts {
             owners: Owners::new(containers),
             totals: Totals::<PortLabels, u64>::default(),
             fixed: all.into_iter().map(PortLabels::of).collect(),
+            slots: None,
         })
+    }
+
+    /// Takes the per-port slot array `name` too (slot `i` for `ports[i]`), every slot free.
+    pub fn with_slots(
+        mut self,
+        ebpf: &mut aya::Ebpf,
+        name: &'static str,
+        ports: &[u16],
+    ) -> Result<Self, AttachError> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or(AttachError::Missing(name))?
+            .try_into()?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| AttachError::Cpus(format!("{what}: {e}")))?;
+        let mut slots = PortSlots {
+            map,
+            ports: ports
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| (p, (i as u32, FULL_CGROUP)))
+                .collect(),
+            cpus,
+        };
+        for &p in ports {
+            slots.set(p, FULL_CGROUP)?;
+        }
+        self.slots = Some(slots);
+        Ok(self)
     }
 
     /// Copies every (port, owner)'s total into `family`; removes the series of containers
@@ -131,34 +194,72 @@ impl PortCounts {
     pub fn export(&mut self, family: &PortFamily) -> Result<(), CollectError> {
         let name = self.name;
         let map_err = |source| CollectError::Map { map: name, source };
+        // By key: a slot's count adds to its (port, cgroup)'s hash entry.
+        let mut values: BTreeMap<PortCgroup, u64> = BTreeMap::new();
+        match &self.map {
+            CountMap::Shared(map) => {
+                for entry in map.iter() {
+                    let (key, value) = entry.map_err(map_err)?;
+                    values.insert(key, value);
+                }
+            }
+            CountMap::PerCpu(map) => {
+                for entry in map.iter() {
+                    let (key, per_cpu) = entry.map_err(map_err)?;
+                    values.insert(key, per_cpu.iter().sum());
+                }
+            }
+        }
+        if let Some(slots) = &mut self.slots {
+            let slot_err = |source| CollectError::Map {
+                map: "port slots",
+                source,
+            };
+            for (&port, &(slot, cgroup)) in &slots.ports {
+                if cgroup == FULL_CGROUP {
+                    continue;
+                }
+                let per_cpu = slots.map.get(&slot, 0).map_err(slot_err)?;
+                // Only this side writes a slot's cgroup, the same on every CPU.
+                let n: u64 = per_cpu
+                    .iter()
+                    .filter(|s| s.cgroup == cgroup)
+                    .map(|s| s.segs)
+                    .sum();
+                *values.entry(PortCgroup::new(port, cgroup)).or_default() += n;
+            }
+            // Each free slot to the cgroup with the most segments on its port so far.
+            let free: Vec<u16> = slots
+                .ports
+                .iter()
+                .filter(|(_, (_, c))| *c == FULL_CGROUP)
+                .map(|(&p, _)| p)
+                .collect();
+            for port in free {
+                let best = values
+                    .iter()
+                    .filter(|(k, _)| k.port == port && k.cgroup != FULL_CGROUP)
+                    .max_by_key(|(_, v)| **v)
+                    .map(|(k, _)| k.cgroup);
+                if let Some(cgroup) = best {
+                    slots.set(port, cgroup).map_err(slot_err)?;
+                }
+            }
+        }
         let mut entries = Vec::new();
-        let mut push = |key: PortCgroup, value: u64| {
+        for (key, value) in values {
             // The FULL_CGROUP slots only count when the map is full: unused, they are not
             // a series of their own.
             if key.cgroup == FULL_CGROUP && value == 0 {
-                return;
+                continue;
             }
             entries.push(Entry {
                 key,
                 cgroup: key.cgroup,
                 value,
             });
-        };
-        match &self.map {
-            CountMap::Shared(map) => {
-                for entry in map.iter() {
-                    let (key, value) = entry.map_err(map_err)?;
-                    push(key, value);
-                }
-            }
-            CountMap::PerCpu(map) => {
-                for entry in map.iter() {
-                    let (key, values) = entry.map_err(map_err)?;
-                    push(key, values.iter().sum());
-                }
-            }
         }
-        let map = &mut self.map;
+        let (map, slots) = (&mut self.map, &mut self.slots);
         let update = self.totals.update(
             std::time::Instant::now(),
             &mut self.owners,
@@ -170,6 +271,14 @@ impl PortCounts {
                     CountMap::Shared(m) => m.remove(k),
                     CountMap::PerCpu(map) => map.remove(k),
                 };
+                if let Some(slots) = slots
+                    && slots
+                        .ports
+                        .get(&k.port)
+                        .is_some_and(|&(_, c)| c == k.cgroup)
+                {
+                    let _ = slots.set(k.port, FULL_CGROUP);
+                }
             },
         );
         for s in &update.removed {

@@ -14,9 +14,10 @@ use aya::{
     programs::{CgroupSkbAttachType, RawTracePoint},
 };
 use nodewatch_common::{
-    PortBits, RetransOffsets,
+    PortBits, PortIndex, RetransOffsets,
     tcp_retransmits::{
-        COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_GLOBAL, PROG_SENT, PROG_SKB, PROG_SYNACK, SENT_MAP,
+        COUNTS_MAP, MAX_PORTS, OTHER_PORT, PORTS_GLOBAL, PROG_SENT, PROG_SKB, PROG_SYNACK,
+        SENT_INDEX_GLOBAL, SENT_MAP, SENT_SLOTS_MAP,
     },
 };
 use serde::Deserialize;
@@ -108,9 +109,11 @@ impl Kernel {
     ) -> Result<Self, AttachError> {
         let offsets = offsets()?;
         let watched = PortBits::of(ports);
+        let index = Box::new(PortIndex::of(ports));
         let mut ebpf = EbpfLoader::new()
             .override_global("RETRANS_OFFSETS", &offsets, true)
             .override_global(PORTS_GLOBAL, &watched, true)
+            .override_global(SENT_INDEX_GLOBAL, index.as_ref(), true)
             .load(OBJECT)?;
         let containers: &SharedContainers = env.containers;
         let counts = PortCounts::take(
@@ -128,7 +131,8 @@ impl Kernel {
             ports,
             &[],
             containers,
-        )?;
+        )?
+        .with_slots(&mut ebpf, SENT_SLOTS_MAP, ports)?;
         for prog in [PROG_SKB, PROG_SYNACK] {
             let err = |source| AttachError::Program { name: prog, source };
             let tp: &mut RawTracePoint = ebpf
