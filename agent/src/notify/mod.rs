@@ -359,6 +359,9 @@ impl Notifiers {
     /// for the agent's own fleet alerts).
     fn enqueue(&self, alert: &OutAlert, now: SystemTime, only: Option<Kind>) {
         let only = only.or(alert.alertmanager_only.then_some(Kind::Alertmanager));
+        // Every receiver's delivery starts first; the files are written after, so no
+        // receiver waits for the disk (nor for another receiver's file).
+        let mut unwritten = Vec::new();
         for r in self
             .receivers
             .iter()
@@ -378,12 +381,34 @@ impl Notifiers {
             let in_flight = *r.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             let mut spool = r.spool.lock().unwrap_or_else(|e| e.into_inner());
             let coalesce = r.kind == Kind::Alertmanager;
-            let (pushed, error) = spool.push(Notification { id, alert: a }, coalesce, in_flight);
+            let (pushed, file) = spool.queue(Notification { id, alert: a }, coalesce, in_flight);
             if pushed.dropped > 0 {
                 self.metrics
                     .count(&r.label, "dropped", pushed.dropped as u64);
                 tracing::error!(notifier = %r.label, dropped = pushed.dropped, "notification spool full: oldest notifications dropped");
             }
+            self.metrics
+                .queue
+                .get_or_create(&NotifierLabels {
+                    notifier: r.label.clone(),
+                })
+                .set(spool.len() as i64);
+            drop(spool);
+            r.wake.notify_one();
+            unwritten.push((r, file));
+        }
+        for (r, file) in unwritten {
+            let error = match file {
+                Ok(u) => {
+                    let result = u.write();
+                    r.spool
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .written(u.seq(), result.is_ok());
+                    result.err()
+                }
+                Err(e) => Some(e),
+            };
             // Said once when writes start failing (a full disk) and once when they work again;
             // each notification kept in memory only is counted.
             use std::sync::atomic::Ordering::Relaxed;
@@ -399,13 +424,6 @@ impl Notifiers {
                 }
                 None => {}
             }
-            self.metrics
-                .queue
-                .get_or_create(&NotifierLabels {
-                    notifier: r.label.clone(),
-                })
-                .set(spool.len() as i64);
-            r.wake.notify_one();
         }
     }
 }

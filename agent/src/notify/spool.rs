@@ -1,6 +1,9 @@
 //! A durable, bounded queue of notifications for one receiver: one file per notification in
-//! `<spool_dir>/notifications/<receiver>/`, written atomically before it is queued and removed
-//! once delivered, so neither a receiver outage nor an agent crash loses one.
+//! `<spool_dir>/notifications/<receiver>/`, written atomically and removed once delivered, so
+//! neither a receiver outage nor an agent crash loses one. A notification is queued in memory
+//! first and its file written after ([`Spool::queue`], then [`Unwritten::write`] and
+//! [`Spool::written`]), outside the queue's lock: the first delivery attempt does not wait
+//! for the disk, whose `fsync` can take seconds on a node busy writing checkpoints.
 
 use std::{
     collections::VecDeque,
@@ -25,6 +28,25 @@ struct Entry {
     /// False when the file could not be written (full disk): delivered from memory only.
     persisted: bool,
     n: Notification,
+}
+
+/// A queued notification whose file is not written yet.
+pub struct Unwritten {
+    seq: u64,
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Unwritten {
+    /// The notification's sequence number in its spool.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Writes the file (atomically, synced); no lock is needed.
+    pub fn write(&self) -> std::io::Result<()> {
+        write_atomic(&self.path, &self.bytes)
+    }
 }
 
 /// What a push did besides queueing.
@@ -92,15 +114,15 @@ impl Spool {
         self.dir.join(format!("{seq:016x}.json"))
     }
 
-    /// Queues `n` at the back. With `coalesce`, queued notifications for the same alert
-    /// (except `in_flight`) are replaced. Returns the write error, if any, beside what was
-    /// dropped: the notification is queued in memory either way.
-    pub fn push(
+    /// Makes room for `n` and gives it its sequence number. With `coalesce`, queued
+    /// notifications for the same alert (except `in_flight`) are replaced; a full queue drops
+    /// its oldest. The notification is queued in memory whatever its file's fate.
+    fn make_room(
         &mut self,
-        n: Notification,
+        n: &Notification,
         coalesce: bool,
         in_flight: Option<u64>,
-    ) -> (Pushed, Option<std::io::Error>) {
+    ) -> (Pushed, u64) {
         let mut pushed = Pushed::default();
         if coalesce {
             let stale: Vec<u64> = self
@@ -122,16 +144,55 @@ impl Spool {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let error = serde_json::to_vec(&n)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| write_atomic(&self.path(seq), &bytes))
-            .err();
+        (pushed, seq)
+    }
+
+    /// Queues `n` at the back, in memory (see [`Spool::push`]); its file is to be written
+    /// with [`Unwritten::write`] and reported with [`Spool::written`].
+    pub fn queue(
+        &mut self,
+        n: Notification,
+        coalesce: bool,
+        in_flight: Option<u64>,
+    ) -> (Pushed, Result<Unwritten, std::io::Error>) {
+        let (pushed, seq) = self.make_room(&n, coalesce, in_flight);
+        let bytes = serde_json::to_vec(&n).map_err(std::io::Error::other);
         self.entries.push_back(Entry {
             seq,
-            persisted: error.is_none(),
+            persisted: false,
             n,
         });
-        (pushed, error)
+        let path = self.path(seq);
+        (pushed, bytes.map(|bytes| Unwritten { seq, path, bytes }))
+    }
+
+    /// The file of `seq` was written (`ok`) or not. Where the notification went meanwhile
+    /// (delivered, replaced, dropped), its file goes too.
+    pub fn written(&mut self, seq: u64, ok: bool) {
+        match self.entries.iter_mut().find(|e| e.seq == seq) {
+            Some(e) => e.persisted = ok,
+            None if ok => {
+                let _ = std::fs::remove_file(self.path(seq));
+            }
+            None => {}
+        }
+    }
+
+    /// Queues `n` and writes its file at once: [`Spool::queue`], the write, [`Spool::written`].
+    #[cfg(test)]
+    pub fn push(
+        &mut self,
+        n: Notification,
+        coalesce: bool,
+        in_flight: Option<u64>,
+    ) -> (Pushed, Option<std::io::Error>) {
+        let (pushed, unwritten) = self.queue(n, coalesce, in_flight);
+        let error = unwritten.and_then(|u| {
+            let r = u.write();
+            self.written(u.seq, r.is_ok());
+            r
+        });
+        (pushed, error.err())
     }
 
     /// The oldest notification and its sequence number.
