@@ -89,6 +89,13 @@ notifiers:
                 .to_string()
         })
         .collect();
+    // Kept as announced (written behind the deliveries, by a thread of its own).
+    let announced = dir.0.join("spool/notifications/announced.json");
+    wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&announced).ok()?;
+        (text.contains("\"MemoryHigh\"") && text.contains("\"MemoryHighFor\"")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("announced.json never listed both:\n{}", first.log_text()));
     sigkill(first);
 
     // Back with both still firing (MemoryHighFor pending for a second first): nothing new.

@@ -1,8 +1,8 @@
 //! The agent's spool on a disk that is slow to sync: an in-memory FUSE file system whose every
 //! `fsync` takes 3 s (tests/fixtures/slow_sync.py), as on a GPU node whose disk is busy
 //! writing a checkpoint. A notification's first delivery does not wait for its file: the
-//! webhook hears of the alert before a single sync could have finished, and the file is
-//! written (and removed once delivered) behind it.
+//! webhook hears of the alert before a single sync could have finished, the tick goes on
+//! every second meanwhile, and the file is written (and removed once delivered) behind it.
 
 mod common;
 
@@ -104,6 +104,21 @@ fn a_notification_does_not_wait_for_the_disk() {
     assert!(
         after < SYNC,
         "the first delivery waited for the disk: {after:?}\n{}",
+        agent.log_text()
+    );
+    // Nor does the tick wait for it: the files are written by threads of their own, while the
+    // tick goes on every second (the node, down, counts its unhealthy seconds each tick).
+    let down = || {
+        agent
+            .sample("nodewatch_unhealthy_seconds_total")
+            .unwrap_or(0.0)
+    };
+    let before = down();
+    std::thread::sleep(Duration::from_millis(2500));
+    let counted = down() - before;
+    assert!(
+        counted >= 1.5,
+        "{counted} s counted in 2.5 s while the disk synced: the tick waited\n{}",
         agent.log_text()
     );
     // Behind it the file is written, then removed as delivered: nothing is left queued.

@@ -119,7 +119,8 @@ pub struct Notifiers {
     receivers: Vec<Arc<Receiver>>,
     resend: HashMap<String, Duration>,
     firing: Mutex<HashMap<String, Tracked>>,
-    announced: Mutex<Announced>,
+    /// Writes the spool's files and the announced alerts, in order, off the tick.
+    writer: Writer,
     external_url: String,
     /// Added to every alert's labels where the rule did not set the label.
     external_labels: BTreeMap<String, String>,
@@ -236,7 +237,13 @@ impl Notifiers {
             receivers,
             resend,
             firing: Mutex::new(firing),
-            announced: Mutex::new(announced),
+            writer: Writer::start(announced, metrics.clone()).map_err(|source| {
+                NotifyError::Spool {
+                    name: "writer".into(),
+                    path: spool_dir.display().to_string(),
+                    source,
+                }
+            })?,
             external_url,
             external_labels,
             metrics,
@@ -335,10 +342,9 @@ impl Notifiers {
             self.enqueue(&out, now, None);
         }
         if changed {
-            self.announced
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .save(firing.values().map(|t| &t.alert));
+            let mut list: Vec<OutAlert> = firing.values().map(|t| t.alert.clone()).collect();
+            list.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+            self.writer.send(Job::Announced(list));
         }
         // Alertmanager forgets firing alerts it is not told about again.
         for t in firing.values_mut() {
@@ -398,33 +404,92 @@ impl Notifiers {
             unwritten.push((r, file));
         }
         for (r, file) in unwritten {
-            let error = match file {
-                Ok(u) => {
-                    let result = u.write();
-                    r.spool
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .written(u.seq(), result.is_ok());
-                    result.err()
-                }
-                Err(e) => Some(e),
-            };
-            // Said once when writes start failing (a full disk) and once when they work again;
-            // each notification kept in memory only is counted.
-            use std::sync::atomic::Ordering::Relaxed;
-            match error {
-                Some(e) => {
-                    self.metrics.count(&r.label, "unspooled", 1);
-                    if !r.spool_failing.swap(true, Relaxed) {
-                        tracing::error!(notifier = %r.label, error = %e, "cannot write the notification spool; notifications are kept in memory only until it works again");
+            self.writer.send(Job::Spool(Arc::clone(r), file));
+        }
+    }
+}
+
+/// What the writer thread writes.
+enum Job {
+    /// A queued notification's file (or why it could not be made).
+    Spool(Arc<Receiver>, std::io::Result<spool::Unwritten>),
+    /// The alerts announced as firing now.
+    Announced(Vec<OutAlert>),
+}
+
+/// The thread that writes the notifications' files and the announced alerts, in the order
+/// they were queued, so that a disk slow to sync (seconds, on a node writing a checkpoint)
+/// delays neither a delivery nor the tick. Stopping it writes what is queued first.
+struct Writer {
+    tx: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(mut announced: Announced, metrics: Metrics) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("notify-spool".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Spool(r, file) => write_spooled(&r, file, &metrics),
+                        Job::Announced(list) => announced.save(list.iter()),
                     }
                 }
-                None if r.spool_failing.swap(false, Relaxed) => {
-                    tracing::info!(notifier = %r.label, "notification spool writable again");
-                }
-                None => {}
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, job: Job) {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
+            // Only if the thread died (a panic): said, and the file is not written.
+            tracing::error!(
+                "the notification spool writer stopped; notifications are kept in memory only"
+            );
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Writes one queued notification's file and tells its spool; a failure is counted, and
+/// logged once until writes work again.
+fn write_spooled(r: &Receiver, file: std::io::Result<spool::Unwritten>, metrics: &Metrics) {
+    let error = match file {
+        Ok(u) => {
+            let result = u.write();
+            r.spool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .written(u.seq(), result.is_ok());
+            result.err()
+        }
+        Err(e) => Some(e),
+    };
+    use std::sync::atomic::Ordering::Relaxed;
+    match error {
+        Some(e) => {
+            metrics.count(&r.label, "unspooled", 1);
+            if !r.spool_failing.swap(true, Relaxed) {
+                tracing::error!(notifier = %r.label, error = %e, "cannot write the notification spool; notifications are kept in memory only until it works again");
             }
         }
+        None if r.spool_failing.swap(false, Relaxed) => {
+            tracing::info!(notifier = %r.label, "notification spool writable again");
+        }
+        None => {}
     }
 }
 

@@ -33,17 +33,25 @@ pub struct Count {
     pub count: u64,
 }
 
-/// Where the state lives.
+/// Where the state lives, and the thread that writes it (off the tick).
 pub struct Files {
     pub state: PathBuf,
     pub clear: PathBuf,
+    writer: Option<crate::files::WriteBehind>,
 }
 
 impl Files {
     pub fn new(spool_dir: &Path) -> Self {
+        let writer = crate::files::WriteBehind::new(
+            "gpu-xid-state",
+            "cannot keep the Xid state: a restart would forget it",
+        )
+        .map_err(|e| tracing::error!(error = %e, "cannot start the Xid state writer; writing on the tick"))
+        .ok();
         Self {
             state: spool_dir.join(FILE),
             clear: spool_dir.join(CLEAR_FILE),
+            writer,
         }
     }
 
@@ -59,13 +67,23 @@ impl Files {
         }
     }
 
-    /// Writes the state atomically.
+    /// Writes the state atomically, behind the caller (a failure is logged there).
     pub fn save(&self, saved: &Saved) -> std::io::Result<()> {
-        if let Some(dir) = self.state.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
         let bytes = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
-        crate::files::write_atomic(&self.state, &bytes)
+        match &self.writer {
+            Some(w) => {
+                w.write(self.state.clone(), bytes);
+                Ok(())
+            }
+            None => crate::files::write_atomic(&self.state, &bytes),
+        }
+    }
+
+    /// Waits until the state asked for is written.
+    pub fn flush(&self) {
+        if let Some(w) = &self.writer {
+            w.flush();
+        }
     }
 
     /// The bus ids an operator asked to clear (`all` clears every one), removing the request.

@@ -45,6 +45,7 @@ fn kept_counts_come_back_on_the_same_boot_once_and_go_when_cleared() {
     assert_eq!(x.count(foreign, false), Counted::NotKept);
     assert_eq!(x.count("6,12,1,-;usb 1-1: new device", false), Counted::No);
     x.save();
+    x.files.flush();
     assert_eq!(x.seq, 12);
 
     // Restarted on the same boot: the kept count is back, the log's start is skipped up to
@@ -78,6 +79,7 @@ fn kept_counts_come_back_on_the_same_boot_once_and_go_when_cleared() {
     assert!(y.counts.is_empty());
     assert!(!y.xids.remove(&labels), "the series went with the count");
     y.save();
+    y.files.flush();
     let z = reader(&spool, &pci, "boot-a");
     assert!(z.counts.is_empty());
     assert_eq!(z.skip_through, Some(14));
@@ -89,6 +91,7 @@ fn kept_counts_come_back_on_the_same_boot_once_and_go_when_cleared() {
         Counted::Kept
     );
     w.save();
+    w.files.flush();
     assert!(reader(&spool, &pci, "boot-b").counts.is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
