@@ -32,9 +32,9 @@ use aya_ebpf::{
 };
 use nodewatch_common::gpu_ioctl::{
     BUCKETS, Call, DROP_EVENTS, DROP_HIST, DROP_INFLIGHT, DROP_SLOTS, DevHist, DevKey,
-    ENTER_CMD_AT, ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, HIST_SLOTS, HistKey, KIND_CHR, KIND_FILE,
-    MAJOR_ALL, MAJOR_BLOCK, MAJOR_KEYS, MAX_HIST, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS, MINOR_BITS,
-    MINOR_SLOTS, MajorWatch, StallEvent, THREAD_WORDS, bucket,
+    ENTER_CMD_AT, ENTER_FD_AT, EVENTS_BYTES, GpuIoctlParams, HIST_SLOTS, HistKey, KIND_CHR,
+    KIND_FILE, MAJOR_ALL, MAJOR_BLOCK, MAJOR_KEYS, MAX_HIST, MAX_INFLIGHT, MAX_KEYS, MAX_MAJORS,
+    MINOR_BITS, MINOR_SLOTS, MajorWatch, StallEvent, THREAD_WORDS, bucket,
 };
 use nodewatch_ebpf::{counter_add, counter_add_nesting};
 
