@@ -1,9 +1,9 @@
-//! The tick's path from the store to the rules' history, timed alone: a store holding
-//! `SERIES` synthetic series (counters, float gauges and a few histograms, as the collectors
-//! write them), every value changed each tick, a few series replaced each tick, then
+//! The tick's path from the store to the rules' history, timed alone: a store giving `N`
+//! samples per tick (counters, float gauges and a few histograms of 30 samples each, as the
+//! collectors write them), every value changed and one series replaced each tick, then
 //! `LiveRules::tick` (samples into the history, staleness, evaluation, pruning), with no rules
 //! or with the embedded default rules. It prints the CPU time of one tick, in µs, as
-//! `<series> <rules> <median> <min>` lines. `cargo xtask bench` (section tick) builds it in
+//! `<N> <rules> <median> <min>` lines. `cargo xtask bench` (section tick) builds it in
 //! this tree and in the baseline's and runs both; it uses only what both trees have.
 //!
 //! `cargo run --release -p nodewatch --example tick_path -- 100 1000 5000`
@@ -38,7 +38,7 @@ fn thread_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Per-tick CPU times (ns) of `ticks` ticks over `series` series.
+/// Per-tick CPU times (ns) of `ticks` ticks over a store of about `series` samples.
 fn run(series: usize, with_rules: bool, ticks: usize) -> Vec<u64> {
     let mut store = Store::new();
     let metrics = RuleMetrics::register(&mut store);

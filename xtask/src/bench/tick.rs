@@ -66,7 +66,7 @@ fn build_baseline(rev: &str, dir: &Path) -> Result<PathBuf> {
 }
 
 /// Builds the tick-path example in `tree` (into `target`) and runs it: its lines
-/// `<series> <rules> <median µs> <min µs>`.
+/// `<samples> <rules> <median µs> <min µs>`.
 fn tick_path(tree: &Path, target: &Path) -> Result<Vec<(String, String, f64, f64)>> {
     let root = crate::root_dir();
     if tree != root {
@@ -286,9 +286,9 @@ pub fn section(nodewatch: &Path, dir: &Path) -> Result<String> {
     };
     let _ = writeln!(
         out,
-        "\nThe tick's path alone (`{TICK_PATH}`, release build): a store of N synthetic series \
-         (counters, float gauges, a tenth of the samples histograms; every value changed and one \
-         series replaced each tick), then one `LiveRules::tick` — the store's samples into the \
+        "\nThe tick's path alone (`{TICK_PATH}`, release build): a store giving N samples per \
+         tick (counters, float gauges, and histograms for a tenth of the samples; every value \
+         changed and one series replaced each tick), then one `LiveRules::tick` — the store's samples into the \
          history, staleness, evaluation, pruning — with no rules and with the embedded default \
          rules. CPU time of the ticking thread per tick, median (min) of many ticks, in µs; \
          `before` is the same file built against `{rev}`.\n\n\
