@@ -193,13 +193,12 @@ impl LiveRules {
     /// history, which the rules then read.
     pub fn tick(&mut self, ts_ms: i64, store: &Store) {
         let started = Instant::now();
-        let samples = store.samples();
         let mut history = store.history();
         if let Some(r) = self.retention.take() {
             history.set_retention(r);
         }
         let dropped_before = history.dropped_samples();
-        history.ingest_scrape(ts_ms, samples);
+        history.ingest(ts_ms, |out| store.collect(out));
         let failures = self
             .engine
             .evaluate(&mut history, ts_ms, true, self.interval_ms);

@@ -13,7 +13,11 @@ use prometheus_client::{
     metrics::{MetricType, TypedMetric, counter::Counter, gauge::Gauge},
 };
 
-use super::{histogram::Log2Histogram, labels::Labels};
+use super::{
+    histogram::Log2Histogram,
+    labels::Labels,
+    sink::{At, SeriesKey, Sink},
+};
 
 /// A float gauge.
 pub type GaugeF64 = Gauge<f64, AtomicU64>;
@@ -194,57 +198,62 @@ impl Names {
 
 /// One metric's samples as the rules see them, named as a scrape names them.
 pub trait Sampled {
-    /// Appends the samples of this metric, with `labels` (the family's label set) added.
-    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>);
-}
-
-fn named(mut labels: Labels, name: &str) -> Labels {
-    labels.set(super::labels::METRIC_NAME.into(), name.to_string());
-    labels
+    /// Gives the samples of this metric to `out`, each under `at`'s key with its own `part`
+    /// and with `at`'s labels added.
+    fn samples(&self, names: &Names, at: At<'_>, out: &mut dyn Sink);
 }
 
 impl Sampled for Counter {
-    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
-        out.push((named(labels, &names.total), self.get() as f64));
+    fn samples(&self, names: &Names, at: At<'_>, out: &mut dyn Sink) {
+        at.sample(out, 0, &names.total, None, self.get() as f64);
     }
 }
 
 impl Sampled for Counter<f64, AtomicU64> {
-    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
-        out.push((named(labels, &names.total), self.get()));
+    fn samples(&self, names: &Names, at: At<'_>, out: &mut dyn Sink) {
+        at.sample(out, 0, &names.total, None, self.get());
     }
 }
 
 impl Sampled for Gauge {
-    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
-        out.push((named(labels, &names.plain), self.get() as f64));
+    fn samples(&self, names: &Names, at: At<'_>, out: &mut dyn Sink) {
+        at.sample(out, 0, &names.plain, None, self.get() as f64);
     }
 }
 
 impl Sampled for GaugeF64 {
-    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
-        out.push((named(labels, &names.plain), self.get()));
+    fn samples(&self, names: &Names, at: At<'_>, out: &mut dyn Sink) {
+        at.sample(out, 0, &names.plain, None, self.get());
     }
 }
 
 impl Sampled for Log2Histogram {
-    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
+    fn samples(&self, names: &Names, at: At<'_>, out: &mut dyn Sink) {
         let (sum, count, buckets) = self.exported();
-        out.push((named(labels.clone(), &names.sum), sum));
-        out.push((named(labels.clone(), &names.count), count as f64));
-        let bucket = named(labels, &names.bucket);
+        at.sample(out, 0, &names.sum, None, sum);
+        at.sample(out, 1, &names.count, None, count as f64);
         let mut cumulative = 0;
-        for (bound, n) in buckets {
+        // A bucket's part is its place in the fixed list of bounds: the same every tick.
+        for (part, (bound, n)) in (2..).zip(buckets) {
             cumulative += n;
-            let le = if bound == f64::MAX {
-                "+Inf".to_string()
-            } else {
-                // The encoder writes bounds with dtoa; a rule matching `le` sees that text.
-                dtoa::Buffer::new().format(bound).to_string()
-            };
-            let mut l = bucket.clone();
-            l.set("le".into(), le);
-            out.push((l, cumulative as f64));
+            at.sample(out, part, &names.bucket, Some(bound), cumulative as f64);
+        }
+    }
+}
+
+/// The series of one family: each metric with the number it got when it was created.
+struct Series<L, M> {
+    metrics: HashMap<L, (u64, M)>,
+    /// The number the next new series gets; never reused, so a series that is removed and
+    /// created again is a new series to the history, as it is to a scraper.
+    next: u64,
+}
+
+impl<L, M> Default for Series<L, M> {
+    fn default() -> Self {
+        Self {
+            metrics: HashMap::new(),
+            next: 1,
         }
     }
 }
@@ -252,13 +261,13 @@ impl Sampled for Log2Histogram {
 /// Metrics of one name, one per label set: what prometheus-client's `Family` is, plus a way to
 /// read the samples back.
 pub struct Family<L, M> {
-    metrics: Arc<RwLock<HashMap<L, M>>>,
+    series: Arc<RwLock<Series<L, M>>>,
 }
 
 impl<L, M> Clone for Family<L, M> {
     fn clone(&self) -> Self {
         Self {
-            metrics: Arc::clone(&self.metrics),
+            series: Arc::clone(&self.series),
         }
     }
 }
@@ -266,7 +275,7 @@ impl<L, M> Clone for Family<L, M> {
 impl<L, M> Default for Family<L, M> {
     fn default() -> Self {
         Self {
-            metrics: Arc::default(),
+            series: Arc::default(),
         }
     }
 }
@@ -274,14 +283,18 @@ impl<L, M> Default for Family<L, M> {
 impl<L: fmt::Debug, M: fmt::Debug> fmt::Debug for Family<L, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Family")
-            .field("metrics", &self.metrics)
+            .field("metrics", &self.read().metrics)
             .finish()
     }
 }
 
 impl<L, M> Family<L, M> {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<L, M>> {
-        self.metrics.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Series<L, M>> {
+        self.series.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Series<L, M>> {
+        self.series.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -289,30 +302,36 @@ impl<L: LabelSet, M: Clone + Default> Family<L, M> {
     /// The metric of `labels`, created on first use. Metrics are handles: what is done to
     /// the returned one is done to the family's.
     pub fn get_or_create(&self, labels: &L) -> M {
-        if let Some(m) = self.read().get(labels) {
+        if let Some((_, m)) = self.read().metrics.get(labels) {
             return m.clone();
         }
-        let mut w = self.metrics.write().unwrap_or_else(|e| e.into_inner());
-        w.entry(labels.clone()).or_default().clone()
+        let mut w = self.write();
+        let Series { metrics, next } = &mut *w;
+        metrics
+            .entry(labels.clone())
+            .or_insert_with(|| {
+                *next += 1;
+                (*next - 1, M::default())
+            })
+            .1
+            .clone()
     }
 
     /// Removes the series of `labels`; true if it existed.
     pub fn remove(&self, labels: &L) -> bool {
-        let mut w = self.metrics.write().unwrap_or_else(|e| e.into_inner());
-        w.remove(labels).is_some()
+        self.write().metrics.remove(labels).is_some()
     }
 
     /// Keeps only the series whose labels `keep` accepts.
     pub fn retain(&self, mut keep: impl FnMut(&L) -> bool) {
-        let mut w = self.metrics.write().unwrap_or_else(|e| e.into_inner());
-        w.retain(|l, _| keep(l));
+        self.write().metrics.retain(|l, _| keep(l));
     }
 }
 
 impl<L: LabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Family<L, M> {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
-        let metrics = self.metrics.read().unwrap_or_else(|e| e.into_inner());
-        for (labels, m) in metrics.iter() {
+        let series = self.read();
+        for (labels, (_, m)) in series.metrics.iter() {
             let encoder = encoder.encode_family(labels)?;
             m.encode(encoder)?;
         }
@@ -325,17 +344,30 @@ impl<L: LabelSet, M: EncodeMetric + TypedMetric> EncodeMetric for Family<L, M> {
 
     /// A family without series is left out of the exposition, descriptor and all.
     fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.read().metrics.is_empty()
     }
 }
 
 impl<L: LabelSet, M: Sampled> Sampled for Family<L, M> {
-    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
-        let metrics = self.metrics.read().unwrap_or_else(|e| e.into_inner());
-        for (set, m) in metrics.iter() {
-            let mut l = labels.clone();
-            set.write(&mut l);
-            m.samples(names, l, out);
+    fn samples(&self, names: &Names, at: At<'_>, out: &mut dyn Sink) {
+        let series = self.read();
+        for (set, (id, m)) in series.metrics.iter() {
+            let write = |l: &mut Labels| {
+                (at.labels)(l);
+                set.write(l);
+            };
+            let key = SeriesKey {
+                series: *id,
+                ..at.key
+            };
+            m.samples(
+                names,
+                At {
+                    key,
+                    labels: &write,
+                },
+                out,
+            );
         }
     }
 }

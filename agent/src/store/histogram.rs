@@ -13,6 +13,9 @@ use prometheus_client::{
 pub const LOG2_FIRST: usize = 10;
 pub const LOG2_LAST: usize = 36;
 
+/// Buckets exported, `+Inf` included.
+const EXPORTED: usize = LOG2_LAST - LOG2_FIRST + 2;
+
 /// A histogram whose buckets the kernel keeps: bucket `b` holds durations in
 /// `(2^(b-1), 2^b]` ns. The agent copies the kernel's totals in; exported in seconds.
 #[derive(Clone, Debug, Default)]
@@ -42,14 +45,14 @@ impl Log2Histogram {
     }
 
     /// (upper bound in seconds, calls in that bucket alone), the last bound `f64::MAX` (+Inf).
-    pub(crate) fn exported(&self) -> (f64, u64, Vec<(f64, u64)>) {
+    pub(crate) fn exported(&self) -> (f64, u64, [(f64, u64); EXPORTED]) {
         let t = *self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = Vec::with_capacity(LOG2_LAST - LOG2_FIRST + 2);
-        out.push((bound(LOG2_FIRST), t.buckets[..=LOG2_FIRST].iter().sum()));
+        let mut out = [(0.0, 0); EXPORTED];
+        out[0] = (bound(LOG2_FIRST), t.buckets[..=LOG2_FIRST].iter().sum());
         for b in LOG2_FIRST + 1..=LOG2_LAST {
-            out.push((bound(b), t.buckets[b]));
+            out[b - LOG2_FIRST] = (bound(b), t.buckets[b]);
         }
-        out.push((f64::MAX, t.buckets[LOG2_LAST + 1..].iter().sum()));
+        out[EXPORTED - 1] = (f64::MAX, t.buckets[LOG2_LAST + 1..].iter().sum());
         let count = t.buckets.iter().sum();
         (t.sum_ns as f64 / 1e9, count, out)
     }

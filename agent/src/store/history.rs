@@ -3,13 +3,15 @@
 //! vanish get a staleness marker, exactly as a Prometheus scrape writes one, so rules see the
 //! same thing a Prometheus scraping this agent would.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-
-use super::hash::HashSet;
+use std::collections::{BTreeMap, HashMap as StdHashMap, VecDeque};
 
 use promql_parser::label::Matcher;
 
-use super::labels::{Labels, METRIC_NAME};
+use super::{
+    hash::HashMap,
+    labels::{Labels, METRIC_NAME},
+    sink::{SeriesKey, Sink},
+};
 
 /// How far back an instant selector looks for a sample (Prometheus's default lookback delta).
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
@@ -66,6 +68,15 @@ impl Series {
             .collect()
     }
 
+    /// Every sample held, staleness markers included, values as bits.
+    #[cfg(test)]
+    pub fn raw(&self) -> Vec<(i64, u64)> {
+        self.samples
+            .iter()
+            .map(|(t, v)| (*t, v.to_bits()))
+            .collect()
+    }
+
     /// Inserts in time order; false for a duplicate timestamp.
     fn insert(&mut self, t: i64, v: f64) -> bool {
         match self.samples.back() {
@@ -93,13 +104,32 @@ pub struct Retention {
     /// For metrics no named range selector reads.
     pub default_ms: i64,
     /// For the metrics that named range selectors read.
-    pub by_name: HashMap<String, i64>,
+    pub by_name: StdHashMap<String, i64>,
 }
 
-/// Every series, by metric name, then by label set (which includes the name).
+/// One series of the history, in a slot that is reused once the series is forgotten.
+#[derive(Debug, Default)]
+struct Slot {
+    series: Series,
+    /// Bumped each time the slot is freed: a reference to it kept from before can tell.
+    generation: u32,
+    /// The scrape that last gave this series a sample.
+    seen: u64,
+    /// The store's key for this series, once the store has named it.
+    key: Option<SeriesKey>,
+    live: bool,
+}
+
+/// Every series, by metric name, then by label set (which includes the name). Each series
+/// lives in a slot that keeps its place from tick to tick: the store's samples find it by
+/// their [`SeriesKey`] without their labels, and a scrape finds the series that vanished by
+/// the scrape number each slot was last seen in, not by comparing label sets.
 #[derive(Debug)]
 pub struct History {
-    series: BTreeMap<String, BTreeMap<Labels, Series>>,
+    by_name: BTreeMap<String, BTreeMap<Labels, u32>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    by_key: HashMap<SeriesKey, u32>,
     count: usize,
     max_series: usize,
     /// Samples held, and the most that may be.
@@ -107,24 +137,33 @@ pub struct History {
     max_samples: usize,
     retention: Retention,
     dropped: u64,
-    scraped: HashSet<Labels>,
+    /// The number of the current (or last) scrape.
+    scrape: u64,
+    /// The series of the last scrape, and of the one under way: slot and its generation.
+    scraped: Vec<(u32, u32)>,
+    scraping: Vec<(u32, u32)>,
 }
 
 impl History {
     /// An empty history keeping `retention_ms` of samples and at most `max_series` series.
     pub fn new(retention_ms: i64, max_series: usize) -> Self {
         Self {
-            series: BTreeMap::new(),
+            by_name: BTreeMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::default(),
             count: 0,
             max_series,
             samples: 0,
             max_samples: usize::MAX,
             retention: Retention {
                 default_ms: retention_ms,
-                by_name: HashMap::new(),
+                by_name: StdHashMap::new(),
             },
             dropped: 0,
-            scraped: HashSet::default(),
+            scrape: 0,
+            scraped: Vec::new(),
+            scraping: Vec::new(),
         }
     }
 
@@ -140,11 +179,7 @@ impl History {
 
     /// Samples held, all series together.
     pub fn sample_count(&self) -> usize {
-        self.series
-            .values()
-            .flat_map(|m| m.values())
-            .map(|s| s.samples.len())
-            .sum()
+        self.samples
     }
 
     /// Number of series held.
@@ -157,51 +192,114 @@ impl History {
         self.dropped
     }
 
-    /// Appends one sample; false when the series limit dropped it.
-    pub fn append(&mut self, labels: &Labels, t: i64, v: f64) -> bool {
-        let name = labels.name().unwrap_or_default();
-        let by_name = self.series.entry(name.to_string()).or_default();
-        let full = self.samples >= self.max_samples;
-        if let Some(s) = by_name.get_mut(labels) {
-            if full && s.samples.len() > 1 {
-                // The history is full: this series' oldest sample makes room.
-                s.samples.pop_front();
-                self.samples -= 1;
-                self.dropped += 1;
-            }
-            if s.insert(t, v) {
-                self.samples += 1;
-            }
-            return true;
-        }
-        if is_stale(v) {
-            return true;
-        }
-        if self.count >= self.max_series || full {
-            self.dropped += 1;
-            return false;
-        }
-        let mut s = Series::default();
-        s.insert(t, v);
-        by_name.insert(labels.clone(), s);
-        self.count += 1;
-        self.samples += 1;
-        true
+    /// The slot of the series `labels`.
+    fn find(&self, labels: &Labels) -> Option<u32> {
+        self.by_name
+            .get(labels.name().unwrap_or_default())?
+            .get(labels)
+            .copied()
     }
 
-    /// Appends what one collection produced at `t`; series that were in the previous one and
-    /// are missing now get a staleness marker.
+    /// Adds a sample to the series in slot `i`.
+    fn push(&mut self, i: u32, t: i64, v: f64) {
+        let full = self.samples >= self.max_samples;
+        let s = &mut self.slots[i as usize].series;
+        if full && s.samples.len() > 1 {
+            // The history is full: this series' oldest sample makes room.
+            s.samples.pop_front();
+            self.samples -= 1;
+            self.dropped += 1;
+        }
+        if s.insert(t, v) {
+            self.samples += 1;
+        }
+    }
+
+    /// A new series holding one sample; `None` (counted as dropped) when a limit is reached.
+    fn create(&mut self, labels: Labels, t: i64, v: f64) -> Option<u32> {
+        if self.count >= self.max_series || self.samples >= self.max_samples {
+            self.dropped += 1;
+            return None;
+        }
+        let mut series = Series::default();
+        series.insert(t, v);
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::default());
+                u32::try_from(self.slots.len() - 1).expect("series are capped far below 2^32")
+            }
+        };
+        let slot = &mut self.slots[i as usize];
+        slot.series = series;
+        slot.live = true;
+        slot.seen = 0;
+        slot.key = None;
+        let name = labels.name().unwrap_or_default();
+        match self.by_name.get_mut(name) {
+            Some(m) => m.insert(labels, i),
+            None => self
+                .by_name
+                .entry(name.to_string())
+                .or_default()
+                .insert(labels, i),
+        };
+        self.count += 1;
+        self.samples += 1;
+        Some(i)
+    }
+
+    /// Appends one sample; false when the series limit dropped it.
+    pub fn append(&mut self, labels: &Labels, t: i64, v: f64) -> bool {
+        if let Some(i) = self.find(labels) {
+            self.push(i, t, v);
+            return true;
+        }
+        is_stale(v) || self.create(labels.clone(), t, v).is_some()
+    }
+
+    /// Appends what one collection produced at `t`: `collect` gives the samples to the sink
+    /// it is handed. Series that were in the previous collection and are missing now get a
+    /// staleness marker.
+    pub fn ingest(&mut self, t: i64, collect: impl FnOnce(&mut dyn Sink)) {
+        self.scrape += 1;
+        self.scraping.clear();
+        collect(&mut Ingest { history: self, t });
+        let last = std::mem::take(&mut self.scraped);
+        for &(i, generation) in &last {
+            let s = &self.slots[i as usize];
+            if s.live && s.generation == generation && s.seen != self.scrape {
+                self.push(i, t, stale());
+            }
+        }
+        self.scraped = std::mem::replace(&mut self.scraping, last);
+    }
+
+    /// [`History::ingest`] of a list of samples.
     pub fn ingest_scrape(&mut self, t: i64, samples: Vec<(Labels, f64)>) {
-        let mut now = HashSet::with_capacity_and_hasher(samples.len(), Default::default());
-        for (labels, v) in samples {
-            self.append(&labels, t, v);
-            now.insert(labels);
+        self.ingest(t, |out| {
+            for (labels, v) in &samples {
+                out.labelled(labels, *v);
+            }
+        });
+    }
+
+    /// Notes that slot `i` is in the scrape under way.
+    fn seen(&mut self, i: u32) {
+        let slot = &mut self.slots[i as usize];
+        if slot.seen != self.scrape {
+            slot.seen = self.scrape;
+            self.scraping.push((i, slot.generation));
         }
-        let gone: Vec<Labels> = self.scraped.difference(&now).cloned().collect();
-        for labels in gone {
-            self.append(&labels, t, stale());
+    }
+
+    /// Makes `key` name the series in slot `i` (one key per series: a key it had before is
+    /// forgotten).
+    fn bind(&mut self, key: SeriesKey, i: u32) {
+        if let Some(old) = self.slots[i as usize].key.replace(key) {
+            self.by_key.remove(&old);
         }
-        self.scraped = now;
+        self.by_key.insert(key, i);
     }
 
     /// Forgets samples older than the retention before `now` (but not the newest one of a
@@ -210,14 +308,19 @@ impl History {
         let mut removed = 0;
         let mut samples_removed = 0;
         let retention = &self.retention;
-        self.series.retain(|name, by_labels| {
+        let slots = &mut self.slots;
+        let free = &mut self.free;
+        let by_key = &mut self.by_key;
+        self.by_name.retain(|name, by_labels| {
             let keep_ms = retention
                 .by_name
                 .get(name)
                 .copied()
                 .unwrap_or(retention.default_ms);
             let cutoff = now.saturating_sub(keep_ms);
-            by_labels.retain(|_, s| {
+            by_labels.retain(|_, i| {
+                let slot = &mut slots[*i as usize];
+                let s = &mut slot.series;
                 while s.samples.len() > 1 && s.samples.front().is_some_and(|(ts, _)| *ts < cutoff) {
                     s.samples.pop_front();
                     samples_removed += 1;
@@ -229,6 +332,14 @@ impl History {
                 if !keep {
                     removed += 1;
                     samples_removed += s.samples.len();
+                    if let Some(k) = slot.key.take() {
+                        by_key.remove(&k);
+                    }
+                    *slot = Slot {
+                        generation: slot.generation.wrapping_add(1),
+                        ..Slot::default()
+                    };
+                    free.push(*i);
                 }
                 keep
             });
@@ -241,13 +352,29 @@ impl History {
     /// Forgets every sample after `t` (rule unit tests: promtool only loads the input up to the
     /// last evaluation).
     pub fn truncate_after(&mut self, t: i64) {
-        for by_labels in self.series.values_mut() {
-            for s in by_labels.values_mut() {
-                let keep = s.samples.partition_point(|(ts, _)| *ts <= t);
-                self.samples -= s.samples.len() - keep;
-                s.samples.truncate(keep);
-            }
+        for slot in self.slots.iter_mut().filter(|s| s.live) {
+            let s = &mut slot.series;
+            let keep = s.samples.partition_point(|(ts, _)| *ts <= t);
+            self.samples -= s.samples.len() - keep;
+            s.samples.truncate(keep);
         }
+    }
+
+    /// Samples held, counted series by series (the count kept must agree).
+    #[cfg(test)]
+    fn recount(&self) -> usize {
+        let n = self
+            .slots
+            .iter()
+            .filter(|s| s.live)
+            .map(|s| s.series.samples.len())
+            .sum();
+        assert_eq!(
+            self.slots.iter().filter(|s| s.live).count(),
+            self.count,
+            "live slots"
+        );
+        n
     }
 
     /// The series whose labels satisfy every matcher (and `name`, when given), in label order.
@@ -270,23 +397,73 @@ impl History {
         });
         match name {
             Some(n) => self
-                .series
+                .by_name
                 .get(n)
                 .into_iter()
                 .flatten()
                 .filter(|(l, _)| matches(l))
+                .map(|(l, i)| (l, &self.slots[*i as usize].series))
                 .collect(),
             None => {
                 let mut all: Vec<_> = self
-                    .series
+                    .by_name
                     .values()
                     .flatten()
                     .filter(|(l, _)| matches(l))
+                    .map(|(l, i)| (l, &self.slots[*i as usize].series))
                     .collect();
                 all.sort_by(|a, b| a.0.cmp(b.0));
                 all
             }
         }
+    }
+}
+
+/// The sink of one scrape into the history.
+struct Ingest<'a> {
+    history: &'a mut History,
+    t: i64,
+}
+
+impl Sink for Ingest<'_> {
+    fn keyed(&mut self, key: SeriesKey, v: f64, labels: &dyn Fn() -> Labels) {
+        let h = &mut *self.history;
+        if let Some(&i) = h.by_key.get(&key) {
+            h.push(i, self.t, v);
+            h.seen(i);
+            return;
+        }
+        // A series the store has not named before: found by its labels, once.
+        let labels = labels();
+        let i = match h.find(&labels) {
+            Some(i) => {
+                h.push(i, self.t, v);
+                i
+            }
+            None if is_stale(v) => return,
+            None => match h.create(labels, self.t, v) {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        h.bind(key, i);
+        h.seen(i);
+    }
+
+    fn labelled(&mut self, labels: &Labels, v: f64) {
+        let h = &mut *self.history;
+        let i = match h.find(labels) {
+            Some(i) => {
+                h.push(i, self.t, v);
+                i
+            }
+            None if is_stale(v) => return,
+            None => match h.create(labels.clone(), self.t, v) {
+                Some(i) => i,
+                None => return,
+            },
+        };
+        h.seen(i);
     }
 }
 
@@ -341,109 +518,4 @@ fn parse_sample_line(line: &str) -> Option<(Labels, f64)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn l(name: &str, port: &str) -> Labels {
-        Labels::from_pairs([("__name__", name), ("port", port)])
-    }
-
-    #[test]
-    fn parses_openmetrics_text() {
-        let text = "# HELP nodewatch_x X.\n# TYPE nodewatch_x counter\nnodewatch_x_total{port=\"8000\"} 3\nnodewatch_x_created{port=\"8000\"} 1.7e9\nnodewatch_h_bucket{le=\"+Inf\",dev=\"a\\\"b\"} 2 # {trace_id=\"x\"} 1\nnodewatch_g 1.5\nnodewatch_n NaN\n# EOF\n";
-        let got = parse_exposition(text);
-        assert_eq!(got.len(), 4, "{got:?}");
-        assert_eq!(got[0].0, l("nodewatch_x_total", "8000"));
-        assert_eq!(got[0].1, 3.0);
-        assert_eq!(got[1].0.get("dev"), Some("a\"b"));
-        assert_eq!(got[1].0.get("le"), Some("+Inf"));
-        assert_eq!(got[2].1, 1.5);
-        assert!(got[3].1.is_nan());
-    }
-
-    #[test]
-    fn vanished_series_get_a_staleness_marker() {
-        let mut h = History::new(60_000, 100);
-        h.ingest_scrape(1000, vec![(l("a", "1"), 1.0), (l("a", "2"), 2.0)]);
-        h.ingest_scrape(2000, vec![(l("a", "1"), 1.5)]);
-        let sel = h.select(Some("a"), &[]);
-        assert_eq!(sel.len(), 2);
-        assert_eq!(sel[0].1.instant(2000, 300_000), Some(1.5));
-        assert_eq!(sel[1].1.instant(1500, 300_000), Some(2.0));
-        assert_eq!(sel[1].1.instant(2000, 300_000), None, "stale");
-        assert_eq!(sel[1].1.range(0, 2000), vec![(1000, 2.0)]);
-    }
-
-    #[test]
-    fn sample_limit_evicts_the_oldest_and_counts() {
-        let mut h = History::new(i64::MAX, 100);
-        h.set_max_samples(4);
-        for t in 0..3 {
-            assert!(h.append(&l("a", "1"), t * 1000, t as f64));
-        }
-        assert!(h.append(&l("a", "2"), 0, 9.0));
-        assert_eq!(h.sample_count(), 4);
-        assert!(!h.append(&l("a", "3"), 0, 1.0), "no room for a new series");
-        assert!(h.append(&l("a", "1"), 3000, 3.0));
-        assert_eq!(h.sample_count(), 4);
-        assert_eq!(h.dropped_samples(), 2);
-        let sel = h.select(Some("a"), &[]);
-        assert_eq!(
-            sel[0].1.range(0, 9000),
-            vec![(1000, 1.0), (2000, 2.0), (3000, 3.0)]
-        );
-        h.prune(3000);
-        assert_eq!(h.samples, h.sample_count());
-        h.truncate_after(1500);
-        assert_eq!(h.samples, h.sample_count());
-    }
-
-    #[test]
-    fn retention_and_series_limit() {
-        let mut h = History::new(1500, 2);
-        assert!(h.append(&l("a", "1"), 0, 1.0));
-        assert!(h.append(&l("a", "2"), 0, 1.0));
-        assert!(!h.append(&l("a", "3"), 0, 1.0));
-        assert_eq!(h.dropped_samples(), 1);
-        h.append(&l("a", "1"), 1000, 2.0);
-        h.append(&l("a", "1"), 2000, 3.0);
-        h.append(&l("a", "2"), 1000, stale());
-        h.prune(2000);
-        assert_eq!(h.series_count(), 1, "a=2 went stale");
-        let sel = h.select(Some("a"), &[]);
-        assert_eq!(sel[0].1.range(0, 3000), vec![(1000, 2.0), (2000, 3.0)]);
-        // The newest sample stays for the lookback even when older than the retention.
-        h.append(&l("b", "1"), 0, 1.0);
-        h.prune(100_000);
-        let b = h.select(Some("b"), &[]);
-        assert_eq!(b[0].1.instant(100_000, 300_000), Some(1.0));
-        h.prune(300_001);
-        assert!(
-            h.select(Some("b"), &[]).is_empty(),
-            "older than the lookback"
-        );
-        // A metric read by a longer range keeps its window.
-        let mut h = History::new(1000, 10);
-        h.set_retention(Retention {
-            default_ms: 1000,
-            by_name: [("long".to_string(), 10_000)].into(),
-        });
-        for t in 0..=10 {
-            h.append(&l("long", "1"), t * 1000, 1.0);
-            h.append(&l("short", "1"), t * 1000, 1.0);
-        }
-        h.prune(10_000);
-        assert_eq!(h.sample_count(), 11 + 2);
-    }
-
-    #[test]
-    fn first_sample_at_a_timestamp_wins() {
-        let mut h = History::new(i64::MAX, 10);
-        h.append(&l("a", "1"), 0, 1.0);
-        h.append(&l("a", "1"), 0, 2.0);
-        h.append(&l("a", "1"), 2, 3.0);
-        h.append(&l("a", "1"), 1, 4.0);
-        let sel = h.select(Some("a"), &[]);
-        assert_eq!(sel[0].1.range(0, 5), vec![(0, 1.0), (1, 4.0), (2, 3.0)]);
-    }
-}
+mod tests;

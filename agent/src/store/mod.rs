@@ -8,6 +8,7 @@ mod histogram;
 pub mod history;
 pub mod labels;
 pub mod names;
+pub mod sink;
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -22,6 +23,7 @@ pub use self::{
     histogram::{LOG2_FIRST, LOG2_LAST, Log2Histogram},
     history::History,
     labels::Labels,
+    sink::{At, SeriesKey, Sink},
 };
 pub use crate::label_set;
 
@@ -64,8 +66,9 @@ impl<T: Sampled + Send + Sync> Readable for T {}
 /// Samples that only the rules read, never `/metrics`: series scraped from local targets,
 /// which the central Prometheus scrapes from those targets itself.
 pub trait RulesOnly: Send + Sync {
-    /// Appends the samples as they stand now, each label set with its `__name__`.
-    fn samples(&self, out: &mut Vec<(Labels, f64)>);
+    /// Gives the samples as they stand now to `out` (`Sink::labelled`), each label set with
+    /// its `__name__`.
+    fn samples(&self, out: &mut dyn Sink);
 }
 
 /// The registry, the readers of what it holds, the agent's own metrics, and the history.
@@ -157,15 +160,28 @@ impl Store {
     /// and `_count` (no `_created`); then the samples only the rules read.
     pub fn samples(&self) -> Vec<(Labels, f64)> {
         let mut out = Vec::with_capacity(self.last_len.load(std::sync::atomic::Ordering::Relaxed));
-        for (names, m) in &self.readers {
-            m.samples(names, Labels::with_capacity(3), &mut out);
-        }
-        for source in &self.rules_only {
-            source.samples(&mut out);
-        }
+        self.collect(&mut out);
         self.last_len
             .store(out.len(), std::sync::atomic::Ordering::Relaxed);
         out
+    }
+
+    /// Gives the same samples as [`Store::samples`] to `out`, each registered series under a
+    /// key that stays the same from tick to tick, its labels built only when `out` asks.
+    pub fn collect(&self, out: &mut dyn Sink) {
+        for (metric, (names, m)) in (0u32..).zip(&self.readers) {
+            let at = At {
+                key: SeriesKey {
+                    metric,
+                    ..SeriesKey::default()
+                },
+                labels: &|_| {},
+            };
+            m.samples(names, at, out);
+        }
+        for source in &self.rules_only {
+            source.samples(out);
+        }
     }
 
     /// The per-series history, for the tick thread (the only one that uses it).
@@ -221,6 +237,8 @@ pub fn openmetrics_to_prometheus(om: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
     use super::*;
 
     #[test]
@@ -285,6 +303,77 @@ mod tests {
         let parsed = history::parse_exposition(&store.encode_openmetrics());
         assert!(typed.len() > 30, "{typed:?}");
         assert_eq!(key(&typed), key(&parsed));
+    }
+
+    /// The history fed by keys holds exactly what appending every sample of every tick by its
+    /// labels gives, staleness markers included, while series come, go and come back.
+    #[test]
+    fn keyed_ticks_keep_what_labelled_samples_give() {
+        label_set! {
+            struct L { port }
+        }
+        let mut store = Store::new();
+        let c = Family::<L, Counter>::default();
+        let h = Family::<L, Log2Histogram>::default();
+        let g = Gauge::<i64>::default();
+        store.register("c", "C", c.clone());
+        store.register("h_seconds", "H", h.clone());
+        store.register("g", "G", g.clone());
+        let l = |p: u32| L {
+            port: p.to_string(),
+        };
+        let mut reference: BTreeMap<Labels, Vec<(i64, u64)>> = BTreeMap::new();
+        let mut last = BTreeSet::new();
+        let mut history = History::new(i64::MAX, usize::MAX);
+        for tick in 0..40u32 {
+            let t = i64::from(tick) * 1000;
+            // Series come and go at different paces; some are removed and created again
+            // with the same labels (a new series to the family, the same to the rules).
+            c.retain(|x| x.port.parse::<u32>().unwrap() % 7 != tick % 7);
+            for p in 0..(tick % 5 + 1) {
+                c.get_or_create(&l(p * 2)).inc_by(u64::from(tick));
+            }
+            if tick % 3 == 0 {
+                h.remove(&l(1));
+            } else {
+                let mut buckets = [0u64; nodewatch_common::gpu_ioctl::BUCKETS];
+                buckets[12 + tick as usize % 20] = u64::from(tick);
+                h.get_or_create(&l(1)).set(&buckets, u64::from(tick) * 1000);
+            }
+            g.set(i64::from(tick));
+            history.ingest(t, |out| store.collect(out));
+            let now: BTreeSet<Labels> = store
+                .samples()
+                .into_iter()
+                .map(|(labels, v)| {
+                    let s = reference.entry(labels.clone()).or_default();
+                    if s.last().is_none_or(|(ts, _)| *ts < t) {
+                        s.push((t, v.to_bits()));
+                    }
+                    labels
+                })
+                .collect();
+            for gone in last.difference(&now) {
+                reference
+                    .get_mut(gone)
+                    .unwrap()
+                    .push((t, history::STALE_NAN));
+            }
+            last = now;
+        }
+        let got: BTreeMap<Labels, Vec<(i64, u64)>> = history
+            .select(None, &[])
+            .into_iter()
+            .map(|(labels, s)| (labels.clone(), s.raw()))
+            .collect();
+        assert!(reference.len() > 30, "{}", reference.len());
+        assert!(
+            reference
+                .values()
+                .any(|s| s.iter().any(|(_, v)| *v == history::STALE_NAN)),
+            "some series went stale"
+        );
+        assert_eq!(got, reference);
     }
 
     #[test]

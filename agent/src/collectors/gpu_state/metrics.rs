@@ -11,7 +11,7 @@ use prometheus_client::{
 };
 
 use crate::store::{
-    Escaped, Family, GaugeF64, LabelSet, Labels, Names, Sampled, Store, label_set, names,
+    At, Escaped, Family, GaugeF64, LabelSet, Labels, Names, Sampled, Sink, Store, label_set, names,
 };
 
 label_set! {
@@ -138,9 +138,9 @@ impl EncodeMetric for LateGauge {
 }
 
 impl Sampled for LateGauge {
-    fn samples(&self, names: &Names, labels: Labels, out: &mut Vec<(Labels, f64)>) {
+    fn samples(&self, names: &Names, at: At<'_>, out: &mut dyn Sink) {
         if !self.is_empty() {
-            self.gauge.samples(names, labels, out);
+            self.gauge.samples(names, at, out);
         }
     }
 }

@@ -27,7 +27,9 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use self::config::{ScrapeConfig, ScrapeTarget};
 use super::collector::{CollectError, Collector, Env};
 use crate::{
-    store::{Family, GaugeF64, Labels, RulesOnly, Store, label_set, labels::METRIC_NAME, names},
+    store::{
+        Family, GaugeF64, Labels, RulesOnly, Sink, Store, label_set, labels::METRIC_NAME, names,
+    },
     wake::Wake,
 };
 
@@ -126,9 +128,11 @@ impl Target {
 struct Taken(Arc<Mutex<Vec<Scraped>>>);
 
 impl RulesOnly for Taken {
-    fn samples(&self, out: &mut Vec<(Labels, f64)>) {
+    fn samples(&self, out: &mut dyn Sink) {
         for s in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            out.extend(s.iter().cloned());
+            for (labels, v) in s.iter() {
+                out.labelled(labels, *v);
+            }
         }
     }
 }
