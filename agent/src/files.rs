@@ -109,3 +109,41 @@ impl Drop for WriteBehind {
         }
     }
 }
+
+/// Runs jobs (file writes) on a thread of its own, one after another in the order given, so
+/// that a disk slow to sync never holds up the caller. Dropping it runs what is still queued
+/// first.
+pub struct Jobs {
+    tx: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Jobs {
+    /// A thread named `name`.
+    pub fn start(name: &str) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || rx.into_iter().for_each(|job| job()))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `job`; false if the thread is gone (it panicked), when the job is dropped.
+    pub fn run(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Box::new(job)).is_ok())
+    }
+}
+
+impl Drop for Jobs {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

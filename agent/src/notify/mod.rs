@@ -32,7 +32,7 @@ use self::{
 };
 use crate::{
     alerts::{Alert, State},
-    httpc,
+    files, httpc,
     store::{Family, Store, label_set, names},
 };
 
@@ -119,8 +119,11 @@ pub struct Notifiers {
     receivers: Vec<Arc<Receiver>>,
     resend: HashMap<String, Duration>,
     firing: Mutex<HashMap<String, Tracked>>,
-    /// Writes the spool's files and the announced alerts, in order, off the tick.
-    writer: Writer,
+    announced: Arc<Mutex<Announced>>,
+    /// Writes the spool's files and the announced alerts, in order, off the tick: a disk
+    /// slow to sync (seconds, on a node writing a checkpoint) delays neither a delivery nor
+    /// the tick. Dropped last, it writes what is queued first.
+    writer: files::Jobs,
     external_url: String,
     /// Added to every alert's labels where the rule did not set the label.
     external_labels: BTreeMap<String, String>,
@@ -237,12 +240,11 @@ impl Notifiers {
             receivers,
             resend,
             firing: Mutex::new(firing),
-            writer: Writer::start(announced, metrics.clone()).map_err(|source| {
-                NotifyError::Spool {
-                    name: "writer".into(),
-                    path: spool_dir.display().to_string(),
-                    source,
-                }
+            announced: Arc::new(Mutex::new(announced)),
+            writer: files::Jobs::start("notify-spool").map_err(|source| NotifyError::Spool {
+                name: "writer".into(),
+                path: spool_dir.display().to_string(),
+                source,
             })?,
             external_url,
             external_labels,
@@ -344,7 +346,13 @@ impl Notifiers {
         if changed {
             let mut list: Vec<OutAlert> = firing.values().map(|t| t.alert.clone()).collect();
             list.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
-            self.writer.send(Job::Announced(list));
+            let announced = Arc::clone(&self.announced);
+            self.writer.run(move || {
+                announced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .save(list.iter());
+            });
         }
         // Alertmanager forgets firing alerts it is not told about again.
         for t in firing.values_mut() {
@@ -404,62 +412,13 @@ impl Notifiers {
             unwritten.push((r, file));
         }
         for (r, file) in unwritten {
-            self.writer.send(Job::Spool(Arc::clone(r), file));
-        }
-    }
-}
-
-/// What the writer thread writes.
-enum Job {
-    /// A queued notification's file (or why it could not be made).
-    Spool(Arc<Receiver>, std::io::Result<spool::Unwritten>),
-    /// The alerts announced as firing now.
-    Announced(Vec<OutAlert>),
-}
-
-/// The thread that writes the notifications' files and the announced alerts, in the order
-/// they were queued, so that a disk slow to sync (seconds, on a node writing a checkpoint)
-/// delays neither a delivery nor the tick. Stopping it writes what is queued first.
-struct Writer {
-    tx: Option<std::sync::mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(mut announced: Announced, metrics: Metrics) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("notify-spool".into())
-            .spawn(move || {
-                for job in rx {
-                    match job {
-                        Job::Spool(r, file) => write_spooled(&r, file, &metrics),
-                        Job::Announced(list) => announced.save(list.iter()),
-                    }
-                }
-            })?;
-        Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    fn send(&self, job: Job) {
-        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
-        if !sent {
-            // Only if the thread died (a panic): said, and the file is not written.
-            tracing::error!(
-                "the notification spool writer stopped; notifications are kept in memory only"
-            );
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            let (receiver, metrics) = (Arc::clone(r), self.metrics.clone());
+            if !self
+                .writer
+                .run(move || write_spooled(&receiver, file, &metrics))
+            {
+                tracing::error!(notifier = %r.label, "the notification spool writer stopped; notifications are kept in memory only");
+            }
         }
     }
 }
@@ -492,7 +451,6 @@ fn write_spooled(r: &Receiver, file: std::io::Result<spool::Unwritten>, metrics:
         None => {}
     }
 }
-
 /// `labels` with each external label the alert does not set itself (as Prometheus adds
 /// `global.external_labels`: the rule's own label wins).
 fn with_external(

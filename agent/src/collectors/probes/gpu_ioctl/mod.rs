@@ -9,26 +9,27 @@
 //! hung past the threshold. Without eBPF the probe is off (one WARN); the agent runs on.
 
 use std::{
-    collections::{BTreeSet, HashSet},
-    path::PathBuf,
+    collections::HashSet,
     time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
-    programs::{KProbe, TracePoint, kprobe::KProbeLinkId, trace_point::TracePointLinkId},
+    programs::{KProbe, TracePoint},
 };
 use nodewatch_common::gpu_ioctl::{
     Call, DevHist, ENTER_CMD_AT, ENTER_FD_AT, EVENTS_MAP, GpuIoctlParams, HIST_INDEX_MAP, HIST_MAP,
     HIST_SLOTS_MAP, HistKey, INFLIGHT_MAP, KEYS_MAP, MAJORS_MAP, PARAMS_GLOBAL, PROG_DRIVER_ENTER,
-    PROG_ENTER, PROG_ENTER_CAST, PROG_ENTER_COMPAT, PROG_EXIT, PROG_THREAD_EXIT, RDONLY_CAST_INSN,
-    RDONLY_CAST_PLACEHOLDER, StallEvent, THREAD_WORDS, THREADS_MAP, TYPES_MAP, ZERO_MAP,
+    PROG_ENTER, PROG_ENTER_CAST, PROG_ENTER_COMPAT, PROG_EXIT, PROG_THREAD_EXIT, StallEvent,
+    THREAD_WORDS, THREADS_MAP, TYPES_MAP, ZERO_MAP,
 };
 
 pub mod config;
 mod devices;
 mod driver;
+mod hooks;
+mod kfunc;
 mod report;
 mod slots;
 mod table;
@@ -36,6 +37,7 @@ mod table;
 pub use self::config::NAME;
 use self::{
     config::GpuIoctlConfig,
+    kfunc::with_kfunc,
     report::{
         Cmd, DROP_REASONS, DeviceLabels, DropLabels, Hist, LineBudget, Metrics, comm, monotonic_ns,
     },
@@ -53,8 +55,6 @@ use crate::{
     store::{OwnerLabels, Store, hash::HashMap as FxHashMap, set_total},
 };
 
-const ATTACH: &str =
-    "tracepoint syscalls:sys_enter_ioctl, syscalls:sys_exit_ioctl, sched:sched_process_exit";
 /// The kernel object, built by `agent/build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gpu_ioctl"));
 
@@ -83,33 +83,11 @@ pub fn start(cfg: &GpuIoctlConfig, env: Env<'_>, store: &mut Store) -> Box<dyn C
     }
 }
 
-/// Where the entry program is attached.
-enum Hooks {
-    /// Nothing watched yet.
-    None,
-    /// `syscalls:sys_enter_ioctl`.
-    Tracepoint(TracePointLinkId),
-    /// The watched drivers' handlers (by name).
-    Driver(Vec<String>, Vec<KProbeLinkId>),
-}
-
 /// The eBPF mode: owns the loaded object, so dropping it detaches both programs.
 struct Kernel {
     ebpf: Ebpf,
-    /// Whether the exit and thread-exit programs are attached (once something is watched).
-    attached: bool,
-    /// The entry program that loaded: [`PROG_ENTER_CAST`], [`PROG_ENTER`] or
-    /// [`PROG_ENTER_COMPAT`].
-    enter: &'static str,
-    /// Where the entry program is attached now.
-    hooks: Hooks,
-    /// Whether the driver-entry program can be used on this kernel, and why not.
-    driver_entry: Result<(), String>,
-    /// The watched drivers at the last choice of hooks, and why the driver entry was not
-    /// chosen then.
-    chosen_for: Option<Option<BTreeSet<String>>>,
-    why_not_driver: Option<String>,
-    proc_root: PathBuf,
+    /// The programs' hooks.
+    attach: hooks::Attach,
     watched: Watched,
     inflight: HashMap<MapData, u64, Call>,
     hist: PerCpuHashMap<MapData, HistKey, DevHist>,
@@ -231,13 +209,7 @@ impl Kernel {
         }
         Ok(Self {
             ebpf,
-            attached: false,
-            enter,
-            hooks: Hooks::None,
-            driver_entry,
-            chosen_for: None,
-            why_not_driver: None,
-            proc_root: env.proc_root.to_path_buf(),
+            attach: hooks::Attach::new(enter, driver_entry, env.proc_root.to_path_buf()),
             watched: Watched::new(
                 c.devices.0.clone(),
                 env.proc_root.join("devices"),
@@ -272,137 +244,15 @@ impl Kernel {
         if !any {
             return Ok(());
         }
-        if !self.attached {
-            // The thread-exit cleanup first, so no slot can outlive its thread.
-            for (prog, category, event) in [
-                (PROG_THREAD_EXIT, "sched", "sched_process_exit"),
-                (PROG_EXIT, "syscalls", "sys_exit_ioctl"),
-            ] {
-                self.attach_tracepoint(prog, category, event)?;
-            }
-            self.attached = true;
-        }
         let drivers = self.watched.drivers();
-        if self.chosen_for.as_ref() == Some(&drivers) {
-            return Ok(());
+        if self.attach.update(&mut self.ebpf, drivers)? {
+            tracing::info!(
+                probe = NAME,
+                attach = %self.attach_method(),
+                "watched devices present; programs attached"
+            );
         }
-        self.chosen_for = Some(drivers.clone());
-        let want = self.driver_entry.clone().and_then(|()| {
-            let drivers = drivers.ok_or_else(|| {
-                "a watched device is not a character device of a named driver".to_string()
-            })?;
-            let path = self.proc_root.join("kallsyms");
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            driver::handlers(&drivers, &text)
-        });
-        // The new hooks go on before the old ones come off, so no call goes unseen; a call
-        // that enters by both is timed once (its start is written twice, its end seen once).
-        let hooks = match want {
-            Ok(handlers) if matches!(&self.hooks, Hooks::Driver(h, _) if *h == handlers) => {
-                return Ok(());
-            }
-            Ok(handlers) => match self.attach_driver(&handlers) {
-                Ok(links) => {
-                    self.why_not_driver = None;
-                    Hooks::Driver(handlers, links)
-                }
-                Err(e) => {
-                    self.why_not_driver = Some(e);
-                    self.tracepoint_hooks()?
-                }
-            },
-            Err(e) => {
-                self.why_not_driver = Some(e);
-                self.tracepoint_hooks()?
-            }
-        };
-        let old = std::mem::replace(&mut self.hooks, hooks);
-        self.detach(old);
-        tracing::info!(
-            probe = NAME,
-            attach = %self.attach_method(),
-            "watched devices present; programs attached"
-        );
         Ok(())
-    }
-
-    /// The entry program on `sys_enter_ioctl`, unless it is there already.
-    fn tracepoint_hooks(&mut self) -> Result<Hooks, CollectError> {
-        if let Hooks::Tracepoint(_) = self.hooks {
-            return Ok(std::mem::replace(&mut self.hooks, Hooks::None));
-        }
-        let link = self.attach_tracepoint(self.enter, "syscalls", "sys_enter_ioctl")?;
-        Ok(Hooks::Tracepoint(link))
-    }
-
-    fn attach_tracepoint(
-        &mut self,
-        prog: &'static str,
-        category: &str,
-        event: &str,
-    ) -> Result<TracePointLinkId, CollectError> {
-        let err = |source| CollectError::Attach {
-            program: prog,
-            source,
-        };
-        let tp: &mut TracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or(aya::programs::ProgramError::NotLoaded)
-            .map_err(err)?
-            .try_into()
-            .map_err(err)?;
-        tp.attach(category, event).map_err(err)
-    }
-
-    /// The driver-entry program on every handler in `handlers`; on any failure none.
-    fn attach_driver(&mut self, handlers: &[String]) -> Result<Vec<KProbeLinkId>, String> {
-        let kp: &mut KProbe = self
-            .ebpf
-            .program_mut(PROG_DRIVER_ENTER)
-            .ok_or("not loaded")?
-            .try_into()
-            .map_err(|e| format!("{e}"))?;
-        let mut links = Vec::new();
-        for h in handlers {
-            match kp.attach(h, 0) {
-                Ok(link) => links.push(link),
-                Err(e) => {
-                    for link in links {
-                        let _ = kp.detach(link);
-                    }
-                    return Err(format!("kprobe on {h}: {e}"));
-                }
-            }
-        }
-        Ok(links)
-    }
-
-    fn detach(&mut self, hooks: Hooks) {
-        match hooks {
-            Hooks::None => {}
-            Hooks::Tracepoint(link) => {
-                if let Some(Ok(tp)) = self
-                    .ebpf
-                    .program_mut(self.enter)
-                    .map(<&mut TracePoint>::try_from)
-                {
-                    let _ = tp.detach(link);
-                }
-            }
-            Hooks::Driver(_, links) => {
-                if let Some(Ok(kp)) = self
-                    .ebpf
-                    .program_mut(PROG_DRIVER_ENTER)
-                    .map(<&mut KProbe>::try_from)
-                {
-                    for link in links {
-                        let _ = kp.detach(link);
-                    }
-                }
-            }
-        }
     }
 
     /// Copies the kernel's per-CPU histograms and stall counts into the metrics.
@@ -600,44 +450,20 @@ impl Collector for Kernel {
         Some(Mode::Ebpf)
     }
     fn attach_method(&self) -> String {
-        let walk = match self.enter {
-            PROG_ENTER_CAST => "fd walk: BTF, bpf_rdonly_cast",
-            PROG_ENTER => "fd walk: BTF",
-            _ => "fd walk: bpf_probe_read_kernel",
-        };
-        let why_not = self
-            .why_not_driver
-            .as_deref()
-            .or(self.driver_entry.as_ref().err().map(String::as_str))
-            .map(|w| format!("; driver entry not used: {w}"))
-            .unwrap_or_default();
-        match &self.hooks {
-            Hooks::Driver(handlers, _) => format!(
-                "kprobe {} (driver entry), tracepoint syscalls:sys_exit_ioctl, sched:sched_process_exit",
-                handlers.join(", ")
-            ),
-            Hooks::Tracepoint(_) => {
-                let types = self
-                    .watched
-                    .command_types_shown()
-                    .map(|t| format!("; {t}"))
-                    .unwrap_or_default();
-                format!("{ATTACH} ({walk}{types}{why_not})")
-            }
-            Hooks::None => {
-                format!(
-                    "{ATTACH} ({walk}{why_not}; attached once a watched device exists, none yet)"
-                )
-            }
-        }
+        self.attach.describe(self.watched.command_types_shown())
     }
     fn awaiting_attach(&self) -> bool {
-        !self.attached
+        !self.attach.attached
     }
     fn missed_events(&self) -> u64 {
         ebpf::programs_missed(
             &self.ebpf,
-            &[self.enter, PROG_DRIVER_ENTER, PROG_EXIT, PROG_THREAD_EXIT],
+            &[
+                self.attach.enter,
+                PROG_DRIVER_ENTER,
+                PROG_EXIT,
+                PROG_THREAD_EXIT,
+            ],
         )
     }
     fn deadline(&self) -> Option<Instant> {
@@ -658,7 +484,7 @@ impl Collector for Kernel {
     }
     fn collect(&mut self) -> Result<(), CollectError> {
         let devices = self.refresh_devices();
-        if !self.attached {
+        if !self.attach.attached {
             // No program runs yet: the kernel's maps hold nothing to read (and walking the
             // empty in-flight table still scans all its buckets).
             return devices;
@@ -668,39 +494,6 @@ impl Collector for Kernel {
         self.walk_inflight()?;
         devices
     }
-}
-
-/// An object's bytes, 8-byte aligned as the loader's ELF parser wants them.
-struct Object(Vec<u64>);
-
-impl Object {
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: a u64 slice viewed as its bytes; same length in bytes, alignment 1.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.0.len() * 8) }
-    }
-}
-
-/// `object` with every `bpf_rdonly_cast` placeholder call pointing at the kfunc's BTF id
-/// `id`; None when the object holds none (nothing to patch: a build without the program).
-fn with_kfunc(object: &[u8], id: u32) -> Option<Object> {
-    let mut words = vec![0u64; object.len().div_ceil(8)];
-    // SAFETY: as in `Object::bytes`, mutable; the vector holds at least object.len() bytes.
-    let bytes =
-        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) };
-    bytes[..object.len()].copy_from_slice(object);
-    let insn = RDONLY_CAST_INSN.to_le_bytes();
-    let mut found = 0;
-    // Instructions are 8-byte aligned inside their section, and sections are aligned in
-    // the file; a match elsewhere (data that happens to equal it) would be at the same
-    // alignment only by chance, and the placeholder was chosen not to be a plausible value.
-    for at in (0..object.len().saturating_sub(7)).step_by(8) {
-        if bytes[at..at + 8] == insn {
-            bytes[at + 4..at + 8].copy_from_slice(&id.to_le_bytes());
-            found += 1;
-        }
-    }
-    debug_assert!(RDONLY_CAST_PLACEHOLDER == (RDONLY_CAST_INSN >> 32) as u32);
-    (found > 0).then_some(Object(words))
 }
 
 /// Where the programs find their fields on this kernel, and the threshold.
