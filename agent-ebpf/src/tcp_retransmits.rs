@@ -16,10 +16,13 @@
 //! segments it carries (`max(1, gso_segs)`, the kernel's `tcp_skb_pcount`), counted per
 //! watched port and cgroup like the retransmits — the denominator of the retransmit ratio.
 //! That is the kernel's `OutSegs` (new segments) plus `RetransSegs`, except segments a local
-//! firewall drops on output, which never reach this hook. The ports come straight from the
-//! headers (direct packet access) and are tested against a bitmap in `.rodata` first: a
-//! packet with no watched port costs a few loads and is not counted; a watched one adds to a
-//! per-CPU hash that userspace sums (atomically: a softirq can send over a program running
+//! firewall drops on output, which never reach this hook, and the ACK a TIME_WAIT socket sends,
+//! for which the kernel runs no cgroup program; a retransmitted SYN-ACK, which the kernel adds
+//! to both `OutSegs` and `RetransSegs`, counts once. The ports come straight from the
+//! headers (direct packet access) and are looked up in a port table in `.rodata` first: a
+//! packet with no watched port costs a few loads and is not counted; a watched one adds to its
+//! port's per-CPU slot when it is of the cgroup userspace gave that slot, else to a per-CPU
+//! hash; userspace sums both (the adds are atomic: a softirq can send over a program running
 //! in process context on the same CPU).
 #![no_std]
 #![no_main]

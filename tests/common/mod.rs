@@ -318,6 +318,22 @@ impl NftTable {
         nft(&format!("table inet {table} {{\n{body}\n}}\n"));
         Self(table)
     }
+
+    /// The packets counted so far by the table's named counter `name` (a `counter <name> {}`
+    /// object that a rule feeds with `counter name "<name>"`).
+    pub fn counter(&self, name: &str) -> u64 {
+        let out = Command::new("nft")
+            .args(["list", "counter", "inet", &self.0, name])
+            .output()
+            .expect("run nft");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "nft list counter {name}: {text}");
+        let mut words = text.split_whitespace();
+        words
+            .find(|w| *w == "packets")
+            .and_then(|_| words.next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no packet count for counter {name}: {text}"))
+    }
 }
 
 impl Drop for NftTable {
