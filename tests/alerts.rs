@@ -439,3 +439,64 @@ fn run_refuses_invalid_rule_files() {
         "{err}"
     );
 }
+
+/// The `default_rules` knob itself (the one test that turns it off): `false` drops the embedded
+/// rules, so a silent heartbeat alerts nobody and the node stays in; flipping it to `true` and
+/// reloading brings them back, and the same silence takes the node out.
+#[test]
+fn default_rules_false_drops_the_embedded_rules_until_reloaded_with_them() {
+    let dir = TempDir::new("alerts-no-defaults");
+    dir.write("rules.yaml", RULES_V1);
+    let body = |defaults: bool| {
+        format!(
+            "interval: 200ms\ndefault_rules: {defaults}\nrule_files: [rules.yaml]\nheartbeats:\n  - {{ name: svc, push_ttl: 1s }}\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\n"
+        )
+    };
+    let agent = Agent::start(&dir, &body(false));
+    let silent = "nodewatch_heartbeat_up{target=\"svc\"}";
+    wait_for(Duration::from_secs(5), || {
+        (agent.sample(silent) == Some(0.0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("svc never expired:\n{}", agent.metrics()));
+    // A few ticks with the heartbeat down: only the file's rules run.
+    thread::sleep(Duration::from_millis(600));
+    let names: Vec<String> = alerts(&agent)
+        .iter()
+        .map(|a| a["labels"]["alertname"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "Always" || n == "Waiting"),
+        "{names:?}"
+    );
+    assert_eq!(healthz(&agent), 200);
+    let addr = agent.addr.to_string();
+    let reload = || {
+        let out = std::process::Command::new(common::BIN)
+            .args(["reload", "--addr", &addr])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(reload(), "reloaded: 2 rules\n");
+
+    // Back on: the embedded rules run again and the silent heartbeat takes the node out.
+    dir.write("config.yaml", &body(true));
+    assert_eq!(
+        reload(),
+        format!("reloaded: {} rules\n", default_rule_count() + 2)
+    );
+    wait_for(Duration::from_secs(5), || {
+        (common::firing(&agent, "NodewatchHeartbeatDown", &[("target", "svc")])
+            && healthz(&agent) == 503)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "defaults not back: {:?}\n{}",
+            alerts(&agent),
+            agent.log_text()
+        )
+    });
+    assert!(agent.stop().success());
+}
