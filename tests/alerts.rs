@@ -32,6 +32,17 @@ fn find<'a>(alerts: &'a [Value], name: &str) -> Option<&'a Value> {
     alerts.iter().find(|a| a["labels"]["alertname"] == name)
 }
 
+/// The number of rules in the shipped `alerts/default.yaml`, counted from its text.
+fn default_rule_count() -> usize {
+    let text = include_str!("../alerts/default.yaml");
+    let n = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    assert!(n >= 10, "alerts/default.yaml has only {n} rules");
+    n
+}
+
 fn sighup(agent: &Agent) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
@@ -127,7 +138,7 @@ fn retransmits_fire_a_rule_from_rule_files() {
     let agent = Agent::start(
         &dir,
         &format!(
-            "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nprobes:\n  tcp_retransmits: {{ ports: [{port}] }}\n  accept_queue: {{ enabled: false }}\n"
+            "interval: 200ms\nrule_files: [rules.yaml]\nprobes:\n  tcp_retransmits: {{ ports: [{port}] }}\n  accept_queue: {{ enabled: false }}\n"
         ),
     );
     thread::sleep(Duration::from_millis(600));
@@ -190,7 +201,7 @@ fn sighup_reloads_rules_keeping_unchanged_alerts_and_refusing_invalid_ones() {
     let rules = dir.write("rules.yaml", RULES_V1);
     let agent = Agent::start(
         &dir,
-        "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nprobes:\n  tcp_retransmits: { enabled: false }\n  accept_queue: { enabled: false }\n",
+        "interval: 200ms\nrule_files: [rules.yaml]\nprobes:\n  tcp_retransmits: { enabled: false }\n  accept_queue: { enabled: false }\n",
     );
     let reload_ok = "nodewatch_config_last_reload_successful";
     assert_eq!(agent.sample(reload_ok), Some(1.0));
@@ -304,7 +315,7 @@ fn an_annotation_edit_keeps_a_firing_alert_and_the_node_out() {
     let agent = Agent::start(
         &dir,
         &format!(
-            "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nspool_dir: {}\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\nnotifiers:\n  - {{ name: ops, kind: webhook, url: \"{}\" }}\n",
+            "interval: 200ms\nrule_files: [rules.yaml]\nspool_dir: {}\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\nnotifiers:\n  - {{ name: ops, kind: webhook, url: \"{}\" }}\n",
             dir.0.join("spool").display(),
             receiver.url()
         ),
@@ -358,7 +369,7 @@ fn reload_over_http_answers_with_the_outcome() {
     let rules = dir.write("rules.yaml", RULES_V1);
     let agent = Agent::start(
         &dir,
-        "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nprobes:\n  tcp_retransmits: { enabled: false }\n  accept_queue: { enabled: false }\n",
+        "interval: 200ms\nrule_files: [rules.yaml]\nprobes:\n  tcp_retransmits: { enabled: false }\n  accept_queue: { enabled: false }\n",
     );
     let addr = agent.addr.to_string();
     let reload = || {
@@ -376,7 +387,11 @@ fn reload_over_http_answers_with_the_outcome() {
     std::fs::write(&rules, RULES_V2).unwrap();
     let (code, out, err) = reload();
     assert_eq!(code, Some(0), "{out}{err}");
-    assert_eq!(out, "reloaded: 2 rules\n");
+    // The embedded defaults stay loaded beside the file's two rules.
+    assert_eq!(
+        out,
+        format!("reloaded: {} rules\n", default_rule_count() + 2)
+    );
     wait_for(Duration::from_secs(3), || {
         find(&alerts(&agent), "Added").map(|_| ())
     })
@@ -411,10 +426,7 @@ fn reload_over_http_answers_with_the_outcome() {
 fn run_refuses_invalid_rule_files() {
     let dir = TempDir::new("alerts-run-bad");
     dir.write("rules.yaml", RULES_BAD);
-    let cfg = dir.write(
-        "config.yaml",
-        "default_rules: false\nrule_files: [rules.yaml]\n",
-    );
+    let cfg = dir.write("config.yaml", "rule_files: [rules.yaml]\n");
     let out = std::process::Command::new(common::BIN)
         .args(["run", "--listen", "127.0.0.1:0", "--config"])
         .arg(&cfg)
@@ -426,4 +438,65 @@ fn run_refuses_invalid_rule_files() {
         err.contains("rules.yaml:5:15: alert \"Always\": unsupported function `histogram_count`"),
         "{err}"
     );
+}
+
+/// The `default_rules` knob itself (the one test that turns it off): `false` drops the embedded
+/// rules, so a silent heartbeat alerts nobody and the node stays in; flipping it to `true` and
+/// reloading brings them back, and the same silence takes the node out.
+#[test]
+fn default_rules_false_drops_the_embedded_rules_until_reloaded_with_them() {
+    let dir = TempDir::new("alerts-no-defaults");
+    dir.write("rules.yaml", RULES_V1);
+    let body = |defaults: bool| {
+        format!(
+            "interval: 200ms\ndefault_rules: {defaults}\nrule_files: [rules.yaml]\nheartbeats:\n  - {{ name: svc, push_ttl: 1s }}\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\n"
+        )
+    };
+    let agent = Agent::start(&dir, &body(false));
+    let silent = "nodewatch_heartbeat_up{target=\"svc\"}";
+    wait_for(Duration::from_secs(5), || {
+        (agent.sample(silent) == Some(0.0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("svc never expired:\n{}", agent.metrics()));
+    // A few ticks with the heartbeat down: only the file's rules run.
+    thread::sleep(Duration::from_millis(600));
+    let names: Vec<String> = alerts(&agent)
+        .iter()
+        .map(|a| a["labels"]["alertname"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        names.iter().all(|n| n == "Always" || n == "Waiting"),
+        "{names:?}"
+    );
+    assert_eq!(healthz(&agent), 200);
+    let addr = agent.addr.to_string();
+    let reload = || {
+        let out = std::process::Command::new(common::BIN)
+            .args(["reload", "--addr", &addr])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(reload(), "reloaded: 2 rules\n");
+
+    // Back on: the embedded rules run again and the silent heartbeat takes the node out.
+    dir.write("config.yaml", &body(true));
+    assert_eq!(
+        reload(),
+        format!("reloaded: {} rules\n", default_rule_count() + 2)
+    );
+    wait_for(Duration::from_secs(5), || {
+        (common::firing(&agent, "NodewatchHeartbeatDown", &[("target", "svc")])
+            && healthz(&agent) == 503)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "defaults not back: {:?}\n{}",
+            alerts(&agent),
+            agent.log_text()
+        )
+    });
+    assert!(agent.stop().success());
 }

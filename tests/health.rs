@@ -9,10 +9,6 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -157,39 +153,36 @@ fn healthz(addr: SocketAddr) -> (u16, String, String) {
 
 /// A `health: degrade` alert keeps the node in HAProxy at half its configured weight, still
 /// UP, with `/healthz` 200 and `x-envoy-degraded`; it is back at full weight when the alert
-/// resolves. The fault is a push heartbeat that stops beating, which a rule of the test's own
-/// turns into the degrade alert. A manual drain on top wins, and leaving it goes back to the
-/// degraded weight, not to DRAIN.
+/// resolves. The fault is a server that stops calling accept(): its accept queue fills past
+/// 80 % (without overflowing) and the default rule `NodewatchListenQueueNearlyFull`
+/// (`health: degrade`, after its 10 s `for`) fires. A manual drain on top wins, and leaving it
+/// goes back to the degraded weight, not to DRAIN.
 #[test]
 fn haproxy_weighs_a_degraded_node_down_and_back_up() {
+    if !have_root("degraded node in HAProxy (accept-queue probe)") {
+        return;
+    }
     let dir = TempDir::new("health-degraded");
     let agent_port = free_port();
-    dir.write(
-        "rules.yaml",
-        "groups:\n  - name: t\n    rules:\n      - alert: ServiceSlow\n        expr: nodewatch_heartbeat_up{target=\"svc\"} == 0\n        labels: { health: degrade }\n        annotations: { summary: \"svc missed its beat\" }\n",
-    );
+    // Backlog 4: four connections nobody accepts fill it (the kernel queues one more before
+    // it drops).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // SAFETY: listen() again on a listening socket only changes its backlog.
+    let rc = unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4) };
+    assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
     let cfg = format!(
-        "{QUIET}spool_dir: {}\ndefault_rules: false\nrule_files: [rules.yaml]\nheartbeats:\n  - {{ name: svc, push_ttl: 1s }}\n\
+        "interval: 200ms\nprobes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ ports: [{port}] }}\n\
+         resources: {{ enabled: false }}\nspool_dir: {}\n\
          health:\n  haproxy_agent_listen: 127.0.0.1:{agent_port}\n  recover_after: 0s\n",
         dir.0.join("spool").display()
     );
     let agent = Agent::start(&dir, &cfg);
-    let beat = || {
-        let r = common::http_request(agent.addr, "POST", "/api/v1/heartbeat/svc", b"");
-        assert_eq!(r.map(|r| r.0), Some(204));
-    };
-    // The service beats every 200 ms until told to stop.
-    let beating = Arc::new(AtomicBool::new(true));
-    let beater = {
-        let (beating, addr) = (Arc::clone(&beating), agent.addr);
-        std::thread::spawn(move || {
-            while beating.load(Ordering::SeqCst) {
-                common::http_request(addr, "POST", "/api/v1/heartbeat/svc", b"");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        })
-    };
-    beat();
+    let queue = format!("nodewatch_tcp_listen_queue_max{{port=\"{port}\"}}");
+    wait_for(Duration::from_secs(5), || {
+        agent.sample(&queue).filter(|m| *m == 4.0)
+    })
+    .unwrap_or_else(|| panic!("no {queue} of 4:\n{}", agent.metrics()));
     let haproxy = Haproxy::start(&dir, agent_port);
     let state = |want: (&str, u32, u32), within: Duration| {
         wait_for(within, || {
@@ -198,8 +191,9 @@ fn haproxy_weighs_a_degraded_node_down_and_back_up() {
         })
         .unwrap_or_else(|| {
             panic!(
-                "HAProxy never showed {want:?}: {:?}\n{}",
+                "HAProxy never showed {want:?}: {:?}\n{}\n{}",
                 haproxy.state(),
+                http_get(agent.addr, "/api/v1/alerts").map_or(String::new(), |r| r.1),
                 agent.log_text()
             )
         })
@@ -207,26 +201,37 @@ fn haproxy_weighs_a_degraded_node_down_and_back_up() {
     state(("UP", 100, 100), Duration::from_secs(10));
     assert_eq!(agent_check(agent_port), "up ready 100%\n");
 
-    // The service stops beating: degraded once its 1 s TTL has passed.
-    beating.store(false, Ordering::SeqCst);
-    beater.join().unwrap();
+    // The server stops accepting: four connections wait in its queue of four.
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let waiting: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).unwrap())
+        .collect();
     let t = Instant::now();
-    beat();
-    state(("UP", 50, 50), Duration::from_secs(5));
+    state(("UP", 50, 50), Duration::from_secs(20));
     eprintln!(
-        "last beat to HAProxy weight 50 of 100: {:?} (1 s TTL, 200 ms ticks, agent-inter 100ms)",
+        "accept queue full to HAProxy weight 50 of 100: {:?} (the rule's 10 s `for`, 200 ms ticks, agent-inter 100ms)",
         t.elapsed()
     );
     assert_eq!(
-        agent_check(agent_port),
-        "up ready 50% #alert ServiceSlow (degraded): svc missed its beat\n"
+        agent.sample(&format!(
+            "nodewatch_tcp_listen_overflows_total{{port=\"{port}\"}}"
+        )),
+        Some(0.0),
+        "full, not overflowing"
+    );
+    let reply = agent_check(agent_port);
+    assert!(
+        reply.starts_with(&format!(
+            "up ready 50% #alert NodewatchListenQueueNearlyFull (degraded): Accept queue of port {port} is "
+        )) && reply.ends_with("% full\n"),
+        "{reply}"
     );
     let (code, head, body) = healthz(agent.addr);
     assert_eq!(code, 200, "degraded still serves: {body}");
     assert!(head.contains("\r\nx-envoy-degraded:"), "{head}");
     assert!(body.contains("\"status\":\"degraded\""), "{body}");
     assert!(body.contains("\"weight\":50"), "{body}");
-    assert!(body.contains("ServiceSlow"), "{body}");
+    assert!(body.contains("NodewatchListenQueueNearlyFull"), "{body}");
     let addr = agent.addr.to_string();
     let (code, out, err) = cli(&["status", "--addr", &addr]);
     assert_eq!(code, 0, "{err}");
@@ -260,11 +265,13 @@ fn haproxy_weighs_a_degraded_node_down_and_back_up() {
     assert_eq!(cli(&["undrain", "--addr", &addr]).0, 0);
     state(("UP", 50, 50), Duration::from_secs(5));
 
-    // The service beats again: the alert resolves, the node is back at full weight.
+    // The server accepts again: the queue empties, the alert resolves, the node is back at
+    // full weight.
     let t = Instant::now();
-    beat();
+    let accepted: Vec<TcpStream> = (0..4).map(|_| listener.accept().unwrap().0).collect();
     state(("UP", 100, 100), Duration::from_secs(5));
-    eprintln!("beat to HAProxy weight 100: {:?}", t.elapsed());
+    eprintln!("queue emptied to HAProxy weight 100: {:?}", t.elapsed());
+    drop((waiting, accepted));
     let (code, head, body) = healthz(agent.addr);
     assert_eq!(code, 200);
     assert!(!head.contains("x-envoy-degraded"), "{head}");

@@ -45,15 +45,6 @@ fn failures(text: &str, target: &str, reason: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// `nodewatch_heartbeat_up` of `target`.
-fn up_of(agent: &Agent, target: &str) -> Option<f64> {
-    series(
-        &agent.metrics(),
-        "nodewatch_heartbeat_up",
-        &format!("target=\"{target}\""),
-    )
-}
-
 /// Scrapes every 10 ms until `target` is down; when the scrape saw it, and what it read.
 fn down_at(agent: &Agent, target: &str, within: Duration) -> (Instant, String) {
     let deadline = Instant::now() + within;
@@ -77,24 +68,52 @@ fn down_at(agent: &Agent, target: &str, within: Duration) -> (Instant, String) {
     }
 }
 
-/// Scrapes every 10 ms for `how_long`; panics if `target` is ever down.
+/// The default rule's firing gauge: 1 while a heartbeat is down.
+const DOWN_FIRING: &str = "nodewatch_alerts{alertname=\"NodewatchHeartbeatDown\",state=\"firing\"}";
+
+/// Scrapes every 10 ms for `how_long`; panics if `target` is ever down or the default
+/// `NodewatchHeartbeatDown` ever fires.
 fn stays_up(agent: &Agent, target: &str, how_long: Duration, what: &str) {
     let until = Instant::now() + how_long;
     while Instant::now() < until {
+        let text = agent.metrics();
         assert_eq!(
-            up_of(agent, target),
+            series(
+                &text,
+                "nodewatch_heartbeat_up",
+                &format!("target=\"{target}\"")
+            ),
             Some(1.0),
             "{what}: {target} went down"
         );
+        assert_eq!(
+            sample(&text, DOWN_FIRING),
+            Some(0.0),
+            "{what}: NodewatchHeartbeatDown fired"
+        );
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The default rule `NodewatchHeartbeatDown` fires for `target` and takes the node out.
+fn alerted_and_out(agent: &Agent, target: &str) {
+    wait_for(Duration::from_secs(3), || {
+        (firing(agent, "NodewatchHeartbeatDown", &[("target", target)]) && healthz(agent) == 503)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{target} down but NodewatchHeartbeatDown not firing or /healthz not 503:\n{}",
+            agent.log_text()
+        )
+    });
 }
 
 /// One check a second, the defaults otherwise (500 ms timeout, 3 retries 100 ms apart).
 fn one_target(dir: &TempDir, entry: &str) -> Agent {
     Agent::start(
         dir,
-        &format!("{QUIET}default_rules: false\nheartbeats:\n  - {{ {entry}, interval: 1s }}\n"),
+        &format!("{QUIET}heartbeats:\n  - {{ {entry}, interval: 1s }}\n"),
     )
 }
 
@@ -124,6 +143,7 @@ fn refused_and_hung_targets_are_confirmed_down_quickly() {
         1.0,
         "a check and its retries count once: {text}"
     );
+    alerted_and_out(&agent, "sock");
 
     let server = Server::start();
     let dir = TempDir::new("hb-confirm-hang");
@@ -146,6 +166,7 @@ fn refused_and_hung_targets_are_confirmed_down_quickly() {
     assert!(took > Duration::from_millis(780), "{took:?}");
     assert!(took < Duration::from_millis(950), "{took:?}");
     assert_eq!(failures(&text, "web", "timeout"), 1.0, "{text}");
+    alerted_and_out(&agent, "web");
 }
 
 /// A target that goes down asks for a tick at once: with a 30 s tick interval, the default

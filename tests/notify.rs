@@ -1,4 +1,5 @@
-//! Notifications to real receivers: two Alertmanagers (Debian's package) see an alert fire and
+//! Notifications to real receivers, with the embedded default rules: a push heartbeat that goes
+//! silent fires `NodewatchHeartbeatDown`; two Alertmanagers (Debian's package) see it fire and
 //! resolve; a webhook receiver that checks Standard Webhooks signatures and the version-4
 //! payload goes down (503, then refusing connections) and comes back, and every notification
 //! arrives, none accepted twice; undelivered notifications survive `kill -9`.
@@ -10,7 +11,10 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -20,12 +24,14 @@ use common::{Agent, TempDir, free_port, http_get, http_request, sample, wait_for
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-const RULES: &str = "groups:\n  - name: test\n    rules:\n      - alert: TestServiceDown\n        expr: nodewatch_heartbeat_up{target=\"svc\"} == 0\n        labels: { severity: critical }\n        annotations: { summary: \"svc stopped beating\" }\n";
+/// The default rule the scenario fires: the push heartbeat `svc` goes silent.
+const ALERT: &str = "NodewatchHeartbeatDown";
 
+/// The embedded default rules (no rule file of the test's own), a push heartbeat `svc` with a
+/// 1 s TTL, and `notifiers`.
 fn config(dir: &TempDir, notifiers: &str) -> String {
-    dir.write("rules.yaml", RULES);
     format!(
-        "interval: 200ms\ndefault_rules: false\nrule_files: [rules.yaml]\nspool_dir: {}\n\
+        "interval: 200ms\nspool_dir: {}\n\
          probes:\n  tcp_retransmits: {{ enabled: false }}\n  accept_queue: {{ enabled: false }}\n  gpu_ioctl: {{ enabled: false }}\n  gpu_xid: {{ enabled: false }}\n\
          resources: {{ enabled: false }}\nheartbeats:\n  - {{ name: svc, push_ttl: 1s }}\nnotifiers:\n{notifiers}",
         dir.0.join("spool").display()
@@ -37,8 +43,43 @@ fn beat(agent: &Agent) {
     assert_eq!(status, 204);
 }
 
+/// Whether the default rule fires for `svc` (it keeps firing until `svc` has beaten for 10 s).
 fn firing(agent: &Agent) -> bool {
-    http_get(agent.addr, "/api/v1/alerts").is_some_and(|(_, b)| b.contains("TestServiceDown"))
+    common::firing(agent, ALERT, &[("target", "svc")])
+}
+
+/// The service `svc` beating every 200 ms until dropped: the alert resolves once the rule's
+/// `keep_firing_for` (10 s) has passed.
+struct Beating {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Beating {
+    fn start(agent: &Agent) -> Self {
+        beat(agent);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, addr) = (Arc::clone(&stop), agent.addr);
+        let thread = thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                http_request(addr, "POST", "/api/v1/heartbeat/svc", b"");
+                thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Beating {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 struct Alertmanager {
@@ -107,15 +148,16 @@ fn both_alertmanagers_see_the_alert_fire_and_resolve() {
             ),
         ),
     );
-    // No beat: the heartbeat expires after 1 s and the rule fires.
+    // No beat: the heartbeat expires after 1 s and the default rule fires.
     let started = Instant::now();
     for am in [&am1, &am2] {
         let got = wait_for(Duration::from_secs(10), || {
-            let a = am.alerts("TestServiceDown");
+            let a = am.alerts(ALERT);
             (!a.is_empty()).then_some(a)
         })
         .unwrap_or_else(|| panic!("{} never got the alert:\n{}", am.addr, agent.log_text()));
-        assert_eq!(got[0]["annotations"]["summary"], "svc stopped beating");
+        assert_eq!(got[0]["annotations"]["summary"], "Heartbeat svc is down");
+        assert_eq!(got[0]["labels"]["target"], "svc");
         assert_eq!(got[0]["labels"]["severity"], "critical");
         // The default external label: the node's name, so two nodes' alerts stay two.
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
@@ -136,14 +178,15 @@ fn both_alertmanagers_see_the_alert_fire_and_resolve() {
         );
         assert!(sent.is_some_and(|s| s >= 2.0), "{n} not re-sent: {text}");
     }
-    // The service beats again: the alert resolves in both.
-    beat(&agent);
+    // The service beats again: the alert resolves in both (after its 10 s keep_firing_for).
+    let beating = Beating::start(&agent);
     for am in [&am1, &am2] {
-        let gone = wait_for(Duration::from_secs(10), || {
-            am.alerts("TestServiceDown").is_empty().then_some(())
+        let gone = wait_for(Duration::from_secs(25), || {
+            am.alerts(ALERT).is_empty().then_some(())
         });
         assert!(gone.is_some(), "{} still has the alert", am.addr);
     }
+    drop(beating);
 }
 
 /// What the receiver does with the next request.
@@ -159,8 +202,8 @@ struct Receiver {
     addr: SocketAddr,
     key: Vec<u8>,
     mode: Arc<Mutex<Mode>>,
-    /// Accepted notifications: (webhook-id, status).
-    accepted: Arc<Mutex<Vec<(String, String)>>>,
+    /// Accepted notifications: (webhook-id, alert name, status).
+    accepted: Arc<Mutex<Vec<(String, String, String)>>>,
     problems: Arc<Mutex<Vec<String>>>,
     listener: Option<(Arc<Mutex<bool>>, thread::JoinHandle<()>)>,
 }
@@ -224,7 +267,7 @@ impl Receiver {
         *self.mode.lock().unwrap() = m;
     }
 
-    fn accepted(&self) -> Vec<(String, String)> {
+    fn accepted(&self) -> Vec<(String, String, String)> {
         self.accepted.lock().unwrap().clone()
     }
 }
@@ -239,7 +282,7 @@ fn handle(
     mut s: TcpStream,
     mode: Mode,
     key: &[u8],
-    accepted: &Mutex<Vec<(String, String)>>,
+    accepted: &Mutex<Vec<(String, String, String)>>,
     problems: &Mutex<Vec<String>>,
 ) {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -306,21 +349,29 @@ fn handle(
     }
     if payload["version"] != "4"
         || payload["receiver"] != "ops"
-        || payload["alerts"][0]["labels"]["alertname"] != "TestServiceDown"
+        || !payload["alerts"][0]["labels"]["alertname"].is_string()
         || !payload["alerts"][0]["labels"]["node"].is_string()
     {
         p.push(format!("unexpected payload: {payload}"));
     }
     drop(p);
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
     accepted.lock().unwrap().push((
         id,
-        payload["status"].as_str().unwrap_or_default().to_string(),
+        text(&payload["alerts"][0]["labels"]["alertname"]),
+        text(&payload["status"]),
     ));
     reply("200 OK");
 }
 
+/// The statuses of the scenario's alert as accepted, in order (the other default rules' alerts,
+/// if any fire, are not the scenario's).
 fn statuses(r: &Receiver) -> Vec<String> {
-    r.accepted().into_iter().map(|(_, s)| s).collect()
+    r.accepted()
+        .into_iter()
+        .filter(|(_, name, _)| name == ALERT)
+        .map(|(_, _, s)| s)
+        .collect()
 }
 
 #[test]
@@ -347,9 +398,12 @@ fn webhook_notifications_survive_outages_and_kill_9() {
     // 2. The receiver answers 503 while the alert resolves, then refuses connections while it
     //    fires again: nothing is delivered, everything is kept.
     receiver.set(Mode::Unavailable);
-    beat(&agent);
+    let beating = Beating::start(&agent);
+    wait_for(Duration::from_secs(20), || (!firing(&agent)).then_some(()))
+        .unwrap_or_else(|| panic!("never resolved:\n{}", agent.log_text()));
     thread::sleep(Duration::from_millis(1500));
     receiver.down();
+    drop(beating);
     wait_for(Duration::from_secs(10), || firing(&agent).then_some(())).expect("fires again");
     thread::sleep(Duration::from_millis(1000));
     assert_eq!(statuses(&receiver), ["firing"]);
@@ -381,8 +435,8 @@ fn webhook_notifications_survive_outages_and_kill_9() {
 
     // 4. Receiver down, the alert resolves, the agent is killed before it could deliver.
     receiver.down();
-    beat(&agent);
-    wait_for(Duration::from_secs(10), || {
+    let beating = Beating::start(&agent);
+    wait_for(Duration::from_secs(25), || {
         sample(
             &agent.metrics(),
             "nodewatch_notification_queue_length{notifier=\"ops\"}",
@@ -390,6 +444,7 @@ fn webhook_notifications_survive_outages_and_kill_9() {
         .filter(|n| *n >= 1.0)
     })
     .expect("the resolution is queued");
+    drop(beating);
     drop(agent); // SIGKILL
     receiver.up();
     let agent = Agent::start(&dir, &cfg);
@@ -413,7 +468,11 @@ fn webhook_notifications_survive_outages_and_kill_9() {
     });
 
     // Never the same notification accepted twice, and every signature checked out.
-    let ids: Vec<String> = receiver.accepted().into_iter().map(|(id, _)| id).collect();
+    let ids: Vec<String> = receiver
+        .accepted()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();

@@ -34,6 +34,39 @@ fn set_memory(proc: &Path, used_percent: u64) {
     .unwrap();
 }
 
+/// The notifications of the test's own rules, in the order received: (alert name, status,
+/// startsAt). The default rules run beside them.
+fn ours(receiver: &Receiver) -> Vec<(String, String, String)> {
+    receiver
+        .requests()
+        .iter()
+        .flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default())
+        .map(|a| {
+            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            (
+                s(&a["labels"]["alertname"]),
+                s(&a["status"]),
+                s(&a["startsAt"]),
+            )
+        })
+        .filter(|(name, _, _)| name.starts_with("MemoryHigh"))
+        .collect()
+}
+
+/// `(alert name, status)` of `n`, sorted.
+fn sorted(n: &[(String, String, String)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = n.iter().map(|(a, s, _)| (a.clone(), s.clone())).collect();
+    v.sort();
+    v
+}
+
+/// The startsAt of `n`, sorted.
+fn starts(n: &[(String, String, String)]) -> Vec<String> {
+    let mut v: Vec<String> = n.iter().map(|(_, _, t)| t.clone()).collect();
+    v.sort();
+    v
+}
+
 fn sigkill(mut agent: Agent) {
     agent.child.kill().expect("SIGKILL");
     agent.child.wait().expect("wait");
@@ -59,7 +92,6 @@ fn kill_9_and_restart_neither_repeats_nor_loses_notifications() {
 interval: 200ms
 proc_root: {}
 spool_dir: {}
-default_rules: false
 rule_files: [rules.yaml]
 notifiers:
   - {{ name: ops, kind: webhook, url: \"{}\" }}
@@ -73,26 +105,18 @@ notifiers:
 
     let first = Agent::start_logged(&dir, &config, "info", "agent1.log");
     wait_for(Duration::from_secs(10), || {
-        (receiver.notifications().len() >= 2).then_some(())
+        (ours(&receiver).len() >= 2).then_some(())
     })
     .unwrap_or_else(|| panic!("not announced:\n{}", first.log_text()));
-    let mut got = receiver.notifications();
-    got.sort();
-    assert_eq!(got, vec![firing("MemoryHigh"), firing("MemoryHighFor")]);
-    let starts: Vec<String> = receiver
-        .requests()
-        .iter()
-        .map(|r| {
-            r.json()["alerts"][0]["startsAt"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let announced = ours(&receiver);
+    assert_eq!(
+        sorted(&announced),
+        vec![firing("MemoryHigh"), firing("MemoryHighFor")]
+    );
     // Kept as announced (written behind the deliveries, by a thread of its own).
-    let announced = dir.0.join("spool/notifications/announced.json");
+    let announced_file = dir.0.join("spool/notifications/announced.json");
     wait_for(Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&announced).ok()?;
+        let text = std::fs::read_to_string(&announced_file).ok()?;
         (text.contains("\"MemoryHigh\"") && text.contains("\"MemoryHighFor\"")).then_some(())
     })
     .unwrap_or_else(|| panic!("announced.json never listed both:\n{}", first.log_text()));
@@ -102,10 +126,10 @@ notifiers:
     let second = Agent::start_logged(&dir, &config, "info", "agent2.log");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        receiver.notifications().len(),
+        ours(&receiver).len(),
         2,
         "{:?}\n{}",
-        receiver.notifications(),
+        ours(&receiver),
         second.log_text()
     );
     assert!(
@@ -121,38 +145,26 @@ notifiers:
     set_memory(&proc, 10);
     let third = Agent::start_logged(&dir, &config, "info", "agent3.log");
     wait_for(Duration::from_secs(10), || {
-        (receiver.notifications().len() >= 4).then_some(())
+        (ours(&receiver).len() >= 4).then_some(())
     })
     .unwrap_or_else(|| {
         panic!(
             "resolutions not sent: {:?}\n{}",
-            receiver.notifications(),
+            ours(&receiver),
             third.log_text()
         )
     });
-    let mut after = receiver.notifications()[2..].to_vec();
-    after.sort();
+    let after = ours(&receiver)[2..].to_vec();
     assert_eq!(
-        after,
+        sorted(&after),
         vec![resolved("MemoryHigh"), resolved("MemoryHighFor")]
     );
-    let mut resolved_starts: Vec<String> = receiver.requests()[2..]
-        .iter()
-        .map(|r| {
-            r.json()["alerts"][0]["startsAt"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    let mut starts = starts;
-    starts.sort();
-    resolved_starts.sort();
     assert_eq!(
-        resolved_starts, starts,
+        starts(&after),
+        starts(&announced),
         "resolved with the announced startsAt"
     );
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(receiver.notifications().len(), 4);
+    assert_eq!(ours(&receiver).len(), 4, "{:?}", ours(&receiver));
     assert!(third.stop().success());
 }

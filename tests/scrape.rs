@@ -100,6 +100,21 @@ fn alert_value(agent: &Agent, name: &str) -> Option<f64> {
         .ok()
 }
 
+/// The names and labels of the alerts firing now (a default rule may move the node too).
+fn firing_alerts(agent: &Agent) -> Vec<String> {
+    let Some((200, body)) = common::http_get(agent.addr, "/api/v1/alerts") else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == "firing")
+        .map(|a| a["labels"].to_string())
+        .collect()
+}
+
 /// The first load average of /proc/loadavg.
 fn load1() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -256,12 +271,11 @@ fn model_server_moves_the_node_in_haproxy() {
     let dir = TempDir::new("scrape-vllm");
     let agent_port = free_port();
     let mut server = MetricsServer::start(&vllm(0));
-    // The scenario is the model-server rules; the default ones judge this shared machine's own
-    // load, which could move the weight on their own.
+    // The model-server rules beside the embedded defaults, as a user adds them.
     let agent = Agent::start(
         &dir,
         &format!(
-            "spool_dir: {}\ndefault_rules: false\nrule_files: [{MODEL_SERVER_RULES}]\nscrape:\n  - {{ job: vllm, url: \"{}\" }}\nhealth:\n  haproxy_agent_listen: 127.0.0.1:{agent_port}\n",
+            "spool_dir: {}\nrule_files: [{MODEL_SERVER_RULES}]\nscrape:\n  - {{ job: vllm, url: \"{}\" }}\nhealth:\n  haproxy_agent_listen: 127.0.0.1:{agent_port}\n",
             dir.0.join("spool").display(),
             server.url()
         ),
@@ -276,8 +290,9 @@ fn model_server_moves_the_node_in_haproxy() {
         })
         .unwrap_or_else(|| {
             panic!(
-                "HAProxy never showed {want:?} within {within:?}: {:?}\n{}",
+                "HAProxy never showed {want:?} within {within:?}: {:?}\nfiring: {:?}\n{}",
                 haproxy.state(),
+                firing_alerts(&agent),
                 agent.log_text()
             )
         });

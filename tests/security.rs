@@ -123,7 +123,7 @@ fn secrets_never_reach_the_logs() {
         "groups:\n  - name: t\n    rules:\n      - alert: SecretTest\n        expr: absent(nodewatch_no_such_metric)\n",
     );
     let config = format!(
-        "{QUIET}spool_dir: {spool}\ndefault_rules: false\nrule_files: [rules.yaml]
+        "{QUIET}spool_dir: {spool}\nrule_files: [rules.yaml]
 notifiers:
   - {{ name: ops, kind: webhook, url: \"{url}\", secret_file: {secret}, timeout: 2s, http_config: {{ basic_auth: {{ username: ops, password: {PASSWORD} }} }} }}
 health: {{ token_file: {token} }}

@@ -166,16 +166,26 @@ fn an_https_heartbeat_target_with_a_private_ca_is_up() {
     );
 }
 
-const RULES: &str = "groups:\n  - name: test\n    rules:\n      - alert: TestServiceDown\n        expr: nodewatch_heartbeat_up{target=\"svc\"} == 0\n        labels: { severity: critical }\n";
+/// The default rule that fires in these scenarios: the push heartbeat `svc` never beats.
+const ALERT: &str = "NodewatchHeartbeatDown";
 
-/// The quiet agent with a push heartbeat that never beats (so `TestServiceDown` fires) and
-/// `notifiers`.
+/// The quiet agent with the embedded default rules, a push heartbeat that never beats (so
+/// [`ALERT`] fires) and `notifiers`.
 fn notifying(dir: &TempDir, notifiers: &str) -> String {
-    dir.write("rules.yaml", RULES);
     format!(
-        "{QUIET}default_rules: false\nrule_files: [rules.yaml]\nspool_dir: {}\nheartbeats:\n  - {{ name: svc, push_ttl: 1s }}\nnotifiers:\n{notifiers}",
+        "{QUIET}spool_dir: {}\nheartbeats:\n  - {{ name: svc, push_ttl: 1s }}\nnotifiers:\n{notifiers}",
         dir.0.join("spool").display()
     )
+}
+
+/// The alert name a recorded webhook request carries.
+fn alertname(r: &serde_json::Value) -> String {
+    let body: serde_json::Value =
+        serde_json::from_str(r["body"].as_str().unwrap_or_default()).unwrap_or_default();
+    body["alerts"][0]["labels"]["alertname"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The Standard Webhooks signature of a recorded request, checked with `key`.
@@ -242,8 +252,9 @@ fn an_https_webhook_requiring_a_client_certificate_gets_signed_notifications_dir
             })
             .collect()
     };
+    let has_alert = |v: &str| via(v).iter().any(|r| alertname(r) == ALERT);
     wait_for(Duration::from_secs(15), || {
-        (!via("direct").is_empty() && !via("proxy").is_empty()).then_some(())
+        (has_alert("direct") && has_alert("proxy")).then_some(())
     })
     .unwrap_or_else(|| panic!("{:?}\n{}", server.requests(), agent.log_text()));
     for r in via("direct").iter().chain(via("proxy").iter()) {
@@ -251,7 +262,6 @@ fn an_https_webhook_requiring_a_client_certificate_gets_signed_notifications_dir
         assert!(signed(r, secret.as_bytes()), "bad signature: {r}");
         let body: serde_json::Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
         assert_eq!(body["version"], "4");
-        assert_eq!(body["alerts"][0]["labels"]["alertname"], "TestServiceDown");
     }
     let port = server.addr.port();
     assert!(
@@ -403,7 +413,7 @@ fn alertmanager_behind_tls_and_basic_auth_gets_alerts_once_a_wrong_ca_or_passwor
         "{}",
         agent.log_text()
     );
-    assert!(am.alerts("am-pw", "TestServiceDown").is_empty());
+    assert!(am.alerts("am-pw", ALERT).is_empty());
     assert!(agent.stop().success());
 
     // 2. Restarted with the right CA and the wrong password: 401, still queued.
@@ -414,17 +424,18 @@ fn alertmanager_behind_tls_and_basic_auth_gets_alerts_once_a_wrong_ca_or_passwor
         "{}",
         agent.log_text()
     );
-    assert!(am.alerts("am-pw", "TestServiceDown").is_empty());
+    assert!(am.alerts("am-pw", ALERT).is_empty());
     assert!(agent.stop().success());
 
     // 3. Fixed: Alertmanager has the alert.
     let agent = Agent::start(&dir, &config(&pki.ca, &password));
     let got = wait_for(Duration::from_secs(15), || {
-        let a = am.alerts("am-pw", "TestServiceDown");
+        let a = am.alerts("am-pw", ALERT);
         (!a.is_empty()).then_some(a)
     })
     .unwrap_or_else(|| panic!("alertmanager got nothing:\n{}", agent.log_text()));
     assert_eq!(got[0]["labels"]["severity"], "critical", "{got:?}");
+    assert_eq!(got[0]["labels"]["target"], "svc", "{got:?}");
     let text = agent.metrics();
     assert!(
         sample(
