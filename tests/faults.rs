@@ -34,19 +34,7 @@ const FIRE_AT_ONCE: &str = "groups:
 /// The distinct notifications the receiver has seen, a retried one once: (alert name, status,
 /// startsAt). The default rules run too, so theirs may be among them.
 fn seen(receiver: &Receiver) -> BTreeSet<(String, String, String)> {
-    receiver
-        .requests()
-        .iter()
-        .flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default())
-        .map(|a| {
-            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-            (
-                s(&a["labels"]["alertname"]),
-                s(&a["status"]),
-                s(&a["startsAt"]),
-            )
-        })
-        .collect()
+    receiver.alerts().into_iter().collect()
 }
 
 /// Whether both alerts of [`FIRE_AT_ONCE`] are among `seen`, firing.

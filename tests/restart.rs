@@ -38,17 +38,8 @@ fn set_memory(proc: &Path, used_percent: u64) {
 /// startsAt). The default rules run beside them.
 fn ours(receiver: &Receiver) -> Vec<(String, String, String)> {
     receiver
-        .requests()
-        .iter()
-        .flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default())
-        .map(|a| {
-            let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-            (
-                s(&a["labels"]["alertname"]),
-                s(&a["status"]),
-                s(&a["startsAt"]),
-            )
-        })
+        .alerts()
+        .into_iter()
         .filter(|(name, _, _)| name.starts_with("MemoryHigh"))
         .collect()
 }

@@ -6,17 +6,11 @@
 
 mod common;
 
-use std::{
-    fs::File,
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{
     Agent, TempDir, free_port,
-    fuse::{FUSEPY, FUSEPY_CHECK, PYTHON},
+    fuse::{FUSEPY, FUSEPY_CHECK, SlowFs},
     have_root, have_tool_by,
     scoreboard::webhook_receiver,
     wait_for,
@@ -30,59 +24,14 @@ const FIXTURE: &str = concat!(
 /// How long each sync takes.
 const SYNC: Duration = Duration::from_secs(3);
 
-/// The slow disk, mounted at `dir/<name>`; unmounted and stopped on drop.
-struct SlowDisk {
-    child: Child,
-    mnt: PathBuf,
-}
-
-impl SlowDisk {
-    fn mount(dir: &TempDir, name: &str) -> Self {
-        let mnt = dir.0.join(name);
-        std::fs::create_dir_all(&mnt).unwrap();
-        let child = Command::new(PYTHON)
-            .arg(FIXTURE)
-            .arg(&mnt)
-            .arg(SYNC.as_secs_f64().to_string())
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.0.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .expect("start the FUSE fixture");
-        let disk = Self { child, mnt };
-        let parent = std::fs::metadata(dir.0.as_path()).unwrap();
-        wait_for(Duration::from_secs(10), || {
-            let m = std::fs::metadata(&disk.mnt).ok()?;
-            (m.dev() != parent.dev()).then_some(())
-        })
-        .expect("timed out: FUSE fixture mounted");
-        disk
-    }
-}
-
-impl Drop for SlowDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount")
-            .arg("-u")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_notification_does_not_wait_for_the_disk() {
     if !have_root("slow disk") || !have_tool_by("slow disk", FUSEPY, FUSEPY_CHECK) {
         return;
     }
     let dir = TempDir::new("slow-disk");
-    let disk = SlowDisk::mount(&dir, "spool");
+    let sync = SYNC.as_secs_f64().to_string();
+    let disk = SlowFs::mount(&dir, "spool", FIXTURE, &[&sync], "");
     let (hook_port, hooks) = webhook_receiver();
     // Nothing listens there: the heartbeat is refused from its first check, and the default
     // rule NodewatchHeartbeatDown fires.

@@ -38,11 +38,19 @@ impl SlowFs {
     /// Mounts the fixture at `dir/<name>` (its log in `dir/<name>.log`), serving files
     /// `gpu0` and `other`, and waits until it is mounted.
     pub fn new(dir: &TempDir, name: &str) -> Self {
+        Self::mount(dir, name, FIXTURE, &[], "gpu0")
+    }
+
+    /// Mounts the FUSE script `script` (run with `args` after the mount point) at
+    /// `dir/<name>`, its log in `dir/<name>.log`, and waits until `inside` (a path under the
+    /// mount point, "" for the mount point itself) is on the new file system.
+    pub fn mount(dir: &TempDir, name: &str, script: &str, args: &[&str], inside: &str) -> Self {
         let mnt = dir.0.join(name);
         std::fs::create_dir_all(&mnt).unwrap();
         let child = Command::new(PYTHON)
-            .arg(FIXTURE)
+            .arg(script)
             .arg(&mnt)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(File::create(dir.0.join(format!("{name}.log"))).unwrap())
             .spawn()
@@ -50,7 +58,7 @@ impl SlowFs {
         let fs = Self { child, mnt };
         let parent = std::fs::metadata(dir.0.as_path()).unwrap();
         wait_for(Duration::from_secs(10), || {
-            let m = std::fs::metadata(fs.mnt.join("gpu0")).ok()?;
+            let m = std::fs::metadata(fs.mnt.join(inside)).ok()?;
             (m.dev() != parent.dev()).then_some(())
         })
         .expect("timed out: FUSE fixture mounted");

@@ -68,6 +68,22 @@ impl Receiver {
         *self.answer.lock().unwrap() = a;
     }
 
+    /// Every alert of every payload received, in order: (alert name, status, startsAt).
+    pub fn alerts(&self) -> Vec<(String, String, String)> {
+        self.requests()
+            .iter()
+            .flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default())
+            .map(|a| {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (
+                    s(&a["labels"]["alertname"]),
+                    s(&a["status"]),
+                    s(&a["startsAt"]),
+                )
+            })
+            .collect()
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
