@@ -163,7 +163,9 @@ fn refused_and_hung_targets_are_confirmed_down_quickly() {
     eprintln!(
         "hung server: down {took:?} after its first unanswered check (500 ms timeout + 3 retries)"
     );
-    assert!(took > Duration::from_millis(780), "{took:?}");
+    // From when the server read the request, which a loaded machine delays by tens of ms:
+    // well above the 500 ms a check without its retries would take, below a second check.
+    assert!(took > Duration::from_millis(700), "{took:?}");
     assert!(took < Duration::from_millis(950), "{took:?}");
     assert_eq!(failures(&text, "web", "timeout"), 1.0, "{text}");
     alerted_and_out(&agent, "web");
