@@ -179,24 +179,32 @@ fn retransmits_in_a_container_are_its_namespaces() {
         );
         let before = snmp_tcp("RetransSegs");
         let addr = l.local_addr().unwrap();
-        let client = thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-            s.write_all(&vec![7u8; 256 * 1024]).unwrap();
-            let mut back = vec![0u8; 256 * 1024];
-            s.read_exact(&mut back).unwrap();
-            s
-        });
-        let (mut s, _) = l.accept().unwrap();
-        let mut got = vec![0u8; 256 * 1024];
-        s.read_exact(&mut got).unwrap();
-        s.write_all(&got).unwrap();
-        let cs = client.join().unwrap();
+        // Loopback sends up to 64 KiB in one packet, so a round may lose none of its few data
+        // packets: exchange again (a bounded number of times) until the kernel retransmitted.
+        let mut kept = Vec::new();
+        for _ in 0..10 {
+            let client = thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                s.write_all(&vec![7u8; 256 * 1024]).unwrap();
+                let mut back = vec![0u8; 256 * 1024];
+                s.read_exact(&mut back).unwrap();
+                s
+            });
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = vec![0u8; 256 * 1024];
+            s.read_exact(&mut got).unwrap();
+            s.write_all(&got).unwrap();
+            kept.push((client.join().unwrap(), s));
+            if snmp_tcp("RetransSegs") > before {
+                break;
+            }
+        }
         drop(lossy);
         // Nothing left in flight: no retransmit can follow.
         thread::sleep(Duration::from_secs(2));
         let n = snmp_tcp("RetransSegs") - before;
-        drop((cs, s));
+        drop(kept);
         n
     });
     drop(l);
