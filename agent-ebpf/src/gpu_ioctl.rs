@@ -38,7 +38,7 @@ nodewatch_ebpf::license!();
 
 #[path = "gpu_ioctl_walk.rs"]
 mod walk;
-use walk::{Cast, Compat, Driver, Entry, Fast, read};
+use walk::{Cast, Compat, Driver, Entry, Fast, Fields, read};
 
 /// Offsets and threshold, set by userspace from tracefs, BTF and the config before load.
 #[unsafe(no_mangle)]
@@ -189,7 +189,7 @@ fn try_driver_enter(ctx: &ProbeContext) -> Result<(), i32> {
 
 /// The call `cmd` on `inode`: timed from now if the inode is a watched device (or file).
 #[inline(always)]
-fn watch_call<E: Entry>(p: &GpuIoctlParams, cmd: u64, inode: u64) -> Result<(), i32> {
+fn watch_call<E: Fields>(p: &GpuIoctlParams, cmd: u64, inode: u64) -> Result<(), i32> {
     if inode == 0 {
         return Ok(());
     }

@@ -12,20 +12,24 @@ use nodewatch_common::gpu_ioctl::{ENTER_CMD_AT, ENTER_FD_AT, GpuIoctlParams};
 
 use super::{GPU_IOCTL_PARAMS, cgroup_id};
 
-/// How an entry program reads its record and walks from the fd to the inode's fields.
-pub(crate) trait Entry {
-    /// The ioctl's `fd` argument.
-    fn fd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32>;
-    /// Reads its own offset: the command is read before the rest of the parameters.
-    fn cmd(ctx: &TracePointContext) -> Result<u64, i32>;
-    /// The inode behind the current task's `fd`, or 0 where the fd is not open.
-    fn inode(p: &GpuIoctlParams, fd: u64) -> Result<u64, i32>;
+/// How a program reads the inode's fields and the caller's cgroup.
+pub(crate) trait Fields {
     /// A field of the inode (or of its super block): `T` at `inode + off`.
     fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32>;
     /// The calling task's cgroup v2 id.
     fn cgroup(_p: &GpuIoctlParams) -> u64 {
         cgroup_id()
     }
+}
+
+/// How a tracepoint entry program reads its record and walks from the fd to the inode.
+pub(crate) trait Entry: Fields {
+    /// The ioctl's `fd` argument.
+    fn fd(ctx: &TracePointContext, p: &GpuIoctlParams) -> Result<u64, i32>;
+    /// Reads its own offset: the command is read before the rest of the parameters.
+    fn cmd(ctx: &TracePointContext) -> Result<u64, i32>;
+    /// The inode behind the current task's `fd`, or 0 where the fd is not open.
+    fn inode(p: &GpuIoctlParams, fd: u64) -> Result<u64, i32>;
 }
 
 /// Plain loads: the record at the syscall tracepoints' fixed layout (userspace loads this
@@ -54,6 +58,9 @@ impl Entry for Fast {
     fn inode(p: &GpuIoctlParams, fd: u64) -> Result<u64, i32> {
         inode_of(p, fd, fdtable_btf(p))
     }
+}
+
+impl Fields for Fast {
     #[inline(always)]
     fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32> {
         read(inode, off)
@@ -90,6 +97,9 @@ impl Entry for Cast {
             Ok(read_volatile(file.add(p.file_inode as usize) as *const u64))
         }
     }
+}
+
+impl Fields for Cast {
     #[inline(always)]
     fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32> {
         // SAFETY: `inode` came from a typed load (see above), so this load is typed too.
@@ -119,6 +129,9 @@ impl Entry for Compat {
     fn inode(p: &GpuIoctlParams, fd: u64) -> Result<u64, i32> {
         inode_of(p, fd, fdtable_probe(p)?)
     }
+}
+
+impl Fields for Compat {
     #[inline(always)]
     fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32> {
         read(inode, off)
@@ -223,19 +236,7 @@ fn fdtable_probe(p: &GpuIoctlParams) -> Result<(u32, u64), i32> {
 /// the kernel might lack.
 pub(crate) struct Driver;
 
-impl Entry for Driver {
-    #[inline(always)]
-    fn fd(_: &TracePointContext, _: &GpuIoctlParams) -> Result<u64, i32> {
-        Err(-1) // not used: the handler is given the file
-    }
-    #[inline(always)]
-    fn cmd(_: &TracePointContext) -> Result<u64, i32> {
-        Err(-1) // not used: the handler is given the command
-    }
-    #[inline(always)]
-    fn inode(_: &GpuIoctlParams, _: u64) -> Result<u64, i32> {
-        Err(-1) // not used: see try_driver_enter
-    }
+impl Fields for Driver {
     #[inline(always)]
     fn field<T: Copy>(inode: u64, off: u32) -> Result<T, i32> {
         read(inode, off)

@@ -37,21 +37,21 @@ pub struct Count {
 pub struct Files {
     pub state: PathBuf,
     pub clear: PathBuf,
-    writer: Option<crate::files::WriteBehind>,
+    writer: Option<crate::files::Jobs>,
+    /// True while writes fail, so that a full disk is logged once.
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Files {
     pub fn new(spool_dir: &Path) -> Self {
-        let writer = crate::files::WriteBehind::new(
-            "gpu-xid-state",
-            "cannot keep the Xid state: a restart would forget it",
-        )
+        let writer = crate::files::Jobs::start("gpu-xid-state")
         .map_err(|e| tracing::error!(error = %e, "cannot start the Xid state writer; writing on the tick"))
         .ok();
         Self {
             state: spool_dir.join(FILE),
             clear: spool_dir.join(CLEAR_FILE),
             writer,
+            failing: Default::default(),
         }
     }
 
@@ -72,7 +72,20 @@ impl Files {
         let bytes = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
         match &self.writer {
             Some(w) => {
-                w.write(self.state.clone(), bytes);
+                let (path, failing) = (self.state.clone(), std::sync::Arc::clone(&self.failing));
+                w.run(move || {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    match crate::files::write_atomic(&path, &bytes) {
+                        Err(e) if !failing.swap(true, Relaxed) => {
+                            tracing::error!(file = %path.display(), error = %e, "cannot keep the Xid state: a restart would forget it");
+                        }
+                        Err(_) => {}
+                        Ok(()) if failing.swap(false, Relaxed) => {
+                            tracing::info!(file = %path.display(), "Xid state written again");
+                        }
+                        Ok(()) => {}
+                    }
+                });
                 Ok(())
             }
             None => crate::files::write_atomic(&self.state, &bytes),
